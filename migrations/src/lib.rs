@@ -1,0 +1,20 @@
+//! The jobq schema as sea-orm migrations, one file per change. The server runs
+//! [`Migrator`] at start; the same migrations serve SQLite and PostgreSQL.
+
+pub use sea_orm_migration::prelude::*;
+
+mod m20261128_000001_create_jobs;
+mod m20261128_000002_create_dependencies_queues_workers_schedules;
+
+/// Every migration of the jobq schema, oldest first.
+pub struct Migrator;
+
+#[async_trait::async_trait]
+impl MigratorTrait for Migrator {
+    fn migrations() -> Vec<Box<dyn MigrationTrait>> {
+        vec![
+            Box::new(m20261128_000001_create_jobs::Migration),
+            Box::new(m20261128_000002_create_dependencies_queues_workers_schedules::Migration),
+        ]
+    }
+}

@@ -1,0 +1,187 @@
+//! Wiring: `App::start` opens the store, starts the background loops and
+//! serves every gRPC service on one listener. `main` and the tests both use it.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use jobq_proto::v1::job_queue_service_server::JobQueueServiceServer;
+use jobq_proto::v1::worker_service_server::WorkerServiceServer;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_stream::wrappers::TcpListenerStream;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tonic::service::Routes;
+use tonic_health::server::HealthReporter;
+
+use crate::background;
+use crate::dashboard;
+use crate::logs::LogStore;
+use crate::config::Config;
+use crate::domain::{JobQueue, SystemClock};
+use crate::grpc::{QueueApi, WorkerApi};
+use crate::store::SqlStore;
+
+/// The server, assembled.
+pub struct App;
+
+/// A started server: its address and how to stop it.
+pub struct RunningServer {
+    local_addr: SocketAddr,
+    health: HealthReporter,
+    /// Fires first on shutdown: long polls return, background loops stop.
+    stop: CancellationToken,
+    /// Fires second: tonic stops accepting and drains in-flight calls.
+    stop_serving: CancellationToken,
+    serve: JoinHandle<Result<(), tonic::transport::Error>>,
+    background: TaskTracker,
+    /// Tasks feeding server streams (log follows, job watches).
+    streams: TaskTracker,
+    store: Arc<SqlStore>,
+    grace: Duration,
+}
+
+/// Every service name registered with the health service.
+const SERVICE_NAMES: [&str; 3] = ["", "jobq.v1.JobQueueService", "jobq.v1.WorkerService"];
+
+impl App {
+    /// Opens the database in `config`, migrates it, and serves on `listener`.
+    pub async fn start(config: Config, listener: TcpListener) -> anyhow::Result<RunningServer> {
+        config.validate().map_err(anyhow::Error::msg)?;
+        std::fs::create_dir_all(&config.data_dir)
+            .with_context(|| format!("creating data dir {}", config.data_dir.display()))?;
+        let store = Arc::new(
+            SqlStore::open(&config.effective_database_url())
+                .await
+                .context("opening the database")?,
+        );
+        let logs = Arc::new(LogStore::new(&config.data_dir, config.log_limits()).context("opening the job log directory")?);
+        let stop = CancellationToken::new();
+        let queue = Arc::new(JobQueue::new(
+            store.clone(),
+            logs.clone(),
+            Arc::new(SystemClock),
+            config.job_defaults(),
+            config.limits(),
+            stop.child_token(),
+        ));
+
+        let background = TaskTracker::new();
+        background.spawn(background::reaper(
+            queue.clone(),
+            config.reaper_interval,
+            stop.child_token(),
+        ));
+        background.spawn(background::promoter(queue.clone(), stop.child_token()));
+        background.spawn(background::scheduler(queue.clone(), stop.child_token()));
+        background.spawn(background::retention(
+            queue.clone(),
+            config.retention_finished,
+            config.retention_dead,
+            stop.child_token(),
+        ));
+        background.close();
+        let streams = TaskTracker::new();
+
+        let (health, health_service) = tonic_health::server::health_reporter();
+        for name in SERVICE_NAMES {
+            health
+                .set_service_status(name, tonic_health::ServingStatus::Serving)
+                .await;
+        }
+        // grpcurl 1.8 speaks only v1alpha reflection; buf curl speaks v1.
+        let reflection = || {
+            tonic_reflection::server::Builder::configure()
+                .register_encoded_file_descriptor_set(jobq_proto::FILE_DESCRIPTOR_SET)
+                .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        };
+        let reflection_v1 = reflection().build_v1().context("building reflection v1")?;
+        let reflection_v1alpha = reflection()
+            .build_v1alpha()
+            .context("building reflection v1alpha")?;
+
+        let local_addr = listener.local_addr().context("reading the bound address")?;
+        let stop_serving = CancellationToken::new();
+        let serving_stopped = stop_serving.clone();
+        let mut grpc = Routes::builder();
+        grpc.add_service(health_service)
+            .add_service(reflection_v1)
+            .add_service(reflection_v1alpha)
+            .add_service(JobQueueServiceServer::new(QueueApi::new(queue.clone(), logs.clone(), streams.clone())))
+            .add_service(WorkerServiceServer::new(WorkerApi::new(queue, logs)));
+        // Everything that is not a gRPC method is the dashboard.
+        let routes = Routes::from(grpc.routes().into_axum_router().fallback(dashboard::serve));
+        let router = tonic::transport::Server::builder()
+            // HTTP/1.1 for grpc-web clients (browsers).
+            .accept_http1(true)
+            .layer(tonic_web::GrpcWebLayer::new())
+            .add_routes(routes);
+        let serve = tokio::spawn(router.serve_with_incoming_shutdown(
+            TcpListenerStream::new(listener),
+            serving_stopped.cancelled_owned(),
+        ));
+        tracing::info!(%local_addr, "jobq server started");
+        Ok(RunningServer {
+            local_addr,
+            health,
+            stop,
+            stop_serving,
+            serve,
+            background,
+            streams,
+            store,
+            grace: config.shutdown_grace,
+        })
+    }
+}
+
+impl RunningServer {
+    /// The address the server listens on.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Stops gracefully: health turns NOT_SERVING, waiting long polls return,
+    /// in-flight calls finish (within the grace period), the database closes.
+    pub async fn shutdown(self) -> anyhow::Result<()> {
+        for name in SERVICE_NAMES {
+            self.health
+                .set_service_status(name, tonic_health::ServingStatus::NotServing)
+                .await;
+        }
+        self.stop.cancel();
+        self.stop_serving.cancel();
+        let mut serve = self.serve;
+        let served = match tokio::time::timeout(self.grace, &mut serve).await {
+            Ok(joined) => joined
+                .context("server task panicked")?
+                .context("serving gRPC"),
+            Err(_) => {
+                tracing::warn!(grace = ?self.grace, "in-flight calls did not finish within the grace period");
+                serve.abort();
+                Ok(())
+            }
+        };
+        self.background.wait().await;
+        self.streams.close();
+        self.streams.wait().await;
+        match Arc::try_unwrap(self.store) {
+            Ok(store) => store.close().await.context("closing the database")?,
+            Err(_) => {
+                tracing::warn!("database still in use at shutdown; leaving it to close on exit")
+            }
+        }
+        tracing::info!("jobq server stopped");
+        served
+    }
+
+    /// Runs until the server stops on its own (it only does on a fatal error).
+    pub async fn wait_for_exit(&mut self) -> anyhow::Result<()> {
+        (&mut self.serve)
+            .await
+            .context("server task panicked")?
+            .context("serving gRPC")
+    }
+}

@@ -1,0 +1,108 @@
+//! Background loops of the server. Each owns nothing global: it gets the
+//! queue and a cancellation token, and returns when the token fires.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::time::MissedTickBehavior;
+use tokio_util::sync::CancellationToken;
+
+use crate::domain::JobQueue;
+
+/// Longest the promoter sleeps without looking, in case a wake-up was missed.
+const PROMOTER_MAX_SLEEP: Duration = Duration::from_secs(1);
+/// Pause after a failed pass, so a broken database is not hammered.
+const ERROR_PAUSE: Duration = Duration::from_millis(500);
+
+/// Turns expired leases and timed-out attempts into failed attempts, every `interval`.
+pub async fn reaper(queue: Arc<JobQueue>, interval: Duration, stop: CancellationToken) {
+    let mut ticker = tokio::time::interval(interval);
+    ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            _ = ticker.tick() => {}
+        }
+        match queue.reap_expired().await {
+            Ok(0) => {}
+            Ok(ended) => tracing::info!(ended, "reaper ended expired attempts"),
+            Err(error) => tracing::warn!(%error, "reaper pass failed"),
+        }
+    }
+}
+
+/// How often the scheduler looks for due cron ticks.
+const SCHEDULER_TICK: Duration = Duration::from_millis(250);
+/// How often retention looks for jobs to purge.
+const RETENTION_TICK: Duration = Duration::from_secs(60);
+
+/// Fires due cron schedules; every replica may run it, the store makes each tick fire once.
+pub async fn scheduler(queue: Arc<JobQueue>, stop: CancellationToken) {
+    let mut ticker = tokio::time::interval(SCHEDULER_TICK);
+    ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            _ = ticker.tick() => {}
+        }
+        match queue.fire_due_schedules().await {
+            Ok(fired) => {
+                for job in fired {
+                    tracing::info!(schedule = ?job.schedule_name, job_id = %job.id, "schedule fired");
+                }
+            }
+            Err(error) => tracing::warn!(%error, "scheduler pass failed"),
+        }
+    }
+}
+
+/// Purges finished jobs and their logs once they are older than the retention periods.
+pub async fn retention(queue: Arc<JobQueue>, finished_max_age: Duration, dead_max_age: Duration, stop: CancellationToken) {
+    use crate::domain::JobState;
+    let mut ticker = tokio::time::interval(RETENTION_TICK);
+    ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            _ = ticker.tick() => {}
+        }
+        let now = queue.now();
+        let age = |max: Duration| now.saturating_sub(max.as_millis().min(i64::MAX as u128) as i64);
+        let passes = [
+            (&[JobState::Succeeded, JobState::Cancelled][..], age(finished_max_age)),
+            (&[JobState::Dead][..], age(dead_max_age)),
+        ];
+        for (states, before) in passes {
+            match queue.purge_finished(states, before).await {
+                Ok(0) => {}
+                Ok(purged) => tracing::info!(purged, ?states, "retention purged finished jobs"),
+                Err(error) => tracing::warn!(%error, "retention pass failed"),
+            }
+        }
+    }
+}
+
+/// Queues scheduled and retrying jobs when their run_at comes. Sleeps until
+/// the earliest run_at, and wakes early when a job starts waiting.
+pub async fn promoter(queue: Arc<JobQueue>, stop: CancellationToken) {
+    loop {
+        let pause = match queue.promote_due().await {
+            Ok(_) => queue
+                .until_next_due(PROMOTER_MAX_SLEEP)
+                .await
+                .unwrap_or(ERROR_PAUSE),
+            Err(error) => {
+                tracing::warn!(%error, "promoter pass failed");
+                ERROR_PAUSE
+            }
+        };
+        if pause.is_zero() {
+            continue;
+        }
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(pause) => {}
+            () = queue.waiting_changed() => {}
+        }
+    }
+}

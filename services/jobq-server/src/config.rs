@@ -1,0 +1,167 @@
+//! Server configuration: flags, each also a `JOBQ_*` environment variable,
+//! with defaults that work out of the box.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Parser, ValueEnum};
+
+use crate::domain::{Defaults, Limits, RetryPolicy};
+
+/// How the server writes its own log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// One readable line per event.
+    Human,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Everything `jobq-server` can be told.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "jobq-server", version, about = "The jobq queue server")]
+pub struct Config {
+    /// Address to serve gRPC, grpc-web and the dashboard on. Port 0 picks a free port.
+    #[arg(long, env = "JOBQ_LISTEN", default_value = "127.0.0.1:50051")]
+    pub listen: SocketAddr,
+
+    /// Directory for the SQLite database and job logs.
+    #[arg(long, env = "JOBQ_DATA_DIR", default_value = "jobq-data")]
+    pub data_dir: PathBuf,
+
+    /// Database URL (sqlite://... or postgres://...). Default: jobq.db in the data dir.
+    #[arg(long, env = "JOBQ_DATABASE_URL")]
+    pub database_url: Option<String>,
+
+    /// Allow listening on a non-loopback address without authentication.
+    #[arg(long, env = "JOBQ_INSECURE")]
+    pub insecure: bool,
+
+    /// Attempts a job gets when its spec does not say.
+    #[arg(long, env = "JOBQ_DEFAULT_MAX_ATTEMPTS", default_value_t = 25,
+          value_parser = clap::value_parser!(i32).range(1..))]
+    pub default_max_attempts: i32,
+
+    /// Longest run time of one attempt when the job does not say.
+    #[arg(long, env = "JOBQ_DEFAULT_TIMEOUT", default_value = "1h", value_parser = humantime::parse_duration)]
+    pub default_timeout: Duration,
+
+    /// Backoff after the first failed attempt, doubled each time.
+    #[arg(long, env = "JOBQ_DEFAULT_BACKOFF_BASE", default_value = "1s", value_parser = humantime::parse_duration)]
+    pub default_backoff_base: Duration,
+
+    /// Longest backoff between attempts.
+    #[arg(long, env = "JOBQ_DEFAULT_BACKOFF_MAX", default_value = "1h", value_parser = humantime::parse_duration)]
+    pub default_backoff_max: Duration,
+
+    /// Lease length when a worker does not ask for one.
+    #[arg(long, env = "JOBQ_LEASE_DURATION", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub lease_duration: Duration,
+
+    /// How often the reaper looks for expired leases and timed-out attempts.
+    #[arg(long, env = "JOBQ_REAPER_INTERVAL", default_value = "1s", value_parser = humantime::parse_duration)]
+    pub reaper_interval: Duration,
+
+    /// Largest job payload or result, in bytes.
+    #[arg(long, env = "JOBQ_MAX_PAYLOAD_BYTES", default_value_t = 1024 * 1024)]
+    pub max_payload_bytes: usize,
+
+    /// Longest log line kept whole; longer ones are cut and marked.
+    #[arg(long, env = "JOBQ_MAX_LOG_LINE_BYTES", default_value_t = 16 * 1024)]
+    pub max_log_line_bytes: usize,
+
+    /// Most log bytes kept per job; further lines are dropped and counted.
+    #[arg(long, env = "JOBQ_MAX_JOB_LOG_BYTES", default_value_t = 64 * 1024 * 1024)]
+    pub max_job_log_bytes: u64,
+
+    /// Succeeded and cancelled jobs (and their logs) are purged this long after they finish.
+    #[arg(long, env = "JOBQ_RETENTION_FINISHED", default_value = "7days", value_parser = humantime::parse_duration)]
+    pub retention_finished: Duration,
+
+    /// Dead jobs are purged this long after they died.
+    #[arg(long, env = "JOBQ_RETENTION_DEAD", default_value = "30days", value_parser = humantime::parse_duration)]
+    pub retention_dead: Duration,
+
+    /// How long shutdown waits for in-flight calls before it gives up on them.
+    #[arg(long, env = "JOBQ_SHUTDOWN_GRACE", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub shutdown_grace: Duration,
+
+    /// Log format of the server's own log (stderr).
+    #[arg(long, env = "JOBQ_LOG_FORMAT", value_enum, default_value = "human")]
+    pub log_format: LogFormat,
+}
+
+impl Config {
+    /// The defaults, with the given data dir and a free loopback port: what tests start from.
+    pub fn for_tests(data_dir: impl Into<PathBuf>) -> Self {
+        let mut config = Config::parse_from(["jobq-server"]);
+        config.listen = SocketAddr::from(([127, 0, 0, 1], 0));
+        config.data_dir = data_dir.into();
+        config
+    }
+
+    /// Checks what clap cannot: combinations and the safety rule on open addresses.
+    pub fn validate(&self) -> Result<(), String> {
+        if !self.listen.ip().is_loopback() && !self.insecure {
+            return Err(format!(
+                "refusing to listen on non-loopback address {} without authentication; \
+                 pass --insecure (JOBQ_INSECURE=true) to do it anyway",
+                self.listen
+            ));
+        }
+        if self.default_backoff_base.is_zero() {
+            return Err("--default-backoff-base must be greater than zero".into());
+        }
+        if self.default_backoff_max < self.default_backoff_base {
+            return Err("--default-backoff-max must be at least --default-backoff-base".into());
+        }
+        if self.lease_duration < Duration::from_millis(100) {
+            return Err("--lease-duration must be at least 100ms".into());
+        }
+        if self.max_log_line_bytes < 64 {
+            return Err("--max-log-line-bytes must be at least 64".into());
+        }
+        if self.reaper_interval.is_zero() {
+            return Err("--reaper-interval must be greater than zero".into());
+        }
+        Ok(())
+    }
+
+    /// The database URL in force: the flag, or a SQLite file in the data dir.
+    pub fn effective_database_url(&self) -> String {
+        match &self.database_url {
+            Some(url) => url.clone(),
+            None => format!(
+                "sqlite://{}?mode=rwc",
+                self.data_dir.join("jobq.db").display()
+            ),
+        }
+    }
+
+    /// Job defaults for the domain.
+    pub fn job_defaults(&self) -> Defaults {
+        Defaults {
+            max_attempts: self.default_max_attempts,
+            timeout: self.default_timeout,
+            retry_policy: RetryPolicy {
+                base_backoff: self.default_backoff_base,
+                max_backoff: self.default_backoff_max,
+            },
+            lease_duration: self.lease_duration,
+        }
+    }
+
+    /// Job log limits.
+    pub fn log_limits(&self) -> crate::logs::LogLimits {
+        crate::logs::LogLimits { max_line_bytes: self.max_log_line_bytes, max_job_bytes: self.max_job_log_bytes }
+    }
+
+    /// Input limits for the domain.
+    pub fn limits(&self) -> Limits {
+        Limits {
+            max_payload_bytes: self.max_payload_bytes,
+            ..Limits::default()
+        }
+    }
+}

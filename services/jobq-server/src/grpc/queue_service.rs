@@ -1,0 +1,505 @@
+//! `jobq.v1.JobQueueService`: producers, admins and the dashboard. Thin
+//! handlers: validate and convert, call the queue, convert back.
+
+use std::sync::Arc;
+
+use jobq_proto::v1 as pb;
+use jobq_proto::v1::job_queue_service_server::JobQueueService;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::task::TaskTracker;
+use tonic::{Request, Response, Status};
+
+use super::convert::{self, proto_job, proto_state, timestamp};
+use super::streams::{EventFilter, LogFollow, STREAM_BUFFER, log_error, watch_events};
+use crate::domain::{
+    JobFilter, JobId, JobQueue, JobSelector, MAX_MESSAGE_BYTES, MAX_NAME_BYTES, PageRequest,
+    QueueControls, QueueError, QueueResult, ScheduleDefinition, ScheduleRecord,
+};
+use crate::logs::LogStore;
+
+/// Page size when the request leaves it out.
+const DEFAULT_PAGE_SIZE: u64 = 50;
+/// Largest page.
+const MAX_PAGE_SIZE: i32 = 500;
+/// Log lines per GetJobLogs page by default, and at most.
+const DEFAULT_LOG_PAGE: usize = 500;
+const MAX_LOG_PAGE: i32 = 5000;
+/// ListWorkers leaves out workers silent for longer than this unless asked.
+const STALE_WORKER_MS: i64 = 3_600_000;
+/// Most jobs one bulk operation touches.
+const MAX_BULK: i32 = 10_000;
+/// Page tokens are opaque to clients; this prefix versions their format.
+const PAGE_TOKEN_PREFIX: &str = "before:";
+
+/// The producer/admin API over a [`JobQueue`] and the job logs.
+pub struct QueueApi {
+    queue: Arc<JobQueue>,
+    logs: Arc<LogStore>,
+    /// Tasks feeding open server streams; they watch the shutdown token.
+    streams: TaskTracker,
+}
+
+impl QueueApi {
+    /// The API over `queue` and `logs`; stream tasks are spawned on `streams`.
+    pub fn new(queue: Arc<JobQueue>, logs: Arc<LogStore>, streams: TaskTracker) -> Self {
+        Self { queue, logs, streams }
+    }
+
+    async fn enqueue(
+        &self,
+        specs: Vec<pb::JobSpec>,
+        field_of: impl Fn(usize) -> String,
+    ) -> QueueResult<Vec<pb::EnqueueJobResponse>> {
+        let now = self.queue.now();
+        let specs = specs
+            .into_iter()
+            .enumerate()
+            .map(|(index, spec)| {
+                convert::job_spec(spec, self.queue.defaults(), self.queue.limits(), now)
+                    .map_err(|e| e.within(&field_of(index)))
+            })
+            .collect::<QueueResult<Vec<_>>>()?;
+        let stored = self.queue.enqueue(specs, field_of).await?;
+        Ok(stored
+            .into_iter()
+            .map(|(job, already_exists)| pb::EnqueueJobResponse {
+                job: Some(proto_job(job)),
+                already_exists,
+            })
+            .collect())
+    }
+}
+
+fn job_filter(request: &pb::ListJobsRequest) -> QueueResult<JobFilter> {
+    Ok(JobFilter {
+        states: request
+            .states
+            .iter()
+            .map(|raw| convert::job_state(*raw, "states"))
+            .collect::<QueueResult<_>>()?,
+        types: request.types.clone(),
+        queues: request.queues.clone(),
+        created_after: request
+            .created_after
+            .as_ref()
+            .map(|ts| convert::millis_of(ts, "created_after"))
+            .transpose()?,
+        created_before: request
+            .created_before
+            .as_ref()
+            .map(|ts| convert::millis_of(ts, "created_before"))
+            .transpose()?,
+        parent_id: match request.parent_id.as_str() {
+            "" => None,
+            raw => Some(convert::job_id(raw, "parent_id")?),
+        },
+        search: match request.search.as_str() {
+            "" => None,
+            text => Some(convert::bounded_text(text, "search", MAX_NAME_BYTES)?),
+        },
+    })
+}
+
+fn page_request(request: &pb::ListJobsRequest) -> QueueResult<PageRequest> {
+    let limit = match request.page_size {
+        0 => DEFAULT_PAGE_SIZE,
+        size @ 1..=MAX_PAGE_SIZE => size as u64,
+        size => {
+            return Err(QueueError::invalid(
+                "page_size",
+                format!("{size} is outside 1..={MAX_PAGE_SIZE}"),
+            ));
+        }
+    };
+    let after = match request.page_token.as_str() {
+        "" => None,
+        token => {
+            let id = token
+                .strip_prefix(PAGE_TOKEN_PREFIX)
+                .and_then(|raw| JobId::parse(raw, "page_token").ok())
+                .ok_or_else(|| {
+                    QueueError::invalid("page_token", "is not a token returned by ListJobs")
+                })?;
+            Some(id)
+        }
+    };
+    Ok(PageRequest { limit, after })
+}
+
+fn job_selector(selector: Option<pb::JobSelector>) -> QueueResult<JobSelector> {
+    let selector = selector.ok_or_else(|| QueueError::invalid("selector", "is required"))?;
+    let limit = match selector.limit {
+        0 => 1000,
+        limit @ 1..=MAX_BULK => limit as u64,
+        limit => return Err(QueueError::invalid("selector.limit", format!("{limit} is outside 1..={MAX_BULK}"))),
+    };
+    if selector.ids.len() > 1000 {
+        return Err(QueueError::invalid("selector.ids", "names more than 1000 jobs"));
+    }
+    let ids = selector
+        .ids
+        .iter()
+        .enumerate()
+        .map(|(index, raw)| convert::job_id(raw, &format!("selector.ids[{index}]")))
+        .collect::<QueueResult<Vec<_>>>()?;
+    let states = selector
+        .states
+        .iter()
+        .map(|raw| convert::job_state(*raw, "selector.states"))
+        .collect::<QueueResult<Vec<_>>>()?;
+    if ids.is_empty() && states.is_empty() {
+        return Err(QueueError::invalid("selector.states", "is required when no ids are given"));
+    }
+    Ok(JobSelector { ids, states, queues: selector.queues, types: selector.types, limit })
+}
+
+fn proto_queue(controls: QueueControls) -> pb::Queue {
+    pb::Queue {
+        name: controls.name,
+        paused: controls.paused,
+        concurrency_limit: controls.concurrency_limit,
+        rate_limit_per_second: controls.rate_limit_per_second,
+    }
+}
+
+fn proto_schedule(record: ScheduleRecord) -> pb::Schedule {
+    pb::Schedule {
+        name: record.name,
+        cron: record.cron,
+        time_zone: record.time_zone,
+        job: Some(convert::proto_spec(record.template)),
+        paused: record.paused,
+        next_run_at: Some(timestamp(record.next_run_at)),
+        last_run_at: convert::opt_timestamp(record.last_run_at),
+        last_job_id: record.last_job_id.map(|id| id.to_string()).unwrap_or_default(),
+        created_at: Some(timestamp(record.created_at)),
+    }
+}
+
+#[tonic::async_trait]
+impl JobQueueService for QueueApi {
+    async fn enqueue_job(
+        &self,
+        request: Request<pb::EnqueueJobRequest>,
+    ) -> Result<Response<pb::EnqueueJobResponse>, Status> {
+        let spec = request
+            .into_inner()
+            .job
+            .ok_or_else(|| QueueError::invalid("job", "is required"))?;
+        let mut results = self.enqueue(vec![spec], |_| "job".to_owned()).await?;
+        let result = results
+            .pop()
+            .ok_or_else(|| Status::internal("enqueue returned no job"))?;
+        Ok(Response::new(result))
+    }
+
+    async fn enqueue_jobs(
+        &self,
+        request: Request<pb::EnqueueJobsRequest>,
+    ) -> Result<Response<pb::EnqueueJobsResponse>, Status> {
+        let jobs = request.into_inner().jobs;
+        let max = self.queue.limits().max_batch;
+        if jobs.is_empty() || jobs.len() > max {
+            return Err(QueueError::invalid(
+                "jobs",
+                format!("has {} jobs; a batch holds 1 to {max}", jobs.len()),
+            )
+            .into());
+        }
+        let results = self.enqueue(jobs, |index| format!("jobs[{index}]")).await?;
+        Ok(Response::new(pb::EnqueueJobsResponse { results }))
+    }
+
+    async fn get_job(
+        &self,
+        request: Request<pb::GetJobRequest>,
+    ) -> Result<Response<pb::GetJobResponse>, Status> {
+        let id = convert::job_id(&request.into_inner().id, "id")?;
+        let job = self.queue.get(&id).await?;
+        Ok(Response::new(pb::GetJobResponse {
+            job: Some(proto_job(job)),
+        }))
+    }
+
+    async fn list_jobs(
+        &self,
+        request: Request<pb::ListJobsRequest>,
+    ) -> Result<Response<pb::ListJobsResponse>, Status> {
+        let request = request.into_inner();
+        let filter = job_filter(&request)?;
+        let page = self.queue.list(&filter, page_request(&request)?).await?;
+        Ok(Response::new(pb::ListJobsResponse {
+            jobs: page.jobs.into_iter().map(proto_job).collect(),
+            next_page_token: page
+                .next_after
+                .map(|id| format!("{PAGE_TOKEN_PREFIX}{id}"))
+                .unwrap_or_default(),
+        }))
+    }
+
+    async fn cancel_job(
+        &self,
+        request: Request<pb::CancelJobRequest>,
+    ) -> Result<Response<pb::CancelJobResponse>, Status> {
+        let request = request.into_inner();
+        let id = convert::job_id(&request.id, "id")?;
+        let reason = match convert::bounded_text(&request.reason, "reason", MAX_MESSAGE_BYTES)? {
+            reason if reason.is_empty() => "cancelled by a client".to_owned(),
+            reason => reason,
+        };
+        let job = self.queue.cancel(&id, reason).await?;
+        Ok(Response::new(pb::CancelJobResponse {
+            job: Some(proto_job(job)),
+        }))
+    }
+
+    async fn retry_job(
+        &self,
+        request: Request<pb::RetryJobRequest>,
+    ) -> Result<Response<pb::RetryJobResponse>, Status> {
+        let id = convert::job_id(&request.into_inner().id, "id")?;
+        let job = self.queue.retry(&id).await?;
+        Ok(Response::new(pb::RetryJobResponse {
+            job: Some(proto_job(job)),
+        }))
+    }
+
+    async fn delete_job(
+        &self,
+        request: Request<pb::DeleteJobRequest>,
+    ) -> Result<Response<pb::DeleteJobResponse>, Status> {
+        let id = convert::job_id(&request.into_inner().id, "id")?;
+        self.queue.delete(&id).await?;
+        Ok(Response::new(pb::DeleteJobResponse {}))
+    }
+
+    async fn get_queue_stats(
+        &self,
+        request: Request<pb::GetQueueStatsRequest>,
+    ) -> Result<Response<pb::GetQueueStatsResponse>, Status> {
+        let request = request.into_inner();
+        let snapshot = self.queue.stats(&request.queues).await?;
+        let mut totals = std::collections::BTreeMap::new();
+        let queues = snapshot
+            .queues
+            .into_iter()
+            .map(|queue| {
+                for (state, count) in &queue.counts {
+                    *totals.entry(*state).or_insert(0) += count;
+                }
+                let age_ms = queue
+                    .oldest_ready_run_at
+                    .map_or(0, |run_at| (snapshot.as_of - run_at).max(0));
+                pb::QueueStats {
+                    queue: queue.queue,
+                    counts: queue
+                        .counts
+                        .into_iter()
+                        .map(|(state, count)| pb::StateCount {
+                            state: proto_state(state).into(),
+                            count,
+                        })
+                        .collect(),
+                    oldest_ready_age: Some(convert::proto_duration(
+                        std::time::Duration::from_millis(age_ms as u64),
+                    )),
+                }
+            })
+            .collect();
+        Ok(Response::new(pb::GetQueueStatsResponse {
+            queues,
+            totals: totals
+                .into_iter()
+                .map(|(state, count)| pb::StateCount {
+                    state: proto_state(state).into(),
+                    count,
+                })
+                .collect(),
+            as_of: Some(timestamp(snapshot.as_of)),
+        }))
+    }
+
+    async fn retry_jobs(&self, request: Request<pb::RetryJobsRequest>) -> Result<Response<pb::RetryJobsResponse>, Status> {
+        let selector = job_selector(request.into_inner().selector)?;
+        let retried = self.queue.retry_many(&selector).await?;
+        Ok(Response::new(pb::RetryJobsResponse { job_ids: retried.iter().map(ToString::to_string).collect() }))
+    }
+
+    async fn delete_jobs(&self, request: Request<pb::DeleteJobsRequest>) -> Result<Response<pb::DeleteJobsResponse>, Status> {
+        let selector = job_selector(request.into_inner().selector)?;
+        let deleted = self.queue.delete_many(&selector).await?;
+        Ok(Response::new(pb::DeleteJobsResponse { job_ids: deleted.iter().map(ToString::to_string).collect() }))
+    }
+
+    type StreamJobLogsStream = ReceiverStream<Result<pb::StreamJobLogsResponse, Status>>;
+
+    async fn stream_job_logs(&self, request: Request<pb::StreamJobLogsRequest>) -> Result<Response<Self::StreamJobLogsStream>, Status> {
+        let request = request.into_inner();
+        let job_id = convert::job_id(&request.job_id, "job_id")?;
+        let streams = convert::log_streams(&request.streams, "streams")?;
+        if self.queue.is_terminal(&job_id).await?.is_none() {
+            return Err(QueueError::JobNotFound(job_id.to_string()).into());
+        }
+        let (sender, receiver) = mpsc::channel(STREAM_BUFFER);
+        let follow = LogFollow {
+            queue: self.queue.clone(),
+            logs: self.logs.clone(),
+            job_id,
+            streams,
+            after: request.after_position,
+            follow: request.follow,
+        };
+        self.streams.spawn(follow.run(sender));
+        Ok(Response::new(ReceiverStream::new(receiver)))
+    }
+
+    async fn get_job_logs(&self, request: Request<pb::GetJobLogsRequest>) -> Result<Response<pb::GetJobLogsResponse>, Status> {
+        let request = request.into_inner();
+        let job_id = convert::job_id(&request.job_id, "job_id")?;
+        let streams = convert::log_streams(&request.streams, "streams")?;
+        let page_size = match request.page_size {
+            0 => DEFAULT_LOG_PAGE,
+            size @ 1..=MAX_LOG_PAGE => size as usize,
+            size => return Err(QueueError::invalid("page_size", format!("{size} is outside 1..={MAX_LOG_PAGE}")).into()),
+        };
+        if self.queue.is_terminal(&job_id).await?.is_none() {
+            return Err(QueueError::JobNotFound(job_id.to_string()).into());
+        }
+        let (lines, end_of_log) = self.logs.read(&job_id, request.after_position, page_size, &streams).map_err(log_error)?;
+        let next_after_position = lines.last().map_or(request.after_position, |line| line.position);
+        Ok(Response::new(pb::GetJobLogsResponse {
+            lines: lines.into_iter().map(convert::proto_log_line).collect(),
+            next_after_position,
+            end_of_log,
+        }))
+    }
+
+    type WatchJobsStream = ReceiverStream<Result<pb::WatchJobsResponse, Status>>;
+
+    async fn watch_jobs(&self, request: Request<pb::WatchJobsRequest>) -> Result<Response<Self::WatchJobsStream>, Status> {
+        let request = request.into_inner();
+        let filter = EventFilter {
+            queues: request.queues,
+            types: request.types,
+            states: request.states.iter().map(|raw| convert::job_state(*raw, "states")).collect::<QueueResult<_>>()?,
+            job_ids: request
+                .job_ids
+                .iter()
+                .enumerate()
+                .map(|(index, raw)| convert::job_id(raw, &format!("job_ids[{index}]")))
+                .collect::<QueueResult<_>>()?,
+        };
+        let (sender, receiver) = mpsc::channel(STREAM_BUFFER);
+        let events = self.queue.subscribe();
+        let queue = self.queue.clone();
+        self.streams.spawn(watch_events(queue, events, filter, sender));
+        Ok(Response::new(ReceiverStream::new(receiver)))
+    }
+
+    async fn list_queues(&self, _: Request<pb::ListQueuesRequest>) -> Result<Response<pb::ListQueuesResponse>, Status> {
+        let queues = self.queue.queues().await?;
+        Ok(Response::new(pb::ListQueuesResponse { queues: queues.into_iter().map(proto_queue).collect() }))
+    }
+
+    async fn update_queue(&self, request: Request<pb::UpdateQueueRequest>) -> Result<Response<pb::UpdateQueueResponse>, Status> {
+        let request = request.into_inner();
+        let name = convert::name(&request.name, "name")?;
+        let name = convert::queue_name(&name, "name")?;
+        if let Some(limit) = request.concurrency_limit {
+            if limit < 0 {
+                return Err(QueueError::invalid("concurrency_limit", format!("{limit} is negative")).into());
+            }
+        }
+        if let Some(rate) = request.rate_limit_per_second {
+            if !rate.is_finite() || rate < 0.0 {
+                return Err(QueueError::invalid("rate_limit_per_second", "must be a finite number >= 0").into());
+            }
+        }
+        let controls = self
+            .queue
+            .update_queue(name, |controls| {
+                if let Some(paused) = request.paused {
+                    controls.paused = paused;
+                }
+                if let Some(limit) = request.concurrency_limit {
+                    controls.concurrency_limit = limit;
+                }
+                if let Some(rate) = request.rate_limit_per_second {
+                    controls.rate_limit_per_second = rate;
+                }
+            })
+            .await?;
+        Ok(Response::new(pb::UpdateQueueResponse { queue: Some(proto_queue(controls)) }))
+    }
+
+    async fn list_workers(&self, request: Request<pb::ListWorkersRequest>) -> Result<Response<pb::ListWorkersResponse>, Status> {
+        let now = self.queue.now();
+        let since = if request.into_inner().include_stale { 0 } else { now - STALE_WORKER_MS };
+        // A worker silent for two lease periods has stopped heartbeating.
+        let lost_before = now - 2 * self.queue.defaults().lease_duration.as_millis() as i64;
+        let mut workers: Vec<pb::Worker> = self
+            .queue
+            .workers(since)
+            .await?
+            .into_iter()
+            .map(|(worker, running)| {
+                let status = if worker.last_seen_at >= lost_before { pb::WorkerStatus::Active } else { pb::WorkerStatus::Lost };
+                pb::Worker {
+                    worker_id: worker.worker_id,
+                    hostname: worker.hostname,
+                    queues: worker.queues,
+                    types: worker.types,
+                    running_job_ids: running.iter().map(ToString::to_string).collect(),
+                    first_seen_at: Some(timestamp(worker.first_seen_at)),
+                    last_seen_at: Some(timestamp(worker.last_seen_at)),
+                    status: status.into(),
+                    version: worker.version,
+                }
+            })
+            .collect();
+        workers.sort_by_key(|worker| worker.status != pb::WorkerStatus::Active as i32);
+        Ok(Response::new(pb::ListWorkersResponse { workers }))
+    }
+
+    async fn put_schedule(&self, request: Request<pb::PutScheduleRequest>) -> Result<Response<pb::PutScheduleResponse>, Status> {
+        let schedule = request.into_inner().schedule.ok_or_else(|| QueueError::invalid("schedule", "is required"))?;
+        let name = convert::name(&schedule.name, "schedule.name")?;
+        let name = convert::queue_name(&name, "schedule.name")?;
+        let spec = schedule.job.ok_or_else(|| QueueError::invalid("schedule.job", "is required"))?;
+        let template = convert::job_spec(spec, self.queue.defaults(), self.queue.limits(), self.queue.now())
+            .map_err(|e| e.within("schedule.job"))?;
+        if template.run_at.is_some() {
+            return Err(QueueError::invalid("schedule.job.run_at", "a schedule decides when its jobs run").into());
+        }
+        let record = self
+            .queue
+            .put_schedule(ScheduleDefinition {
+                name,
+                cron: schedule.cron,
+                time_zone: schedule.time_zone,
+                template,
+                paused: schedule.paused,
+            })
+            .await?;
+        Ok(Response::new(pb::PutScheduleResponse { schedule: Some(proto_schedule(record)) }))
+    }
+
+    async fn list_schedules(&self, _: Request<pb::ListSchedulesRequest>) -> Result<Response<pb::ListSchedulesResponse>, Status> {
+        let schedules = self.queue.schedules().await?;
+        Ok(Response::new(pb::ListSchedulesResponse { schedules: schedules.into_iter().map(proto_schedule).collect() }))
+    }
+
+    async fn set_schedule_paused(&self, request: Request<pb::SetSchedulePausedRequest>) -> Result<Response<pb::SetSchedulePausedResponse>, Status> {
+        let request = request.into_inner();
+        let name = convert::name(&request.name, "name")?;
+        let record = self.queue.set_schedule_paused(&name, request.paused).await?;
+        Ok(Response::new(pb::SetSchedulePausedResponse { schedule: Some(proto_schedule(record)) }))
+    }
+
+    async fn delete_schedule(&self, request: Request<pb::DeleteScheduleRequest>) -> Result<Response<pb::DeleteScheduleResponse>, Status> {
+        let name = convert::name(&request.into_inner().name, "name")?;
+        self.queue.delete_schedule(&name).await?;
+        Ok(Response::new(pb::DeleteScheduleResponse {}))
+    }
+}

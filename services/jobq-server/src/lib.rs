@@ -1,0 +1,16 @@
+//! The jobq queue server: the `jobq.v1` gRPC API over a job store, with the
+//! lifecycle rules in `domain`, storage in `store`, handlers in `grpc`.
+
+mod app;
+mod background;
+mod dashboard;
+mod cli;
+pub mod config;
+pub mod domain;
+mod grpc;
+mod logs;
+mod store;
+
+pub use app::{App, RunningServer};
+pub use cli::run_cli;
+pub use config::Config;

@@ -1,0 +1,422 @@
+//! Per-job logs on disk, under `{data_dir}/logs/jobs/{job_id}/`:
+//! `stdout.log` and `stderr.log` (readable, one line each, attempt marked) and
+//! `events.jsonl` (every line of every stream, one JSON object a line, with
+//! its position). `events.jsonl` is the record StreamJobLogs replays;
+//! followers get new lines through a bounded broadcast per job, so a slow
+//! follower never slows the writer or other followers.
+
+use std::collections::HashMap;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::broadcast;
+
+use crate::domain::{JobId, JobLog, Millis};
+
+/// Which stream a line belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogStream {
+    /// Standard output.
+    Stdout,
+    /// Standard error.
+    Stderr,
+    /// Progress reports.
+    Progress,
+    /// Lines of the server or the worker runtime.
+    System,
+}
+
+/// A line as stored and streamed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LogLine {
+    /// Position in the job's log, from 1, without gaps.
+    #[serde(rename = "pos")]
+    pub position: u64,
+    /// When it was produced (ms since the epoch).
+    pub time: Millis,
+    /// Attempt it belongs to.
+    pub attempt: i32,
+    /// Stream.
+    pub stream: LogStream,
+    /// Text.
+    pub message: String,
+    /// Structured fields (a JSON object), if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fields: Option<serde_json::Value>,
+}
+
+/// A line to append.
+#[derive(Debug, Clone)]
+pub struct NewLine {
+    /// Stream.
+    pub stream: LogStream,
+    /// When produced.
+    pub time: Millis,
+    /// Text.
+    pub message: String,
+    /// Structured fields.
+    pub fields: Option<serde_json::Value>,
+}
+
+/// Size limits of job logs.
+#[derive(Debug, Clone, Copy)]
+pub struct LogLimits {
+    /// Longest line kept whole, in bytes; longer ones are cut and marked.
+    pub max_line_bytes: usize,
+    /// Most bytes of messages kept per job; later lines are dropped and counted.
+    pub max_job_bytes: u64,
+}
+
+impl Default for LogLimits {
+    fn default() -> Self {
+        Self { max_line_bytes: 16 * 1024, max_job_bytes: 64 * 1024 * 1024 }
+    }
+}
+
+/// What one append did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct AppendOutcome {
+    /// Lines stored (cut ones included).
+    pub accepted: u64,
+    /// Lines cut to the line limit.
+    pub truncated: u64,
+    /// Lines dropped because the job's log was full.
+    pub dropped: u64,
+    /// Position of the last stored line.
+    pub last_position: u64,
+}
+
+/// Open files and counters of one job's log.
+struct JobLogFiles {
+    next_position: u64,
+    message_bytes: u64,
+    dropped_lines: u64,
+    dropped_bytes: u64,
+    events: File,
+    stdout: File,
+    stderr: File,
+}
+
+/// How many lines a follower may fall behind before it is told it lagged.
+const FOLLOW_BUFFER: usize = 1024;
+
+/// All job logs of this server.
+pub struct LogStore {
+    root: PathBuf,
+    limits: LogLimits,
+    open: Mutex<HashMap<String, Arc<Mutex<JobLogFiles>>>>,
+    followers: Mutex<HashMap<String, broadcast::Sender<LogLine>>>,
+    /// Fires for every job that finished, so followers can end.
+    finished: broadcast::Sender<String>,
+}
+
+fn append_line(file: &mut File, line: &str) -> io::Result<()> {
+    let mut buffer = String::with_capacity(line.len() + 1);
+    buffer.push_str(line);
+    buffer.push('\n');
+    file.write_all(buffer.as_bytes())
+}
+
+/// Cuts `message` to at most `max` bytes on a char boundary, marking the cut.
+fn cut(message: &str, max: usize) -> (String, bool) {
+    if message.len() <= max {
+        return (message.to_owned(), false);
+    }
+    let mut end = max;
+    while !message.is_char_boundary(end) {
+        end -= 1;
+    }
+    let dropped = message.len() - end;
+    (format!("{} [line cut: {dropped} more bytes dropped]", &message[..end]), true)
+}
+
+fn rfc3339(ms: Millis) -> String {
+    chrono::DateTime::from_timestamp_millis(ms)
+        .map(|time| time.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string())
+        .unwrap_or_else(|| ms.to_string())
+}
+
+impl LogStore {
+    /// Logs under `data_dir/logs/jobs`.
+    pub fn new(data_dir: &Path, limits: LogLimits) -> io::Result<Self> {
+        let root = data_dir.join("logs").join("jobs");
+        fs::create_dir_all(&root)?;
+        Ok(Self {
+            root,
+            limits,
+            open: Mutex::new(HashMap::new()),
+            followers: Mutex::new(HashMap::new()),
+            finished: broadcast::Sender::new(1024),
+        })
+    }
+
+    fn dir(&self, job_id: &str) -> PathBuf {
+        self.root.join(job_id)
+    }
+
+    /// Opens a job's files, counting what an earlier run of the server wrote.
+    fn open_files(&self, job_id: &str) -> io::Result<Arc<Mutex<JobLogFiles>>> {
+        let mut open = self.open.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(files) = open.get(job_id) {
+            return Ok(files.clone());
+        }
+        let dir = self.dir(job_id);
+        fs::create_dir_all(&dir)?;
+        let events_path = dir.join("events.jsonl");
+        let mut next_position = 1;
+        let mut message_bytes = 0;
+        if events_path.exists() {
+            for line in BufReader::new(File::open(&events_path)?).lines() {
+                if let Ok(stored) = serde_json::from_str::<LogLine>(&line?) {
+                    next_position = stored.position + 1;
+                    message_bytes += stored.message.len() as u64;
+                }
+            }
+        }
+        let append = |name: &str| OpenOptions::new().create(true).append(true).open(dir.join(name));
+        let files = Arc::new(Mutex::new(JobLogFiles {
+            next_position,
+            message_bytes,
+            dropped_lines: 0,
+            dropped_bytes: 0,
+            events: append("events.jsonl")?,
+            stdout: append("stdout.log")?,
+            stderr: append("stderr.log")?,
+        }));
+        open.insert(job_id.to_owned(), files.clone());
+        Ok(files)
+    }
+
+    fn write(files: &mut JobLogFiles, attempt: i32, line: NewLine) -> io::Result<LogLine> {
+        let stored = LogLine {
+            position: files.next_position,
+            time: line.time,
+            attempt,
+            stream: line.stream,
+            message: line.message,
+            fields: line.fields,
+        };
+        let json = serde_json::to_string(&stored).map_err(io::Error::other)?;
+        append_line(&mut files.events, &json)?;
+        let readable = format!("{} #{} {}", rfc3339(stored.time), attempt, stored.message);
+        match stored.stream {
+            LogStream::Stdout => append_line(&mut files.stdout, &readable)?,
+            LogStream::Stderr => append_line(&mut files.stderr, &readable)?,
+            LogStream::Progress | LogStream::System => {}
+        }
+        files.next_position += 1;
+        files.message_bytes += stored.message.len() as u64;
+        Ok(stored)
+    }
+
+    fn publish(&self, job_id: &str, lines: &[LogLine]) {
+        let followers = self.followers.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(sender) = followers.get(job_id) {
+            for line in lines {
+                // No follower left is fine: nobody is watching.
+                let _ = sender.send(line.clone());
+            }
+        }
+    }
+
+    /// Appends lines pushed by a worker, cutting long lines and dropping what
+    /// exceeds the job's size limit (the first drop is marked with a line).
+    pub fn append(&self, job_id: &JobId, attempt: i32, lines: Vec<NewLine>) -> io::Result<AppendOutcome> {
+        let files = self.open_files(job_id.as_str())?;
+        let mut files = files.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut outcome = AppendOutcome::default();
+        let mut written = Vec::with_capacity(lines.len());
+        for mut line in lines {
+            let (message, was_cut) = cut(&line.message, self.limits.max_line_bytes);
+            if files.message_bytes + message.len() as u64 > self.limits.max_job_bytes {
+                if files.dropped_lines == 0 {
+                    let marker = NewLine {
+                        stream: LogStream::System,
+                        time: line.time,
+                        message: format!(
+                            "log limit of {} bytes reached: further output of this job is dropped and counted",
+                            self.limits.max_job_bytes
+                        ),
+                        fields: None,
+                    };
+                    written.push(Self::write(&mut files, attempt, marker)?);
+                }
+                files.dropped_lines += 1;
+                files.dropped_bytes += line.message.len() as u64;
+                outcome.dropped += 1;
+                continue;
+            }
+            line.message = message;
+            outcome.truncated += u64::from(was_cut);
+            outcome.accepted += 1;
+            written.push(Self::write(&mut files, attempt, line)?);
+        }
+        outcome.last_position = files.next_position - 1;
+        drop(files);
+        self.publish(job_id.as_str(), &written);
+        Ok(outcome)
+    }
+
+    /// Appends a line that is never dropped (the server's own lines).
+    fn append_system(&self, job_id: &JobId, attempt: i32, message: String, time: Millis) -> io::Result<()> {
+        let files = self.open_files(job_id.as_str())?;
+        let mut files = files.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let line = Self::write(&mut files, attempt, NewLine { stream: LogStream::System, time, message, fields: None })?;
+        drop(files);
+        self.publish(job_id.as_str(), &[line]);
+        Ok(())
+    }
+
+    /// Up to `limit` stored lines after `after`, of `streams` (all if empty),
+    /// and whether the end of the stored log was reached.
+    pub fn read(&self, job_id: &JobId, after: u64, limit: usize, streams: &[LogStream]) -> io::Result<(Vec<LogLine>, bool)> {
+        let path = self.dir(job_id.as_str()).join("events.jsonl");
+        let file = match File::open(&path) {
+            Ok(file) => file,
+            Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok((Vec::new(), true)),
+            Err(error) => return Err(error),
+        };
+        let mut lines = Vec::new();
+        for raw in BufReader::new(file).lines() {
+            let raw = raw?;
+            // A line being written right now may be incomplete: stop there.
+            let Ok(line) = serde_json::from_str::<LogLine>(&raw) else { break };
+            if line.position <= after || !(streams.is_empty() || streams.contains(&line.stream)) {
+                continue;
+            }
+            if lines.len() == limit {
+                return Ok((lines, false));
+            }
+            lines.push(line);
+        }
+        Ok((lines, true))
+    }
+
+    /// New lines of a job from now on.
+    pub fn follow(&self, job_id: &JobId) -> broadcast::Receiver<LogLine> {
+        let mut followers = self.followers.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        followers.retain(|_, sender| sender.receiver_count() > 0);
+        followers
+            .entry(job_id.to_string())
+            .or_insert_with(|| broadcast::Sender::new(FOLLOW_BUFFER))
+            .subscribe()
+    }
+
+    /// Ids of jobs as they finish.
+    pub fn finished_jobs(&self) -> broadcast::Receiver<String> {
+        self.finished.subscribe()
+    }
+
+    /// Bytes the job's log takes on disk (all three files).
+    pub fn disk_bytes(&self, job_id: &JobId) -> u64 {
+        ["events.jsonl", "stdout.log", "stderr.log"]
+            .iter()
+            .filter_map(|name| fs::metadata(self.dir(job_id.as_str()).join(name)).ok())
+            .map(|meta| meta.len())
+            .sum()
+    }
+}
+
+fn now_ms() -> Millis {
+    chrono::Utc::now().timestamp_millis()
+}
+
+impl JobLog for LogStore {
+    fn system(&self, job_id: &JobId, attempt: i32, message: &str) {
+        if let Err(error) = self.append_system(job_id, attempt, message.to_owned(), now_ms()) {
+            tracing::warn!(%error, %job_id, "could not write to the job log");
+        }
+    }
+
+    fn finished(&self, job_id: &JobId) {
+        let files = self.open.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).remove(job_id.as_str());
+        if let Some(files) = files {
+            let files = files.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            let (lines, bytes) = (files.dropped_lines, files.dropped_bytes);
+            drop(files);
+            if lines > 0 {
+                let summary = format!("{lines} lines ({bytes} bytes) of output were dropped: over the log limit");
+                if let Err(error) = self.append_system(job_id, 0, summary, now_ms()) {
+                    tracing::warn!(%error, %job_id, "could not write to the job log");
+                }
+                // The summary reopened the files; a finished job keeps none open.
+                self.open.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).remove(job_id.as_str());
+            }
+        }
+        let _ = self.finished.send(job_id.to_string());
+    }
+
+    fn deleted(&self, job_id: &JobId) {
+        self.open.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).remove(job_id.as_str());
+        let dir = self.dir(job_id.as_str());
+        if let Err(error) = fs::remove_dir_all(&dir) {
+            if error.kind() != io::ErrorKind::NotFound {
+                tracing::warn!(%error, path = %dir.display(), "could not delete the job's logs");
+            }
+        }
+        let _ = self.finished.send(job_id.to_string());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn line(stream: LogStream, message: &str) -> NewLine {
+        NewLine { stream, time: 1_700_000_000_000, message: message.to_owned(), fields: None }
+    }
+
+    #[test]
+    fn lines_get_positions_and_land_in_their_files() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = LogStore::new(dir.path(), LogLimits::default()).expect("log store");
+        let id = JobId::generate();
+        let outcome = store
+            .append(&id, 1, vec![line(LogStream::Stdout, "out 1"), line(LogStream::Stderr, "err 1")])
+            .expect("append");
+        assert_eq!(outcome.last_position, 2);
+        let (lines, end) = store.read(&id, 0, 10, &[]).expect("read");
+        assert!(end);
+        assert_eq!(lines.iter().map(|l| l.position).collect::<Vec<_>>(), vec![1, 2]);
+        let stdout = fs::read_to_string(dir.path().join("logs/jobs").join(id.as_str()).join("stdout.log")).expect("stdout");
+        assert!(stdout.ends_with("#1 out 1\n"), "{stdout}");
+        let (only_stderr, _) = store.read(&id, 0, 10, &[LogStream::Stderr]).expect("read");
+        assert_eq!(only_stderr.len(), 1);
+    }
+
+    #[test]
+    fn long_lines_are_cut_and_full_logs_drop_with_a_marker() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let limits = LogLimits { max_line_bytes: 10, max_job_bytes: 100 };
+        let store = LogStore::new(dir.path(), limits).expect("log store");
+        let id = JobId::generate();
+        let outcome = store
+            .append(&id, 1, (0..5).map(|i| line(LogStream::Stdout, &format!("line number {i}"))).collect())
+            .expect("append");
+        assert_eq!(outcome.truncated, outcome.accepted);
+        assert!(outcome.dropped > 0);
+        let (lines, _) = store.read(&id, 0, 100, &[]).expect("read");
+        assert!(lines[0].message.contains("[line cut: 3 more bytes dropped]"), "{}", lines[0].message);
+        assert!(lines.iter().any(|l| l.stream == LogStream::System && l.message.contains("log limit")));
+        store.finished(&id);
+        let (lines, _) = store.read(&id, 0, 100, &[]).expect("read");
+        assert!(lines.last().is_some_and(|l| l.message.contains("were dropped")));
+    }
+
+    #[test]
+    fn positions_continue_after_a_restart() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let id = JobId::generate();
+        LogStore::new(dir.path(), LogLimits::default())
+            .expect("log store")
+            .append(&id, 1, vec![line(LogStream::Stdout, "before")])
+            .expect("append");
+        let reopened = LogStore::new(dir.path(), LogLimits::default()).expect("log store");
+        let outcome = reopened.append(&id, 1, vec![line(LogStream::Stdout, "after")]).expect("append");
+        assert_eq!(outcome.last_position, 2);
+    }
+}
