@@ -5,6 +5,7 @@ pub use sea_orm_migration::prelude::*;
 
 mod m20261128_000001_create_jobs;
 mod m20261128_000002_create_dependencies_queues_workers_schedules;
+mod m20261128_000003_create_job_log_lines;
 
 /// Every migration of the jobq schema, oldest first.
 pub struct Migrator;
@@ -15,6 +16,7 @@ impl MigratorTrait for Migrator {
         vec![
             Box::new(m20261128_000001_create_jobs::Migration),
             Box::new(m20261128_000002_create_dependencies_queues_workers_schedules::Migration),
+            Box::new(m20261128_000003_create_job_log_lines::Migration),
         ]
     }
 }

@@ -22,7 +22,8 @@ use crate::logs::LogStore;
 use crate::config::Config;
 use crate::domain::{JobQueue, SystemClock};
 use crate::grpc::{QueueApi, WorkerApi};
-use crate::store::SqlStore;
+use crate::cluster;
+use crate::store::{DatabaseKind, SqlStore};
 
 /// The server, assembled.
 pub struct App;
@@ -57,7 +58,7 @@ impl App {
                 .await
                 .context("opening the database")?,
         );
-        let logs = Arc::new(LogStore::new(&config.data_dir, config.log_limits()).context("opening the job log directory")?);
+        let logs = Arc::new(LogStore::new(&config.data_dir, config.log_limits(), store.log_table()).context("opening the job log directory")?);
         let stop = CancellationToken::new();
         let queue = Arc::new(JobQueue::new(
             store.clone(),
@@ -69,6 +70,17 @@ impl App {
         ));
 
         let background = TaskTracker::new();
+        if store.kind() == DatabaseKind::Postgres {
+            let peers = cluster::start(
+                &config.effective_database_url(),
+                store.connection().clone(),
+                queue.clone(),
+                logs.clone(),
+                &background,
+                stop.child_token(),
+            );
+            queue.set_peers(peers);
+        }
         background.spawn(background::reaper(
             queue.clone(),
             config.reaper_interval,

@@ -5,6 +5,7 @@ mod app;
 mod background;
 mod dashboard;
 mod cli;
+mod cluster;
 pub mod config;
 pub mod domain;
 mod grpc;

@@ -30,6 +30,6 @@ pub use queue::{
 pub use retry::RetryPolicy;
 pub use schedules::ScheduleDefinition;
 pub use store::{
-    Applied, DependencyRule, JobChange, JobLog, JobStore, LeaseChange, LeaseQuota,
+    Applied, DependencyRule, JobChange, JobLog, JobStore, LeaseChange, LeaseQuota, Peers,
 };
 pub use transitions::AttemptEnd;

@@ -19,7 +19,7 @@ use super::job::{
 };
 use super::limits::{Defaults, Limits};
 use super::narrate;
-use super::store::{Applied, JobChange, JobLog, JobStore, LeaseQuota};
+use super::store::{Applied, JobChange, JobLog, JobStore, LeaseQuota, Peers};
 use super::transitions::{self, AttemptEnd};
 
 /// A LeaseJobs call, validated.
@@ -126,6 +126,8 @@ pub struct JobQueue {
     rate_buckets: Mutex<HashMap<String, RateBucket>>,
     /// When each worker was last written to the registry, to write it at most once a second.
     worker_touched: Mutex<HashMap<String, Millis>>,
+    /// Other replicas, on PostgreSQL.
+    peers: std::sync::OnceLock<Arc<dyn Peers>>,
     shutdown: CancellationToken,
 }
 
@@ -155,7 +157,29 @@ impl JobQueue {
             events: broadcast::Sender::new(EVENT_BUFFER),
             rate_buckets: Mutex::new(HashMap::new()),
             worker_touched: Mutex::new(HashMap::new()),
+            peers: std::sync::OnceLock::new(),
             shutdown,
+        }
+    }
+
+    /// Tells other replicas of changes made here from now on (set once).
+    pub fn set_peers(&self, peers: Arc<dyn Peers>) {
+        let _ = self.peers.set(peers);
+    }
+
+    /// A job may have become leasable: here and on the other replicas.
+    fn signal_ready(&self) {
+        self.wake_pollers();
+        if let Some(peers) = self.peers.get() {
+            peers.ready();
+        }
+    }
+
+    /// A job started waiting for a run_at: here and on the other replicas.
+    fn signal_waiting(&self) {
+        self.wake_promoter();
+        if let Some(peers) = self.peers.get() {
+            peers.waiting();
         }
     }
 
@@ -201,19 +225,23 @@ impl JobQueue {
     }
 
     fn emit(&self, kind: JobEventKind, job: &Job) {
+        let event = JobEvent { kind, job: job.clone() };
+        if let Some(peers) = self.peers.get() {
+            peers.job_event(&event);
+        }
         // Having no subscriber is not an error.
-        let _ = self.events.send(JobEvent { kind, job: job.clone() });
+        let _ = self.events.send(event);
     }
 
     /// Everything that follows a committed change of one job.
     async fn after_change(&self, before: Option<&Job>, job: &Job, ended: Option<&AttemptEnd>) {
         if let Some(line) = narrate::describe(before, job, ended) {
             let attempt = before.map_or(job.attempt, |before| before.attempt.max(job.attempt));
-            self.log.system(&job.id, attempt, &line);
+            self.log.system(&job.id, attempt, &line).await;
         }
         match job.state {
-            JobState::Queued => self.wake_pollers(),
-            JobState::Scheduled | JobState::Retrying => self.wake_promoter(),
+            JobState::Queued => self.signal_ready(),
+            JobState::Scheduled | JobState::Retrying => self.signal_waiting(),
             _ => {}
         }
         let kind = match (before, ended) {
@@ -235,7 +263,7 @@ impl JobQueue {
         };
         self.emit(kind, job);
         if job.state.is_terminal() && before.is_none_or(|before| !before.state.is_terminal()) {
-            self.log.finished(&job.id);
+            self.log.finished(&job.id).await;
             self.release_dependents(job).await;
         }
     }
@@ -270,16 +298,16 @@ impl JobQueue {
                         if before.state != job.state {
                             // Not recursing through after_change: the chain is walked here.
                             if let Some(line) = narrate::describe(Some(&before), &job, ended.as_ref()) {
-                                self.log.system(&job.id, job.attempt, &line);
+                                self.log.system(&job.id, job.attempt, &line).await;
                             }
                             self.emit(JobEventKind::StateChanged { from: before.state }, &job);
                             match job.state {
-                                JobState::Queued => self.wake_pollers(),
-                                JobState::Scheduled => self.wake_promoter(),
+                                JobState::Queued => self.signal_ready(),
+                                JobState::Scheduled => self.signal_waiting(),
                                 _ => {}
                             }
                             if job.state.is_terminal() {
-                                self.log.finished(&job.id);
+                                self.log.finished(&job.id).await;
                                 to_check.push_back(job.id.clone());
                             }
                         }
@@ -407,7 +435,7 @@ impl JobQueue {
     /// Deletes a job that is not running, with its log.
     pub async fn delete(&self, id: &JobId) -> QueueResult<()> {
         let job = self.store.delete_job(id, transitions::check_deletable).await?;
-        self.log.deleted(id);
+        self.log.deleted(id).await;
         self.emit(JobEventKind::Deleted, &job);
         Ok(())
     }
@@ -761,7 +789,7 @@ impl JobQueue {
         edit(&mut controls);
         self.store.put_queue_controls(&controls, self.clock.now()).await?;
         // A resumed queue or a raised limit may free jobs for waiting workers.
-        self.wake_pollers();
+        self.signal_ready();
         Ok(controls)
     }
 

@@ -124,11 +124,23 @@ pub trait JobStore: Send + Sync + 'static {
 }
 
 /// The job log as the queue writes to it: the server's own lines.
+#[async_trait]
 pub trait JobLog: Send + Sync + 'static {
     /// Appends a system line to a job's log.
-    fn system(&self, job_id: &JobId, attempt: i32, message: &str);
+    async fn system(&self, job_id: &JobId, attempt: i32, message: &str);
     /// The job reached a terminal state: its followers may finish.
-    fn finished(&self, job_id: &JobId);
+    async fn finished(&self, job_id: &JobId);
     /// The job was deleted: its log goes too.
-    fn deleted(&self, job_id: &JobId);
+    async fn deleted(&self, job_id: &JobId);
+}
+
+/// Other server replicas sharing the database, told of changes so their
+/// waiting workers, promoters and watchers react too. None on SQLite.
+pub trait Peers: Send + Sync + 'static {
+    /// A job may have become leasable.
+    fn ready(&self);
+    /// A job started waiting for a run_at.
+    fn waiting(&self);
+    /// A job event happened here.
+    fn job_event(&self, event: &super::job::JobEvent);
 }

@@ -11,7 +11,7 @@ use tokio_util::task::TaskTracker;
 use tonic::{Request, Response, Status};
 
 use super::convert::{self, proto_job, proto_state, timestamp};
-use super::streams::{EventFilter, LogFollow, STREAM_BUFFER, log_error, watch_events};
+use super::streams::{EventFilter, LogFollow, STREAM_BUFFER, watch_events};
 use crate::domain::{
     JobFilter, JobId, JobQueue, JobSelector, MAX_MESSAGE_BYTES, MAX_NAME_BYTES, PageRequest,
     QueueControls, QueueError, QueueResult, ScheduleDefinition, ScheduleRecord,
@@ -366,7 +366,7 @@ impl JobQueueService for QueueApi {
         if self.queue.is_terminal(&job_id).await?.is_none() {
             return Err(QueueError::JobNotFound(job_id.to_string()).into());
         }
-        let (lines, end_of_log) = self.logs.read(&job_id, request.after_position, page_size, &streams).map_err(log_error)?;
+        let (lines, end_of_log) = self.logs.read(&job_id, request.after_position, page_size, &streams).await?;
         let next_after_position = lines.last().map_or(request.after_position, |line| line.position);
         Ok(Response::new(pb::GetJobLogsResponse {
             lines: lines.into_iter().map(convert::proto_log_line).collect(),

@@ -23,12 +23,6 @@ const REPLAY_BATCH: usize = 500;
 /// finish happened on another replica).
 const FINISH_CHECK: Duration = Duration::from_secs(1);
 
-/// A log I/O failure: logged here, reported to the client as INTERNAL.
-pub fn log_error(error: std::io::Error) -> Status {
-    tracing::error!(%error, "job log I/O failed");
-    Status::internal("could not read the job log")
-}
-
 /// One StreamJobLogs call.
 pub struct LogFollow {
     /// The queue, for the job's state.
@@ -55,10 +49,10 @@ impl LogFollow {
     /// Sends every stored line after `self.after`; false when the client is gone.
     async fn catch_up(&mut self, sender: &LogSender) -> bool {
         loop {
-            let (lines, end) = match self.logs.read(&self.job_id, self.after, REPLAY_BATCH, &self.streams) {
+            let (lines, end) = match self.logs.read(&self.job_id, self.after, REPLAY_BATCH, &self.streams).await {
                 Ok(read) => read,
                 Err(error) => {
-                    let _ = sender.send(Err(log_error(error))).await;
+                    let _ = sender.send(Err(Status::from(error))).await;
                     return false;
                 }
             };

@@ -8,7 +8,6 @@ use jobq_proto::v1::worker_service_server::WorkerService;
 use tonic::{Request, Response, Status};
 
 use super::convert::{self, DEFAULT_QUEUE, proto_job, timestamp};
-use super::streams::log_error;
 use crate::logs::{LogStore, LogStream, NewLine};
 use crate::domain::{
     MAX_NAME_BYTES, Millis, WorkerRecord,
@@ -393,7 +392,7 @@ impl WorkerService for WorkerApi {
                 .collect::<QueueResult<Vec<_>>>()?;
             // Checked per message: a lease lost mid-stream stops the push there.
             let job = self.queue.check_lease(&job_id, &lease_token).await?;
-            let outcome = self.logs.append(&job_id, job.attempt, lines).map_err(log_error)?;
+            let outcome = self.logs.append(&job_id, job.attempt, lines).await?;
             totals.accepted_lines += outcome.accepted;
             totals.truncated_lines += outcome.truncated;
             totals.dropped_lines += outcome.dropped;

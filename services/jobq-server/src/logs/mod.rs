@@ -4,6 +4,10 @@
 //! its position). `events.jsonl` is the record StreamJobLogs replays;
 //! followers get new lines through a bounded broadcast per job, so a slow
 //! follower never slows the writer or other followers.
+//!
+//! On PostgreSQL, where several replicas serve the same jobs, the record is
+//! the `job_log_lines` table instead (see `table`), positions are given out
+//! under a per-job lock, and the files are this replica's readable mirror.
 
 use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
@@ -14,7 +18,12 @@ use std::sync::{Arc, Mutex};
 use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
 
-use crate::domain::{JobId, JobLog, Millis};
+use async_trait::async_trait;
+use sea_orm::DatabaseConnection;
+
+use crate::domain::{JobId, JobLog, Millis, QueueError, QueueResult};
+
+mod table;
 
 /// Which stream a line belongs to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -104,14 +113,37 @@ struct JobLogFiles {
 /// How many lines a follower may fall behind before it is told it lagged.
 const FOLLOW_BUFFER: usize = 1024;
 
+/// Told of every append and finish, so other replicas can wake their followers.
+pub type LogNotifier = Arc<dyn Fn(LogNotice) + Send + Sync>;
+
+/// What other replicas are told about this replica's logs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LogNotice {
+    /// Lines up to `position` of a job are stored.
+    Appended {
+        /// The job.
+        job_id: String,
+        /// Last stored position.
+        position: u64,
+    },
+    /// A job finished: its followers may end.
+    Finished {
+        /// The job.
+        job_id: String,
+    },
+}
+
 /// All job logs of this server.
 pub struct LogStore {
+    /// The shared table, on PostgreSQL; `None`: events.jsonl is the record.
+    table: Option<DatabaseConnection>,
     root: PathBuf,
     limits: LogLimits,
     open: Mutex<HashMap<String, Arc<Mutex<JobLogFiles>>>>,
-    followers: Mutex<HashMap<String, broadcast::Sender<LogLine>>>,
+    followers: Mutex<HashMap<String, (broadcast::Sender<LogLine>, u64)>>,
     /// Fires for every job that finished, so followers can end.
     finished: broadcast::Sender<String>,
+    notifier: std::sync::OnceLock<LogNotifier>,
 }
 
 fn append_line(file: &mut File, line: &str) -> io::Result<()> {
@@ -140,18 +172,39 @@ fn rfc3339(ms: Millis) -> String {
         .unwrap_or_else(|| ms.to_string())
 }
 
+fn io_error(error: io::Error) -> QueueError {
+    QueueError::Storage(format!("job log: {error}"))
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
 impl LogStore {
-    /// Logs under `data_dir/logs/jobs`.
-    pub fn new(data_dir: &Path, limits: LogLimits) -> io::Result<Self> {
+    /// Logs under `data_dir/logs/jobs`, recorded in `table` when given.
+    pub fn new(data_dir: &Path, limits: LogLimits, table: Option<DatabaseConnection>) -> io::Result<Self> {
         let root = data_dir.join("logs").join("jobs");
         fs::create_dir_all(&root)?;
         Ok(Self {
+            table,
             root,
             limits,
             open: Mutex::new(HashMap::new()),
             followers: Mutex::new(HashMap::new()),
             finished: broadcast::Sender::new(1024),
+            notifier: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Tells `notifier` of every append and finish from now on (set once).
+    pub fn set_notifier(&self, notifier: LogNotifier) {
+        let _ = self.notifier.set(notifier);
+    }
+
+    fn notify(&self, notice: LogNotice) {
+        if let Some(notifier) = self.notifier.get() {
+            notifier(notice);
+        }
     }
 
     fn dir(&self, job_id: &str) -> PathBuf {
@@ -160,7 +213,7 @@ impl LogStore {
 
     /// Opens a job's files, counting what an earlier run of the server wrote.
     fn open_files(&self, job_id: &str) -> io::Result<Arc<Mutex<JobLogFiles>>> {
-        let mut open = self.open.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut open = lock(&self.open);
         if let Some(files) = open.get(job_id) {
             return Ok(files.clone());
         }
@@ -191,50 +244,28 @@ impl LogStore {
         Ok(files)
     }
 
-    fn write(files: &mut JobLogFiles, attempt: i32, line: NewLine) -> io::Result<LogLine> {
-        let stored = LogLine {
-            position: files.next_position,
-            time: line.time,
-            attempt,
-            stream: line.stream,
-            message: line.message,
-            fields: line.fields,
-        };
-        let json = serde_json::to_string(&stored).map_err(io::Error::other)?;
+    fn write(files: &mut JobLogFiles, stored: &LogLine) -> io::Result<()> {
+        let json = serde_json::to_string(stored).map_err(io::Error::other)?;
         append_line(&mut files.events, &json)?;
-        let readable = format!("{} #{} {}", rfc3339(stored.time), attempt, stored.message);
+        let readable = format!("{} #{} {}", rfc3339(stored.time), stored.attempt, stored.message);
         match stored.stream {
             LogStream::Stdout => append_line(&mut files.stdout, &readable)?,
             LogStream::Stderr => append_line(&mut files.stderr, &readable)?,
             LogStream::Progress | LogStream::System => {}
         }
-        files.next_position += 1;
-        files.message_bytes += stored.message.len() as u64;
-        Ok(stored)
+        files.next_position = files.next_position.max(stored.position + 1);
+        Ok(())
     }
 
-    fn publish(&self, job_id: &str, lines: &[LogLine]) {
-        let followers = self.followers.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        if let Some(sender) = followers.get(job_id) {
-            for line in lines {
-                // No follower left is fine: nobody is watching.
-                let _ = sender.send(line.clone());
-            }
-        }
-    }
-
-    /// Appends lines pushed by a worker, cutting long lines and dropping what
-    /// exceeds the job's size limit (the first drop is marked with a line).
-    pub fn append(&self, job_id: &JobId, attempt: i32, lines: Vec<NewLine>) -> io::Result<AppendOutcome> {
-        let files = self.open_files(job_id.as_str())?;
-        let mut files = files.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        let mut outcome = AppendOutcome::default();
-        let mut written = Vec::with_capacity(lines.len());
+    /// Applies the size limits: cuts long lines, drops what the job has no
+    /// room for (marking the first drop). Counts bytes as kept.
+    fn admit(&self, files: &mut JobLogFiles, lines: Vec<NewLine>, outcome: &mut AppendOutcome, exempt: bool) -> Vec<NewLine> {
+        let mut kept = Vec::with_capacity(lines.len());
         for mut line in lines {
             let (message, was_cut) = cut(&line.message, self.limits.max_line_bytes);
-            if files.message_bytes + message.len() as u64 > self.limits.max_job_bytes {
+            if !exempt && files.message_bytes + message.len() as u64 > self.limits.max_job_bytes {
                 if files.dropped_lines == 0 {
-                    let marker = NewLine {
+                    kept.push(NewLine {
                         stream: LogStream::System,
                         time: line.time,
                         message: format!(
@@ -242,47 +273,98 @@ impl LogStore {
                             self.limits.max_job_bytes
                         ),
                         fields: None,
-                    };
-                    written.push(Self::write(&mut files, attempt, marker)?);
+                    });
                 }
                 files.dropped_lines += 1;
                 files.dropped_bytes += line.message.len() as u64;
                 outcome.dropped += 1;
                 continue;
             }
+            files.message_bytes += message.len() as u64;
             line.message = message;
             outcome.truncated += u64::from(was_cut);
             outcome.accepted += 1;
-            written.push(Self::write(&mut files, attempt, line)?);
+            kept.push(line);
         }
-        outcome.last_position = files.next_position - 1;
-        drop(files);
-        self.publish(job_id.as_str(), &written);
+        kept
+    }
+
+    fn publish(&self, job_id: &str, lines: &[LogLine]) {
+        let mut followers = lock(&self.followers);
+        if let Some((sender, published)) = followers.get_mut(job_id) {
+            for line in lines {
+                if line.position > *published {
+                    *published = line.position;
+                    // No follower left is fine: nobody is watching.
+                    let _ = sender.send(line.clone());
+                }
+            }
+        }
+    }
+
+    /// Stores lines: positions from the record (file counter, or the table),
+    /// then the files, then live followers and other replicas.
+    async fn store(&self, job_id: &JobId, attempt: i32, lines: Vec<NewLine>, exempt: bool) -> QueueResult<AppendOutcome> {
+        let files = self.open_files(job_id.as_str()).map_err(io_error)?;
+        let mut outcome = AppendOutcome::default();
+        let stored = match &self.table {
+            None => {
+                let mut files = lock(&files);
+                let kept = self.admit(&mut files, lines, &mut outcome, exempt);
+                let mut stored = Vec::with_capacity(kept.len());
+                for line in kept {
+                    let line = LogLine {
+                        position: files.next_position,
+                        time: line.time,
+                        attempt,
+                        stream: line.stream,
+                        message: line.message,
+                        fields: line.fields,
+                    };
+                    Self::write(&mut files, &line).map_err(io_error)?;
+                    stored.push(line);
+                }
+                stored
+            }
+            Some(db) => {
+                let kept = self.admit(&mut lock(&files), lines, &mut outcome, exempt);
+                let stored = table::insert(db, job_id, attempt, kept).await?;
+                let mut files = lock(&files);
+                for line in &stored {
+                    Self::write(&mut files, line).map_err(io_error)?;
+                }
+                stored
+            }
+        };
+        outcome.last_position = stored.last().map_or(0, |line| line.position);
+        self.publish(job_id.as_str(), &stored);
+        if let Some(last) = stored.last() {
+            self.notify(LogNotice::Appended { job_id: job_id.to_string(), position: last.position });
+        }
         Ok(outcome)
     }
 
-    /// Appends a line that is never dropped (the server's own lines).
-    fn append_system(&self, job_id: &JobId, attempt: i32, message: String, time: Millis) -> io::Result<()> {
-        let files = self.open_files(job_id.as_str())?;
-        let mut files = files.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        let line = Self::write(&mut files, attempt, NewLine { stream: LogStream::System, time, message, fields: None })?;
-        drop(files);
-        self.publish(job_id.as_str(), &[line]);
-        Ok(())
+    /// Appends lines pushed by a worker, cutting long lines and dropping what
+    /// exceeds the job's size limit (the first drop is marked with a line).
+    pub async fn append(&self, job_id: &JobId, attempt: i32, lines: Vec<NewLine>) -> QueueResult<AppendOutcome> {
+        self.store(job_id, attempt, lines, false).await
     }
 
     /// Up to `limit` stored lines after `after`, of `streams` (all if empty),
     /// and whether the end of the stored log was reached.
-    pub fn read(&self, job_id: &JobId, after: u64, limit: usize, streams: &[LogStream]) -> io::Result<(Vec<LogLine>, bool)> {
+    pub async fn read(&self, job_id: &JobId, after: u64, limit: usize, streams: &[LogStream]) -> QueueResult<(Vec<LogLine>, bool)> {
+        if let Some(db) = &self.table {
+            return table::read(db, job_id, after, limit, streams).await;
+        }
         let path = self.dir(job_id.as_str()).join("events.jsonl");
         let file = match File::open(&path) {
             Ok(file) => file,
             Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok((Vec::new(), true)),
-            Err(error) => return Err(error),
+            Err(error) => return Err(io_error(error)),
         };
         let mut lines = Vec::new();
         for raw in BufReader::new(file).lines() {
-            let raw = raw?;
+            let raw = raw.map_err(io_error)?;
             // A line being written right now may be incomplete: stop there.
             let Ok(line) = serde_json::from_str::<LogLine>(&raw) else { break };
             if line.position <= after || !(streams.is_empty() || streams.contains(&line.stream)) {
@@ -298,11 +380,12 @@ impl LogStore {
 
     /// New lines of a job from now on.
     pub fn follow(&self, job_id: &JobId) -> broadcast::Receiver<LogLine> {
-        let mut followers = self.followers.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        followers.retain(|_, sender| sender.receiver_count() > 0);
+        let mut followers = lock(&self.followers);
+        followers.retain(|_, (sender, _)| sender.receiver_count() > 0);
         followers
             .entry(job_id.to_string())
-            .or_insert_with(|| broadcast::Sender::new(FOLLOW_BUFFER))
+            .or_insert_with(|| (broadcast::Sender::new(FOLLOW_BUFFER), 0))
+            .0
             .subscribe()
     }
 
@@ -311,13 +394,23 @@ impl LogStore {
         self.finished.subscribe()
     }
 
-    /// Bytes the job's log takes on disk (all three files).
-    pub fn disk_bytes(&self, job_id: &JobId) -> u64 {
-        ["events.jsonl", "stdout.log", "stderr.log"]
-            .iter()
-            .filter_map(|name| fs::metadata(self.dir(job_id.as_str()).join(name)).ok())
-            .map(|meta| meta.len())
-            .sum()
+    /// Another replica stored lines of a job up to `position`: hands the ones
+    /// this replica has not published yet to its followers of that job.
+    pub async fn remote_appended(&self, job_id: &str, position: u64) {
+        let published = match lock(&self.followers).get(job_id) {
+            Some((_, published)) if *published < position => *published,
+            _ => return,
+        };
+        let Ok(id) = JobId::parse(job_id, "job_id") else { return };
+        match self.read(&id, published, FOLLOW_BUFFER, &[]).await {
+            Ok((lines, _)) => self.publish(job_id, &lines),
+            Err(error) => tracing::warn!(%error, job_id, "could not read lines another replica stored"),
+        }
+    }
+
+    /// Another replica saw a job finish.
+    pub fn remote_finished(&self, job_id: &str) {
+        let _ = self.finished.send(job_id.to_owned());
     }
 }
 
@@ -325,33 +418,45 @@ fn now_ms() -> Millis {
     chrono::Utc::now().timestamp_millis()
 }
 
+fn system_line(message: String) -> NewLine {
+    NewLine { stream: LogStream::System, time: now_ms(), message, fields: None }
+}
+
+#[async_trait]
 impl JobLog for LogStore {
-    fn system(&self, job_id: &JobId, attempt: i32, message: &str) {
-        if let Err(error) = self.append_system(job_id, attempt, message.to_owned(), now_ms()) {
+    async fn system(&self, job_id: &JobId, attempt: i32, message: &str) {
+        if let Err(error) = self.store(job_id, attempt, vec![system_line(message.to_owned())], true).await {
             tracing::warn!(%error, %job_id, "could not write to the job log");
         }
     }
 
-    fn finished(&self, job_id: &JobId) {
-        let files = self.open.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).remove(job_id.as_str());
+    async fn finished(&self, job_id: &JobId) {
+        let files = lock(&self.open).remove(job_id.as_str());
         if let Some(files) = files {
-            let files = files.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-            let (lines, bytes) = (files.dropped_lines, files.dropped_bytes);
-            drop(files);
+            let (lines, bytes) = {
+                let files = lock(&files);
+                (files.dropped_lines, files.dropped_bytes)
+            };
             if lines > 0 {
                 let summary = format!("{lines} lines ({bytes} bytes) of output were dropped: over the log limit");
-                if let Err(error) = self.append_system(job_id, 0, summary, now_ms()) {
+                if let Err(error) = self.store(job_id, 0, vec![system_line(summary)], true).await {
                     tracing::warn!(%error, %job_id, "could not write to the job log");
                 }
                 // The summary reopened the files; a finished job keeps none open.
-                self.open.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).remove(job_id.as_str());
+                lock(&self.open).remove(job_id.as_str());
             }
         }
         let _ = self.finished.send(job_id.to_string());
+        self.notify(LogNotice::Finished { job_id: job_id.to_string() });
     }
 
-    fn deleted(&self, job_id: &JobId) {
-        self.open.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).remove(job_id.as_str());
+    async fn deleted(&self, job_id: &JobId) {
+        lock(&self.open).remove(job_id.as_str());
+        if let Some(db) = &self.table {
+            if let Err(error) = table::delete(db, job_id).await {
+                tracing::warn!(%error, %job_id, "could not delete the job's log lines");
+            }
+        }
         let dir = self.dir(job_id.as_str());
         if let Err(error) = fs::remove_dir_all(&dir) {
             if error.kind() != io::ErrorKind::NotFound {
@@ -359,6 +464,7 @@ impl JobLog for LogStore {
             }
         }
         let _ = self.finished.send(job_id.to_string());
+        self.notify(LogNotice::Finished { job_id: job_id.to_string() });
     }
 }
 
@@ -370,53 +476,56 @@ mod tests {
         NewLine { stream, time: 1_700_000_000_000, message: message.to_owned(), fields: None }
     }
 
-    #[test]
-    fn lines_get_positions_and_land_in_their_files() {
+    #[tokio::test]
+    async fn lines_get_positions_and_land_in_their_files() {
         let dir = tempfile::tempdir().expect("temp dir");
-        let store = LogStore::new(dir.path(), LogLimits::default()).expect("log store");
+        let store = LogStore::new(dir.path(), LogLimits::default(), None).expect("log store");
         let id = JobId::generate();
         let outcome = store
             .append(&id, 1, vec![line(LogStream::Stdout, "out 1"), line(LogStream::Stderr, "err 1")])
+            .await
             .expect("append");
         assert_eq!(outcome.last_position, 2);
-        let (lines, end) = store.read(&id, 0, 10, &[]).expect("read");
+        let (lines, end) = store.read(&id, 0, 10, &[]).await.expect("read");
         assert!(end);
         assert_eq!(lines.iter().map(|l| l.position).collect::<Vec<_>>(), vec![1, 2]);
         let stdout = fs::read_to_string(dir.path().join("logs/jobs").join(id.as_str()).join("stdout.log")).expect("stdout");
         assert!(stdout.ends_with("#1 out 1\n"), "{stdout}");
-        let (only_stderr, _) = store.read(&id, 0, 10, &[LogStream::Stderr]).expect("read");
+        let (only_stderr, _) = store.read(&id, 0, 10, &[LogStream::Stderr]).await.expect("read");
         assert_eq!(only_stderr.len(), 1);
     }
 
-    #[test]
-    fn long_lines_are_cut_and_full_logs_drop_with_a_marker() {
+    #[tokio::test]
+    async fn long_lines_are_cut_and_full_logs_drop_with_a_marker() {
         let dir = tempfile::tempdir().expect("temp dir");
         let limits = LogLimits { max_line_bytes: 10, max_job_bytes: 100 };
-        let store = LogStore::new(dir.path(), limits).expect("log store");
+        let store = LogStore::new(dir.path(), limits, None).expect("log store");
         let id = JobId::generate();
         let outcome = store
             .append(&id, 1, (0..5).map(|i| line(LogStream::Stdout, &format!("line number {i}"))).collect())
+            .await
             .expect("append");
         assert_eq!(outcome.truncated, outcome.accepted);
         assert!(outcome.dropped > 0);
-        let (lines, _) = store.read(&id, 0, 100, &[]).expect("read");
+        let (lines, _) = store.read(&id, 0, 100, &[]).await.expect("read");
         assert!(lines[0].message.contains("[line cut: 3 more bytes dropped]"), "{}", lines[0].message);
         assert!(lines.iter().any(|l| l.stream == LogStream::System && l.message.contains("log limit")));
-        store.finished(&id);
-        let (lines, _) = store.read(&id, 0, 100, &[]).expect("read");
+        store.finished(&id).await;
+        let (lines, _) = store.read(&id, 0, 100, &[]).await.expect("read");
         assert!(lines.last().is_some_and(|l| l.message.contains("were dropped")));
     }
 
-    #[test]
-    fn positions_continue_after_a_restart() {
+    #[tokio::test]
+    async fn positions_continue_after_a_restart() {
         let dir = tempfile::tempdir().expect("temp dir");
         let id = JobId::generate();
-        LogStore::new(dir.path(), LogLimits::default())
+        LogStore::new(dir.path(), LogLimits::default(), None)
             .expect("log store")
             .append(&id, 1, vec![line(LogStream::Stdout, "before")])
+            .await
             .expect("append");
-        let reopened = LogStore::new(dir.path(), LogLimits::default()).expect("log store");
-        let outcome = reopened.append(&id, 1, vec![line(LogStream::Stdout, "after")]).expect("append");
+        let reopened = LogStore::new(dir.path(), LogLimits::default(), None).expect("log store");
+        let outcome = reopened.append(&id, 1, vec![line(LogStream::Stdout, "after")]).await.expect("append");
         assert_eq!(outcome.last_position, 2);
     }
 }

@@ -29,6 +29,9 @@ use rows::{
     schedule_from_row, storage, worker_from_row, TERMINAL, WAITING,
 };
 
+/// How often a PostgreSQL replica retries its start-up migration.
+const MIGRATION_TRIES: u64 = 8;
+
 /// Jobs, queues, workers and schedules in a relational database.
 pub struct SqlStore {
     db: DatabaseConnection,
@@ -39,7 +42,20 @@ impl SqlStore {
     /// Connects to `url` and brings the schema up to date.
     pub async fn open(url: &str) -> Result<Self, DbErr> {
         let (db, dialect) = Dialect::connect(url).await?;
-        Migrator::up(&db, None).await?;
+        // Replicas starting together race to migrate; the loser's transaction
+        // fails and rolls back, and by its next try the winner has finished.
+        let mut tries = 0;
+        loop {
+            match Migrator::up(&db, None).await {
+                Ok(()) => break,
+                Err(error) if dialect.kind() == DatabaseKind::Postgres && tries < MIGRATION_TRIES => {
+                    tries += 1;
+                    tracing::warn!(%error, tries, "migration failed; another replica may be migrating, retrying");
+                    tokio::time::sleep(std::time::Duration::from_millis(300 * tries)).await;
+                }
+                Err(error) => return Err(error),
+            }
+        }
         Ok(Self { db, dialect })
     }
 
@@ -51,6 +67,12 @@ impl SqlStore {
     /// The connection pool (for the PostgreSQL notifier).
     pub fn connection(&self) -> &DatabaseConnection {
         &self.db
+    }
+
+    /// Where job logs are recorded: the shared table on PostgreSQL, none
+    /// (the log files) on SQLite.
+    pub fn log_table(&self) -> Option<DatabaseConnection> {
+        (self.kind() == DatabaseKind::Postgres).then(|| self.db.clone())
     }
 
     /// Closes the connection pool.
