@@ -16,6 +16,7 @@ use tokio_util::task::TaskTracker;
 use tonic::service::Routes;
 use tonic_health::server::HealthReporter;
 
+use crate::auth;
 use crate::background;
 use crate::dashboard;
 use crate::logs::LogStore;
@@ -117,19 +118,31 @@ impl App {
         let local_addr = listener.local_addr().context("reading the bound address")?;
         let stop_serving = CancellationToken::new();
         let serving_stopped = stop_serving.clone();
+        let tokens = Arc::new(auth::Tokens::parse(&config.auth_tokens).map_err(anyhow::Error::msg)?);
         let mut grpc = Routes::builder();
         grpc.add_service(health_service)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
-            .add_service(JobQueueServiceServer::new(QueueApi::new(queue.clone(), logs.clone(), streams.clone())))
-            .add_service(WorkerServiceServer::new(WorkerApi::new(queue, logs)));
-        // Everything that is not a gRPC method is the dashboard.
-        let routes = Routes::from(grpc.routes().into_axum_router().fallback(dashboard::serve));
+            .add_service(JobQueueServiceServer::with_interceptor(
+                QueueApi::new(queue.clone(), logs.clone(), streams.clone()),
+                auth::interceptor(tokens.clone()),
+            ))
+            .add_service(WorkerServiceServer::with_interceptor(
+                WorkerApi::new(queue, logs),
+                auth::interceptor(tokens),
+            ));
+        // grpc-web in front of the gRPC methods only (it refuses other
+        // HTTP/1.1 requests); everything that is not a method is the dashboard.
+        let routes = grpc
+            .routes()
+            .into_axum_router()
+            .route_layer(tonic_web::GrpcWebLayer::new())
+            .fallback(dashboard::serve);
         let router = tonic::transport::Server::builder()
-            // HTTP/1.1 for grpc-web clients (browsers).
+            // HTTP/1.1 for grpc-web clients (browsers) and the dashboard.
             .accept_http1(true)
-            .layer(tonic_web::GrpcWebLayer::new())
-            .add_routes(routes);
+            .layer(tower::util::MapRequestLayer::new(auth::record_path))
+            .add_routes(Routes::from(routes));
         let serve = tokio::spawn(router.serve_with_incoming_shutdown(
             TcpListenerStream::new(listener),
             serving_stopped.cancelled_owned(),

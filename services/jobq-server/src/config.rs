@@ -34,6 +34,11 @@ pub struct Config {
     #[arg(long, env = "JOBQ_DATABASE_URL")]
     pub database_url: Option<String>,
 
+    /// Bearer tokens as role:token (roles: admin, producer, worker); several
+    /// by repeating the flag or separating with commas. None: no authentication.
+    #[arg(long = "auth-token", env = "JOBQ_AUTH_TOKENS", value_delimiter = ',', hide_env_values = true)]
+    pub auth_tokens: Vec<String>,
+
     /// Allow listening on a non-loopback address without authentication.
     #[arg(long, env = "JOBQ_INSECURE")]
     pub insecure: bool,
@@ -103,7 +108,8 @@ impl Config {
 
     /// Checks what clap cannot: combinations and the safety rule on open addresses.
     pub fn validate(&self) -> Result<(), String> {
-        if !self.listen.ip().is_loopback() && !self.insecure {
+        let tokens = crate::auth::Tokens::parse(&self.auth_tokens)?;
+        if !self.listen.ip().is_loopback() && tokens.is_empty() && !self.insecure {
             return Err(format!(
                 "refusing to listen on non-loopback address {} without authentication; \
                  pass --insecure (JOBQ_INSECURE=true) to do it anyway",

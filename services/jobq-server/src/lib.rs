@@ -2,6 +2,7 @@
 //! lifecycle rules in `domain`, storage in `store`, handlers in `grpc`.
 
 mod app;
+mod auth;
 mod background;
 mod dashboard;
 mod cli;
