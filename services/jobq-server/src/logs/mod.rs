@@ -262,7 +262,8 @@ impl LogStore {
     fn admit(&self, files: &mut JobLogFiles, lines: Vec<NewLine>, outcome: &mut AppendOutcome, exempt: bool) -> Vec<NewLine> {
         let mut kept = Vec::with_capacity(lines.len());
         for mut line in lines {
-            let (message, was_cut) = cut(&line.message, self.limits.max_line_bytes);
+            // The server's own lines are neither cut nor dropped.
+            let (message, was_cut) = if exempt { (line.message.clone(), false) } else { cut(&line.message, self.limits.max_line_bytes) };
             if !exempt && files.message_bytes + message.len() as u64 > self.limits.max_job_bytes {
                 if files.dropped_lines == 0 {
                     kept.push(NewLine {
