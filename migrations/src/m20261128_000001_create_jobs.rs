@@ -171,8 +171,9 @@ impl MigrationTrait for Migration {
                     .name("job_attempts_job_idx")
                     .table(JobAttempts::Table)
                     .col(JobAttempts::JobId)
+                    // Not unique: a released attempt is not counted, so the
+                    // next lease runs under the same number.
                     .col(JobAttempts::Number)
-                    .unique()
                     .to_owned(),
             )
             .await?;

@@ -18,6 +18,15 @@ pub enum LogFormat {
     Json,
 }
 
+/// How SQLite syncs commits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum SqliteDurability {
+    /// Every commit is on disk before the client hears OK.
+    Full,
+    /// Commits are on disk at WAL checkpoints; safe against a server crash.
+    Normal,
+}
+
 /// Everything `jobq-server` can be told.
 #[derive(Debug, Clone, Parser)]
 #[command(name = "jobq-server", version, about = "The jobq queue server")]
@@ -38,6 +47,12 @@ pub struct Config {
     /// by repeating the flag or separating with commas. None: no authentication.
     #[arg(long = "auth-token", env = "JOBQ_AUTH_TOKENS", value_delimiter = ',', hide_env_values = true)]
     pub auth_tokens: Vec<String>,
+
+    /// SQLite durability: `full` syncs every commit to disk before answering
+    /// (survives power loss); `normal` syncs at checkpoints (survives a crash
+    /// of the server, not of the machine) and commits several times faster.
+    #[arg(long, env = "JOBQ_SQLITE_SYNCHRONOUS", value_enum, default_value = "full")]
+    pub sqlite_synchronous: SqliteDurability,
 
     /// Allow listening on a non-loopback address without authentication.
     #[arg(long, env = "JOBQ_INSECURE")]

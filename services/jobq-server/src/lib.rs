@@ -16,3 +16,4 @@ mod store;
 pub use app::{App, RunningServer};
 pub use cli::run_cli;
 pub use config::Config;
+pub use store::{DatabaseKind, hot_queries};

@@ -263,7 +263,7 @@ impl JobQueue {
         };
         self.emit(kind, job);
         if job.state.is_terminal() && before.is_none_or(|before| !before.state.is_terminal()) {
-            self.log.finished(&job.id).await;
+            self.log.finished(&job.id, job.attempt).await;
             self.release_dependents(job).await;
         }
     }
@@ -307,7 +307,7 @@ impl JobQueue {
                                 _ => {}
                             }
                             if job.state.is_terminal() {
-                                self.log.finished(&job.id).await;
+                                self.log.finished(&job.id, job.attempt).await;
                                 to_check.push_back(job.id.clone());
                             }
                         }
@@ -370,11 +370,11 @@ impl JobQueue {
                 continue;
             }
             let found = self.store.job_states(&referenced).await?;
-            if let Some(parent_id) = &spec.parent_id {
-                if !found.iter().any(|(id, _)| id == parent_id) {
-                    let field = format!("{}.parent_id", field_of(index));
-                    return Err(QueueError::invalid(field, format!("job {parent_id} does not exist")));
-                }
+            if let Some(parent_id) = &spec.parent_id
+                && !found.iter().any(|(id, _)| id == parent_id)
+            {
+                let field = format!("{}.parent_id", field_of(index));
+                return Err(QueueError::invalid(field, format!("job {parent_id} does not exist")));
             }
             for (position, dependency) in spec.depends_on.iter().enumerate() {
                 if !found.iter().any(|(id, _)| id == dependency) {
@@ -595,10 +595,10 @@ impl JobQueue {
     /// Records that a worker sent a heartbeat, at most once a second per worker.
     pub async fn worker_seen(&self, worker_id: &str) {
         let now = self.clock.now();
-        if self.worker_touch_due(worker_id, now) {
-            if let Err(error) = self.store.worker_seen(worker_id, now).await {
-                tracing::warn!(%error, worker_id, "could not record worker");
-            }
+        if self.worker_touch_due(worker_id, now)
+            && let Err(error) = self.store.worker_seen(worker_id, now).await
+        {
+            tracing::warn!(%error, worker_id, "could not record worker");
         }
     }
 

@@ -129,7 +129,7 @@ pub trait JobLog: Send + Sync + 'static {
     /// Appends a system line to a job's log.
     async fn system(&self, job_id: &JobId, attempt: i32, message: &str);
     /// The job reached a terminal state: its followers may finish.
-    async fn finished(&self, job_id: &JobId);
+    async fn finished(&self, job_id: &JobId, attempt: i32);
     /// The job was deleted: its log goes too.
     async fn deleted(&self, job_id: &JobId);
 }

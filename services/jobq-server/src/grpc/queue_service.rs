@@ -406,15 +406,15 @@ impl JobQueueService for QueueApi {
         let request = request.into_inner();
         let name = convert::name(&request.name, "name")?;
         let name = convert::queue_name(&name, "name")?;
-        if let Some(limit) = request.concurrency_limit {
-            if limit < 0 {
-                return Err(QueueError::invalid("concurrency_limit", format!("{limit} is negative")).into());
-            }
+        if let Some(limit) = request.concurrency_limit
+            && limit < 0
+        {
+            return Err(QueueError::invalid("concurrency_limit", format!("{limit} is negative")).into());
         }
-        if let Some(rate) = request.rate_limit_per_second {
-            if !rate.is_finite() || rate < 0.0 {
-                return Err(QueueError::invalid("rate_limit_per_second", "must be a finite number >= 0").into());
-            }
+        if let Some(rate) = request.rate_limit_per_second
+            && (!rate.is_finite() || rate < 0.0)
+        {
+            return Err(QueueError::invalid("rate_limit_per_second", "must be a finite number >= 0").into());
         }
         let controls = self
             .queue

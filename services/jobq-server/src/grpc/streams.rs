@@ -93,16 +93,27 @@ impl LogFollow {
         loop {
             tokio::select! {
                 line = live.recv() => match line {
-                    Ok(line) if line.position <= self.after => {}
-                    Ok(line) => {
-                        let wanted = self.wanted(&line);
-                        self.after = line.position;
-                        if wanted {
-                            let message = pb::StreamJobLogsResponse {
-                                lines: vec![convert::proto_log_line(line)],
-                                lagged: false,
-                                resume_after_position: 0,
-                            };
+                    Ok(first) => {
+                        // Send what is waiting as one message: a burst costs one send, not one per line.
+                        let mut batch = vec![first];
+                        while batch.len() < REPLAY_BATCH {
+                            match live.try_recv() {
+                                Ok(line) => batch.push(line),
+                                Err(_) => break,
+                            }
+                        }
+                        let mut lines = Vec::with_capacity(batch.len());
+                        for line in batch {
+                            if line.position <= self.after {
+                                continue;
+                            }
+                            self.after = line.position;
+                            if self.wanted(&line) {
+                                lines.push(convert::proto_log_line(line));
+                            }
+                        }
+                        if !lines.is_empty() {
+                            let message = pb::StreamJobLogsResponse { lines, lagged: false, resume_after_position: 0 };
                             if sender.send(Ok(message)).await.is_err() {
                                 return;
                             }

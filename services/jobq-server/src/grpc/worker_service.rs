@@ -396,7 +396,8 @@ impl WorkerService for WorkerApi {
             totals.accepted_lines += outcome.accepted;
             totals.truncated_lines += outcome.truncated;
             totals.dropped_lines += outcome.dropped;
-            totals.last_position = outcome.last_position;
+            // A message whose lines were all dropped stores nothing: keep the last stored position.
+            totals.last_position = totals.last_position.max(outcome.last_position);
         }
         Ok(Response::new(totals))
     }

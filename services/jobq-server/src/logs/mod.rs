@@ -99,15 +99,14 @@ pub struct AppendOutcome {
     pub last_position: u64,
 }
 
-/// Open files and counters of one job's log.
+/// Counters of one job's log while the job is live. Files are opened per
+/// append, not kept open: a million waiting jobs must not hold file handles.
 struct JobLogFiles {
+    dir: PathBuf,
     next_position: u64,
     message_bytes: u64,
     dropped_lines: u64,
     dropped_bytes: u64,
-    events: File,
-    stdout: File,
-    stderr: File,
 }
 
 /// How many lines a follower may fall behind before it is told it lagged.
@@ -146,11 +145,13 @@ pub struct LogStore {
     notifier: std::sync::OnceLock<LogNotifier>,
 }
 
-fn append_line(file: &mut File, line: &str) -> io::Result<()> {
-    let mut buffer = String::with_capacity(line.len() + 1);
-    buffer.push_str(line);
-    buffer.push('\n');
-    file.write_all(buffer.as_bytes())
+/// Marks the system lines that say output was dropped.
+fn limit_notice_fields() -> Option<serde_json::Value> {
+    Some(serde_json::json!({ "output_dropped": true }))
+}
+
+fn is_limit_notice(line: &LogLine) -> bool {
+    line.fields.as_ref().is_some_and(|fields| fields.get("output_dropped").is_some())
 }
 
 /// Cuts `message` to at most `max` bytes on a char boundary, marking the cut.
@@ -219,6 +220,10 @@ impl LogStore {
         }
         let dir = self.dir(job_id);
         fs::create_dir_all(&dir)?;
+        // Every job has all three files, written or not.
+        for name in ["events.jsonl", "stdout.log", "stderr.log"] {
+            OpenOptions::new().create(true).append(true).open(dir.join(name))?;
+        }
         let events_path = dir.join("events.jsonl");
         let mut next_position = 1;
         let mut message_bytes = 0;
@@ -230,30 +235,42 @@ impl LogStore {
                 }
             }
         }
-        let append = |name: &str| OpenOptions::new().create(true).append(true).open(dir.join(name));
         let files = Arc::new(Mutex::new(JobLogFiles {
+            dir,
             next_position,
             message_bytes,
             dropped_lines: 0,
             dropped_bytes: 0,
-            events: append("events.jsonl")?,
-            stdout: append("stdout.log")?,
-            stderr: append("stderr.log")?,
         }));
         open.insert(job_id.to_owned(), files.clone());
         Ok(files)
     }
 
-    fn write(files: &mut JobLogFiles, stored: &LogLine) -> io::Result<()> {
-        let json = serde_json::to_string(stored).map_err(io::Error::other)?;
-        append_line(&mut files.events, &json)?;
-        let readable = format!("{} #{} {}", rfc3339(stored.time), stored.attempt, stored.message);
-        match stored.stream {
-            LogStream::Stdout => append_line(&mut files.stdout, &readable)?,
-            LogStream::Stderr => append_line(&mut files.stderr, &readable)?,
-            LogStream::Progress | LogStream::System => {}
+    /// Appends lines to the job's files, opening each file once per call.
+    fn write(files: &mut JobLogFiles, lines: &[LogLine]) -> io::Result<()> {
+        let mut events = String::new();
+        let (mut stdout, mut stderr) = (String::new(), String::new());
+        for line in lines {
+            events.push_str(&serde_json::to_string(line).map_err(io::Error::other)?);
+            events.push('\n');
+            let readable = format!("{} #{} {}\n", rfc3339(line.time), line.attempt, line.message);
+            match line.stream {
+                LogStream::Stdout => stdout.push_str(&readable),
+                LogStream::Stderr => stderr.push_str(&readable),
+                // A cut in the output is marked where the output is read.
+                LogStream::System if is_limit_notice(line) => {
+                    stdout.push_str(&readable);
+                    stderr.push_str(&readable);
+                }
+                LogStream::Progress | LogStream::System => {}
+            }
+            files.next_position = files.next_position.max(line.position + 1);
         }
-        files.next_position = files.next_position.max(stored.position + 1);
+        for (name, text) in [("events.jsonl", events), ("stdout.log", stdout), ("stderr.log", stderr)] {
+            if !text.is_empty() {
+                OpenOptions::new().create(true).append(true).open(files.dir.join(name))?.write_all(text.as_bytes())?;
+            }
+        }
         Ok(())
     }
 
@@ -273,7 +290,7 @@ impl LogStore {
                             "log limit of {} bytes reached: further output of this job is dropped and counted",
                             self.limits.max_job_bytes
                         ),
-                        fields: None,
+                        fields: limit_notice_fields(),
                     });
                 }
                 files.dropped_lines += 1;
@@ -312,28 +329,26 @@ impl LogStore {
             None => {
                 let mut files = lock(&files);
                 let kept = self.admit(&mut files, lines, &mut outcome, exempt);
-                let mut stored = Vec::with_capacity(kept.len());
-                for line in kept {
-                    let line = LogLine {
-                        position: files.next_position,
+                let first = files.next_position;
+                let stored: Vec<LogLine> = kept
+                    .into_iter()
+                    .zip(first..)
+                    .map(|(line, position)| LogLine {
+                        position,
                         time: line.time,
                         attempt,
                         stream: line.stream,
                         message: line.message,
                         fields: line.fields,
-                    };
-                    Self::write(&mut files, &line).map_err(io_error)?;
-                    stored.push(line);
-                }
+                    })
+                    .collect();
+                Self::write(&mut files, &stored).map_err(io_error)?;
                 stored
             }
             Some(db) => {
                 let kept = self.admit(&mut lock(&files), lines, &mut outcome, exempt);
                 let stored = table::insert(db, job_id, attempt, kept).await?;
-                let mut files = lock(&files);
-                for line in &stored {
-                    Self::write(&mut files, line).map_err(io_error)?;
-                }
+                Self::write(&mut lock(&files), &stored).map_err(io_error)?;
                 stored
             }
         };
@@ -431,7 +446,7 @@ impl JobLog for LogStore {
         }
     }
 
-    async fn finished(&self, job_id: &JobId) {
+    async fn finished(&self, job_id: &JobId, attempt: i32) {
         let files = lock(&self.open).remove(job_id.as_str());
         if let Some(files) = files {
             let (lines, bytes) = {
@@ -439,8 +454,11 @@ impl JobLog for LogStore {
                 (files.dropped_lines, files.dropped_bytes)
             };
             if lines > 0 {
-                let summary = format!("{lines} lines ({bytes} bytes) of output were dropped: over the log limit");
-                if let Err(error) = self.store(job_id, 0, vec![system_line(summary)], true).await {
+                let summary = NewLine {
+                    fields: limit_notice_fields(),
+                    ..system_line(format!("{lines} lines ({bytes} bytes) of output were dropped: over the log limit"))
+                };
+                if let Err(error) = self.store(job_id, attempt, vec![summary], true).await {
                     tracing::warn!(%error, %job_id, "could not write to the job log");
                 }
                 // The summary reopened the files; a finished job keeps none open.
@@ -453,16 +471,16 @@ impl JobLog for LogStore {
 
     async fn deleted(&self, job_id: &JobId) {
         lock(&self.open).remove(job_id.as_str());
-        if let Some(db) = &self.table {
-            if let Err(error) = table::delete(db, job_id).await {
-                tracing::warn!(%error, %job_id, "could not delete the job's log lines");
-            }
+        if let Some(db) = &self.table
+            && let Err(error) = table::delete(db, job_id).await
+        {
+            tracing::warn!(%error, %job_id, "could not delete the job's log lines");
         }
         let dir = self.dir(job_id.as_str());
-        if let Err(error) = fs::remove_dir_all(&dir) {
-            if error.kind() != io::ErrorKind::NotFound {
-                tracing::warn!(%error, path = %dir.display(), "could not delete the job's logs");
-            }
+        if let Err(error) = fs::remove_dir_all(&dir)
+            && error.kind() != io::ErrorKind::NotFound
+        {
+            tracing::warn!(%error, path = %dir.display(), "could not delete the job's logs");
         }
         let _ = self.finished.send(job_id.to_string());
         self.notify(LogNotice::Finished { job_id: job_id.to_string() });
@@ -511,7 +529,7 @@ mod tests {
         let (lines, _) = store.read(&id, 0, 100, &[]).await.expect("read");
         assert!(lines[0].message.contains("[line cut: 3 more bytes dropped]"), "{}", lines[0].message);
         assert!(lines.iter().any(|l| l.stream == LogStream::System && l.message.contains("log limit")));
-        store.finished(&id).await;
+        store.finished(&id, 1).await;
         let (lines, _) = store.read(&id, 0, 100, &[]).await.expect("read");
         assert!(lines.last().is_some_and(|l| l.message.contains("were dropped")));
     }

@@ -11,6 +11,8 @@ use sea_orm::{
 };
 use tokio::sync::{Mutex, MutexGuard};
 
+use crate::config::SqliteDurability;
+
 /// The engines jobq runs on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DatabaseKind {
@@ -31,19 +33,21 @@ pub struct Dialect {
 
 impl Dialect {
     /// Connects to `url` with the settings each engine needs.
-    pub async fn connect(url: &str) -> Result<(DatabaseConnection, Dialect), DbErr> {
+    pub async fn connect(url: &str, durability: SqliteDurability) -> Result<(DatabaseConnection, Dialect), DbErr> {
+        let synchronous = match durability {
+            SqliteDurability::Full => SqliteSynchronous::Full,
+            SqliteDurability::Normal => SqliteSynchronous::Normal,
+        };
         let mut options = ConnectOptions::new(url.to_owned());
         options
             .sqlx_logging(false)
             .acquire_timeout(Duration::from_secs(10));
         let is_sqlite = url.starts_with("sqlite:");
         if is_sqlite {
-            options.max_connections(8).map_sqlx_sqlite_opts(|sqlite| {
+            options.max_connections(8).map_sqlx_sqlite_opts(move |sqlite| {
                 sqlite
                     .journal_mode(SqliteJournalMode::Wal)
-                    // FULL: a commit is on disk before the client hears OK,
-                    // so an acknowledged enqueue survives a crash or power loss.
-                    .synchronous(SqliteSynchronous::Full)
+                    .synchronous(synchronous)
                     .busy_timeout(Duration::from_secs(10))
                     .foreign_keys(true)
             });

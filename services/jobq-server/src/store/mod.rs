@@ -40,8 +40,8 @@ pub struct SqlStore {
 
 impl SqlStore {
     /// Connects to `url` and brings the schema up to date.
-    pub async fn open(url: &str) -> Result<Self, DbErr> {
-        let (db, dialect) = Dialect::connect(url).await?;
+    pub async fn open(url: &str, durability: crate::config::SqliteDurability) -> Result<Self, DbErr> {
+        let (db, dialect) = Dialect::connect(url, durability).await?;
         // Replicas starting together race to migrate; the loser's transaction
         // fails and rolls back, and by its next try the winner has finished.
         let mut tries = 0;
@@ -124,18 +124,8 @@ impl SqlStore {
         types: &[String],
         limit: u64,
     ) -> QueueResult<Vec<jobs::Model>> {
-        let mut select = jobs::Entity::find()
-            .filter(jobs::Column::State.eq(JobState::Queued.as_str()))
-            .filter(jobs::Column::Queue.is_in(queues.iter().map(String::as_str)));
-        if !types.is_empty() {
-            select = select.filter(jobs::Column::JobType.is_in(types.iter().map(String::as_str)));
-        }
-        let select = select
-            .order_by_desc(jobs::Column::Priority)
-            .order_by_asc(jobs::Column::RunAt)
-            .order_by_asc(jobs::Column::Id)
-            .limit(limit);
-        self.dialect.lock_for_update(select, true).all(tx).await.map_err(storage)
+        let select = self.dialect.lock_for_update(lease_select(queues, types, limit), true);
+        select.all(tx).await.map_err(storage)
     }
 
     async fn running_in_queue(&self, tx: &DatabaseTransaction, queue: &str) -> QueueResult<i64> {
@@ -150,6 +140,62 @@ impl SqlStore {
             .map_err(storage)?;
         Ok(count.unwrap_or(0))
     }
+}
+
+/// The hot lease query: served by the partial index `jobs_lease_idx`.
+fn lease_select(queues: &[String], types: &[String], limit: u64) -> sea_orm::Select<jobs::Entity> {
+    let mut select = jobs::Entity::find()
+        .filter(jobs::Column::State.eq(JobState::Queued.as_str()))
+        .filter(jobs::Column::Queue.is_in(queues.iter().map(String::as_str)));
+    if !types.is_empty() {
+        select = select.filter(jobs::Column::JobType.is_in(types.iter().map(String::as_str)));
+    }
+    select
+        .order_by_desc(jobs::Column::Priority)
+        .order_by_asc(jobs::Column::RunAt)
+        .order_by_asc(jobs::Column::Id)
+        .limit(limit)
+}
+
+/// The reaper's scan: running jobs past their lease or attempt deadline.
+fn expired_select(now: Millis, limit: u64) -> sea_orm::Selector<sea_orm::SelectGetableTuple<String>> {
+    jobs::Entity::find()
+        .select_only()
+        .column(jobs::Column::Id)
+        .filter(jobs::Column::State.eq(JobState::Running.as_str()))
+        .filter(
+            Condition::any()
+                .add(jobs::Column::LeaseExpiresAt.lte(now))
+                .add(jobs::Column::AttemptDeadline.lte(now)),
+        )
+        .limit(limit)
+        .into_tuple()
+}
+
+/// The hot queries as the given engine runs them, for EXPLAIN in tests and docs.
+pub fn hot_queries(kind: DatabaseKind) -> Vec<(&'static str, String)> {
+    use sea_orm::QueryTrait;
+    let backend = match kind {
+        DatabaseKind::Sqlite => sea_orm::DbBackend::Sqlite,
+        DatabaseKind::Postgres => sea_orm::DbBackend::Postgres,
+    };
+    let queues = ["default".to_owned()];
+    let mut lease = lease_select(&queues, &[], 10);
+    if kind == DatabaseKind::Postgres {
+        lease = lease.lock_with_behavior(sea_orm::sea_query::LockType::Update, sea_orm::sea_query::LockBehavior::SkipLocked);
+    }
+    let due = jobs::Entity::find()
+        .select_only()
+        .column(jobs::Column::Id)
+        .filter(jobs::Column::State.is_in(WAITING))
+        .filter(jobs::Column::RunAt.lte(0))
+        .order_by_asc(jobs::Column::RunAt)
+        .limit(1000);
+    vec![
+        ("lease", lease.build(backend).to_string()),
+        ("promote", due.build(backend).to_string()),
+        ("reap", expired_select(0, 500).into_statement(backend).to_string()),
+    ]
 }
 
 fn ids(raw: Vec<String>) -> Vec<JobId> {
@@ -274,7 +320,7 @@ impl JobStore for SqlStore {
         if let Some(before_id) = before_id {
             condition = condition.add(jobs::Column::Id.lt(before_id.as_str()));
         }
-        jobs::Entity::find()
+        let mut listed = jobs::Entity::find()
             .filter(condition)
             .order_by_desc(jobs::Column::Id)
             .limit(limit)
@@ -283,7 +329,23 @@ impl JobStore for SqlStore {
             .map_err(storage)?
             .into_iter()
             .map(job_from_row)
-            .collect()
+            .collect::<QueueResult<Vec<_>>>()?;
+        // Dependencies of the whole page in one query.
+        let edges: Vec<(String, String)> = job_dependencies::Entity::find()
+            .select_only()
+            .column(job_dependencies::Column::JobId)
+            .column(job_dependencies::Column::DependsOnId)
+            .filter(job_dependencies::Column::JobId.is_in(listed.iter().map(|job| job.id.as_str())))
+            .into_tuple()
+            .all(&self.db)
+            .await
+            .map_err(storage)?;
+        for (job_id, dependency) in edges {
+            if let Some(job) = listed.iter_mut().find(|job| job.id.as_str() == job_id) {
+                job.depends_on.push(JobId::from_stored(dependency));
+            }
+        }
+        Ok(listed)
     }
 
     async fn select_jobs(&self, selector: &JobSelector) -> QueueResult<Vec<JobId>> {
@@ -380,20 +442,7 @@ impl JobStore for SqlStore {
     }
 
     async fn expired_jobs(&self, now: Millis, limit: u64) -> QueueResult<Vec<JobId>> {
-        let found: Vec<String> = jobs::Entity::find()
-            .select_only()
-            .column(jobs::Column::Id)
-            .filter(jobs::Column::State.eq(JobState::Running.as_str()))
-            .filter(
-                Condition::any()
-                    .add(jobs::Column::LeaseExpiresAt.lte(now))
-                    .add(jobs::Column::AttemptDeadline.lte(now)),
-            )
-            .limit(limit)
-            .into_tuple()
-            .all(&self.db)
-            .await
-            .map_err(storage)?;
+        let found = expired_select(now, limit).all(&self.db).await.map_err(storage)?;
         Ok(ids(found))
     }
 
