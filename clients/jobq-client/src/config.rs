@@ -1,0 +1,153 @@
+//! Where the server is and how to talk to it.
+
+use std::time::Duration;
+
+use crate::error::ClientError;
+
+/// The server address used when none is given: the server's default listen address.
+pub const DEFAULT_ENDPOINT: &str = "http://127.0.0.1:50051";
+
+/// How a [`crate::Client`] connects. Build one with [`ClientConfig::builder`].
+#[derive(Debug, Clone)]
+pub struct ClientConfig {
+    pub(crate) endpoint: String,
+    pub(crate) token: Option<String>,
+    pub(crate) connect_timeout: Duration,
+    pub(crate) request_timeout: Duration,
+    pub(crate) keep_alive_interval: Duration,
+}
+
+impl ClientConfig {
+    /// A builder for a server at `endpoint` (`http://host:port`; a bare
+    /// `host:port` gets `http://`).
+    pub fn builder(endpoint: impl Into<String>) -> ClientConfigBuilder {
+        ClientConfigBuilder {
+            config: ClientConfig {
+                endpoint: endpoint.into(),
+                token: None,
+                connect_timeout: Duration::from_secs(5),
+                request_timeout: Duration::from_secs(30),
+                keep_alive_interval: Duration::from_secs(15),
+            },
+        }
+    }
+
+    /// The server's URI.
+    pub fn endpoint(&self) -> &str {
+        &self.endpoint
+    }
+
+    /// The bearer token sent with every call, if any.
+    pub fn token(&self) -> Option<&str> {
+        self.token.as_deref()
+    }
+
+    /// Longest wait for an answer to a unary call (long polls add their wait).
+    pub fn request_timeout(&self) -> Duration {
+        self.request_timeout
+    }
+}
+
+/// Builds a [`ClientConfig`]; [`ClientConfigBuilder::build`] checks it.
+#[derive(Debug, Clone)]
+pub struct ClientConfigBuilder {
+    config: ClientConfig,
+}
+
+impl ClientConfigBuilder {
+    /// Sends `authorization: Bearer <token>` with every call. An empty token means none.
+    pub fn token(mut self, token: impl Into<String>) -> Self {
+        let token = token.into();
+        self.config.token = (!token.is_empty()).then_some(token);
+        self
+    }
+
+    /// Longest wait for a TCP connection (default 5 s).
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.config.connect_timeout = timeout;
+        self
+    }
+
+    /// Longest wait for the answer to a unary call (default 30 s).
+    pub fn request_timeout(mut self, timeout: Duration) -> Self {
+        self.config.request_timeout = timeout;
+        self
+    }
+
+    /// HTTP/2 ping interval that detects a dead connection (default 15 s).
+    pub fn keep_alive_interval(mut self, interval: Duration) -> Self {
+        self.config.keep_alive_interval = interval;
+        self
+    }
+
+    /// The checked configuration.
+    pub fn build(mut self) -> Result<ClientConfig, ClientError> {
+        let endpoint = self.config.endpoint.trim().to_owned();
+        if endpoint.is_empty() {
+            return Err(ClientError::Config("the server endpoint is empty".into()));
+        }
+        self.config.endpoint = if endpoint.contains("://") {
+            endpoint
+        } else {
+            format!("http://{endpoint}")
+        };
+        if !(self.config.endpoint.starts_with("http://")
+            || self.config.endpoint.starts_with("https://"))
+        {
+            return Err(ClientError::Config(format!(
+                "server endpoint {:?} must start with http:// or https://",
+                self.config.endpoint
+            )));
+        }
+        if let Some(token) = &self.config.token
+            && token.chars().any(|c| c.is_control() || c == ' ')
+        {
+            return Err(ClientError::Config(
+                "the token must not contain spaces or control characters".into(),
+            ));
+        }
+        for (what, value) in [
+            ("connect timeout", self.config.connect_timeout),
+            ("request timeout", self.config.request_timeout),
+            ("keep-alive interval", self.config.keep_alive_interval),
+        ] {
+            if value.is_zero() {
+                return Err(ClientError::Config(format!(
+                    "the {what} must be greater than zero"
+                )));
+            }
+        }
+        Ok(self.config)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bare_addresses_get_a_scheme() -> Result<(), ClientError> {
+        let config = ClientConfig::builder("127.0.0.1:4000").build()?;
+        assert_eq!(config.endpoint(), "http://127.0.0.1:4000");
+        Ok(())
+    }
+
+    #[test]
+    fn other_schemes_and_bad_tokens_are_refused() {
+        assert!(ClientConfig::builder("ftp://x").build().is_err());
+        assert!(ClientConfig::builder("").build().is_err());
+        assert!(
+            ClientConfig::builder("http://x")
+                .token("a b")
+                .build()
+                .is_err()
+        );
+    }
+
+    #[test]
+    fn an_empty_token_means_none() -> Result<(), ClientError> {
+        let config = ClientConfig::builder(DEFAULT_ENDPOINT).token("").build()?;
+        assert_eq!(config.token(), None);
+        Ok(())
+    }
+}

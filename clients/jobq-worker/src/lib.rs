@@ -1,0 +1,237 @@
+//! The jobq worker with the built-in job types: `channel_download` and
+//! `playlist_download` (yt-dlp), `metadata_extraction` (yt-dlp or ffprobe),
+//! `cleanup`, and `noop`. Each tool runs as a subprocess in its own process
+//! group, its output goes line by line into the job's log, its progress into
+//! the job's progress, and a stop kills the whole group.
+//!
+//! [`run_cli`] is the `jobq-worker` binary; [`WorkerOptions`] and
+//! [`build_worker`] let `jobq up` run the same worker in-process.
+
+pub mod jobs;
+pub mod process;
+pub mod progress;
+pub mod validate;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Args, Parser, ValueEnum};
+use jobq_client::{Client, ClientConfig, Shutdown, Worker, WorkerConfig};
+use tracing_subscriber::EnvFilter;
+
+/// How the worker is run: everything but the server connection.
+#[derive(Debug, Clone, Args)]
+pub struct WorkerOptions {
+    /// Worker id shown in the server (default: HOSTNAME-PID-RANDOM).
+    #[arg(long, env = "JOBQ_WORKER_ID")]
+    pub worker_id: Option<String>,
+
+    /// Queues to lease from, comma-separated.
+    #[arg(
+        long,
+        env = "JOBQ_QUEUES",
+        value_delimiter = ',',
+        default_value = "default"
+    )]
+    pub queues: Vec<String>,
+
+    /// Job types to run, comma-separated (default: every built-in type).
+    #[arg(long, env = "JOBQ_TYPES", value_delimiter = ',')]
+    pub types: Vec<String>,
+
+    /// Most jobs run at once.
+    #[arg(long, env = "JOBQ_CONCURRENCY", default_value_t = 4)]
+    pub concurrency: usize,
+
+    /// Directory downloads go to (created if missing). Default: `jobq-media`,
+    /// or `media` in the data dir under `jobq up`.
+    #[arg(long, env = "JOBQ_MEDIA_ROOT")]
+    pub media_root: Option<PathBuf>,
+
+    /// Directories cleanup jobs may delete in (repeat, or comma-separate in the
+    /// variable). Default: the media root.
+    #[arg(
+        long = "cleanup-root",
+        env = "JOBQ_CLEANUP_ROOTS",
+        value_delimiter = ','
+    )]
+    pub cleanup_roots: Vec<PathBuf>,
+
+    /// How long running jobs may take to finish after SIGTERM/SIGINT before
+    /// they are cancelled and released to other workers.
+    #[arg(long, env = "JOBQ_GRACE_PERIOD", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub grace_period: Duration,
+
+    /// How long a cancelled job's handler may take to stop before it is aborted.
+    #[arg(long, env = "JOBQ_CANCEL_GRACE", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub cancel_grace: Duration,
+
+    /// Lease length asked for; heartbeats renew it every third of it.
+    #[arg(long = "lease", env = "JOBQ_WORKER_LEASE", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub lease: Duration,
+
+    /// Longest wait of one LeaseJobs long poll.
+    #[arg(long, env = "JOBQ_POLL_WAIT", default_value = "20s", value_parser = humantime::parse_duration)]
+    pub poll_wait: Duration,
+
+    /// The yt-dlp executable.
+    #[arg(long = "yt-dlp", env = "JOBQ_YT_DLP", default_value = "yt-dlp")]
+    pub yt_dlp: PathBuf,
+
+    /// The ffprobe executable.
+    #[arg(long, env = "JOBQ_FFPROBE", default_value = "ffprobe")]
+    pub ffprobe: PathBuf,
+}
+
+/// How the worker binary writes its own log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Readable lines.
+    Human,
+    /// One JSON object per line.
+    Json,
+}
+
+/// The `jobq-worker` command line.
+#[derive(Debug, Parser)]
+#[command(
+    name = "jobq-worker",
+    version,
+    about = "Runs jobq jobs: yt-dlp downloads, metadata extraction, cleanup"
+)]
+pub struct WorkerCli {
+    /// The jobq server.
+    #[arg(long, env = "JOBQ_SERVER", default_value = jobq_client::DEFAULT_ENDPOINT)]
+    pub server: String,
+
+    /// Bearer token for the server.
+    #[arg(long, env = "JOBQ_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+
+    /// Log format (stderr); the level comes from JOBQ_LOG (default `info`).
+    #[arg(long, env = "JOBQ_LOG_FORMAT", value_enum, default_value = "human")]
+    pub log_format: LogFormat,
+
+    /// Everything else.
+    #[command(flatten)]
+    pub options: WorkerOptions,
+}
+
+/// The worker with the built-in handlers, configured by `options`;
+/// `default_media_root` applies when `options.media_root` is unset.
+pub fn build_worker(
+    client: Client,
+    options: &WorkerOptions,
+    default_media_root: PathBuf,
+) -> anyhow::Result<Worker> {
+    for job_type in &options.types {
+        anyhow::ensure!(
+            jobs::types::ALL.contains(&job_type.as_str()),
+            "--types: unknown job type {job_type:?} (built-in: {})",
+            jobs::types::ALL.join(", ")
+        );
+    }
+    let media_root = options.media_root.clone().unwrap_or(default_media_root);
+    let settings = jobs::Settings::prepare(
+        &media_root,
+        &options.cleanup_roots,
+        options.yt_dlp.clone(),
+        options.ffprobe.clone(),
+    )
+    .with_context(|| format!("preparing the media root {}", media_root.display()))?;
+    check_tool(&settings.yt_dlp, "--version");
+    check_tool(&settings.ffprobe, "-version");
+    tracing::info!(media_root = %settings.media_root.display(), cleanup_roots = ?settings.cleanup_roots, "built-in job settings");
+
+    let mut config = WorkerConfig::builder()
+        .queues(options.queues.clone())
+        .concurrency(options.concurrency)
+        .grace_period(options.grace_period)
+        .cancel_grace(options.cancel_grace)
+        .lease_duration(options.lease)
+        .poll_wait(options.poll_wait)
+        .version(concat!("jobq-worker/", env!("CARGO_PKG_VERSION")));
+    if let Some(id) = &options.worker_id {
+        config = config.worker_id(id.clone());
+    }
+    let config = config.build().context("worker configuration")?;
+    Ok(jobs::register(
+        Worker::new(client, config),
+        settings,
+        &options.types,
+    ))
+}
+
+/// Logs whether a tool answers; jobs that need a missing tool fail (retryably) later.
+fn check_tool(program: &std::path::Path, version_flag: &str) {
+    match std::process::Command::new(program)
+        .arg(version_flag)
+        .stdin(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .output()
+    {
+        Ok(output) if output.status.success() => {
+            let version = String::from_utf8_lossy(&output.stdout);
+            let version = version.lines().next().unwrap_or_default().trim().to_owned();
+            tracing::info!(tool = %program.display(), %version, "tool found");
+        }
+        Ok(output) => {
+            tracing::warn!(tool = %program.display(), status = %output.status, "tool answered with an error")
+        }
+        Err(error) => {
+            tracing::warn!(tool = %program.display(), "tool not found ({error}); jobs that need it will fail")
+        }
+    }
+}
+
+/// Sets up the tracing subscriber on stderr (level from `JOBQ_LOG`, default `info`).
+pub fn init_logging(json: bool) {
+    let filter = EnvFilter::try_from_env("JOBQ_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = if json {
+        builder.json().try_init()
+    } else {
+        builder.try_init()
+    };
+}
+
+/// Runs the `jobq-worker` binary: exit 0 after a clean stop, 1 on an error,
+/// 2 on bad flags.
+pub fn run_cli() -> ExitCode {
+    let cli = WorkerCli::parse();
+    init_logging(cli.log_format == LogFormat::Json);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("jobq-worker: cannot start the async runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(serve(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("jobq-worker: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn serve(cli: WorkerCli) -> anyhow::Result<()> {
+    let mut config = ClientConfig::builder(cli.server.clone());
+    if let Some(token) = &cli.token {
+        config = config.token(token.clone());
+    }
+    let client = Client::connect(config.build()?)?;
+    let worker = build_worker(client, &cli.options, PathBuf::from("jobq-media"))?;
+    tracing::info!(server = %cli.server, worker_id = worker.config().worker_id(), "connecting");
+    let shutdown = Shutdown::on_signals().context("installing signal handlers")?;
+    worker.run(shutdown).await?;
+    Ok(())
+}
