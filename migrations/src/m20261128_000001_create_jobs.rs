@@ -62,7 +62,9 @@ const PARTIAL_INDEXES: &[&str] = &[
     "CREATE INDEX jobs_running_idx ON jobs (lease_expires_at) WHERE state = 'running'",
     "CREATE INDEX jobs_deadline_idx ON jobs (attempt_deadline) WHERE state = 'running'",
     // The promoter: scheduled and retrying jobs whose run_at has come.
-    "CREATE INDEX jobs_waiting_idx ON jobs (run_at) WHERE state IN ('scheduled', 'retrying')",
+    // (state first: SQLite then seeks each waiting state's due range instead
+    // of scanning every waiting job.)
+    "CREATE INDEX jobs_waiting_idx ON jobs (state, run_at) WHERE state IN ('scheduled', 'retrying')",
     // unique_key: at most one non-terminal job per key.
     "CREATE UNIQUE INDEX jobs_unique_key_idx ON jobs (unique_key) \
      WHERE unique_key IS NOT NULL AND state NOT IN ('succeeded', 'cancelled', 'dead')",

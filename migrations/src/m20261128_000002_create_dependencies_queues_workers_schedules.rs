@@ -63,8 +63,16 @@ impl MigrationTrait for Migration {
             .create_table(
                 Table::create()
                     .table(JobDependencies::Table)
-                    .col(ColumnDef::new(JobDependencies::JobId).string_len(36).not_null())
-                    .col(ColumnDef::new(JobDependencies::DependsOnId).string_len(36).not_null())
+                    .col(
+                        ColumnDef::new(JobDependencies::JobId)
+                            .string_len(36)
+                            .not_null(),
+                    )
+                    .col(
+                        ColumnDef::new(JobDependencies::DependsOnId)
+                            .string_len(36)
+                            .not_null(),
+                    )
                     .primary_key(
                         Index::create()
                             .col(JobDependencies::JobId)
@@ -102,10 +110,23 @@ impl MigrationTrait for Migration {
             .create_table(
                 Table::create()
                     .table(Queues::Table)
-                    .col(ColumnDef::new(Queues::Name).string().not_null().primary_key())
+                    .col(
+                        ColumnDef::new(Queues::Name)
+                            .string()
+                            .not_null()
+                            .primary_key(),
+                    )
                     .col(ColumnDef::new(Queues::Paused).boolean().not_null())
-                    .col(ColumnDef::new(Queues::ConcurrencyLimit).integer().not_null())
-                    .col(ColumnDef::new(Queues::RateLimitPerSecond).double().not_null())
+                    .col(
+                        ColumnDef::new(Queues::ConcurrencyLimit)
+                            .integer()
+                            .not_null(),
+                    )
+                    .col(
+                        ColumnDef::new(Queues::RateLimitPerSecond)
+                            .double()
+                            .not_null(),
+                    )
                     .col(ColumnDef::new(Queues::UpdatedAt).big_integer().not_null())
                     .to_owned(),
             )
@@ -115,12 +136,21 @@ impl MigrationTrait for Migration {
             .create_table(
                 Table::create()
                     .table(Workers::Table)
-                    .col(ColumnDef::new(Workers::WorkerId).string().not_null().primary_key())
+                    .col(
+                        ColumnDef::new(Workers::WorkerId)
+                            .string()
+                            .not_null()
+                            .primary_key(),
+                    )
                     .col(ColumnDef::new(Workers::Hostname).string().not_null())
                     .col(ColumnDef::new(Workers::Version).string().not_null())
                     .col(ColumnDef::new(Workers::Queues).text().not_null())
                     .col(ColumnDef::new(Workers::Types).text().not_null())
-                    .col(ColumnDef::new(Workers::FirstSeenAt).big_integer().not_null())
+                    .col(
+                        ColumnDef::new(Workers::FirstSeenAt)
+                            .big_integer()
+                            .not_null(),
+                    )
                     .col(ColumnDef::new(Workers::LastSeenAt).big_integer().not_null())
                     .to_owned(),
             )
@@ -139,16 +169,33 @@ impl MigrationTrait for Migration {
             .create_table(
                 Table::create()
                     .table(Schedules::Table)
-                    .col(ColumnDef::new(Schedules::Name).string().not_null().primary_key())
+                    .col(
+                        ColumnDef::new(Schedules::Name)
+                            .string()
+                            .not_null()
+                            .primary_key(),
+                    )
                     .col(ColumnDef::new(Schedules::Cron).string().not_null())
                     .col(ColumnDef::new(Schedules::TimeZone).string().not_null())
                     .col(ColumnDef::new(Schedules::JobTemplate).text().not_null())
                     .col(ColumnDef::new(Schedules::Paused).boolean().not_null())
-                    .col(ColumnDef::new(Schedules::NextRunAt).big_integer().not_null())
+                    .col(
+                        ColumnDef::new(Schedules::NextRunAt)
+                            .big_integer()
+                            .not_null(),
+                    )
                     .col(ColumnDef::new(Schedules::LastRunAt).big_integer().null())
                     .col(ColumnDef::new(Schedules::LastJobId).string_len(36).null())
-                    .col(ColumnDef::new(Schedules::CreatedAt).big_integer().not_null())
-                    .col(ColumnDef::new(Schedules::UpdatedAt).big_integer().not_null())
+                    .col(
+                        ColumnDef::new(Schedules::CreatedAt)
+                            .big_integer()
+                            .not_null(),
+                    )
+                    .col(
+                        ColumnDef::new(Schedules::UpdatedAt)
+                            .big_integer()
+                            .not_null(),
+                    )
                     .to_owned(),
             )
             .await?;
@@ -171,7 +218,9 @@ impl MigrationTrait for Migration {
             Queues::Table.into_iden(),
             JobDependencies::Table.into_iden(),
         ] {
-            manager.drop_table(Table::drop().table(table).to_owned()).await?;
+            manager
+                .drop_table(Table::drop().table(table).to_owned())
+                .await?;
         }
         manager
             .alter_table(

@@ -26,20 +26,34 @@ impl MigrationTrait for Migration {
                 Table::create()
                     .table(JobLogLines::Table)
                     .col(ColumnDef::new(JobLogLines::JobId).string_len(36).not_null())
-                    .col(ColumnDef::new(JobLogLines::Position).big_integer().not_null())
+                    .col(
+                        ColumnDef::new(JobLogLines::Position)
+                            .big_integer()
+                            .not_null(),
+                    )
                     .col(ColumnDef::new(JobLogLines::Attempt).integer().not_null())
-                    .col(ColumnDef::new(JobLogLines::Stream).string_len(16).not_null())
+                    .col(
+                        ColumnDef::new(JobLogLines::Stream)
+                            .string_len(16)
+                            .not_null(),
+                    )
                     .col(ColumnDef::new(JobLogLines::Time).big_integer().not_null())
                     .col(ColumnDef::new(JobLogLines::Message).text().not_null())
                     .col(ColumnDef::new(JobLogLines::Fields).text().null())
                     // Replay reads a job's lines in position order: the key serves it.
-                    .primary_key(Index::create().col(JobLogLines::JobId).col(JobLogLines::Position))
+                    .primary_key(
+                        Index::create()
+                            .col(JobLogLines::JobId)
+                            .col(JobLogLines::Position),
+                    )
                     .to_owned(),
             )
             .await
     }
 
     async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
-        manager.drop_table(Table::drop().table(JobLogLines::Table).to_owned()).await
+        manager
+            .drop_table(Table::drop().table(JobLogLines::Table).to_owned())
+            .await
     }
 }

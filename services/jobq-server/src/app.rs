@@ -19,12 +19,12 @@ use tonic_health::server::HealthReporter;
 
 use crate::auth;
 use crate::background;
-use crate::dashboard;
-use crate::logs::LogStore;
+use crate::cluster;
 use crate::config::Config;
+use crate::dashboard;
 use crate::domain::{JobQueue, SystemClock};
 use crate::grpc::{QueueApi, WorkerApi};
-use crate::cluster;
+use crate::logs::LogStore;
 use crate::store::{DatabaseKind, SqlStore};
 
 /// The server, assembled.
@@ -60,7 +60,10 @@ impl App {
                 .await
                 .context("opening the database")?,
         );
-        let logs = Arc::new(LogStore::new(&config.data_dir, config.log_limits(), store.log_table()).context("opening the job log directory")?);
+        let logs = Arc::new(
+            LogStore::new(&config.data_dir, config.log_limits(), store.log_table())
+                .context("opening the job log directory")?,
+        );
         let stop = CancellationToken::new();
         let queue = Arc::new(JobQueue::new(
             store.clone(),
@@ -119,7 +122,8 @@ impl App {
         let local_addr = listener.local_addr().context("reading the bound address")?;
         let stop_serving = CancellationToken::new();
         let serving_stopped = stop_serving.clone();
-        let tokens = Arc::new(auth::Tokens::parse(&config.auth_tokens).map_err(anyhow::Error::msg)?);
+        let tokens =
+            Arc::new(auth::Tokens::parse(&config.auth_tokens).map_err(anyhow::Error::msg)?);
         let mut grpc = Routes::builder();
         grpc.add_service(health_service)
             .add_service(reflection_v1)
@@ -152,7 +156,9 @@ impl App {
                 }
             })
         });
-        let serve = tokio::spawn(router.serve_with_incoming_shutdown(incoming, serving_stopped.cancelled_owned()));
+        let serve = tokio::spawn(
+            router.serve_with_incoming_shutdown(incoming, serving_stopped.cancelled_owned()),
+        );
         tracing::info!(%local_addr, "jobq server started");
         Ok(RunningServer {
             local_addr,

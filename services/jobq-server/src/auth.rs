@@ -73,7 +73,8 @@ impl Tokens {
             let (role, token) = entry
                 .split_once(':')
                 .ok_or_else(|| format!("auth token {entry:?} is not role:token"))?;
-            let role = Role::parse(role).ok_or_else(|| format!("unknown role {role:?}: use admin, producer or worker"))?;
+            let role = Role::parse(role)
+                .ok_or_else(|| format!("unknown role {role:?}: use admin, producer or worker"))?;
             if token.len() < 16 {
                 return Err(format!("the {role:?} token is shorter than 16 characters"));
             }
@@ -107,20 +108,35 @@ impl Tokens {
             .get("authorization")
             .and_then(|value| value.to_str().ok())
             .and_then(|value| value.strip_prefix("Bearer "))
-            .ok_or_else(|| Status::unauthenticated("missing bearer token (authorization: Bearer <token>)"))?;
-        let role = *self.roles.get(presented).ok_or_else(|| Status::unauthenticated("unknown token"))?;
-        let path = request.extensions().get::<CalledPath>().map_or("", |called| called.0.as_str());
-        let (service, method) = path.trim_start_matches('/').split_once('/').unwrap_or((path, ""));
+            .ok_or_else(|| {
+                Status::unauthenticated("missing bearer token (authorization: Bearer <token>)")
+            })?;
+        let role = *self
+            .roles
+            .get(presented)
+            .ok_or_else(|| Status::unauthenticated("unknown token"))?;
+        let path = request
+            .extensions()
+            .get::<CalledPath>()
+            .map_or("", |called| called.0.as_str());
+        let (service, method) = path
+            .trim_start_matches('/')
+            .split_once('/')
+            .unwrap_or((path, ""));
         if Self::allows(role, service, method) {
             Ok(())
         } else {
-            Err(Status::permission_denied(format!("the {role:?} role may not call {service}/{method}")))
+            Err(Status::permission_denied(format!(
+                "the {role:?} role may not call {service}/{method}"
+            )))
         }
     }
 }
 
 /// A tonic interceptor over shared tokens.
-pub fn interceptor(tokens: Arc<Tokens>) -> impl FnMut(Request<()>) -> Result<Request<()>, Status> + Clone {
+pub fn interceptor(
+    tokens: Arc<Tokens>,
+) -> impl FnMut(Request<()>) -> Result<Request<()>, Status> + Clone {
     move |request| tokens.check(&request).map(|()| request)
 }
 
@@ -130,13 +146,41 @@ mod tests {
 
     #[test]
     fn roles_map_to_the_calls_they_may_make() {
-        assert!(Tokens::allows(Role::Producer, "jobq.v1.JobQueueService", "EnqueueJob"));
-        assert!(!Tokens::allows(Role::Producer, "jobq.v1.JobQueueService", "DeleteJob"));
-        assert!(!Tokens::allows(Role::Producer, "jobq.v1.WorkerService", "LeaseJobs"));
-        assert!(Tokens::allows(Role::Worker, "jobq.v1.WorkerService", "LeaseJobs"));
-        assert!(Tokens::allows(Role::Worker, "jobq.v1.JobQueueService", "EnqueueJob"));
-        assert!(!Tokens::allows(Role::Worker, "jobq.v1.JobQueueService", "CancelJob"));
-        assert!(Tokens::allows(Role::Admin, "jobq.v1.JobQueueService", "DeleteJobs"));
+        assert!(Tokens::allows(
+            Role::Producer,
+            "jobq.v1.JobQueueService",
+            "EnqueueJob"
+        ));
+        assert!(!Tokens::allows(
+            Role::Producer,
+            "jobq.v1.JobQueueService",
+            "DeleteJob"
+        ));
+        assert!(!Tokens::allows(
+            Role::Producer,
+            "jobq.v1.WorkerService",
+            "LeaseJobs"
+        ));
+        assert!(Tokens::allows(
+            Role::Worker,
+            "jobq.v1.WorkerService",
+            "LeaseJobs"
+        ));
+        assert!(Tokens::allows(
+            Role::Worker,
+            "jobq.v1.JobQueueService",
+            "EnqueueJob"
+        ));
+        assert!(!Tokens::allows(
+            Role::Worker,
+            "jobq.v1.JobQueueService",
+            "CancelJob"
+        ));
+        assert!(Tokens::allows(
+            Role::Admin,
+            "jobq.v1.JobQueueService",
+            "DeleteJobs"
+        ));
     }
 
     #[test]
@@ -144,6 +188,10 @@ mod tests {
         assert!(Tokens::parse(&["root:0123456789abcdef".into()]).is_err());
         assert!(Tokens::parse(&["admin:short".into()]).is_err());
         assert!(Tokens::parse(&["admin0123456789abcdef".into()]).is_err());
-        assert!(!Tokens::parse(&["admin:0123456789abcdef".into()]).expect("valid").is_empty());
+        assert!(
+            !Tokens::parse(&["admin:0123456789abcdef".into()])
+                .expect("valid")
+                .is_empty()
+        );
     }
 }

@@ -57,7 +57,12 @@ pub async fn scheduler(queue: Arc<JobQueue>, stop: CancellationToken) {
 }
 
 /// Purges finished jobs and their logs once they are older than the retention periods.
-pub async fn retention(queue: Arc<JobQueue>, finished_max_age: Duration, dead_max_age: Duration, stop: CancellationToken) {
+pub async fn retention(
+    queue: Arc<JobQueue>,
+    finished_max_age: Duration,
+    dead_max_age: Duration,
+    stop: CancellationToken,
+) {
     use crate::domain::JobState;
     let mut ticker = tokio::time::interval(RETENTION_TICK);
     ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
@@ -69,7 +74,10 @@ pub async fn retention(queue: Arc<JobQueue>, finished_max_age: Duration, dead_ma
         let now = queue.now();
         let age = |max: Duration| now.saturating_sub(max.as_millis().min(i64::MAX as u128) as i64);
         let passes = [
-            (&[JobState::Succeeded, JobState::Cancelled][..], age(finished_max_age)),
+            (
+                &[JobState::Succeeded, JobState::Cancelled][..],
+                age(finished_max_age),
+            ),
             (&[JobState::Dead][..], age(dead_max_age)),
         ];
         for (states, before) in passes {

@@ -28,9 +28,19 @@ const MAX_RECONNECT_PAUSE: Duration = Duration::from_secs(5);
 enum Notice {
     Ready,
     Waiting,
-    Job { id: String, kind: String, from: Option<String>, error: Option<String> },
-    LogAppended { id: String, position: u64 },
-    LogFinished { id: String },
+    Job {
+        id: String,
+        kind: String,
+        from: Option<String>,
+        error: Option<String>,
+    },
+    LogAppended {
+        id: String,
+        position: u64,
+    },
+    LogFinished {
+        id: String,
+    },
 }
 
 /// A notice with the replica it came from, so a replica ignores its own.
@@ -68,7 +78,12 @@ impl Peers for PgPeers {
             // A deleted job cannot be read back on the other side.
             JobEventKind::Deleted => return,
         };
-        let _ = self.outbox.send(Notice::Job { id: event.job.id.to_string(), kind: kind.to_owned(), from, error });
+        let _ = self.outbox.send(Notice::Job {
+            id: event.job.id.to_string(),
+            kind: kind.to_owned(),
+            from,
+            error,
+        });
     }
 }
 
@@ -84,10 +99,15 @@ pub fn start(
 ) -> Arc<PgPeers> {
     let origin = uuid::Uuid::new_v4().to_string();
     let (outbox, inbox) = mpsc::unbounded_channel();
-    let peers = Arc::new(PgPeers { outbox: outbox.clone() });
+    let peers = Arc::new(PgPeers {
+        outbox: outbox.clone(),
+    });
     logs.set_notifier(Arc::new(move |notice| {
         let notice = match notice {
-            LogNotice::Appended { job_id, position } => Notice::LogAppended { id: job_id, position },
+            LogNotice::Appended { job_id, position } => Notice::LogAppended {
+                id: job_id,
+                position,
+            },
             LogNotice::Finished { job_id } => Notice::LogFinished { id: job_id },
         };
         let _ = outbox.send(notice);
@@ -97,7 +117,12 @@ pub fn start(
     peers
 }
 
-async fn publish(db: DatabaseConnection, origin: String, mut inbox: mpsc::UnboundedReceiver<Notice>, stop: CancellationToken) {
+async fn publish(
+    db: DatabaseConnection,
+    origin: String,
+    mut inbox: mpsc::UnboundedReceiver<Notice>,
+    stop: CancellationToken,
+) {
     loop {
         let notice = tokio::select! {
             () = stop.cancelled() => return,
@@ -114,8 +139,13 @@ async fn publish(db: DatabaseConnection, origin: String, mut inbox: mpsc::Unboun
             }
         }
         for notice in batch {
-            let envelope = Envelope { origin: origin.clone(), notice };
-            let Ok(payload) = serde_json::to_string(&envelope) else { continue };
+            let envelope = Envelope {
+                origin: origin.clone(),
+                notice,
+            };
+            let Ok(payload) = serde_json::to_string(&envelope) else {
+                continue;
+            };
             let statement = Statement::from_sql_and_values(
                 DbBackend::Postgres,
                 "SELECT pg_notify($1, $2)",
@@ -168,7 +198,10 @@ async fn listen(
             };
             match received {
                 Ok(Some(notification)) => {
-                    let Ok(envelope) = serde_json::from_str::<Envelope>(notification.payload()) else { continue };
+                    let Ok(envelope) = serde_json::from_str::<Envelope>(notification.payload())
+                    else {
+                        continue;
+                    };
                     if envelope.origin != origin {
                         deliver(envelope.notice, &queue, &logs).await;
                     }
@@ -188,14 +221,26 @@ async fn deliver(notice: Notice, queue: &JobQueue, logs: &LogStore) {
     match notice {
         Notice::Ready => queue.wake_pollers(),
         Notice::Waiting => queue.wake_promoter(),
-        Notice::Job { id, kind, from, error } => {
-            let Ok(id) = JobId::parse(&id, "id") else { return };
-            let Ok(job) = queue.get(&id).await else { return };
+        Notice::Job {
+            id,
+            kind,
+            from,
+            error,
+        } => {
+            let Ok(id) = JobId::parse(&id, "id") else {
+                return;
+            };
+            let Ok(job) = queue.get(&id).await else {
+                return;
+            };
             let from = from.and_then(|raw| raw.parse::<JobState>().ok());
             let kind = match (kind.as_str(), from) {
                 ("created", _) => JobEventKind::Created,
                 ("state", Some(from)) => JobEventKind::StateChanged { from },
-                ("failed", Some(from)) => JobEventKind::AttemptFailed { from, error: error.unwrap_or_default() },
+                ("failed", Some(from)) => JobEventKind::AttemptFailed {
+                    from,
+                    error: error.unwrap_or_default(),
+                },
                 _ => JobEventKind::Progress,
             };
             queue.publish_remote(JobEvent { kind, job });

@@ -45,13 +45,23 @@ pub struct Config {
 
     /// Bearer tokens as role:token (roles: admin, producer, worker); several
     /// by repeating the flag or separating with commas. None: no authentication.
-    #[arg(long = "auth-token", env = "JOBQ_AUTH_TOKENS", value_delimiter = ',', hide_env_values = true)]
+    #[arg(
+        long = "auth-token",
+        env = "JOBQ_AUTH_TOKENS",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
     pub auth_tokens: Vec<String>,
 
     /// SQLite durability: `full` syncs every commit to disk before answering
     /// (survives power loss); `normal` syncs at checkpoints (survives a crash
     /// of the server, not of the machine) and commits several times faster.
-    #[arg(long, env = "JOBQ_SQLITE_SYNCHRONOUS", value_enum, default_value = "full")]
+    #[arg(
+        long,
+        env = "JOBQ_SQLITE_SYNCHRONOUS",
+        value_enum,
+        default_value = "full"
+    )]
     pub sqlite_synchronous: SqliteDurability,
 
     /// Allow listening on a non-loopback address without authentication.
@@ -175,7 +185,10 @@ impl Config {
 
     /// Job log limits.
     pub fn log_limits(&self) -> crate::logs::LogLimits {
-        crate::logs::LogLimits { max_line_bytes: self.max_log_line_bytes, max_job_bytes: self.max_job_log_bytes }
+        crate::logs::LogLimits {
+            max_line_bytes: self.max_log_line_bytes,
+            max_job_bytes: self.max_job_log_bytes,
+        }
     }
 
     /// Input limits for the domain.

@@ -4,10 +4,10 @@
 mod app;
 mod auth;
 mod background;
-mod dashboard;
 mod cli;
 mod cluster;
 pub mod config;
+mod dashboard;
 pub mod domain;
 mod grpc;
 mod logs;

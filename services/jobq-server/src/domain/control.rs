@@ -24,7 +24,12 @@ pub struct QueueControls {
 impl QueueControls {
     /// A queue with no controls set.
     pub fn open(name: String) -> Self {
-        Self { name, paused: false, concurrency_limit: 0, rate_limit_per_second: 0.0 }
+        Self {
+            name,
+            paused: false,
+            concurrency_limit: 0,
+            rate_limit_per_second: 0.0,
+        }
     }
 }
 
@@ -94,21 +99,31 @@ impl CronSchedule {
                 ));
             }
         };
-        let schedule = cron::Schedule::from_str(&normalized)
-            .map_err(|error| QueueError::invalid("schedule.cron", format!("{expression:?}: {error}")))?;
+        let schedule = cron::Schedule::from_str(&normalized).map_err(|error| {
+            QueueError::invalid("schedule.cron", format!("{expression:?}: {error}"))
+        })?;
         let zone = match time_zone {
             "" => chrono_tz::UTC,
-            name => name
-                .parse::<chrono_tz::Tz>()
-                .map_err(|_| QueueError::invalid("schedule.time_zone", format!("{name:?} is not an IANA time zone")))?,
+            name => name.parse::<chrono_tz::Tz>().map_err(|_| {
+                QueueError::invalid(
+                    "schedule.time_zone",
+                    format!("{name:?} is not an IANA time zone"),
+                )
+            })?,
         };
         Ok(Self { schedule, zone })
     }
 
     /// The first tick strictly after `after`.
     pub fn next_after(&self, after: Millis) -> Option<Millis> {
-        let after = Utc.timestamp_millis_opt(after).single()?.with_timezone(&self.zone);
-        self.schedule.after(&after).next().map(|tick| tick.timestamp_millis())
+        let after = Utc
+            .timestamp_millis_opt(after)
+            .single()?
+            .with_timezone(&self.zone);
+        self.schedule
+            .after(&after)
+            .next()
+            .map(|tick| tick.timestamp_millis())
     }
 }
 
@@ -129,14 +144,21 @@ mod tests {
         // 09:00 in Berlin (UTC+1 in January) is 08:00 UTC.
         let nine_am = CronSchedule::parse("0 0 9 * * *", "Europe/Berlin").expect("valid");
         let jan_1_2026 = 1_767_225_600_000;
-        assert_eq!(nine_am.next_after(jan_1_2026), Some(jan_1_2026 + 8 * 3_600_000));
+        assert_eq!(
+            nine_am.next_after(jan_1_2026),
+            Some(jan_1_2026 + 8 * 3_600_000)
+        );
     }
 
     #[test]
     fn bad_expressions_and_zones_name_their_field() {
         let error = CronSchedule::parse("61 * * * *", "").expect_err("bad minute");
-        assert!(matches!(error, QueueError::InvalidArgument { ref field, .. } if field == "schedule.cron"));
+        assert!(
+            matches!(error, QueueError::InvalidArgument { ref field, .. } if field == "schedule.cron")
+        );
         let error = CronSchedule::parse("* * * * *", "Mars/Olympus").expect_err("bad zone");
-        assert!(matches!(error, QueueError::InvalidArgument { ref field, .. } if field == "schedule.time_zone"));
+        assert!(
+            matches!(error, QueueError::InvalidArgument { ref field, .. } if field == "schedule.time_zone")
+        );
     }
 }

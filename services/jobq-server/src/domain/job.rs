@@ -9,7 +9,9 @@ use super::clock::Millis;
 use super::retry::RetryPolicy;
 
 /// Server-assigned job id: a UUIDv7 in its hyphenated form, so ids sort by creation time.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
 #[serde(transparent)]
 pub struct JobId(String);
 

@@ -7,7 +7,10 @@ use super::job::{AttemptOutcome, Job, JobState};
 use super::transitions::AttemptEnd;
 
 fn seconds(ms: Millis) -> String {
-    format!("{:.1}s", Duration::from_millis(ms.max(0) as u64).as_secs_f64())
+    format!(
+        "{:.1}s",
+        Duration::from_millis(ms.max(0) as u64).as_secs_f64()
+    )
 }
 
 /// Where a job that ended an attempt goes next, as a clause.
@@ -19,7 +22,11 @@ fn next_step(job: &Job) -> String {
             job.attempt + 1,
             job.max_attempts
         ),
-        JobState::Queued => format!("queued again (attempt {} of {})", job.attempt + 1, job.max_attempts),
+        JobState::Queued => format!(
+            "queued again (attempt {} of {})",
+            job.attempt + 1,
+            job.max_attempts
+        ),
         JobState::Dead if job.attempt >= job.max_attempts => {
             format!("dead-lettered: all {} attempts used", job.max_attempts)
         }
@@ -36,7 +43,10 @@ fn next_step(job: &Job) -> String {
 pub fn describe(before: Option<&Job>, after: &Job, ended: Option<&AttemptEnd>) -> Option<String> {
     let Some(before) = before else {
         return Some(match after.state {
-            JobState::Scheduled => format!("enqueued in queue {}, scheduled to run at {} ms", after.queue, after.run_at),
+            JobState::Scheduled => format!(
+                "enqueued in queue {}, scheduled to run at {} ms",
+                after.queue, after.run_at
+            ),
             JobState::Blocked => format!(
                 "enqueued in queue {}, blocked until {} dependencies succeed",
                 after.queue,
@@ -46,7 +56,10 @@ pub fn describe(before: Option<&Job>, after: &Job, ended: Option<&AttemptEnd>) -
                 "enqueued and cancelled at once: {}",
                 after.last_error.as_deref().unwrap_or("a dependency failed")
             ),
-            _ => format!("enqueued in queue {} with priority {}", after.queue, after.priority),
+            _ => format!(
+                "enqueued in queue {} with priority {}",
+                after.queue, after.priority
+            ),
         });
     };
     if let Some(end) = ended {
@@ -55,7 +68,9 @@ pub fn describe(before: Option<&Job>, after: &Job, ended: Option<&AttemptEnd>) -
         let error = end.error.as_deref().unwrap_or("");
         return Some(match end.outcome {
             AttemptOutcome::Succeeded => format!("attempt {attempt} succeeded on worker {worker}"),
-            AttemptOutcome::Failed => format!("attempt {attempt} failed: {error}; {}", next_step(after)),
+            AttemptOutcome::Failed => {
+                format!("attempt {attempt} failed: {error}; {}", next_step(after))
+            }
             AttemptOutcome::LeaseExpired => format!(
                 "attempt {attempt} lost: no heartbeat from worker {worker} before its lease expired; {}",
                 next_step(after)
@@ -79,17 +94,25 @@ pub fn describe(before: Option<&Job>, after: &Job, ended: Option<&AttemptEnd>) -
             after.max_attempts,
             after.worker_id.as_deref().unwrap_or("?")
         )),
-        (JobState::Running, JobState::Running) if after.cancel_requested && !before.cancel_requested => Some(format!(
-            "cancel requested ({}); worker {} is told on its next heartbeat",
-            after.last_error.as_deref().unwrap_or("no reason given"),
-            after.worker_id.as_deref().unwrap_or("?")
-        )),
+        (JobState::Running, JobState::Running)
+            if after.cancel_requested && !before.cancel_requested =>
+        {
+            Some(format!(
+                "cancel requested ({}); worker {} is told on its next heartbeat",
+                after.last_error.as_deref().unwrap_or("no reason given"),
+                after.worker_id.as_deref().unwrap_or("?")
+            ))
+        }
         (JobState::Scheduled, JobState::Queued) => Some("run_at reached; queued".to_owned()),
-        (JobState::Retrying, JobState::Queued) => Some("backoff over; queued for the next attempt".to_owned()),
+        (JobState::Retrying, JobState::Queued) => {
+            Some("backoff over; queued for the next attempt".to_owned())
+        }
         (JobState::Blocked, JobState::Queued | JobState::Scheduled) => {
             Some("all dependencies succeeded; released".to_owned())
         }
-        (from, JobState::Queued) if from.is_terminal() => Some(format!("{from} job queued again by a client")),
+        (from, JobState::Queued) if from.is_terminal() => {
+            Some(format!("{from} job queued again by a client"))
+        }
         (_, JobState::Cancelled) => Some(format!(
             "cancelled: {}",
             after.last_error.as_deref().unwrap_or("no reason given")

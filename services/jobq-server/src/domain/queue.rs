@@ -211,7 +211,8 @@ impl JobQueue {
     /// Wakes waiting LeaseJobs calls: some job may have become leasable
     /// (called for local changes, and by the cross-replica notifier).
     pub fn wake_pollers(&self) {
-        self.ready.send_modify(|generation| *generation = generation.wrapping_add(1));
+        self.ready
+            .send_modify(|generation| *generation = generation.wrapping_add(1));
     }
 
     /// Wakes the promoter to re-plan its sleep.
@@ -225,7 +226,10 @@ impl JobQueue {
     }
 
     fn emit(&self, kind: JobEventKind, job: &Job) {
-        let event = JobEvent { kind, job: job.clone() };
+        let event = JobEvent {
+            kind,
+            job: job.clone(),
+        };
         if let Some(peers) = self.peers.get() {
             peers.job_event(&event);
         }
@@ -247,11 +251,19 @@ impl JobQueue {
         let kind = match (before, ended) {
             (None, _) => JobEventKind::Created,
             (Some(before), Some(end))
-                if !matches!(end.outcome, AttemptOutcome::Succeeded | AttemptOutcome::Released) =>
+                if !matches!(
+                    end.outcome,
+                    AttemptOutcome::Succeeded | AttemptOutcome::Released
+                ) =>
             {
-                JobEventKind::AttemptFailed { from: before.state, error: end.error.clone().unwrap_or_default() }
+                JobEventKind::AttemptFailed {
+                    from: before.state,
+                    error: end.error.clone().unwrap_or_default(),
+                }
             }
-            (Some(before), _) if before.state != job.state => JobEventKind::StateChanged { from: before.state },
+            (Some(before), _) if before.state != job.state => {
+                JobEventKind::StateChanged { from: before.state }
+            }
             (Some(before), _)
                 if before.progress_percent != job.progress_percent
                     || before.progress_message != job.progress_message
@@ -297,7 +309,9 @@ impl JobQueue {
                     Ok(Applied { before, job, ended }) => {
                         if before.state != job.state {
                             // Not recursing through after_change: the chain is walked here.
-                            if let Some(line) = narrate::describe(Some(&before), &job, ended.as_ref()) {
+                            if let Some(line) =
+                                narrate::describe(Some(&before), &job, ended.as_ref())
+                            {
                                 self.log.system(&job.id, job.attempt, &line).await;
                             }
                             self.emit(JobEventKind::StateChanged { from: before.state }, &job);
@@ -312,7 +326,9 @@ impl JobQueue {
                             }
                         }
                     }
-                    Err(error) => tracing::warn!(%error, job_id = %dependent, "could not release dependent"),
+                    Err(error) => {
+                        tracing::warn!(%error, job_id = %dependent, "could not release dependent")
+                    }
                 }
             }
         }
@@ -336,7 +352,11 @@ impl JobQueue {
             traceparent: spec.traceparent,
             depends_on: spec.depends_on,
             schedule_name: spec.schedule_name,
-            state: if run_at > now { JobState::Scheduled } else { JobState::Queued },
+            state: if run_at > now {
+                JobState::Scheduled
+            } else {
+                JobState::Queued
+            },
             attempt: 0,
             progress_percent: 0,
             progress_message: String::new(),
@@ -365,7 +385,12 @@ impl JobQueue {
         self.refuse_if_shutting_down()?;
         let now = self.clock.now();
         for (index, spec) in specs.iter().enumerate() {
-            let referenced: Vec<JobId> = spec.parent_id.iter().chain(&spec.depends_on).cloned().collect();
+            let referenced: Vec<JobId> = spec
+                .parent_id
+                .iter()
+                .chain(&spec.depends_on)
+                .cloned()
+                .collect();
             if referenced.is_empty() {
                 continue;
             }
@@ -374,17 +399,29 @@ impl JobQueue {
                 && !found.iter().any(|(id, _)| id == parent_id)
             {
                 let field = format!("{}.parent_id", field_of(index));
-                return Err(QueueError::invalid(field, format!("job {parent_id} does not exist")));
+                return Err(QueueError::invalid(
+                    field,
+                    format!("job {parent_id} does not exist"),
+                ));
             }
             for (position, dependency) in spec.depends_on.iter().enumerate() {
                 if !found.iter().any(|(id, _)| id == dependency) {
                     let field = format!("{}.depends_on[{position}]", field_of(index));
-                    return Err(QueueError::invalid(field, format!("job {dependency} does not exist")));
+                    return Err(QueueError::invalid(
+                        field,
+                        format!("job {dependency} does not exist"),
+                    ));
                 }
             }
         }
-        let jobs = specs.into_iter().map(|spec| self.new_job(spec, now)).collect();
-        let stored = self.store.insert_jobs(jobs, transitions::apply_dependencies, now).await?;
+        let jobs = specs
+            .into_iter()
+            .map(|spec| self.new_job(spec, now))
+            .collect();
+        let stored = self
+            .store
+            .insert_jobs(jobs, transitions::apply_dependencies, now)
+            .await?;
         for (job, existed) in &stored {
             if !existed {
                 self.after_change(None, job, None).await;
@@ -395,7 +432,10 @@ impl JobQueue {
 
     /// One job with its attempts.
     pub async fn get(&self, id: &JobId) -> QueueResult<Job> {
-        self.store.get_job(id, true).await?.ok_or_else(|| QueueError::JobNotFound(id.to_string()))
+        self.store
+            .get_job(id, true)
+            .await?
+            .ok_or_else(|| QueueError::JobNotFound(id.to_string()))
     }
 
     /// Whether the job exists and is terminal; `None` if it does not exist.
@@ -407,34 +447,53 @@ impl JobQueue {
     /// A page of jobs, newest first.
     pub async fn list(&self, filter: &JobFilter, page: PageRequest) -> QueueResult<Page> {
         // One extra row tells whether another page follows.
-        let mut jobs = self.store.list_jobs(filter, page.after.as_ref(), page.limit + 1).await?;
+        let mut jobs = self
+            .store
+            .list_jobs(filter, page.after.as_ref(), page.limit + 1)
+            .await?;
         let more = jobs.len() as u64 > page.limit;
         jobs.truncate(page.limit as usize);
-        let next_after = if more { jobs.last().map(|job| job.id.clone()) } else { None };
+        let next_after = if more {
+            jobs.last().map(|job| job.id.clone())
+        } else {
+            None
+        };
         Ok(Page { jobs, next_after })
     }
 
     async fn change(&self, id: &JobId, change: JobChange<'_>) -> QueueResult<Job> {
         let applied = self.store.update_job(id, change).await?;
-        self.after_change(Some(&applied.before), &applied.job, applied.ended.as_ref()).await;
+        self.after_change(Some(&applied.before), &applied.job, applied.ended.as_ref())
+            .await;
         Ok(applied.job)
     }
 
     /// Cancels a job (at once, or on the worker's next heartbeat if it runs).
     pub async fn cancel(&self, id: &JobId, reason: String) -> QueueResult<Job> {
         let now = self.clock.now();
-        self.change(id, Box::new(move |job| transitions::cancel(job, reason, now).map(|()| None))).await
+        self.change(
+            id,
+            Box::new(move |job| transitions::cancel(job, reason, now).map(|()| None)),
+        )
+        .await
     }
 
     /// Queues a finished job again.
     pub async fn retry(&self, id: &JobId) -> QueueResult<Job> {
         let now = self.clock.now();
-        self.change(id, Box::new(move |job| transitions::retry(job, now).map(|()| None))).await
+        self.change(
+            id,
+            Box::new(move |job| transitions::retry(job, now).map(|()| None)),
+        )
+        .await
     }
 
     /// Deletes a job that is not running, with its log.
     pub async fn delete(&self, id: &JobId) -> QueueResult<()> {
-        let job = self.store.delete_job(id, transitions::check_deletable).await?;
+        let job = self
+            .store
+            .delete_job(id, transitions::check_deletable)
+            .await?;
         self.log.deleted(id).await;
         self.emit(JobEventKind::Deleted, &job);
         Ok(())
@@ -474,7 +533,9 @@ impl JobQueue {
 
     /// Leases up to `max_jobs` ready jobs, waiting up to `wait` for the first.
     pub async fn lease(&self, request: LeaseRequest) -> QueueResult<Vec<LeasedJob>> {
-        let lease_duration = request.lease_duration.unwrap_or(self.defaults.lease_duration);
+        let lease_duration = request
+            .lease_duration
+            .unwrap_or(self.defaults.lease_duration);
         let deadline = tokio::time::Instant::now() + request.wait;
         let mut ready = self.ready.subscribe();
         self.touch_worker(&request.worker).await;
@@ -501,12 +562,19 @@ impl JobQueue {
 
     /// Which of the requested queues may hand out jobs now, and how many:
     /// paused ones are left out, rate limits spend their tokens here.
-    async fn lease_quota(&self, queues: &[String], max_jobs: u64) -> QueueResult<(LeaseQuota, u64)> {
+    async fn lease_quota(
+        &self,
+        queues: &[String],
+        max_jobs: u64,
+    ) -> QueueResult<(LeaseQuota, u64)> {
         let controls = self.store.queue_controls().await?;
         let now = self.clock.now();
         let mut quota = LeaseQuota::default();
         let mut budget = 0u64;
-        let mut buckets = self.rate_buckets.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut buckets = self
+            .rate_buckets
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         for queue in queues {
             let control = controls.iter().find(|control| &control.name == queue);
             let Some(control) = control else {
@@ -520,9 +588,10 @@ impl JobQueue {
             let mut allowed = max_jobs;
             if control.rate_limit_per_second > 0.0 {
                 let rate = control.rate_limit_per_second;
-                let bucket = buckets
-                    .entry(queue.clone())
-                    .or_insert(RateBucket { tokens: rate.max(1.0), refilled_at: now });
+                let bucket = buckets.entry(queue.clone()).or_insert(RateBucket {
+                    tokens: rate.max(1.0),
+                    refilled_at: now,
+                });
                 let elapsed = (now - bucket.refilled_at).max(0) as f64 / 1000.0;
                 bucket.tokens = (bucket.tokens + elapsed * rate).min(rate.max(1.0));
                 bucket.refilled_at = now;
@@ -533,7 +602,9 @@ impl JobQueue {
             }
             budget = budget.max(allowed);
             if control.concurrency_limit > 0 {
-                quota.limited.push((queue.clone(), i64::from(control.concurrency_limit)));
+                quota
+                    .limited
+                    .push((queue.clone(), i64::from(control.concurrency_limit)));
             } else {
                 quota.unlimited.push(queue.clone());
             }
@@ -542,7 +613,10 @@ impl JobQueue {
     }
 
     fn spend_rate_tokens(&self, leased: &[LeasedJob]) {
-        let mut buckets = self.rate_buckets.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut buckets = self
+            .rate_buckets
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         for job in leased {
             if let Some(bucket) = buckets.get_mut(&job.job.queue) {
                 bucket.tokens = (bucket.tokens - 1.0).max(0.0);
@@ -550,8 +624,14 @@ impl JobQueue {
         }
     }
 
-    async fn lease_now(&self, request: &LeaseRequest, lease_duration: Duration) -> QueueResult<Vec<LeasedJob>> {
-        let (quota, budget) = self.lease_quota(&request.worker.queues, request.max_jobs).await?;
+    async fn lease_now(
+        &self,
+        request: &LeaseRequest,
+        lease_duration: Duration,
+    ) -> QueueResult<Vec<LeasedJob>> {
+        let (quota, budget) = self
+            .lease_quota(&request.worker.queues, request.max_jobs)
+            .await?;
         if budget == 0 || (quota.unlimited.is_empty() && quota.limited.is_empty()) {
             return Ok(Vec::new());
         }
@@ -559,10 +639,14 @@ impl JobQueue {
         let worker_id = request.worker.worker_id.as_str();
         let start = move |job: &mut Job| {
             let token = LeaseToken::generate();
-            let attempt = transitions::start_attempt(job, worker_id, token.clone(), now, lease_duration);
+            let attempt =
+                transitions::start_attempt(job, worker_id, token.clone(), now, lease_duration);
             (token, attempt)
         };
-        let leased = self.store.lease_jobs(&quota, &request.worker.types, budget, &start).await?;
+        let leased = self
+            .store
+            .lease_jobs(&quota, &request.worker.types, budget, &start)
+            .await?;
         let mut granted = Vec::with_capacity(leased.len());
         for (job, lease_token) in leased {
             let mut before = job.clone();
@@ -582,7 +666,10 @@ impl JobQueue {
 
     /// True when the worker was not written to the registry within the last second.
     fn worker_touch_due(&self, worker_id: &str, now: Millis) -> bool {
-        let mut touched = self.worker_touched.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut touched = self
+            .worker_touched
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         match touched.get(worker_id) {
             Some(at) if now - at < WORKER_TOUCH_INTERVAL_MS => false,
             _ => {
@@ -617,7 +704,11 @@ impl JobQueue {
     }
 
     /// Renews one lease and records progress, or says why the worker must stop.
-    pub async fn heartbeat(&self, lease: HeartbeatLease, lease_duration: Option<Duration>) -> QueueResult<HeartbeatOutcome> {
+    pub async fn heartbeat(
+        &self,
+        lease: HeartbeatLease,
+        lease_duration: Option<Duration>,
+    ) -> QueueResult<HeartbeatOutcome> {
         let now = self.clock.now();
         let extend_by = lease_duration.unwrap_or(self.defaults.lease_duration);
         let token = lease.lease_token.clone();
@@ -643,18 +734,24 @@ impl JobQueue {
         });
         match self.store.update_job(&lease.job_id, change).await {
             Ok(applied) => {
-                self.after_change(Some(&applied.before), &applied.job, applied.ended.as_ref()).await;
+                self.after_change(Some(&applied.before), &applied.job, applied.ended.as_ref())
+                    .await;
                 let job = applied.job;
                 Ok(if job.state != JobState::Running {
                     HeartbeatOutcome::Stop(StopReason::TimedOut)
                 } else if job.cancel_requested {
                     HeartbeatOutcome::Stop(StopReason::Cancelled)
                 } else {
-                    HeartbeatOutcome::Continue { lease_expires_at: job.lease_expires_at.unwrap_or(now) }
+                    HeartbeatOutcome::Continue {
+                        lease_expires_at: job.lease_expires_at.unwrap_or(now),
+                    }
                 })
             }
             Err(QueueError::StaleLease { .. } | QueueError::JobNotFound(_)) => {
-                let outcome = self.store.attempt_outcome(&lease.job_id, &lease.lease_token).await?;
+                let outcome = self
+                    .store
+                    .attempt_outcome(&lease.job_id, &lease.lease_token)
+                    .await?;
                 Ok(HeartbeatOutcome::Stop(match outcome {
                     Some(AttemptOutcome::TimedOut) => StopReason::TimedOut,
                     Some(AttemptOutcome::Cancelled) => StopReason::Cancelled,
@@ -667,7 +764,11 @@ impl JobQueue {
 
     /// The job if `token` is its current lease; the attempt number for log lines.
     pub async fn check_lease(&self, id: &JobId, token: &LeaseToken) -> QueueResult<Job> {
-        let job = self.store.get_job(id, false).await?.ok_or_else(|| QueueError::JobNotFound(id.to_string()))?;
+        let job = self
+            .store
+            .get_job(id, false)
+            .await?
+            .ok_or_else(|| QueueError::JobNotFound(id.to_string()))?;
         transitions::check_lease(&job, token)?;
         Ok(job)
     }
@@ -675,20 +776,42 @@ impl JobQueue {
     /// Records a success.
     pub async fn complete(&self, report: CompleteReport) -> QueueResult<Job> {
         let now = self.clock.now();
-        let CompleteReport { job_id, lease_token, result } = report;
-        self.change(&job_id, Box::new(move |job| transitions::complete(job, &lease_token, result, now).map(Some)))
-            .await
+        let CompleteReport {
+            job_id,
+            lease_token,
+            result,
+        } = report;
+        self.change(
+            &job_id,
+            Box::new(move |job| transitions::complete(job, &lease_token, result, now).map(Some)),
+        )
+        .await
     }
 
     /// Records a failed attempt.
     pub async fn fail(&self, report: FailReport) -> QueueResult<Job> {
         let now = self.clock.now();
         let jitter = rand::random::<f64>();
-        let FailReport { job_id, lease_token, error, retryable, retry_after } = report;
+        let FailReport {
+            job_id,
+            lease_token,
+            error,
+            retryable,
+            retry_after,
+        } = report;
         self.change(
             &job_id,
             Box::new(move |job| {
-                transitions::fail(job, &lease_token, error, retryable, retry_after, now, jitter).map(Some)
+                transitions::fail(
+                    job,
+                    &lease_token,
+                    error,
+                    retryable,
+                    retry_after,
+                    now,
+                    jitter,
+                )
+                .map(Some)
             }),
         )
         .await
@@ -697,7 +820,11 @@ impl JobQueue {
     /// Hands a leased job back.
     pub async fn release(&self, job_id: &JobId, lease_token: LeaseToken) -> QueueResult<Job> {
         let now = self.clock.now();
-        self.change(job_id, Box::new(move |job| transitions::release(job, &lease_token, now).map(Some))).await
+        self.change(
+            job_id,
+            Box::new(move |job| transitions::release(job, &lease_token, now).map(Some)),
+        )
+        .await
     }
 
     /// The reaper's pass: fails every attempt whose lease or deadline has
@@ -708,7 +835,12 @@ impl JobQueue {
         for id in self.store.expired_jobs(now, 500).await? {
             let jitter = rand::random::<f64>();
             // The job may have been renewed or reported since the scan; expire re-checks.
-            let result = self.change(&id, Box::new(move |job| Ok(transitions::expire(job, now, jitter)))).await;
+            let result = self
+                .change(
+                    &id,
+                    Box::new(move |job| Ok(transitions::expire(job, now, jitter))),
+                )
+                .await;
             match result {
                 Ok(job) if job.state != JobState::Running => ended += 1,
                 Ok(_) | Err(QueueError::JobNotFound(_)) => {}
@@ -778,7 +910,11 @@ impl JobQueue {
     }
 
     /// Changes a queue's controls with `edit`; returns them.
-    pub async fn update_queue(&self, name: String, edit: impl FnOnce(&mut QueueControls)) -> QueueResult<QueueControls> {
+    pub async fn update_queue(
+        &self,
+        name: String,
+        edit: impl FnOnce(&mut QueueControls),
+    ) -> QueueResult<QueueControls> {
         let mut controls = self
             .store
             .queue_controls()
@@ -787,7 +923,9 @@ impl JobQueue {
             .find(|control| control.name == name)
             .unwrap_or_else(|| QueueControls::open(name));
         edit(&mut controls);
-        self.store.put_queue_controls(&controls, self.clock.now()).await?;
+        self.store
+            .put_queue_controls(&controls, self.clock.now())
+            .await?;
         // A resumed queue or a raised limit may free jobs for waiting workers.
         self.signal_ready();
         Ok(controls)
@@ -799,7 +937,11 @@ impl JobQueue {
     }
 
     pub(super) fn refuse_if_shutting_down(&self) -> QueueResult<()> {
-        if self.shutdown.is_cancelled() { Err(QueueError::ShuttingDown) } else { Ok(()) }
+        if self.shutdown.is_cancelled() {
+            Err(QueueError::ShuttingDown)
+        } else {
+            Ok(())
+        }
     }
 
     pub(super) async fn announce_created(&self, job: &Job) {

@@ -1,11 +1,11 @@
 //! Cron schedules: each tick enqueues one job from the schedule's template,
 //! exactly once however many replicas run the scheduler.
 
+use super::clock::Millis;
 use super::control::{CronSchedule, ScheduleRecord};
 use super::error::{QueueError, QueueResult};
 use super::job::{Job, JobSpec};
 use super::queue::JobQueue;
-use super::clock::Millis;
 
 /// A schedule as a client defines it.
 #[derive(Debug, Clone)]
@@ -24,10 +24,16 @@ pub struct ScheduleDefinition {
 
 impl JobQueue {
     /// Creates or replaces a schedule; its next tick is counted from now.
-    pub async fn put_schedule(&self, definition: ScheduleDefinition) -> QueueResult<ScheduleRecord> {
+    pub async fn put_schedule(
+        &self,
+        definition: ScheduleDefinition,
+    ) -> QueueResult<ScheduleRecord> {
         let cron = CronSchedule::parse(&definition.cron, &definition.time_zone)?;
         if !definition.template.depends_on.is_empty() {
-            return Err(QueueError::invalid("schedule.job.depends_on", "a scheduled job cannot depend on other jobs"));
+            return Err(QueueError::invalid(
+                "schedule.job.depends_on",
+                "a scheduled job cannot depend on other jobs",
+            ));
         }
         let now = self.now();
         let next_run_at = cron
@@ -56,7 +62,11 @@ impl JobQueue {
     }
 
     /// Pauses or resumes a schedule. A resumed schedule's next tick is counted from now.
-    pub async fn set_schedule_paused(&self, name: &str, paused: bool) -> QueueResult<ScheduleRecord> {
+    pub async fn set_schedule_paused(
+        &self,
+        name: &str,
+        paused: bool,
+    ) -> QueueResult<ScheduleRecord> {
         let mut record = self
             .store
             .schedule(name)

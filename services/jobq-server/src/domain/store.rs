@@ -7,7 +7,8 @@ use super::clock::Millis;
 use super::control::{QueueControls, ScheduleRecord, WorkerRecord};
 use super::error::QueueResult;
 use super::job::{
-    Attempt, AttemptOutcome, Job, JobFilter, JobId, JobSelector, JobState, LeaseToken, StatsSnapshot,
+    Attempt, AttemptOutcome, Job, JobFilter, JobId, JobSelector, JobState, LeaseToken,
+    StatsSnapshot,
 };
 use super::transitions::AttemptEnd;
 
@@ -46,13 +47,23 @@ pub trait JobStore: Send + Sync + 'static {
     /// Inserts new jobs, all or none. A job whose unique_key is held by a
     /// non-terminal job is not inserted: the holder is returned with `true`.
     /// Each job's dependencies are read in the same transaction and `rule` sets its start state.
-    async fn insert_jobs(&self, jobs: Vec<Job>, rule: DependencyRule, now: Millis) -> QueueResult<Vec<(Job, bool)>>;
+    async fn insert_jobs(
+        &self,
+        jobs: Vec<Job>,
+        rule: DependencyRule,
+        now: Millis,
+    ) -> QueueResult<Vec<(Job, bool)>>;
     /// One job, with its attempts when asked.
     async fn get_job(&self, id: &JobId, with_attempts: bool) -> QueueResult<Option<Job>>;
     /// States of the given jobs; missing ones are left out.
     async fn job_states(&self, ids: &[JobId]) -> QueueResult<Vec<(JobId, JobState)>>;
     /// Jobs matching `filter` with ids below `before_id`, newest first.
-    async fn list_jobs(&self, filter: &JobFilter, before_id: Option<&JobId>, limit: u64) -> QueueResult<Vec<Job>>;
+    async fn list_jobs(
+        &self,
+        filter: &JobFilter,
+        before_id: Option<&JobId>,
+        limit: u64,
+    ) -> QueueResult<Vec<Job>>;
     /// Ids of the jobs a bulk operation selects.
     async fn select_jobs(&self, selector: &JobSelector) -> QueueResult<Vec<JobId>>;
     /// Loads a job under a write lock, applies `change`, and saves it (and the
@@ -69,7 +80,11 @@ pub trait JobStore: Send + Sync + 'static {
         lease: LeaseChange<'_>,
     ) -> QueueResult<Vec<(Job, LeaseToken)>>;
     /// Deletes a job and its attempts if `check` allows it.
-    async fn delete_job(&self, id: &JobId, check: for<'j> fn(&'j Job) -> QueueResult<()>) -> QueueResult<Job>;
+    async fn delete_job(
+        &self,
+        id: &JobId,
+        check: for<'j> fn(&'j Job) -> QueueResult<()>,
+    ) -> QueueResult<Job>;
     /// Running jobs whose lease or attempt deadline is at or before `now`.
     async fn expired_jobs(&self, now: Millis, limit: u64) -> QueueResult<Vec<JobId>>;
     /// Scheduled or retrying jobs whose run_at is at or before `now`.
@@ -77,7 +92,11 @@ pub trait JobStore: Send + Sync + 'static {
     /// Earliest run_at of the scheduled and retrying jobs.
     async fn next_due_at(&self) -> QueueResult<Option<Millis>>;
     /// How the attempt run under `token` ended, if it has.
-    async fn attempt_outcome(&self, id: &JobId, token: &LeaseToken) -> QueueResult<Option<AttemptOutcome>>;
+    async fn attempt_outcome(
+        &self,
+        id: &JobId,
+        token: &LeaseToken,
+    ) -> QueueResult<Option<AttemptOutcome>>;
     /// States of the jobs `id` depends on.
     async fn dependency_states(&self, id: &JobId) -> QueueResult<Vec<(JobId, JobState)>>;
     /// Blocked jobs that depend on `id`.
@@ -85,7 +104,12 @@ pub trait JobStore: Send + Sync + 'static {
     /// Counts by queue and state, for `queues` or all when empty.
     async fn stats(&self, queues: &[String], now: Millis) -> QueueResult<StatsSnapshot>;
     /// Terminal jobs finished before `before` in `states`, oldest first.
-    async fn finished_before(&self, states: &[JobState], before: Millis, limit: u64) -> QueueResult<Vec<JobId>>;
+    async fn finished_before(
+        &self,
+        states: &[JobState],
+        before: Millis,
+        limit: u64,
+    ) -> QueueResult<Vec<JobId>>;
 
     /// Every queue with stored controls.
     async fn queue_controls(&self) -> QueueResult<Vec<QueueControls>>;

@@ -270,7 +270,10 @@ pub fn apply_dependencies(job: &mut Job, dependencies: &[(JobId, JobState)], now
     if let Some((id, state)) = failed_dependency(dependencies) {
         job.last_error = Some(format!("dependency {id} ended {state}"));
         finish(job, JobState::Cancelled, now);
-    } else if dependencies.iter().any(|(_, state)| *state != JobState::Succeeded) {
+    } else if dependencies
+        .iter()
+        .any(|(_, state)| *state != JobState::Succeeded)
+    {
         job.state = JobState::Blocked;
     }
 }
@@ -285,8 +288,15 @@ pub fn resolve_blocked(job: &mut Job, dependencies: &[(JobId, JobState)], now: M
         job.last_error = Some(format!("dependency {id} ended {state}"));
         job.updated_at = now;
         finish(job, JobState::Cancelled, now);
-    } else if dependencies.iter().all(|(_, state)| *state == JobState::Succeeded) {
-        job.state = if job.run_at > now { JobState::Scheduled } else { JobState::Queued };
+    } else if dependencies
+        .iter()
+        .all(|(_, state)| *state == JobState::Succeeded)
+    {
+        job.state = if job.run_at > now {
+            JobState::Scheduled
+        } else {
+            JobState::Queued
+        };
         job.updated_at = now;
     }
 }
@@ -430,17 +440,43 @@ mod tests {
     fn dependencies_block_until_all_succeed_and_cancel_on_failure() {
         let (a, b) = (JobId::generate(), JobId::generate());
         let mut dependent = job(3);
-        apply_dependencies(&mut dependent, &[(a.clone(), JobState::Running), (b.clone(), JobState::Queued)], 0);
+        apply_dependencies(
+            &mut dependent,
+            &[
+                (a.clone(), JobState::Running),
+                (b.clone(), JobState::Queued),
+            ],
+            0,
+        );
         assert_eq!(dependent.state, JobState::Blocked);
-        resolve_blocked(&mut dependent, &[(a.clone(), JobState::Succeeded), (b.clone(), JobState::Running)], 1);
+        resolve_blocked(
+            &mut dependent,
+            &[
+                (a.clone(), JobState::Succeeded),
+                (b.clone(), JobState::Running),
+            ],
+            1,
+        );
         assert_eq!(dependent.state, JobState::Blocked);
-        resolve_blocked(&mut dependent, &[(a.clone(), JobState::Succeeded), (b.clone(), JobState::Succeeded)], 2);
+        resolve_blocked(
+            &mut dependent,
+            &[
+                (a.clone(), JobState::Succeeded),
+                (b.clone(), JobState::Succeeded),
+            ],
+            2,
+        );
         assert_eq!(dependent.state, JobState::Queued);
 
         let mut doomed = job(3);
         apply_dependencies(&mut doomed, &[(a.clone(), JobState::Running)], 0);
         resolve_blocked(&mut doomed, &[(a.clone(), JobState::Dead)], 3);
         assert_eq!(doomed.state, JobState::Cancelled);
-        assert!(doomed.last_error.as_deref().is_some_and(|e| e.contains(a.as_str())));
+        assert!(
+            doomed
+                .last_error
+                .as_deref()
+                .is_some_and(|e| e.contains(a.as_str()))
+        );
     }
 }

@@ -234,7 +234,10 @@ pub fn job_spec(
     if spec.depends_on.len() > MAX_DEPENDENCIES {
         return Err(QueueError::invalid(
             "depends_on",
-            format!("has {} ids, more than {MAX_DEPENDENCIES}", spec.depends_on.len()),
+            format!(
+                "has {} ids, more than {MAX_DEPENDENCIES}",
+                spec.depends_on.len()
+            ),
         ));
     }
     let depends_on = spec
@@ -416,8 +419,14 @@ pub fn log_stream(raw: i32, field: &str) -> QueueResult<LogStream> {
         Ok(pb::LogStream::Stderr) => Ok(LogStream::Stderr),
         Ok(pb::LogStream::Progress) => Ok(LogStream::Progress),
         Ok(pb::LogStream::System) => Ok(LogStream::System),
-        Ok(pb::LogStream::Unspecified) => Err(QueueError::invalid(field, "LOG_STREAM_UNSPECIFIED is not a stream")),
-        Err(_) => Err(QueueError::invalid(field, format!("{raw} is not a known log stream"))),
+        Ok(pb::LogStream::Unspecified) => Err(QueueError::invalid(
+            field,
+            "LOG_STREAM_UNSPECIFIED is not a stream",
+        )),
+        Err(_) => Err(QueueError::invalid(
+            field,
+            format!("{raw} is not a known log stream"),
+        )),
     }
 }
 
@@ -443,7 +452,10 @@ pub fn proto_log_line(line: LogLine) -> pb::LogLine {
         stream: proto_stream(line.stream).into(),
         time: Some(timestamp(line.time)),
         message: line.message,
-        fields: line.fields.map(|fields| fields.to_string()).unwrap_or_default(),
+        fields: line
+            .fields
+            .map(|fields| fields.to_string())
+            .unwrap_or_default(),
     }
 }
 
@@ -451,14 +463,20 @@ pub fn proto_log_line(line: LogLine) -> pb::LogLine {
 pub fn proto_event(event: JobEvent, now: Millis) -> pb::JobEvent {
     let (kind, previous, error) = match event.kind {
         JobEventKind::Created => (pb::JobEventType::Created, None, String::new()),
-        JobEventKind::StateChanged { from } => (pb::JobEventType::StateChanged, Some(from), String::new()),
+        JobEventKind::StateChanged { from } => {
+            (pb::JobEventType::StateChanged, Some(from), String::new())
+        }
         JobEventKind::Progress => (pb::JobEventType::Progress, None, String::new()),
-        JobEventKind::AttemptFailed { from, error } => (pb::JobEventType::AttemptFailed, Some(from), error),
+        JobEventKind::AttemptFailed { from, error } => {
+            (pb::JobEventType::AttemptFailed, Some(from), error)
+        }
         JobEventKind::Deleted => (pb::JobEventType::Deleted, None, String::new()),
     };
     pb::JobEvent {
         r#type: kind.into(),
-        previous_state: previous.map_or(pb::JobState::Unspecified, proto_state).into(),
+        previous_state: previous
+            .map_or(pb::JobState::Unspecified, proto_state)
+            .into(),
         time: Some(timestamp(now)),
         error,
         job: Some(proto_job(event.job)),

@@ -43,7 +43,11 @@ pub struct QueueApi {
 impl QueueApi {
     /// The API over `queue` and `logs`; stream tasks are spawned on `streams`.
     pub fn new(queue: Arc<JobQueue>, logs: Arc<LogStore>, streams: TaskTracker) -> Self {
-        Self { queue, logs, streams }
+        Self {
+            queue,
+            logs,
+            streams,
+        }
     }
 
     async fn enqueue(
@@ -132,10 +136,18 @@ fn job_selector(selector: Option<pb::JobSelector>) -> QueueResult<JobSelector> {
     let limit = match selector.limit {
         0 => 1000,
         limit @ 1..=MAX_BULK => limit as u64,
-        limit => return Err(QueueError::invalid("selector.limit", format!("{limit} is outside 1..={MAX_BULK}"))),
+        limit => {
+            return Err(QueueError::invalid(
+                "selector.limit",
+                format!("{limit} is outside 1..={MAX_BULK}"),
+            ));
+        }
     };
     if selector.ids.len() > 1000 {
-        return Err(QueueError::invalid("selector.ids", "names more than 1000 jobs"));
+        return Err(QueueError::invalid(
+            "selector.ids",
+            "names more than 1000 jobs",
+        ));
     }
     let ids = selector
         .ids
@@ -149,9 +161,18 @@ fn job_selector(selector: Option<pb::JobSelector>) -> QueueResult<JobSelector> {
         .map(|raw| convert::job_state(*raw, "selector.states"))
         .collect::<QueueResult<Vec<_>>>()?;
     if ids.is_empty() && states.is_empty() {
-        return Err(QueueError::invalid("selector.states", "is required when no ids are given"));
+        return Err(QueueError::invalid(
+            "selector.states",
+            "is required when no ids are given",
+        ));
     }
-    Ok(JobSelector { ids, states, queues: selector.queues, types: selector.types, limit })
+    Ok(JobSelector {
+        ids,
+        states,
+        queues: selector.queues,
+        types: selector.types,
+        limit,
+    })
 }
 
 fn proto_queue(controls: QueueControls) -> pb::Queue {
@@ -172,7 +193,10 @@ fn proto_schedule(record: ScheduleRecord) -> pb::Schedule {
         paused: record.paused,
         next_run_at: Some(timestamp(record.next_run_at)),
         last_run_at: convert::opt_timestamp(record.last_run_at),
-        last_job_id: record.last_job_id.map(|id| id.to_string()).unwrap_or_default(),
+        last_job_id: record
+            .last_job_id
+            .map(|id| id.to_string())
+            .unwrap_or_default(),
         created_at: Some(timestamp(record.created_at)),
     }
 }
@@ -320,21 +344,34 @@ impl JobQueueService for QueueApi {
         }))
     }
 
-    async fn retry_jobs(&self, request: Request<pb::RetryJobsRequest>) -> Result<Response<pb::RetryJobsResponse>, Status> {
+    async fn retry_jobs(
+        &self,
+        request: Request<pb::RetryJobsRequest>,
+    ) -> Result<Response<pb::RetryJobsResponse>, Status> {
         let selector = job_selector(request.into_inner().selector)?;
         let retried = self.queue.retry_many(&selector).await?;
-        Ok(Response::new(pb::RetryJobsResponse { job_ids: retried.iter().map(ToString::to_string).collect() }))
+        Ok(Response::new(pb::RetryJobsResponse {
+            job_ids: retried.iter().map(ToString::to_string).collect(),
+        }))
     }
 
-    async fn delete_jobs(&self, request: Request<pb::DeleteJobsRequest>) -> Result<Response<pb::DeleteJobsResponse>, Status> {
+    async fn delete_jobs(
+        &self,
+        request: Request<pb::DeleteJobsRequest>,
+    ) -> Result<Response<pb::DeleteJobsResponse>, Status> {
         let selector = job_selector(request.into_inner().selector)?;
         let deleted = self.queue.delete_many(&selector).await?;
-        Ok(Response::new(pb::DeleteJobsResponse { job_ids: deleted.iter().map(ToString::to_string).collect() }))
+        Ok(Response::new(pb::DeleteJobsResponse {
+            job_ids: deleted.iter().map(ToString::to_string).collect(),
+        }))
     }
 
     type StreamJobLogsStream = ReceiverStream<Result<pb::StreamJobLogsResponse, Status>>;
 
-    async fn stream_job_logs(&self, request: Request<pb::StreamJobLogsRequest>) -> Result<Response<Self::StreamJobLogsStream>, Status> {
+    async fn stream_job_logs(
+        &self,
+        request: Request<pb::StreamJobLogsRequest>,
+    ) -> Result<Response<Self::StreamJobLogsStream>, Status> {
         let request = request.into_inner();
         let job_id = convert::job_id(&request.job_id, "job_id")?;
         let streams = convert::log_streams(&request.streams, "streams")?;
@@ -354,20 +391,34 @@ impl JobQueueService for QueueApi {
         Ok(Response::new(ReceiverStream::new(receiver)))
     }
 
-    async fn get_job_logs(&self, request: Request<pb::GetJobLogsRequest>) -> Result<Response<pb::GetJobLogsResponse>, Status> {
+    async fn get_job_logs(
+        &self,
+        request: Request<pb::GetJobLogsRequest>,
+    ) -> Result<Response<pb::GetJobLogsResponse>, Status> {
         let request = request.into_inner();
         let job_id = convert::job_id(&request.job_id, "job_id")?;
         let streams = convert::log_streams(&request.streams, "streams")?;
         let page_size = match request.page_size {
             0 => DEFAULT_LOG_PAGE,
             size @ 1..=MAX_LOG_PAGE => size as usize,
-            size => return Err(QueueError::invalid("page_size", format!("{size} is outside 1..={MAX_LOG_PAGE}")).into()),
+            size => {
+                return Err(QueueError::invalid(
+                    "page_size",
+                    format!("{size} is outside 1..={MAX_LOG_PAGE}"),
+                )
+                .into());
+            }
         };
         if self.queue.is_terminal(&job_id).await?.is_none() {
             return Err(QueueError::JobNotFound(job_id.to_string()).into());
         }
-        let (lines, end_of_log) = self.logs.read(&job_id, request.after_position, page_size, &streams).await?;
-        let next_after_position = lines.last().map_or(request.after_position, |line| line.position);
+        let (lines, end_of_log) = self
+            .logs
+            .read(&job_id, request.after_position, page_size, &streams)
+            .await?;
+        let next_after_position = lines
+            .last()
+            .map_or(request.after_position, |line| line.position);
         Ok(Response::new(pb::GetJobLogsResponse {
             lines: lines.into_iter().map(convert::proto_log_line).collect(),
             next_after_position,
@@ -377,12 +428,19 @@ impl JobQueueService for QueueApi {
 
     type WatchJobsStream = ReceiverStream<Result<pb::WatchJobsResponse, Status>>;
 
-    async fn watch_jobs(&self, request: Request<pb::WatchJobsRequest>) -> Result<Response<Self::WatchJobsStream>, Status> {
+    async fn watch_jobs(
+        &self,
+        request: Request<pb::WatchJobsRequest>,
+    ) -> Result<Response<Self::WatchJobsStream>, Status> {
         let request = request.into_inner();
         let filter = EventFilter {
             queues: request.queues,
             types: request.types,
-            states: request.states.iter().map(|raw| convert::job_state(*raw, "states")).collect::<QueueResult<_>>()?,
+            states: request
+                .states
+                .iter()
+                .map(|raw| convert::job_state(*raw, "states"))
+                .collect::<QueueResult<_>>()?,
             job_ids: request
                 .job_ids
                 .iter()
@@ -393,28 +451,43 @@ impl JobQueueService for QueueApi {
         let (sender, receiver) = mpsc::channel(STREAM_BUFFER);
         let events = self.queue.subscribe();
         let queue = self.queue.clone();
-        self.streams.spawn(watch_events(queue, events, filter, sender));
+        self.streams
+            .spawn(watch_events(queue, events, filter, sender));
         Ok(Response::new(ReceiverStream::new(receiver)))
     }
 
-    async fn list_queues(&self, _: Request<pb::ListQueuesRequest>) -> Result<Response<pb::ListQueuesResponse>, Status> {
+    async fn list_queues(
+        &self,
+        _: Request<pb::ListQueuesRequest>,
+    ) -> Result<Response<pb::ListQueuesResponse>, Status> {
         let queues = self.queue.queues().await?;
-        Ok(Response::new(pb::ListQueuesResponse { queues: queues.into_iter().map(proto_queue).collect() }))
+        Ok(Response::new(pb::ListQueuesResponse {
+            queues: queues.into_iter().map(proto_queue).collect(),
+        }))
     }
 
-    async fn update_queue(&self, request: Request<pb::UpdateQueueRequest>) -> Result<Response<pb::UpdateQueueResponse>, Status> {
+    async fn update_queue(
+        &self,
+        request: Request<pb::UpdateQueueRequest>,
+    ) -> Result<Response<pb::UpdateQueueResponse>, Status> {
         let request = request.into_inner();
         let name = convert::name(&request.name, "name")?;
         let name = convert::queue_name(&name, "name")?;
         if let Some(limit) = request.concurrency_limit
             && limit < 0
         {
-            return Err(QueueError::invalid("concurrency_limit", format!("{limit} is negative")).into());
+            return Err(
+                QueueError::invalid("concurrency_limit", format!("{limit} is negative")).into(),
+            );
         }
         if let Some(rate) = request.rate_limit_per_second
             && (!rate.is_finite() || rate < 0.0)
         {
-            return Err(QueueError::invalid("rate_limit_per_second", "must be a finite number >= 0").into());
+            return Err(QueueError::invalid(
+                "rate_limit_per_second",
+                "must be a finite number >= 0",
+            )
+            .into());
         }
         let controls = self
             .queue
@@ -430,12 +503,21 @@ impl JobQueueService for QueueApi {
                 }
             })
             .await?;
-        Ok(Response::new(pb::UpdateQueueResponse { queue: Some(proto_queue(controls)) }))
+        Ok(Response::new(pb::UpdateQueueResponse {
+            queue: Some(proto_queue(controls)),
+        }))
     }
 
-    async fn list_workers(&self, request: Request<pb::ListWorkersRequest>) -> Result<Response<pb::ListWorkersResponse>, Status> {
+    async fn list_workers(
+        &self,
+        request: Request<pb::ListWorkersRequest>,
+    ) -> Result<Response<pb::ListWorkersResponse>, Status> {
         let now = self.queue.now();
-        let since = if request.into_inner().include_stale { 0 } else { now - STALE_WORKER_MS };
+        let since = if request.into_inner().include_stale {
+            0
+        } else {
+            now - STALE_WORKER_MS
+        };
         // A worker silent for two lease periods has stopped heartbeating.
         let lost_before = now - 2 * self.queue.defaults().lease_duration.as_millis() as i64;
         let mut workers: Vec<pb::Worker> = self
@@ -444,7 +526,11 @@ impl JobQueueService for QueueApi {
             .await?
             .into_iter()
             .map(|(worker, running)| {
-                let status = if worker.last_seen_at >= lost_before { pb::WorkerStatus::Active } else { pb::WorkerStatus::Lost };
+                let status = if worker.last_seen_at >= lost_before {
+                    pb::WorkerStatus::Active
+                } else {
+                    pb::WorkerStatus::Lost
+                };
                 pb::Worker {
                     worker_id: worker.worker_id,
                     hostname: worker.hostname,
@@ -462,15 +548,32 @@ impl JobQueueService for QueueApi {
         Ok(Response::new(pb::ListWorkersResponse { workers }))
     }
 
-    async fn put_schedule(&self, request: Request<pb::PutScheduleRequest>) -> Result<Response<pb::PutScheduleResponse>, Status> {
-        let schedule = request.into_inner().schedule.ok_or_else(|| QueueError::invalid("schedule", "is required"))?;
+    async fn put_schedule(
+        &self,
+        request: Request<pb::PutScheduleRequest>,
+    ) -> Result<Response<pb::PutScheduleResponse>, Status> {
+        let schedule = request
+            .into_inner()
+            .schedule
+            .ok_or_else(|| QueueError::invalid("schedule", "is required"))?;
         let name = convert::name(&schedule.name, "schedule.name")?;
         let name = convert::queue_name(&name, "schedule.name")?;
-        let spec = schedule.job.ok_or_else(|| QueueError::invalid("schedule.job", "is required"))?;
-        let template = convert::job_spec(spec, self.queue.defaults(), self.queue.limits(), self.queue.now())
-            .map_err(|e| e.within("schedule.job"))?;
+        let spec = schedule
+            .job
+            .ok_or_else(|| QueueError::invalid("schedule.job", "is required"))?;
+        let template = convert::job_spec(
+            spec,
+            self.queue.defaults(),
+            self.queue.limits(),
+            self.queue.now(),
+        )
+        .map_err(|e| e.within("schedule.job"))?;
         if template.run_at.is_some() {
-            return Err(QueueError::invalid("schedule.job.run_at", "a schedule decides when its jobs run").into());
+            return Err(QueueError::invalid(
+                "schedule.job.run_at",
+                "a schedule decides when its jobs run",
+            )
+            .into());
         }
         let record = self
             .queue
@@ -482,22 +585,40 @@ impl JobQueueService for QueueApi {
                 paused: schedule.paused,
             })
             .await?;
-        Ok(Response::new(pb::PutScheduleResponse { schedule: Some(proto_schedule(record)) }))
+        Ok(Response::new(pb::PutScheduleResponse {
+            schedule: Some(proto_schedule(record)),
+        }))
     }
 
-    async fn list_schedules(&self, _: Request<pb::ListSchedulesRequest>) -> Result<Response<pb::ListSchedulesResponse>, Status> {
+    async fn list_schedules(
+        &self,
+        _: Request<pb::ListSchedulesRequest>,
+    ) -> Result<Response<pb::ListSchedulesResponse>, Status> {
         let schedules = self.queue.schedules().await?;
-        Ok(Response::new(pb::ListSchedulesResponse { schedules: schedules.into_iter().map(proto_schedule).collect() }))
+        Ok(Response::new(pb::ListSchedulesResponse {
+            schedules: schedules.into_iter().map(proto_schedule).collect(),
+        }))
     }
 
-    async fn set_schedule_paused(&self, request: Request<pb::SetSchedulePausedRequest>) -> Result<Response<pb::SetSchedulePausedResponse>, Status> {
+    async fn set_schedule_paused(
+        &self,
+        request: Request<pb::SetSchedulePausedRequest>,
+    ) -> Result<Response<pb::SetSchedulePausedResponse>, Status> {
         let request = request.into_inner();
         let name = convert::name(&request.name, "name")?;
-        let record = self.queue.set_schedule_paused(&name, request.paused).await?;
-        Ok(Response::new(pb::SetSchedulePausedResponse { schedule: Some(proto_schedule(record)) }))
+        let record = self
+            .queue
+            .set_schedule_paused(&name, request.paused)
+            .await?;
+        Ok(Response::new(pb::SetSchedulePausedResponse {
+            schedule: Some(proto_schedule(record)),
+        }))
     }
 
-    async fn delete_schedule(&self, request: Request<pb::DeleteScheduleRequest>) -> Result<Response<pb::DeleteScheduleResponse>, Status> {
+    async fn delete_schedule(
+        &self,
+        request: Request<pb::DeleteScheduleRequest>,
+    ) -> Result<Response<pb::DeleteScheduleResponse>, Status> {
         let name = convert::name(&request.into_inner().name, "name")?;
         self.queue.delete_schedule(&name).await?;
         Ok(Response::new(pb::DeleteScheduleResponse {}))

@@ -15,7 +15,9 @@ impl From<QueueError> for Status {
                 Status::with_error_details(Code::InvalidArgument, message, details)
             }
             QueueError::JobNotFound(id) => Status::not_found(format!("job {id} not found")),
-            QueueError::ScheduleNotFound(name) => Status::not_found(format!("schedule {name} not found")),
+            QueueError::ScheduleNotFound(name) => {
+                Status::not_found(format!("schedule {name} not found"))
+            }
             QueueError::FailedPrecondition(message) => Status::failed_precondition(message),
             stale @ QueueError::StaleLease { .. } => Status::failed_precondition(stale.to_string()),
             QueueError::ShuttingDown => Status::unavailable("server is shutting down"),

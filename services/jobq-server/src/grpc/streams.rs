@@ -49,7 +49,11 @@ impl LogFollow {
     /// Sends every stored line after `self.after`; false when the client is gone.
     async fn catch_up(&mut self, sender: &LogSender) -> bool {
         loop {
-            let (lines, end) = match self.logs.read(&self.job_id, self.after, REPLAY_BATCH, &self.streams).await {
+            let (lines, end) = match self
+                .logs
+                .read(&self.job_id, self.after, REPLAY_BATCH, &self.streams)
+                .await
+            {
                 Ok(read) => read,
                 Err(error) => {
                     let _ = sender.send(Err(Status::from(error))).await;
@@ -59,7 +63,11 @@ impl LogFollow {
             if let Some(last) = lines.last() {
                 self.after = last.position;
                 let lines = lines.into_iter().map(convert::proto_log_line).collect();
-                let message = pb::StreamJobLogsResponse { lines, lagged: false, resume_after_position: 0 };
+                let message = pb::StreamJobLogsResponse {
+                    lines,
+                    lagged: false,
+                    resume_after_position: 0,
+                };
                 if sender.send(Ok(message)).await.is_err() {
                     return false;
                 }
@@ -72,7 +80,10 @@ impl LogFollow {
 
     async fn finished(&self) -> bool {
         // A job that is gone (deleted) has nothing more to say either.
-        !matches!(self.queue.is_terminal(&self.job_id).await, Ok(Some(false)) | Err(_))
+        !matches!(
+            self.queue.is_terminal(&self.job_id).await,
+            Ok(Some(false)) | Err(_)
+        )
     }
 
     /// Replays, then follows until the job is terminal, the client leaves or

@@ -8,12 +8,12 @@ use jobq_proto::v1::worker_service_server::WorkerService;
 use tonic::{Request, Response, Status};
 
 use super::convert::{self, DEFAULT_QUEUE, proto_job, timestamp};
-use crate::logs::{LogStore, LogStream, NewLine};
 use crate::domain::{
-    MAX_NAME_BYTES, Millis, WorkerRecord,
     CompleteReport, FailReport, HeartbeatLease, HeartbeatOutcome, JobId, JobQueue, LeaseRequest,
-    LeaseToken, MAX_ERROR_BYTES, MAX_MESSAGE_BYTES, QueueError, QueueResult,
+    LeaseToken, MAX_ERROR_BYTES, MAX_MESSAGE_BYTES, MAX_NAME_BYTES, Millis, QueueError,
+    QueueResult, WorkerRecord,
 };
+use crate::logs::{LogStore, LogStream, NewLine};
 
 /// Shortest and longest lease a worker may ask for.
 const LEASE_RANGE: std::ops::RangeInclusive<Duration> =
@@ -118,24 +118,42 @@ fn report_result(job_id: String, outcome: Result<(), Status>) -> pb::ReportResul
 /// A pushed log entry, validated.
 fn log_entry(entry: pb::LogEntry, field: &str, now: Millis) -> QueueResult<NewLine> {
     let stream = convert::log_stream(entry.stream, &format!("{field}.stream"))?;
-    let time = entry.time.as_ref().map(|ts| convert::millis_of(ts, &format!("{field}.time"))).transpose()?.unwrap_or(now);
+    let time = entry
+        .time
+        .as_ref()
+        .map(|ts| convert::millis_of(ts, &format!("{field}.time")))
+        .transpose()?
+        .unwrap_or(now);
     let mut fields = match entry.fields.as_str() {
         "" => None,
         raw => match serde_json::from_str::<serde_json::Value>(raw) {
             Ok(value @ serde_json::Value::Object(_)) => Some(value),
-            _ => return Err(QueueError::invalid(format!("{field}.fields"), "must be a JSON object")),
+            _ => {
+                return Err(QueueError::invalid(
+                    format!("{field}.fields"),
+                    "must be a JSON object",
+                ));
+            }
         },
     };
     if stream == LogStream::Progress && entry.progress_percent >= 0 {
         if entry.progress_percent > 100 {
-            return Err(QueueError::invalid(format!("{field}.progress_percent"), "must be within 0..=100 (or -1)"));
+            return Err(QueueError::invalid(
+                format!("{field}.progress_percent"),
+                "must be within 0..=100 (or -1)",
+            ));
         }
         let object = fields.get_or_insert_with(|| serde_json::json!({}));
         if let Some(map) = object.as_object_mut() {
             map.insert("percent".to_owned(), entry.progress_percent.into());
         }
     }
-    Ok(NewLine { stream, time, message: entry.message, fields })
+    Ok(NewLine {
+        stream,
+        time,
+        message: entry.message,
+        fields,
+    })
 }
 
 fn lease_job_id(lease: Option<&pb::JobLease>) -> String {
@@ -381,7 +399,9 @@ impl WorkerService for WorkerApi {
         while let Some(message) = messages.message().await? {
             let (job_id, lease_token) = job_lease(message.lease.as_ref(), "lease")?;
             if message.entries.is_empty() || message.entries.len() > self.queue.limits().max_batch {
-                return Err(QueueError::invalid("entries", "a message carries 1 to 1000 lines").into());
+                return Err(
+                    QueueError::invalid("entries", "a message carries 1 to 1000 lines").into(),
+                );
             }
             let now = self.queue.now();
             let lines = message

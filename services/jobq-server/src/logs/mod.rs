@@ -82,7 +82,10 @@ pub struct LogLimits {
 
 impl Default for LogLimits {
     fn default() -> Self {
-        Self { max_line_bytes: 16 * 1024, max_job_bytes: 64 * 1024 * 1024 }
+        Self {
+            max_line_bytes: 16 * 1024,
+            max_job_bytes: 64 * 1024 * 1024,
+        }
     }
 }
 
@@ -151,7 +154,9 @@ fn limit_notice_fields() -> Option<serde_json::Value> {
 }
 
 fn is_limit_notice(line: &LogLine) -> bool {
-    line.fields.as_ref().is_some_and(|fields| fields.get("output_dropped").is_some())
+    line.fields
+        .as_ref()
+        .is_some_and(|fields| fields.get("output_dropped").is_some())
 }
 
 /// Cuts `message` to at most `max` bytes on a char boundary, marking the cut.
@@ -164,7 +169,13 @@ fn cut(message: &str, max: usize) -> (String, bool) {
         end -= 1;
     }
     let dropped = message.len() - end;
-    (format!("{} [line cut: {dropped} more bytes dropped]", &message[..end]), true)
+    (
+        format!(
+            "{} [line cut: {dropped} more bytes dropped]",
+            &message[..end]
+        ),
+        true,
+    )
 }
 
 fn rfc3339(ms: Millis) -> String {
@@ -178,12 +189,18 @@ fn io_error(error: io::Error) -> QueueError {
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 impl LogStore {
     /// Logs under `data_dir/logs/jobs`, recorded in `table` when given.
-    pub fn new(data_dir: &Path, limits: LogLimits, table: Option<DatabaseConnection>) -> io::Result<Self> {
+    pub fn new(
+        data_dir: &Path,
+        limits: LogLimits,
+        table: Option<DatabaseConnection>,
+    ) -> io::Result<Self> {
         let root = data_dir.join("logs").join("jobs");
         fs::create_dir_all(&root)?;
         Ok(Self {
@@ -222,7 +239,10 @@ impl LogStore {
         fs::create_dir_all(&dir)?;
         // Every job has all three files, written or not.
         for name in ["events.jsonl", "stdout.log", "stderr.log"] {
-            OpenOptions::new().create(true).append(true).open(dir.join(name))?;
+            OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(dir.join(name))?;
         }
         let events_path = dir.join("events.jsonl");
         let mut next_position = 1;
@@ -253,7 +273,12 @@ impl LogStore {
         for line in lines {
             events.push_str(&serde_json::to_string(line).map_err(io::Error::other)?);
             events.push('\n');
-            let readable = format!("{} #{} {}\n", rfc3339(line.time), line.attempt, line.message);
+            let readable = format!(
+                "{} #{} {}\n",
+                rfc3339(line.time),
+                line.attempt,
+                line.message
+            );
             match line.stream {
                 LogStream::Stdout => stdout.push_str(&readable),
                 LogStream::Stderr => stderr.push_str(&readable),
@@ -266,9 +291,17 @@ impl LogStore {
             }
             files.next_position = files.next_position.max(line.position + 1);
         }
-        for (name, text) in [("events.jsonl", events), ("stdout.log", stdout), ("stderr.log", stderr)] {
+        for (name, text) in [
+            ("events.jsonl", events),
+            ("stdout.log", stdout),
+            ("stderr.log", stderr),
+        ] {
             if !text.is_empty() {
-                OpenOptions::new().create(true).append(true).open(files.dir.join(name))?.write_all(text.as_bytes())?;
+                OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(files.dir.join(name))?
+                    .write_all(text.as_bytes())?;
             }
         }
         Ok(())
@@ -276,11 +309,21 @@ impl LogStore {
 
     /// Applies the size limits: cuts long lines, drops what the job has no
     /// room for (marking the first drop). Counts bytes as kept.
-    fn admit(&self, files: &mut JobLogFiles, lines: Vec<NewLine>, outcome: &mut AppendOutcome, exempt: bool) -> Vec<NewLine> {
+    fn admit(
+        &self,
+        files: &mut JobLogFiles,
+        lines: Vec<NewLine>,
+        outcome: &mut AppendOutcome,
+        exempt: bool,
+    ) -> Vec<NewLine> {
         let mut kept = Vec::with_capacity(lines.len());
         for mut line in lines {
             // The server's own lines are neither cut nor dropped.
-            let (message, was_cut) = if exempt { (line.message.clone(), false) } else { cut(&line.message, self.limits.max_line_bytes) };
+            let (message, was_cut) = if exempt {
+                (line.message.clone(), false)
+            } else {
+                cut(&line.message, self.limits.max_line_bytes)
+            };
             if !exempt && files.message_bytes + message.len() as u64 > self.limits.max_job_bytes {
                 if files.dropped_lines == 0 {
                     kept.push(NewLine {
@@ -322,7 +365,13 @@ impl LogStore {
 
     /// Stores lines: positions from the record (file counter, or the table),
     /// then the files, then live followers and other replicas.
-    async fn store(&self, job_id: &JobId, attempt: i32, lines: Vec<NewLine>, exempt: bool) -> QueueResult<AppendOutcome> {
+    async fn store(
+        &self,
+        job_id: &JobId,
+        attempt: i32,
+        lines: Vec<NewLine>,
+        exempt: bool,
+    ) -> QueueResult<AppendOutcome> {
         let files = self.open_files(job_id.as_str()).map_err(io_error)?;
         let mut outcome = AppendOutcome::default();
         let stored = match &self.table {
@@ -355,20 +404,34 @@ impl LogStore {
         outcome.last_position = stored.last().map_or(0, |line| line.position);
         self.publish(job_id.as_str(), &stored);
         if let Some(last) = stored.last() {
-            self.notify(LogNotice::Appended { job_id: job_id.to_string(), position: last.position });
+            self.notify(LogNotice::Appended {
+                job_id: job_id.to_string(),
+                position: last.position,
+            });
         }
         Ok(outcome)
     }
 
     /// Appends lines pushed by a worker, cutting long lines and dropping what
     /// exceeds the job's size limit (the first drop is marked with a line).
-    pub async fn append(&self, job_id: &JobId, attempt: i32, lines: Vec<NewLine>) -> QueueResult<AppendOutcome> {
+    pub async fn append(
+        &self,
+        job_id: &JobId,
+        attempt: i32,
+        lines: Vec<NewLine>,
+    ) -> QueueResult<AppendOutcome> {
         self.store(job_id, attempt, lines, false).await
     }
 
     /// Up to `limit` stored lines after `after`, of `streams` (all if empty),
     /// and whether the end of the stored log was reached.
-    pub async fn read(&self, job_id: &JobId, after: u64, limit: usize, streams: &[LogStream]) -> QueueResult<(Vec<LogLine>, bool)> {
+    pub async fn read(
+        &self,
+        job_id: &JobId,
+        after: u64,
+        limit: usize,
+        streams: &[LogStream],
+    ) -> QueueResult<(Vec<LogLine>, bool)> {
         if let Some(db) = &self.table {
             return table::read(db, job_id, after, limit, streams).await;
         }
@@ -382,7 +445,9 @@ impl LogStore {
         for raw in BufReader::new(file).lines() {
             let raw = raw.map_err(io_error)?;
             // A line being written right now may be incomplete: stop there.
-            let Ok(line) = serde_json::from_str::<LogLine>(&raw) else { break };
+            let Ok(line) = serde_json::from_str::<LogLine>(&raw) else {
+                break;
+            };
             if line.position <= after || !(streams.is_empty() || streams.contains(&line.stream)) {
                 continue;
             }
@@ -417,10 +482,14 @@ impl LogStore {
             Some((_, published)) if *published < position => *published,
             _ => return,
         };
-        let Ok(id) = JobId::parse(job_id, "job_id") else { return };
+        let Ok(id) = JobId::parse(job_id, "job_id") else {
+            return;
+        };
         match self.read(&id, published, FOLLOW_BUFFER, &[]).await {
             Ok((lines, _)) => self.publish(job_id, &lines),
-            Err(error) => tracing::warn!(%error, job_id, "could not read lines another replica stored"),
+            Err(error) => {
+                tracing::warn!(%error, job_id, "could not read lines another replica stored")
+            }
         }
     }
 
@@ -435,13 +504,21 @@ fn now_ms() -> Millis {
 }
 
 fn system_line(message: String) -> NewLine {
-    NewLine { stream: LogStream::System, time: now_ms(), message, fields: None }
+    NewLine {
+        stream: LogStream::System,
+        time: now_ms(),
+        message,
+        fields: None,
+    }
 }
 
 #[async_trait]
 impl JobLog for LogStore {
     async fn system(&self, job_id: &JobId, attempt: i32, message: &str) {
-        if let Err(error) = self.store(job_id, attempt, vec![system_line(message.to_owned())], true).await {
+        if let Err(error) = self
+            .store(job_id, attempt, vec![system_line(message.to_owned())], true)
+            .await
+        {
             tracing::warn!(%error, %job_id, "could not write to the job log");
         }
     }
@@ -456,7 +533,9 @@ impl JobLog for LogStore {
             if lines > 0 {
                 let summary = NewLine {
                     fields: limit_notice_fields(),
-                    ..system_line(format!("{lines} lines ({bytes} bytes) of output were dropped: over the log limit"))
+                    ..system_line(format!(
+                        "{lines} lines ({bytes} bytes) of output were dropped: over the log limit"
+                    ))
                 };
                 if let Err(error) = self.store(job_id, attempt, vec![summary], true).await {
                     tracing::warn!(%error, %job_id, "could not write to the job log");
@@ -466,7 +545,9 @@ impl JobLog for LogStore {
             }
         }
         let _ = self.finished.send(job_id.to_string());
-        self.notify(LogNotice::Finished { job_id: job_id.to_string() });
+        self.notify(LogNotice::Finished {
+            job_id: job_id.to_string(),
+        });
     }
 
     async fn deleted(&self, job_id: &JobId) {
@@ -483,7 +564,9 @@ impl JobLog for LogStore {
             tracing::warn!(%error, path = %dir.display(), "could not delete the job's logs");
         }
         let _ = self.finished.send(job_id.to_string());
-        self.notify(LogNotice::Finished { job_id: job_id.to_string() });
+        self.notify(LogNotice::Finished {
+            job_id: job_id.to_string(),
+        });
     }
 }
 
@@ -492,7 +575,12 @@ mod tests {
     use super::*;
 
     fn line(stream: LogStream, message: &str) -> NewLine {
-        NewLine { stream, time: 1_700_000_000_000, message: message.to_owned(), fields: None }
+        NewLine {
+            stream,
+            time: 1_700_000_000_000,
+            message: message.to_owned(),
+            fields: None,
+        }
     }
 
     #[tokio::test]
@@ -501,37 +589,79 @@ mod tests {
         let store = LogStore::new(dir.path(), LogLimits::default(), None).expect("log store");
         let id = JobId::generate();
         let outcome = store
-            .append(&id, 1, vec![line(LogStream::Stdout, "out 1"), line(LogStream::Stderr, "err 1")])
+            .append(
+                &id,
+                1,
+                vec![
+                    line(LogStream::Stdout, "out 1"),
+                    line(LogStream::Stderr, "err 1"),
+                ],
+            )
             .await
             .expect("append");
         assert_eq!(outcome.last_position, 2);
         let (lines, end) = store.read(&id, 0, 10, &[]).await.expect("read");
         assert!(end);
-        assert_eq!(lines.iter().map(|l| l.position).collect::<Vec<_>>(), vec![1, 2]);
-        let stdout = fs::read_to_string(dir.path().join("logs/jobs").join(id.as_str()).join("stdout.log")).expect("stdout");
+        assert_eq!(
+            lines.iter().map(|l| l.position).collect::<Vec<_>>(),
+            vec![1, 2]
+        );
+        let stdout = fs::read_to_string(
+            dir.path()
+                .join("logs/jobs")
+                .join(id.as_str())
+                .join("stdout.log"),
+        )
+        .expect("stdout");
         assert!(stdout.ends_with("#1 out 1\n"), "{stdout}");
-        let (only_stderr, _) = store.read(&id, 0, 10, &[LogStream::Stderr]).await.expect("read");
+        let (only_stderr, _) = store
+            .read(&id, 0, 10, &[LogStream::Stderr])
+            .await
+            .expect("read");
         assert_eq!(only_stderr.len(), 1);
     }
 
     #[tokio::test]
     async fn long_lines_are_cut_and_full_logs_drop_with_a_marker() {
         let dir = tempfile::tempdir().expect("temp dir");
-        let limits = LogLimits { max_line_bytes: 10, max_job_bytes: 100 };
+        let limits = LogLimits {
+            max_line_bytes: 10,
+            max_job_bytes: 100,
+        };
         let store = LogStore::new(dir.path(), limits, None).expect("log store");
         let id = JobId::generate();
         let outcome = store
-            .append(&id, 1, (0..5).map(|i| line(LogStream::Stdout, &format!("line number {i}"))).collect())
+            .append(
+                &id,
+                1,
+                (0..5)
+                    .map(|i| line(LogStream::Stdout, &format!("line number {i}")))
+                    .collect(),
+            )
             .await
             .expect("append");
         assert_eq!(outcome.truncated, outcome.accepted);
         assert!(outcome.dropped > 0);
         let (lines, _) = store.read(&id, 0, 100, &[]).await.expect("read");
-        assert!(lines[0].message.contains("[line cut: 3 more bytes dropped]"), "{}", lines[0].message);
-        assert!(lines.iter().any(|l| l.stream == LogStream::System && l.message.contains("log limit")));
+        assert!(
+            lines[0]
+                .message
+                .contains("[line cut: 3 more bytes dropped]"),
+            "{}",
+            lines[0].message
+        );
+        assert!(
+            lines
+                .iter()
+                .any(|l| l.stream == LogStream::System && l.message.contains("log limit"))
+        );
         store.finished(&id, 1).await;
         let (lines, _) = store.read(&id, 0, 100, &[]).await.expect("read");
-        assert!(lines.last().is_some_and(|l| l.message.contains("were dropped")));
+        assert!(
+            lines
+                .last()
+                .is_some_and(|l| l.message.contains("were dropped"))
+        );
     }
 
     #[tokio::test]
@@ -544,7 +674,10 @@ mod tests {
             .await
             .expect("append");
         let reopened = LogStore::new(dir.path(), LogLimits::default(), None).expect("log store");
-        let outcome = reopened.append(&id, 1, vec![line(LogStream::Stdout, "after")]).await.expect("append");
+        let outcome = reopened
+            .append(&id, 1, vec![line(LogStream::Stdout, "after")])
+            .await
+            .expect("append");
         assert_eq!(outcome.last_position, 2);
     }
 }

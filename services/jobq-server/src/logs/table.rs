@@ -3,8 +3,8 @@
 
 use sea_orm::ActiveValue::Set;
 use sea_orm::{
-    ColumnTrait, ConnectionTrait, DatabaseConnection, DbBackend, EntityTrait, QueryFilter, QueryOrder,
-    QuerySelect, Statement, TransactionTrait,
+    ColumnTrait, ConnectionTrait, DatabaseConnection, DbBackend, EntityTrait, QueryFilter,
+    QueryOrder, QuerySelect, Statement, TransactionTrait,
 };
 
 use super::{LogLine, LogStream, NewLine};
@@ -70,7 +70,12 @@ fn job_lock_key(job_id: &JobId) -> i64 {
 
 /// Stores lines after the job's last one; positions are given out under a
 /// per-job lock, so writers on different replicas never collide or leave gaps.
-pub async fn insert(db: &DatabaseConnection, job_id: &JobId, attempt: i32, new_lines: Vec<NewLine>) -> QueueResult<Vec<LogLine>> {
+pub async fn insert(
+    db: &DatabaseConnection,
+    job_id: &JobId,
+    attempt: i32,
+    new_lines: Vec<NewLine>,
+) -> QueueResult<Vec<LogLine>> {
     if new_lines.is_empty() {
         return Ok(Vec::new());
     }
@@ -97,7 +102,14 @@ pub async fn insert(db: &DatabaseConnection, job_id: &JobId, attempt: i32, new_l
         .into_iter()
         .map(|line| {
             position += 1;
-            LogLine { position, time: line.time, attempt, stream: line.stream, message: line.message, fields: line.fields }
+            LogLine {
+                position,
+                time: line.time,
+                attempt,
+                stream: line.stream,
+                message: line.message,
+                fields: line.fields,
+            }
         })
         .collect();
     let rows = stored.iter().map(|line| lines::ActiveModel {
@@ -109,7 +121,10 @@ pub async fn insert(db: &DatabaseConnection, job_id: &JobId, attempt: i32, new_l
         message: Set(line.message.clone()),
         fields: Set(line.fields.as_ref().map(ToString::to_string)),
     });
-    lines::Entity::insert_many(rows).exec(&tx).await.map_err(db_error)?;
+    lines::Entity::insert_many(rows)
+        .exec(&tx)
+        .await
+        .map_err(db_error)?;
     tx.commit().await.map_err(db_error)?;
     Ok(stored)
 }
@@ -126,7 +141,8 @@ pub async fn read(
         .filter(lines::Column::JobId.eq(job_id.as_str()))
         .filter(lines::Column::Position.gt(after as i64));
     if !streams.is_empty() {
-        select = select.filter(lines::Column::Stream.is_in(streams.iter().map(|stream| stream_name(*stream))));
+        select = select
+            .filter(lines::Column::Stream.is_in(streams.iter().map(|stream| stream_name(*stream))));
     }
     let mut rows = select
         .order_by_asc(lines::Column::Position)

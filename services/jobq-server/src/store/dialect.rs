@@ -33,7 +33,10 @@ pub struct Dialect {
 
 impl Dialect {
     /// Connects to `url` with the settings each engine needs.
-    pub async fn connect(url: &str, durability: SqliteDurability) -> Result<(DatabaseConnection, Dialect), DbErr> {
+    pub async fn connect(
+        url: &str,
+        durability: SqliteDurability,
+    ) -> Result<(DatabaseConnection, Dialect), DbErr> {
         let synchronous = match durability {
             SqliteDurability::Full => SqliteSynchronous::Full,
             SqliteDurability::Normal => SqliteSynchronous::Normal,
@@ -44,13 +47,15 @@ impl Dialect {
             .acquire_timeout(Duration::from_secs(10));
         let is_sqlite = url.starts_with("sqlite:");
         if is_sqlite {
-            options.max_connections(8).map_sqlx_sqlite_opts(move |sqlite| {
-                sqlite
-                    .journal_mode(SqliteJournalMode::Wal)
-                    .synchronous(synchronous)
-                    .busy_timeout(Duration::from_secs(10))
-                    .foreign_keys(true)
-            });
+            options
+                .max_connections(8)
+                .map_sqlx_sqlite_opts(move |sqlite| {
+                    sqlite
+                        .journal_mode(SqliteJournalMode::Wal)
+                        .synchronous(synchronous)
+                        .busy_timeout(Duration::from_secs(10))
+                        .foreign_keys(true)
+                });
         } else {
             options.max_connections(16);
         }
@@ -68,7 +73,11 @@ impl Dialect {
 
     /// Which engine.
     pub fn kind(&self) -> DatabaseKind {
-        if self.backend == DbBackend::Postgres { DatabaseKind::Postgres } else { DatabaseKind::Sqlite }
+        if self.backend == DbBackend::Postgres {
+            DatabaseKind::Postgres
+        } else {
+            DatabaseKind::Sqlite
+        }
     }
 
     /// Held for the length of a write transaction (SQLite only).

@@ -16,17 +16,17 @@ use sea_orm::{
 };
 
 use crate::domain::{
-    Applied, DependencyRule, Job, JobChange, JobFilter, JobId, JobSelector, JobState, JobStore,
-    LeaseChange, LeaseQuota, LeaseToken, Millis, QueueControls, QueueError, QueueResult,
-    QueueStats, ScheduleRecord, StatsSnapshot, WorkerRecord, AttemptOutcome,
+    Applied, AttemptOutcome, DependencyRule, Job, JobChange, JobFilter, JobId, JobSelector,
+    JobState, JobStore, LeaseChange, LeaseQuota, LeaseToken, Millis, QueueControls, QueueError,
+    QueueResult, QueueStats, ScheduleRecord, StatsSnapshot, WorkerRecord,
 };
-use dialect::Dialect;
 pub use dialect::DatabaseKind;
+use dialect::Dialect;
 use entity::{job_attempts, job_dependencies, jobs, queues, schedules, workers};
 use rows::{
-    attempt_from_row, close_attempt, controls_from_row, corrupt, insert_attempt, job_from_row,
-    row_from_controls, row_from_job, row_from_schedule, row_from_worker, save_job,
-    schedule_from_row, storage, worker_from_row, TERMINAL, WAITING,
+    TERMINAL, WAITING, attempt_from_row, close_attempt, controls_from_row, corrupt, insert_attempt,
+    job_from_row, row_from_controls, row_from_job, row_from_schedule, row_from_worker, save_job,
+    schedule_from_row, storage, worker_from_row,
 };
 
 /// How often a PostgreSQL replica retries its start-up migration.
@@ -40,7 +40,10 @@ pub struct SqlStore {
 
 impl SqlStore {
     /// Connects to `url` and brings the schema up to date.
-    pub async fn open(url: &str, durability: crate::config::SqliteDurability) -> Result<Self, DbErr> {
+    pub async fn open(
+        url: &str,
+        durability: crate::config::SqliteDurability,
+    ) -> Result<Self, DbErr> {
         let (db, dialect) = Dialect::connect(url, durability).await?;
         // Replicas starting together race to migrate; the loser's transaction
         // fails and rolls back, and by its next try the winner has finished.
@@ -48,7 +51,9 @@ impl SqlStore {
         loop {
             match Migrator::up(&db, None).await {
                 Ok(()) => break,
-                Err(error) if dialect.kind() == DatabaseKind::Postgres && tries < MIGRATION_TRIES => {
+                Err(error)
+                    if dialect.kind() == DatabaseKind::Postgres && tries < MIGRATION_TRIES =>
+                {
                     tries += 1;
                     tracing::warn!(%error, tries, "migration failed; another replica may be migrating, retrying");
                     tokio::time::sleep(std::time::Duration::from_millis(300 * tries)).await;
@@ -80,19 +85,30 @@ impl SqlStore {
         self.db.close().await
     }
 
-    async fn begin_write(&self) -> QueueResult<(Option<tokio::sync::MutexGuard<'_, ()>>, DatabaseTransaction)> {
+    async fn begin_write(
+        &self,
+    ) -> QueueResult<(Option<tokio::sync::MutexGuard<'_, ()>>, DatabaseTransaction)> {
         let guard = self.dialect.writer().await;
         let tx = self.db.begin().await.map_err(storage)?;
         Ok((guard, tx))
     }
 
     async fn load_for_update(&self, tx: &DatabaseTransaction, id: &JobId) -> QueueResult<Job> {
-        let select = self.dialect.lock_for_update(jobs::Entity::find_by_id(id.as_str()), false);
+        let select = self
+            .dialect
+            .lock_for_update(jobs::Entity::find_by_id(id.as_str()), false);
         let model = select.one(tx).await.map_err(storage)?;
-        model.map(job_from_row).transpose()?.ok_or_else(|| QueueError::JobNotFound(id.to_string()))
+        model
+            .map(job_from_row)
+            .transpose()?
+            .ok_or_else(|| QueueError::JobNotFound(id.to_string()))
     }
 
-    async fn unique_key_holder(&self, tx: &DatabaseTransaction, key: &str) -> QueueResult<Option<Job>> {
+    async fn unique_key_holder(
+        &self,
+        tx: &DatabaseTransaction,
+        key: &str,
+    ) -> QueueResult<Option<Job>> {
         jobs::Entity::find()
             .filter(jobs::Column::UniqueKey.eq(key))
             .filter(jobs::Column::State.is_not_in(TERMINAL))
@@ -104,13 +120,22 @@ impl SqlStore {
     }
 
     async fn insert_job(&self, tx: &DatabaseTransaction, job: &Job) -> QueueResult<()> {
-        jobs::Entity::insert(row_from_job(job)).exec(tx).await.map_err(storage)?;
+        jobs::Entity::insert(row_from_job(job))
+            .exec(tx)
+            .await
+            .map_err(storage)?;
         if !job.depends_on.is_empty() {
-            let edges = job.depends_on.iter().map(|dependency| job_dependencies::ActiveModel {
-                job_id: Set(job.id.to_string()),
-                depends_on_id: Set(dependency.to_string()),
-            });
-            job_dependencies::Entity::insert_many(edges).exec(tx).await.map_err(storage)?;
+            let edges = job
+                .depends_on
+                .iter()
+                .map(|dependency| job_dependencies::ActiveModel {
+                    job_id: Set(job.id.to_string()),
+                    depends_on_id: Set(dependency.to_string()),
+                });
+            job_dependencies::Entity::insert_many(edges)
+                .exec(tx)
+                .await
+                .map_err(storage)?;
         }
         Ok(())
     }
@@ -124,7 +149,9 @@ impl SqlStore {
         types: &[String],
         limit: u64,
     ) -> QueueResult<Vec<jobs::Model>> {
-        let select = self.dialect.lock_for_update(lease_select(queues, types, limit), true);
+        let select = self
+            .dialect
+            .lock_for_update(lease_select(queues, types, limit), true);
         select.all(tx).await.map_err(storage)
     }
 
@@ -158,7 +185,10 @@ fn lease_select(queues: &[String], types: &[String], limit: u64) -> sea_orm::Sel
 }
 
 /// The reaper's scan: running jobs past their lease or attempt deadline.
-fn expired_select(now: Millis, limit: u64) -> sea_orm::Selector<sea_orm::SelectGetableTuple<String>> {
+fn expired_select(
+    now: Millis,
+    limit: u64,
+) -> sea_orm::Selector<sea_orm::SelectGetableTuple<String>> {
     jobs::Entity::find()
         .select_only()
         .column(jobs::Column::Id)
@@ -182,7 +212,10 @@ pub fn hot_queries(kind: DatabaseKind) -> Vec<(&'static str, String)> {
     let queues = ["default".to_owned()];
     let mut lease = lease_select(&queues, &[], 10);
     if kind == DatabaseKind::Postgres {
-        lease = lease.lock_with_behavior(sea_orm::sea_query::LockType::Update, sea_orm::sea_query::LockBehavior::SkipLocked);
+        lease = lease.lock_with_behavior(
+            sea_orm::sea_query::LockType::Update,
+            sea_orm::sea_query::LockBehavior::SkipLocked,
+        );
     }
     let due = jobs::Entity::find()
         .select_only()
@@ -194,7 +227,10 @@ pub fn hot_queries(kind: DatabaseKind) -> Vec<(&'static str, String)> {
     vec![
         ("lease", lease.build(backend).to_string()),
         ("promote", due.build(backend).to_string()),
-        ("reap", expired_select(0, 500).into_statement(backend).to_string()),
+        (
+            "reap",
+            expired_select(0, 500).into_statement(backend).to_string(),
+        ),
     ]
 }
 
@@ -208,7 +244,12 @@ fn parse_state(raw: &str, id: &str) -> QueueResult<JobState> {
 
 #[async_trait]
 impl JobStore for SqlStore {
-    async fn insert_jobs(&self, new_jobs: Vec<Job>, rule: DependencyRule, now: Millis) -> QueueResult<Vec<(Job, bool)>> {
+    async fn insert_jobs(
+        &self,
+        new_jobs: Vec<Job>,
+        rule: DependencyRule,
+        now: Millis,
+    ) -> QueueResult<Vec<(Job, bool)>> {
         let (_writer, tx) = self.begin_write().await?;
         let mut stored: Vec<(Job, bool)> = Vec::with_capacity(new_jobs.len());
         for mut job in new_jobs {
@@ -218,7 +259,9 @@ impl JobStore for SqlStore {
                     continue;
                 }
                 // A job earlier in this same batch may hold the key.
-                let earlier = stored.iter().find(|(other, _)| other.unique_key.as_deref() == Some(key.as_str()));
+                let earlier = stored
+                    .iter()
+                    .find(|(other, _)| other.unique_key.as_deref() == Some(key.as_str()));
                 if let Some((earlier, _)) = earlier {
                     let earlier = earlier.clone();
                     stored.push((earlier, true));
@@ -231,11 +274,18 @@ impl JobStore for SqlStore {
                     .column(jobs::Column::Id)
                     .column(jobs::Column::State)
                     .filter(jobs::Column::Id.is_in(job.depends_on.iter().map(JobId::as_str)));
-                let rows: Vec<(String, String)> =
-                    self.dialect.lock_for_share(select).into_tuple().all(&tx).await.map_err(storage)?;
+                let rows: Vec<(String, String)> = self
+                    .dialect
+                    .lock_for_share(select)
+                    .into_tuple()
+                    .all(&tx)
+                    .await
+                    .map_err(storage)?;
                 let states = rows
                     .into_iter()
-                    .map(|(id, state)| Ok((JobId::from_stored(id.clone()), parse_state(&state, &id)?)))
+                    .map(|(id, state)| {
+                        Ok((JobId::from_stored(id.clone()), parse_state(&state, &id)?))
+                    })
                     .collect::<QueueResult<Vec<_>>>()?;
                 rule(&mut job, &states, now);
             }
@@ -247,7 +297,11 @@ impl JobStore for SqlStore {
     }
 
     async fn get_job(&self, id: &JobId, with_attempts: bool) -> QueueResult<Option<Job>> {
-        let Some(row) = jobs::Entity::find_by_id(id.as_str()).one(&self.db).await.map_err(storage)? else {
+        let Some(row) = jobs::Entity::find_by_id(id.as_str())
+            .one(&self.db)
+            .await
+            .map_err(storage)?
+        else {
             return Ok(None);
         };
         let mut job = job_from_row(row)?;
@@ -289,16 +343,24 @@ impl JobStore for SqlStore {
             .collect()
     }
 
-    async fn list_jobs(&self, filter: &JobFilter, before_id: Option<&JobId>, limit: u64) -> QueueResult<Vec<Job>> {
+    async fn list_jobs(
+        &self,
+        filter: &JobFilter,
+        before_id: Option<&JobId>,
+        limit: u64,
+    ) -> QueueResult<Vec<Job>> {
         let mut condition = Condition::all();
         if !filter.states.is_empty() {
-            condition = condition.add(jobs::Column::State.is_in(filter.states.iter().map(|state| state.as_str())));
+            condition = condition
+                .add(jobs::Column::State.is_in(filter.states.iter().map(|state| state.as_str())));
         }
         if !filter.types.is_empty() {
-            condition = condition.add(jobs::Column::JobType.is_in(filter.types.iter().map(String::as_str)));
+            condition =
+                condition.add(jobs::Column::JobType.is_in(filter.types.iter().map(String::as_str)));
         }
         if !filter.queues.is_empty() {
-            condition = condition.add(jobs::Column::Queue.is_in(filter.queues.iter().map(String::as_str)));
+            condition =
+                condition.add(jobs::Column::Queue.is_in(filter.queues.iter().map(String::as_str)));
         }
         if let Some(after) = filter.created_after {
             condition = condition.add(jobs::Column::CreatedAt.gte(after));
@@ -351,12 +413,16 @@ impl JobStore for SqlStore {
     async fn select_jobs(&self, selector: &JobSelector) -> QueueResult<Vec<JobId>> {
         let mut select = jobs::Entity::find().select_only().column(jobs::Column::Id);
         if selector.ids.is_empty() {
-            select = select.filter(jobs::Column::State.is_in(selector.states.iter().map(|state| state.as_str())));
+            select = select.filter(
+                jobs::Column::State.is_in(selector.states.iter().map(|state| state.as_str())),
+            );
             if !selector.queues.is_empty() {
-                select = select.filter(jobs::Column::Queue.is_in(selector.queues.iter().map(String::as_str)));
+                select = select
+                    .filter(jobs::Column::Queue.is_in(selector.queues.iter().map(String::as_str)));
             }
             if !selector.types.is_empty() {
-                select = select.filter(jobs::Column::JobType.is_in(selector.types.iter().map(String::as_str)));
+                select = select
+                    .filter(jobs::Column::JobType.is_in(selector.types.iter().map(String::as_str)));
             }
         } else {
             select = select.filter(jobs::Column::Id.is_in(selector.ids.iter().map(JobId::as_str)));
@@ -397,18 +463,28 @@ impl JobStore for SqlStore {
         let (_writer, tx) = self.begin_write().await?;
         let mut rows = Vec::new();
         if !quota.unlimited.is_empty() {
-            rows = self.lease_candidates(&tx, &quota.unlimited, types, limit).await?;
+            rows = self
+                .lease_candidates(&tx, &quota.unlimited, types, limit)
+                .await?;
         }
         for (queue, concurrency_limit) in &quota.limited {
             self.dialect.lock_queue(&tx, queue).await.map_err(storage)?;
             let free = (concurrency_limit - self.running_in_queue(&tx, queue).await?).max(0) as u64;
             if free > 0 {
                 let queue = std::slice::from_ref(queue);
-                rows.extend(self.lease_candidates(&tx, queue, types, free.min(limit)).await?);
+                rows.extend(
+                    self.lease_candidates(&tx, queue, types, free.min(limit))
+                        .await?,
+                );
             }
         }
         // Several queries: restore the one lease order across them.
-        rows.sort_by(|a, b| b.priority.cmp(&a.priority).then(a.run_at.cmp(&b.run_at)).then(a.id.cmp(&b.id)));
+        rows.sort_by(|a, b| {
+            b.priority
+                .cmp(&a.priority)
+                .then(a.run_at.cmp(&b.run_at))
+                .then(a.id.cmp(&b.id))
+        });
         rows.truncate(limit as usize);
         let mut leased = Vec::with_capacity(rows.len());
         for row in rows {
@@ -422,7 +498,11 @@ impl JobStore for SqlStore {
         Ok(leased)
     }
 
-    async fn delete_job(&self, id: &JobId, check: for<'j> fn(&'j Job) -> QueueResult<()>) -> QueueResult<Job> {
+    async fn delete_job(
+        &self,
+        id: &JobId,
+        check: for<'j> fn(&'j Job) -> QueueResult<()>,
+    ) -> QueueResult<Job> {
         let (_writer, tx) = self.begin_write().await?;
         let job = self.load_for_update(&tx, id).await?;
         check(&job)?;
@@ -436,13 +516,19 @@ impl JobStore for SqlStore {
             .exec(&tx)
             .await
             .map_err(storage)?;
-        jobs::Entity::delete_by_id(id.as_str()).exec(&tx).await.map_err(storage)?;
+        jobs::Entity::delete_by_id(id.as_str())
+            .exec(&tx)
+            .await
+            .map_err(storage)?;
         tx.commit().await.map_err(storage)?;
         Ok(job)
     }
 
     async fn expired_jobs(&self, now: Millis, limit: u64) -> QueueResult<Vec<JobId>> {
-        let found = expired_select(now, limit).all(&self.db).await.map_err(storage)?;
+        let found = expired_select(now, limit)
+            .all(&self.db)
+            .await
+            .map_err(storage)?;
         Ok(ids(found))
     }
 
@@ -473,7 +559,11 @@ impl JobStore for SqlStore {
         Ok(next.flatten())
     }
 
-    async fn attempt_outcome(&self, id: &JobId, token: &LeaseToken) -> QueueResult<Option<AttemptOutcome>> {
+    async fn attempt_outcome(
+        &self,
+        id: &JobId,
+        token: &LeaseToken,
+    ) -> QueueResult<Option<AttemptOutcome>> {
         let row = job_attempts::Entity::find()
             .filter(job_attempts::Column::JobId.eq(id.as_str()))
             .filter(job_attempts::Column::LeaseToken.eq(token.as_str()))
@@ -505,7 +595,11 @@ impl JobStore for SqlStore {
             .await
             .map_err(storage)?;
         let states = self.job_states(&ids(dependents)).await?;
-        Ok(states.into_iter().filter(|(_, state)| *state == JobState::Blocked).map(|(id, _)| id).collect())
+        Ok(states
+            .into_iter()
+            .filter(|(_, state)| *state == JobState::Blocked)
+            .map(|(id, _)| id)
+            .collect())
     }
 
     async fn stats(&self, queues: &[String], now: Millis) -> QueueResult<StatsSnapshot> {
@@ -523,18 +617,25 @@ impl JobStore for SqlStore {
             .filter(jobs::Column::State.eq(JobState::Queued.as_str()))
             .group_by(jobs::Column::Queue);
         if !queues.is_empty() {
-            by_queue = by_queue.filter(jobs::Column::Queue.is_in(queues.iter().map(String::as_str)));
+            by_queue =
+                by_queue.filter(jobs::Column::Queue.is_in(queues.iter().map(String::as_str)));
             oldest = oldest.filter(jobs::Column::Queue.is_in(queues.iter().map(String::as_str)));
         }
-        let counts: Vec<(String, String, i64)> = by_queue.into_tuple().all(&self.db).await.map_err(storage)?;
-        let oldest: Vec<(String, Option<i64>)> = oldest.into_tuple().all(&self.db).await.map_err(storage)?;
+        let counts: Vec<(String, String, i64)> =
+            by_queue.into_tuple().all(&self.db).await.map_err(storage)?;
+        let oldest: Vec<(String, Option<i64>)> =
+            oldest.into_tuple().all(&self.db).await.map_err(storage)?;
 
         let mut stats: BTreeMap<String, QueueStats> = BTreeMap::new();
         for (queue, state, count) in counts {
             let state = parse_state(&state, &queue)?;
             stats
                 .entry(queue.clone())
-                .or_insert_with(|| QueueStats { queue, counts: Vec::new(), oldest_ready_run_at: None })
+                .or_insert_with(|| QueueStats {
+                    queue,
+                    counts: Vec::new(),
+                    oldest_ready_run_at: None,
+                })
                 .counts
                 .push((state, count));
         }
@@ -550,7 +651,12 @@ impl JobStore for SqlStore {
         Ok(StatsSnapshot { queues, as_of: now })
     }
 
-    async fn finished_before(&self, states: &[JobState], before: Millis, limit: u64) -> QueueResult<Vec<JobId>> {
+    async fn finished_before(
+        &self,
+        states: &[JobState],
+        before: Millis,
+        limit: u64,
+    ) -> QueueResult<Vec<JobId>> {
         let found: Vec<String> = jobs::Entity::find()
             .select_only()
             .column(jobs::Column::Id)
@@ -566,7 +672,10 @@ impl JobStore for SqlStore {
     }
 
     async fn queue_controls(&self) -> QueueResult<Vec<QueueControls>> {
-        let rows = queues::Entity::find().all(&self.db).await.map_err(storage)?;
+        let rows = queues::Entity::find()
+            .all(&self.db)
+            .await
+            .map_err(storage)?;
         Ok(rows.into_iter().map(controls_from_row).collect())
     }
 
@@ -624,7 +733,10 @@ impl JobStore for SqlStore {
     async fn worker_seen(&self, worker_id: &str, now: Millis) -> QueueResult<()> {
         let (_writer, tx) = self.begin_write().await?;
         workers::Entity::update_many()
-            .col_expr(workers::Column::LastSeenAt, sea_orm::sea_query::Expr::value(now))
+            .col_expr(
+                workers::Column::LastSeenAt,
+                sea_orm::sea_query::Expr::value(now),
+            )
             .filter(workers::Column::WorkerId.eq(worker_id))
             .exec(&tx)
             .await
@@ -696,13 +808,19 @@ impl JobStore for SqlStore {
     }
 
     async fn schedule(&self, name: &str) -> QueueResult<Option<ScheduleRecord>> {
-        let row = schedules::Entity::find_by_id(name).one(&self.db).await.map_err(storage)?;
+        let row = schedules::Entity::find_by_id(name)
+            .one(&self.db)
+            .await
+            .map_err(storage)?;
         row.map(schedule_from_row).transpose()
     }
 
     async fn delete_schedule(&self, name: &str) -> QueueResult<bool> {
         let (_writer, tx) = self.begin_write().await?;
-        let deleted = schedules::Entity::delete_by_id(name).exec(&tx).await.map_err(storage)?;
+        let deleted = schedules::Entity::delete_by_id(name)
+            .exec(&tx)
+            .await
+            .map_err(storage)?;
         tx.commit().await.map_err(storage)?;
         Ok(deleted.rows_affected > 0)
     }
@@ -728,7 +846,9 @@ impl JobStore for SqlStore {
     ) -> QueueResult<Option<Job>> {
         let (_writer, tx) = self.begin_write().await?;
         // Another replica holding the row is firing this tick: skip it.
-        let select = self.dialect.lock_for_update(schedules::Entity::find_by_id(name), true);
+        let select = self
+            .dialect
+            .lock_for_update(schedules::Entity::find_by_id(name), true);
         let Some(row) = select.one(&tx).await.map_err(storage)? else {
             return Ok(None);
         };
@@ -748,9 +868,11 @@ impl JobStore for SqlStore {
         }
         schedule.next_run_at = next_run_at;
         schedule.updated_at = now;
-        schedules::Entity::update(row_from_schedule(&schedule)?).exec(&tx).await.map_err(storage)?;
+        schedules::Entity::update(row_from_schedule(&schedule)?)
+            .exec(&tx)
+            .await
+            .map_err(storage)?;
         tx.commit().await.map_err(storage)?;
         Ok((!key_held).then_some(job))
     }
 }
-

@@ -30,7 +30,11 @@ pub fn storage(error: DbErr) -> QueueError {
 fn is_connection_error(error: &sea_orm::sqlx::Error) -> bool {
     use sea_orm::sqlx::Error;
     match error {
-        Error::Io(_) | Error::PoolTimedOut | Error::PoolClosed | Error::WorkerCrashed | Error::Protocol(_) => true,
+        Error::Io(_)
+        | Error::PoolTimedOut
+        | Error::PoolClosed
+        | Error::WorkerCrashed
+        | Error::Protocol(_) => true,
         // 57P01 admin_shutdown, 57P02 crash_shutdown, 57P03 cannot_connect_now, 08xxx connection exceptions.
         Error::Database(db) => db
             .code()
@@ -200,7 +204,6 @@ pub async fn close_attempt(
     Ok(())
 }
 
-
 /// A JSON list of strings, as the text columns keep them.
 pub fn json_list(items: &[String]) -> String {
     serde_json::Value::from(items.to_vec()).to_string()
@@ -259,8 +262,8 @@ pub fn row_from_worker(worker: &WorkerRecord) -> workers::ActiveModel {
 
 /// A schedule row as a domain record.
 pub fn schedule_from_row(row: schedules::Model) -> QueueResult<ScheduleRecord> {
-    let template: JobSpec =
-        serde_json::from_str(&row.job_template).map_err(|e| corrupt("schedule template", &row.name, e))?;
+    let template: JobSpec = serde_json::from_str(&row.job_template)
+        .map_err(|e| corrupt("schedule template", &row.name, e))?;
     Ok(ScheduleRecord {
         name: row.name,
         cron: row.cron,
@@ -277,8 +280,12 @@ pub fn schedule_from_row(row: schedules::Model) -> QueueResult<ScheduleRecord> {
 
 /// A domain schedule as a row.
 pub fn row_from_schedule(schedule: &ScheduleRecord) -> QueueResult<schedules::ActiveModel> {
-    let template = serde_json::to_string(&schedule.template)
-        .map_err(|e| QueueError::Storage(format!("schedule {}: template not serialisable: {e}", schedule.name)))?;
+    let template = serde_json::to_string(&schedule.template).map_err(|e| {
+        QueueError::Storage(format!(
+            "schedule {}: template not serialisable: {e}",
+            schedule.name
+        ))
+    })?;
     Ok(schedules::ActiveModel {
         name: Set(schedule.name.clone()),
         cron: Set(schedule.cron.clone()),

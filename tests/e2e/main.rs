@@ -1,0 +1,30 @@
+//! End-to-end tests of jobq: real servers on 127.0.0.1:0, driven through the
+//! public gRPC API only. One test binary, one module per area.
+
+mod cancellation;
+mod cli;
+mod grpc_web;
+mod leasing;
+mod lifecycle;
+mod listing;
+mod logs;
+mod media;
+mod pg_restart;
+mod process;
+mod query_plans;
+mod replicas;
+mod reports;
+mod retries;
+mod surfaces;
+mod throughput;
+mod validation;
+mod watch;
+mod worker;
+mod worker_processes;
+
+use std::path::Path;
+
+/// The real server binary, built by cargo for this test run.
+fn server_binary() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_jobq-test-server"))
+}

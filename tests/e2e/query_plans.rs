@@ -1,0 +1,92 @@
+//! The hot queries are served by indexes, on both engines (issue 5): EXPLAIN
+//! of the lease, promotion and reaper queries, exactly as the store builds them.
+
+use anyhow::{Context, Result, ensure};
+use jobq_server::{DatabaseKind, hot_queries};
+use jobq_tests::{Backend, TestServer};
+use sea_orm::{ConnectionTrait, Database, DbBackend, Statement, TransactionTrait};
+
+/// The indexes that may serve each hot query. The reaper reads only running
+/// jobs: the partial indexes of either deadline, or the state index seeking
+/// 'running', bound it by the number of running jobs.
+const EXPECTED_INDEX: [(&str, &[&str]); 3] = [
+    ("lease", &["jobs_lease_idx"]),
+    ("promote", &["jobs_waiting_idx"]),
+    (
+        "reap",
+        &[
+            "jobs_running_idx",
+            "jobs_deadline_idx",
+            "jobs_state_id_idx (state=?)",
+        ],
+    ),
+];
+
+fn uses_expected_index(name: &str, plan: &[String]) -> bool {
+    let indexes = EXPECTED_INDEX
+        .iter()
+        .find(|(query, _)| *query == name)
+        .map_or(&[][..], |(_, indexes)| indexes);
+    plan.iter()
+        .any(|step| indexes.iter().any(|index| step.contains(index)))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_hot_queries_use_their_indexes() -> Result<()> {
+    // A migrated SQLite database: the one a test server creates.
+    let server = TestServer::start_on_backend(Backend::Sqlite, |_| {}).await?;
+    let path = server.data_dir().join("jobq.db");
+    let db = Database::connect(format!("sqlite://{}?mode=ro", path.display())).await?;
+    for (name, sql) in hot_queries(DatabaseKind::Sqlite) {
+        let rows = db
+            .query_all_raw(Statement::from_string(
+                DbBackend::Sqlite,
+                format!("EXPLAIN QUERY PLAN {sql}"),
+            ))
+            .await?;
+        let plan: Vec<String> = rows
+            .iter()
+            .filter_map(|row| row.try_get::<String>("", "detail").ok())
+            .collect();
+        println!("SQLite {name}: {sql}\n  {}", plan.join("\n  "));
+        ensure!(
+            uses_expected_index(name, &plan),
+            "{name} uses none of its indexes: {plan:?}"
+        );
+    }
+    server.shutdown().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_hot_queries_use_their_indexes() -> Result<()> {
+    let server = TestServer::start_on_backend(Backend::Postgres, |_| {}).await?;
+    let url = server
+        .database()
+        .url()
+        .context("a PostgreSQL database has a URL")?;
+    let db = Database::connect(url).await?;
+    for (name, sql) in hot_queries(DatabaseKind::Postgres) {
+        let tx = db.begin().await?;
+        // An empty table makes a sequential scan cheapest; the question is
+        // whether the index can serve the query at all.
+        tx.execute_unprepared("SET LOCAL enable_seqscan = off")
+            .await?;
+        let rows = tx
+            .query_all_raw(Statement::from_string(
+                DbBackend::Postgres,
+                format!("EXPLAIN {sql}"),
+            ))
+            .await?;
+        let plan: Vec<String> = rows
+            .iter()
+            .filter_map(|row| row.try_get::<String>("", "QUERY PLAN").ok())
+            .collect();
+        tx.rollback().await?;
+        println!("PostgreSQL {name}: {sql}\n  {}", plan.join("\n  "));
+        ensure!(
+            uses_expected_index(name, &plan),
+            "{name} uses none of its indexes: {plan:?}"
+        );
+    }
+    server.shutdown().await
+}

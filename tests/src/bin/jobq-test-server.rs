@@ -1,0 +1,6 @@
+//! The real `jobq-server`, built under this package so the end-to-end tests can
+//! spawn it as a process (`env!("CARGO_BIN_EXE_jobq-test-server")`).
+
+fn main() -> std::process::ExitCode {
+    jobq_server::run_cli()
+}

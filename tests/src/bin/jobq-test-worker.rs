@@ -1,0 +1,6 @@
+//! The real `jobq-worker`, built under this package so the end-to-end tests can
+//! spawn it as a process (`env!("CARGO_BIN_EXE_jobq-test-worker")`).
+
+fn main() -> std::process::ExitCode {
+    jobq_worker::run_cli()
+}
