@@ -270,7 +270,8 @@ async fn postgres_restart_mid_load_loses_no_acknowledged_job() -> Result<()> {
     }
     let completions = completions
         .lock()
-        .map_err(|_| anyhow::anyhow!("poisoned"))?;
+        .map_err(|_| anyhow::anyhow!("poisoned"))?
+        .clone();
     ensure!(
         completions.values().all(|count| *count == 1),
         "a job was completed twice"

@@ -146,10 +146,12 @@ async fn two_replicas_and_eight_workers_complete_5000_jobs_exactly_once() -> Res
 
     let leases = leases
         .lock()
-        .map_err(|_| anyhow::anyhow!("lease ledger poisoned"))?;
+        .map_err(|_| anyhow::anyhow!("lease ledger poisoned"))?
+        .clone();
     let completions = completions
         .lock()
-        .map_err(|_| anyhow::anyhow!("completion ledger poisoned"))?;
+        .map_err(|_| anyhow::anyhow!("completion ledger poisoned"))?
+        .clone();
     let twice: Vec<_> = leases.iter().filter(|(_, count)| **count > 1).collect();
     ensure!(
         twice.is_empty(),
