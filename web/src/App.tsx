@@ -1,0 +1,173 @@
+//! The page shell: navigation, live status, routing, token prompt.
+import { useEffect, useState } from "preact/hooks";
+import { JobState } from "./gen/jobq/v1/job_pb";
+import { getToken, onAuthRequired, setToken } from "./lib/api";
+import { formatCompact } from "./lib/format";
+import { useLiveStatus } from "./lib/hooks";
+import { useQueueStats } from "./lib/stats";
+import { live } from "./lib/live";
+import { parseHash, type Route, type View } from "./lib/router";
+import { ConfirmHost, ToastHost, TokenPrompt } from "./components/overlay";
+import { Empty } from "./components/ui";
+import { DeadLetter } from "./views/DeadLetter";
+import { Enqueue } from "./views/Enqueue";
+import { JobDetail } from "./views/JobDetail";
+import { Jobs } from "./views/Jobs";
+import { Overview } from "./views/Overview";
+import { Queues } from "./views/Queues";
+import { Schedules } from "./views/Schedules";
+import { Workers } from "./views/Workers";
+
+const NAV: { view: View; label: string; href: string; also?: View[] }[] = [
+  { view: "overview", label: "Overview", href: "#/" },
+  { view: "jobs", label: "Jobs", href: "#/jobs", also: ["job"] },
+  { view: "dead", label: "Dead letter", href: "#/dead" },
+  { view: "queues", label: "Queues", href: "#/queues" },
+  { view: "schedules", label: "Schedules", href: "#/schedules" },
+  { view: "workers", label: "Workers", href: "#/workers" },
+];
+
+function useRoute(): Route {
+  const [route, setRoute] = useState(() => parseHash(location.hash));
+  useEffect(() => {
+    const on = () => setRoute(parseHash(location.hash));
+    window.addEventListener("hashchange", on);
+    return () => window.removeEventListener("hashchange", on);
+  }, []);
+  return route;
+}
+
+export function App() {
+  const route = useRoute();
+  const [authEpoch, setAuthEpoch] = useState(0);
+  const [prompt, setPrompt] = useState(false);
+  const [menuOpen, setMenuOpen] = useState(false);
+  useEffect(() => onAuthRequired(() => setPrompt(true)), []);
+  useEffect(() => setMenuOpen(false), [route]);
+  useEffect(() => {
+    const titles: Partial<Record<View, string>> = { job: "Job", dead: "Dead letter" };
+    const name = titles[route.view] ?? route.view.charAt(0).toUpperCase() + route.view.slice(1);
+    document.title = `${name} · jobq`;
+    window.scrollTo(0, 0);
+  }, [route.view, route.id]);
+
+  const saveToken = (token: string) => {
+    setToken(token);
+    setPrompt(false);
+    setAuthEpoch((e) => e + 1);
+    live.restart();
+  };
+
+  return (
+    <div class={`shell ${menuOpen ? "menu-open" : ""}`}>
+      <aside class="sidebar">
+        <div class="brand-row">
+          <a class="brand" href="#/">
+            <span class="logo" aria-hidden="true">
+              <svg viewBox="0 0 32 32" width="26" height="26">
+                <rect width="32" height="32" rx="8" fill="currentColor" />
+                <path d="M9 10h14M9 16h14M9 22h9" stroke="#111827" stroke-width="3" stroke-linecap="round" />
+              </svg>
+            </span>
+            jobq
+          </a>
+          <button class="menu-btn" aria-label="Menu" onClick={() => setMenuOpen(!menuOpen)}>
+            ☰
+          </button>
+        </div>
+        <nav class="nav" key={authEpoch}>
+          {NAV.map((n) => (
+            <a
+              key={n.view}
+              href={n.href}
+              class={`nav-link ${route.view === n.view || n.also?.includes(route.view) ? "active" : ""}`}
+              data-testid={`nav-${n.view}`}
+            >
+              {n.label}
+              {n.view === "dead" ? <DeadCount /> : null}
+            </a>
+          ))}
+          <a href="#/enqueue" class={`nav-enqueue ${route.view === "enqueue" ? "active" : ""}`} data-testid="nav-enqueue">
+            + Enqueue job
+          </a>
+        </nav>
+        <div class="sidebar-foot">
+          <LiveIndicator />
+          {getToken() ? (
+            <button
+              class="link small"
+              onClick={() => {
+                setToken("");
+                setAuthEpoch((e) => e + 1);
+                live.restart();
+              }}
+            >
+              Forget token
+            </button>
+          ) : (
+            <button class="link small" onClick={() => setPrompt(true)}>
+              Set token
+            </button>
+          )}
+        </div>
+      </aside>
+      <main class="main" key={authEpoch}>
+        <RouteView route={route} />
+      </main>
+      {prompt ? <TokenPrompt hadToken={!!getToken()} onSave={saveToken} onClose={() => setPrompt(false)} /> : null}
+      <ConfirmHost />
+      <ToastHost />
+    </div>
+  );
+}
+
+function RouteView({ route }: { route: Route }) {
+  switch (route.view) {
+    case "overview":
+      return <Overview />;
+    case "jobs":
+      return <Jobs params={route.params} />;
+    case "job":
+      return <JobDetail key={route.id} id={route.id ?? ""} />;
+    case "dead":
+      return <DeadLetter params={route.params} />;
+    case "queues":
+      return <Queues />;
+    case "schedules":
+      return <Schedules />;
+    case "workers":
+      return <Workers />;
+    case "enqueue":
+      return <Enqueue />;
+    default:
+      return (
+        <Empty title="Page not found">
+          <a href="#/">Back to the overview</a>
+        </Empty>
+      );
+  }
+}
+
+function DeadCount() {
+  const stats = useQueueStats();
+  const n = stats.data?.totals.find((c) => c.state === JobState.DEAD)?.count ?? 0n;
+  if (n === 0n) return null;
+  return <span class="nav-count">{formatCompact(Number(n))}</span>;
+}
+
+function LiveIndicator() {
+  const s = useLiveStatus();
+  const text = {
+    connecting: "Connecting…",
+    live: "Live",
+    reconnecting: "Reconnecting…",
+    unavailable: "Live updates unavailable",
+    paused: "Paused in background",
+  }[s];
+  return (
+    <div class="live" data-testid="live-status" data-status={s}>
+      <span class={`live-dot ${s === "live" ? "on" : s === "unavailable" || s === "paused" ? "off" : "warn"}`} />
+      {text}
+    </div>
+  );
+}

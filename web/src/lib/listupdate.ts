@@ -1,0 +1,74 @@
+//! Applies live WatchJobs events to a page of jobs so the list changes in
+//! place without a reload, keeping keyset paging intact.
+import { JobEventType, type JobEvent } from "../gen/jobq/v1/event_pb";
+import type { Job } from "../gen/jobq/v1/job_pb";
+import { jobMatches, type JobFilters } from "./filters";
+
+/** Orders ids the way the server does (newest first = greatest first). */
+export function compareIds(a: string, b: string): number {
+  // Numeric ids of different lengths compare by length first; UUIDv7 ids
+  // all have the same length, so this is plain string order for them.
+  if (a.length !== b.length) return a.length - b.length;
+  return a < b ? -1 : a > b ? 1 : 0;
+}
+
+export interface PageShape {
+  /** This is the first page (nothing newer comes before it). */
+  first: boolean;
+  /** There is a next page (older jobs after the last row). */
+  hasNext: boolean;
+  /** Stop inserting beyond this many rows (the page asks for a reload instead). */
+  maxRows: number;
+}
+
+export interface ApplyResult {
+  rows: Job[];
+  changed: boolean;
+  /** A job that belongs here was not inserted because the page is full. */
+  overflow: boolean;
+}
+
+/**
+ * A new page after one event. A row whose job no longer matches the
+ * filters leaves; a matching job not shown yet comes in at its place when
+ * its id falls inside the range this page covers; a deleted job leaves.
+ */
+export function applyEvent(rows: Job[], ev: JobEvent, filters: JobFilters, shape: PageShape): ApplyResult {
+  const job = ev.job;
+  if (!job) return { rows, changed: false, overflow: false };
+  const idx = rows.findIndex((r) => r.id === job.id);
+  if (ev.type === JobEventType.DELETED || !jobMatches(job, filters)) {
+    if (idx < 0) return { rows, changed: false, overflow: false };
+    return { rows: rows.filter((_, i) => i !== idx), changed: true, overflow: false };
+  }
+  if (idx >= 0) {
+    const next = rows.slice();
+    // Events carry no attempts; keep what the row had.
+    next[idx] = job;
+    return { rows: next, changed: true, overflow: false };
+  }
+  const firstRow = rows[0];
+  const lastRow = rows[rows.length - 1];
+  const belowTop = shape.first || (firstRow !== undefined && compareIds(job.id, firstRow.id) < 0);
+  const aboveBottom = !shape.hasNext || (lastRow !== undefined && compareIds(job.id, lastRow.id) > 0);
+  if (!belowTop || !aboveBottom) return { rows, changed: false, overflow: false };
+  if (rows.length >= shape.maxRows) return { rows, changed: false, overflow: true };
+  let at = rows.findIndex((r) => compareIds(job.id, r.id) > 0);
+  if (at < 0) at = rows.length;
+  const next = rows.slice();
+  next.splice(at, 0, job);
+  return { rows: next, changed: true, overflow: false };
+}
+
+/** Applies a batch of events in order. */
+export function applyEvents(rows: Job[], events: JobEvent[], filters: JobFilters, shape: PageShape): ApplyResult {
+  let changed = false;
+  let overflow = false;
+  for (const ev of events) {
+    const r = applyEvent(rows, ev, filters, shape);
+    rows = r.rows;
+    changed ||= r.changed;
+    overflow ||= r.overflow;
+  }
+  return { rows, changed, overflow };
+}

@@ -1,0 +1,94 @@
+//! Workers: id, host, queues and job types, running jobs, last heartbeat.
+import { useState } from "preact/hooks";
+import { WorkerStatus } from "../gen/jobq/v1/admin_pb";
+import { api } from "../lib/api";
+import { formatDateTime, shortId, tsMillis } from "../lib/format";
+import { useAsync, useInterval, useNow } from "../lib/hooks";
+import { jobHref } from "../lib/router";
+import { workerStatusInfo } from "../lib/states";
+import { Badge, Card, Empty, ErrorBox, PageHeader, Spinner, Time } from "../components/ui";
+
+export function Workers() {
+  const [stale, setStale] = useState(false);
+  const list = useAsync((signal) => api().listWorkers({ includeStale: stale }, { signal }), [stale]);
+  useInterval(list.refresh, 5000);
+  const now = useNow(1000);
+  const workers = list.data?.workers ?? [];
+  const active = workers.filter((w) => w.status === WorkerStatus.ACTIVE).length;
+  return (
+    <div>
+      <PageHeader title="Workers" sub={list.data ? `${active} active, ${workers.length - active} lost` : undefined}>
+        <label class="toggle small">
+          <input type="checkbox" checked={stale} onChange={(e) => setStale(e.currentTarget.checked)} />
+          Include workers lost over an hour ago
+        </label>
+      </PageHeader>
+      {list.error ? <ErrorBox message={list.error} onRetry={list.reload} /> : null}
+      <Card>
+        {!list.data && list.loading ? (
+          <Spinner />
+        ) : workers.length === 0 ? (
+          <Empty title="No workers">
+            Start one: <code>jobq-worker --server http://HOST:PORT</code>
+          </Empty>
+        ) : (
+          <div class="table-wrap">
+            <table class="table" data-testid="workers-table">
+              <thead>
+                <tr>
+                  <th>Worker</th>
+                  <th>Host</th>
+                  <th>Status</th>
+                  <th>Queues</th>
+                  <th>Job types</th>
+                  <th>Running jobs</th>
+                  <th>Last heartbeat</th>
+                  <th>Up since</th>
+                </tr>
+              </thead>
+              <tbody>
+                {workers.map((w) => {
+                  const st = workerStatusInfo(w.status);
+                  return (
+                    <tr key={w.workerId}>
+                      <td class="mono">
+                        {w.workerId}
+                        {w.version ? <div class="muted small">v{w.version.replace(/^v/, "")}</div> : null}
+                      </td>
+                      <td>{w.hostname || <span class="muted">—</span>}</td>
+                      <td>
+                        <Badge tone={st.tone}>{st.label}</Badge>
+                      </td>
+                      <td>{(w.queues.length ? w.queues : ["default"]).map((q) => <span key={q} class="tag">{q}</span>)}</td>
+                      <td>{w.types.length ? w.types.map((t) => <span key={t} class="tag">{t}</span>) : <span class="muted">any</span>}</td>
+                      <td class="mono links">
+                        {w.runningJobIds.length === 0 ? (
+                          <span class="muted">idle</span>
+                        ) : (
+                          <>
+                            {w.runningJobIds.slice(0, 5).map((id) => (
+                              <a key={id} href={jobHref(id)} title={id}>
+                                {shortId(id)}
+                              </a>
+                            ))}
+                            {w.runningJobIds.length > 5 ? <span class="muted">+{w.runningJobIds.length - 5} more</span> : null}
+                          </>
+                        )}
+                      </td>
+                      <td>
+                        <Time ms={tsMillis(w.lastSeenAt)} now={now} />
+                      </td>
+                      <td title={formatDateTime(tsMillis(w.firstSeenAt))}>
+                        <Time ms={tsMillis(w.firstSeenAt)} now={now} />
+                      </td>
+                    </tr>
+                  );
+                })}
+              </tbody>
+            </table>
+          </div>
+        )}
+      </Card>
+    </div>
+  );
+}

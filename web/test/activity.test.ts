@@ -1,0 +1,93 @@
+import { describe, expect, it } from "vitest";
+import { timestampFromMs } from "@bufbuild/protobuf/wkt";
+import { JobEventType } from "../src/gen/jobq/v1/event_pb";
+import { JobState } from "../src/gen/jobq/v1/job_pb";
+import { ActivityRecorder, averageWait, bucketize, classifyEvent, emptyCounters, niceMax, perSecond } from "../src/lib/activity";
+import { event, job } from "./helpers";
+
+const T0 = 1_700_000_000_000; // a multiple of 5s and of 60s
+
+describe("event classification", () => {
+  it("counts creations, starts, successes and failures", () => {
+    expect(classifyEvent(event(JobEventType.CREATED, job("a")))?.kind).toBe("enqueued");
+    expect(classifyEvent(event(JobEventType.STATE_CHANGED, job("a", { state: JobState.SUCCEEDED })))?.kind).toBe("succeeded");
+    expect(classifyEvent(event(JobEventType.ATTEMPT_FAILED, job("a", { state: JobState.RETRYING, attempt: 2 })))).toEqual({
+      kind: "failed",
+      failureKey: "a:2",
+    });
+    expect(classifyEvent(event(JobEventType.PROGRESS, job("a", { state: JobState.RUNNING })))).toBeUndefined();
+    expect(classifyEvent(event(JobEventType.STATE_CHANGED, job("a", { state: JobState.CANCELLED })))).toBeUndefined();
+  });
+
+  it("measures the wait from run_at to the start", () => {
+    const j = job("a", { state: JobState.RUNNING, runAt: timestampFromMs(T0), createdAt: timestampFromMs(T0 - 60_000) });
+    const c = classifyEvent(event(JobEventType.STATE_CHANGED, j, { timeMs: T0 + 1500 }));
+    expect(c).toEqual({ kind: "started", waitMs: 1500 });
+  });
+
+  it("falls back to created_at and never reports a negative wait", () => {
+    const j = job("a", { state: JobState.RUNNING, createdAt: timestampFromMs(T0) });
+    expect(classifyEvent(event(JobEventType.STATE_CHANGED, j, { timeMs: T0 + 200 }))?.waitMs).toBe(200);
+    expect(classifyEvent(event(JobEventType.STATE_CHANGED, j, { timeMs: T0 - 200 }))?.waitMs).toBe(0);
+  });
+
+  it("treats running → retrying/dead as a failure when no ATTEMPT_FAILED is sent", () => {
+    const j = job("a", { state: JobState.DEAD, attempt: 3 });
+    expect(classifyEvent(event(JobEventType.STATE_CHANGED, j, { previousState: JobState.RUNNING }))?.failureKey).toBe("a:3");
+  });
+});
+
+describe("ActivityRecorder", () => {
+  it("counts a failed attempt once even when two events report it", () => {
+    const r = new ActivityRecorder();
+    const j = job("a", { state: JobState.RETRYING, attempt: 1 });
+    r.record(event(JobEventType.ATTEMPT_FAILED, j), T0);
+    r.record(event(JobEventType.STATE_CHANGED, j, { previousState: JobState.RUNNING }), T0 + 10);
+    const buckets = r.buckets(T0, 5000, 5000);
+    expect(buckets).toHaveLength(1);
+    expect(buckets[0]?.failed).toBe(1);
+  });
+
+  it("forgets seconds older than what it keeps", () => {
+    const r = new ActivityRecorder(60_000);
+    r.record(event(JobEventType.CREATED, job("a")), T0);
+    r.record(event(JobEventType.CREATED, job("b")), T0 + 120_000);
+    const all = r.buckets(T0 + 120_000, 300_000, 60_000);
+    expect(all.reduce((a, b) => a + b.enqueued, 0)).toBe(1);
+  });
+});
+
+describe("bucketize", () => {
+  it("folds seconds into aligned buckets, oldest first, ending with now", () => {
+    const seconds = new Map<number, ReturnType<typeof emptyCounters>>();
+    const put = (ms: number, f: Partial<ReturnType<typeof emptyCounters>>) =>
+      seconds.set(Math.floor(ms / 1000), { ...emptyCounters(), ...f });
+    put(T0 - 12_000, { succeeded: 4 }); // bucket [T0-15s, T0-10s)
+    put(T0 - 1_000, { succeeded: 1, waitSumMs: 300, waitCount: 3, waitMaxMs: 200 }); // [T0-5s, T0)
+    put(T0 - 2_000, { failed: 2, waitSumMs: 100, waitCount: 1, waitMaxMs: 100 }); // same bucket
+    put(T0 + 2_000, { enqueued: 7 }); // the current bucket [T0, T0+5s)
+    put(T0 - 60_000, { succeeded: 99 }); // outside the window
+    const b = bucketize(seconds, T0 + 2_500, 20_000, 5_000);
+    expect(b.map((x) => x.start)).toEqual([T0 - 15_000, T0 - 10_000, T0 - 5_000, T0]);
+    expect(b.map((x) => x.succeeded)).toEqual([4, 0, 1, 0]);
+    expect(b.map((x) => x.failed)).toEqual([0, 0, 2, 0]);
+    expect(b.map((x) => x.enqueued)).toEqual([0, 0, 0, 7]);
+    expect(b[2]?.waitMaxMs).toBe(200);
+    expect(averageWait(b[2]!)).toBe(100);
+    expect(averageWait(b[0]!)).toBeUndefined();
+  });
+
+  it("turns counts into rates", () => {
+    expect(perSecond(10, 5000)).toBe(2);
+    expect(perSecond(3, 60_000)).toBeCloseTo(0.05);
+  });
+
+  it("rounds axis maxima up to 1-2-2.5-5 steps", () => {
+    expect(niceMax(0)).toBe(1);
+    expect(niceMax(0.3)).toBeCloseTo(0.5);
+    expect(niceMax(7)).toBe(10);
+    expect(niceMax(12)).toBe(20);
+    expect(niceMax(230)).toBe(250);
+    expect(niceMax(1000)).toBe(1000);
+  });
+});

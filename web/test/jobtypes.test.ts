@@ -1,0 +1,99 @@
+import { describe, expect, it } from "vitest";
+import { buildSpec, DEFAULT_FORM, parseSize, type EnqueueForm } from "../src/lib/jobtypes";
+import { parseLimit } from "../src/views/Queues";
+import { scheduleFromForm } from "../src/views/Schedules";
+
+const form = (f: Partial<EnqueueForm>): EnqueueForm => ({ ...DEFAULT_FORM, ...f });
+
+describe("enqueue form → JobSpec", () => {
+  it("maps a channel download to the worker's payload fields", () => {
+    const r = buildSpec(form({ type: "channel_download", url: " https://www.youtube.com/@chan ", format: "bestaudio/best", fanOut: true, maxEntries: "10" }));
+    expect(r.errors).toEqual({});
+    expect(r.spec?.type).toBe("channel_download");
+    expect(JSON.parse(r.spec?.payload as string)).toEqual({ url: "https://www.youtube.com/@chan", format: "bestaudio/best", max_entries: 10, fan_out: true });
+  });
+
+  it("maps a playlist download, leaving unset options out", () => {
+    const r = buildSpec(form({ type: "playlist_download", url: "https://youtube.com/playlist?list=PL1", outputTemplate: "%(title)s.%(ext)s", fanOut: false }));
+    expect(r.payload).toEqual({ url: "https://youtube.com/playlist?list=PL1", output_template: "%(title)s.%(ext)s" });
+  });
+
+  it("requires a http(s) URL for downloads", () => {
+    expect(buildSpec(form({ type: "channel_download", url: "" })).errors.url).toMatch(/Paste/);
+    expect(buildSpec(form({ type: "channel_download", url: "ftp://x" })).errors.url).toMatch(/http/);
+    expect(buildSpec(form({ type: "channel_download", url: "" })).spec).toBeUndefined();
+    expect(buildSpec(form({ type: "channel_download", url: "https://x.test", maxEntries: "0" })).errors.maxEntries).toBeDefined();
+  });
+
+  it("maps metadata extraction by URL or by path", () => {
+    expect(buildSpec(form({ type: "metadata_extraction", source: "url", url: "https://x.test/v" })).payload).toEqual({ url: "https://x.test/v" });
+    expect(buildSpec(form({ type: "metadata_extraction", source: "path", path: "/m/a.mp4" })).payload).toEqual({ path: "/m/a.mp4" });
+    expect(buildSpec(form({ type: "metadata_extraction", source: "path", path: "" })).errors.path).toBeDefined();
+  });
+
+  it("maps cleanup with its numbers and the dry-run flag", () => {
+    const r = buildSpec(form({ type: "cleanup", cleanupPath: "old", olderThanDays: "14", maxTotalBytes: "2G", dryRun: false }));
+    expect(r.payload).toEqual({ path: "old", older_than_days: 14, max_total_bytes: 2 * 1024 ** 3, dry_run: false });
+    expect(buildSpec(form({ type: "cleanup", olderThanDays: "0.5" })).payload).toEqual({ older_than_days: 0.5, dry_run: true });
+    expect(buildSpec(form({ type: "cleanup", olderThanDays: "x" })).errors.olderThanDays).toMatch(/number/);
+    expect(buildSpec(form({ type: "cleanup", maxTotalBytes: "lots" })).errors.maxTotalBytes).toBeDefined();
+    expect(buildSpec(form({ type: "cleanup", olderThanDays: "", maxTotalBytes: "" })).errors.olderThanDays).toMatch(/age, a size/);
+  });
+
+  it("maps a noop job", () => {
+    expect(buildSpec(form({ type: "noop", sleepSeconds: "2.5", logLines: "20", fail: "fatal" })).payload).toEqual({ sleep_ms: 2500, log_lines: 20, fail: "fatal" });
+    expect(buildSpec(form({ type: "noop", sleepSeconds: "", logLines: "0" })).payload).toEqual({});
+    expect(buildSpec(form({ type: "noop", logLines: "20000" })).errors.logLines).toBeDefined();
+  });
+
+  it("maps a custom job type and checks its JSON", () => {
+    const r = buildSpec(form({ type: "custom", customType: "send_email", customPayload: '{"to":"a@b"}' }));
+    expect(r.spec?.type).toBe("send_email");
+    expect(r.spec?.payload).toBe('{"to":"a@b"}');
+    expect(buildSpec(form({ type: "custom", customType: "x", customPayload: "[1]" })).errors.customPayload).toMatch(/object/);
+    expect(buildSpec(form({ type: "custom", customType: "x", customPayload: "{" })).errors.customPayload).toMatch(/JSON/);
+    expect(buildSpec(form({ type: "custom", customType: "" })).errors.customType).toBeDefined();
+  });
+
+  it("maps the job options", () => {
+    const r = buildSpec(
+      form({ type: "cleanup", queue: "media", priority: "10", maxAttempts: "3", delaySeconds: "60", uniqueKey: " k ", tags: "a, b," }),
+    );
+    expect(r.spec).toMatchObject({ queue: "media", priority: 10, maxAttempts: 3, uniqueKey: "k", tags: ["a", "b"] });
+    expect(r.spec?.delay).toEqual({ seconds: 60n, nanos: 0 });
+    expect(buildSpec(form({ type: "cleanup", queue: "bad queue" })).errors.queue).toBeDefined();
+    expect(buildSpec(form({ type: "cleanup", priority: "5000" })).errors.priority).toMatch(/between/);
+    expect(buildSpec(form({ type: "cleanup" })).spec).toMatchObject({ queue: "", priority: 0, maxAttempts: 0 });
+  });
+
+  it("parses sizes", () => {
+    expect(parseSize("12345")).toBe(12345);
+    expect(parseSize("500M")).toBe(500 * 1024 ** 2);
+    expect(parseSize("1.5 GiB")).toBe(Math.round(1.5 * 1024 ** 3));
+    expect(parseSize("2tb")).toBe(2 * 1024 ** 4);
+    expect(parseSize("two")).toBeUndefined();
+  });
+});
+
+describe("queue limits and schedule form", () => {
+  it("parses limits", () => {
+    expect(parseLimit("", true)).toEqual({ value: 0 });
+    expect(parseLimit("5", true)).toEqual({ value: 5 });
+    expect(parseLimit("2.5", true).error).toBeDefined();
+    expect(parseLimit("2.5", false)).toEqual({ value: 2.5 });
+    expect(parseLimit("-1", false).error).toBeDefined();
+  });
+
+  it("maps the schedule form to a PutSchedule body", () => {
+    const r = scheduleFromForm({ name: "nightly", cron: " 0  0 3 * * * ", timeZone: "Europe/Berlin", type: "cleanup", queue: "", payload: '{ "root": "/d" }' });
+    expect(r.errors).toEqual({});
+    expect(r.schedule).toEqual({
+      name: "nightly",
+      cron: "0 0 3 * * *",
+      timeZone: "Europe/Berlin",
+      job: { type: "cleanup", queue: "", payload: '{"root":"/d"}' },
+    });
+    const bad = scheduleFromForm({ name: "a b", cron: "* *", timeZone: "", type: "", queue: "", payload: "[]" });
+    expect(Object.keys(bad.errors).sort()).toEqual(["cron", "name", "payload", "type"]);
+  });
+});

@@ -1,0 +1,71 @@
+import { describe, expect, it } from "vitest";
+import { JobEventType } from "../src/gen/jobq/v1/event_pb";
+import { JobState } from "../src/gen/jobq/v1/job_pb";
+import { EMPTY_FILTERS } from "../src/lib/filters";
+import { applyEvent, applyEvents, compareIds } from "../src/lib/listupdate";
+import { event, job } from "./helpers";
+
+const first = { first: true, hasNext: true, maxRows: 10 };
+const ids = (rows: { id: string }[]) => rows.map((r) => r.id);
+
+describe("live list updates", () => {
+  it("orders ids like the server (numeric-safe)", () => {
+    expect(compareIds("b", "a")).toBeGreaterThan(0);
+    expect(compareIds("10", "9")).toBeGreaterThan(0);
+    expect(compareIds("x", "x")).toBe(0);
+  });
+
+  it("puts a new job at the top of the first page", () => {
+    const rows = [job("c"), job("b")];
+    const r = applyEvent(rows, event(JobEventType.CREATED, job("d")), EMPTY_FILTERS, first);
+    expect(ids(r.rows)).toEqual(["d", "c", "b"]);
+    expect(r.changed).toBe(true);
+  });
+
+  it("does not put newer jobs on a later page", () => {
+    const rows = [job("c"), job("b")];
+    const r = applyEvent(rows, event(JobEventType.CREATED, job("d")), EMPTY_FILTERS, { ...first, first: false });
+    expect(r.changed).toBe(false);
+  });
+
+  it("updates a shown job in place", () => {
+    const rows = [job("c"), job("b")];
+    const r = applyEvent(rows, event(JobEventType.PROGRESS, job("b", { state: JobState.RUNNING, progressPercent: 40 })), EMPTY_FILTERS, first);
+    expect(r.rows[1]?.progressPercent).toBe(40);
+    expect(ids(r.rows)).toEqual(["c", "b"]);
+  });
+
+  it("drops a job that leaves the filter, and one that is deleted", () => {
+    const dead = { ...EMPTY_FILTERS, states: [JobState.DEAD] };
+    const rows = [job("c", { state: JobState.DEAD }), job("b", { state: JobState.DEAD })];
+    let r = applyEvent(rows, event(JobEventType.STATE_CHANGED, job("c", { state: JobState.QUEUED })), dead, first);
+    expect(ids(r.rows)).toEqual(["b"]);
+    r = applyEvent(r.rows, event(JobEventType.DELETED, job("b", { state: JobState.DEAD })), dead, first);
+    expect(ids(r.rows)).toEqual([]);
+  });
+
+  it("brings in an older job that now matches, at its place in the page", () => {
+    const dead = { ...EMPTY_FILTERS, states: [JobState.DEAD] };
+    const rows = [job("e", { state: JobState.DEAD }), job("b", { state: JobState.DEAD })];
+    const r = applyEvent(rows, event(JobEventType.STATE_CHANGED, job("c", { state: JobState.DEAD })), dead, first);
+    expect(ids(r.rows)).toEqual(["e", "c", "b"]);
+    // Older than the last row while a next page exists: it belongs there.
+    const r2 = applyEvent(rows, event(JobEventType.STATE_CHANGED, job("a", { state: JobState.DEAD })), dead, first);
+    expect(r2.changed).toBe(false);
+    // On the last page it comes in at the end.
+    const r3 = applyEvent(rows, event(JobEventType.STATE_CHANGED, job("a", { state: JobState.DEAD })), dead, { ...first, hasNext: false });
+    expect(ids(r3.rows)).toEqual(["e", "b", "a"]);
+  });
+
+  it("ignores events of jobs that do not match", () => {
+    const r = applyEvent([job("b")], event(JobEventType.CREATED, job("c", { type: "other" })), { ...EMPTY_FILTERS, types: ["noop"] }, first);
+    expect(r.changed).toBe(false);
+  });
+
+  it("stops growing at the cap and says so", () => {
+    const rows = [job("b"), job("a")];
+    const r = applyEvents(rows, [event(JobEventType.CREATED, job("c")), event(JobEventType.CREATED, job("d"))], EMPTY_FILTERS, { ...first, maxRows: 3 });
+    expect(ids(r.rows)).toEqual(["c", "b", "a"]);
+    expect(r.overflow).toBe(true);
+  });
+});
