@@ -71,6 +71,20 @@ pub struct NewLine {
     pub fields: Option<serde_json::Value>,
 }
 
+impl NewLine {
+    /// The line as stored at `position`, under `attempt`.
+    pub(crate) fn stored(self, position: u64, attempt: i32) -> LogLine {
+        LogLine {
+            position,
+            time: self.time,
+            attempt,
+            stream: self.stream,
+            message: self.message,
+            fields: self.fields,
+        }
+    }
+}
+
 /// Size limits of job logs.
 #[derive(Debug, Clone, Copy)]
 pub struct LogLimits {
@@ -382,14 +396,7 @@ impl LogStore {
                 let stored: Vec<LogLine> = kept
                     .into_iter()
                     .zip(first..)
-                    .map(|(line, position)| LogLine {
-                        position,
-                        time: line.time,
-                        attempt,
-                        stream: line.stream,
-                        message: line.message,
-                        fields: line.fields,
-                    })
+                    .map(|(line, position)| line.stored(position, attempt))
                     .collect();
                 Self::write(&mut files, &stored).map_err(io_error)?;
                 stored

@@ -58,16 +58,6 @@ fn stream_of(name: &str) -> LogStream {
     }
 }
 
-/// A per-job lock key, stable across replicas (FNV-1a of the id).
-fn job_lock_key(job_id: &JobId) -> i64 {
-    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    for byte in b"jobq-log:".iter().chain(job_id.as_str().as_bytes()) {
-        hash ^= u64::from(*byte);
-        hash = hash.wrapping_mul(0x0100_0000_01b3);
-    }
-    hash as i64
-}
-
 /// Stores lines after the job's last one; positions are given out under a
 /// per-job lock, so writers on different replicas never collide or leave gaps.
 pub async fn insert(
@@ -84,7 +74,7 @@ pub async fn insert(
         tx.execute_raw(Statement::from_sql_and_values(
             DbBackend::Postgres,
             "SELECT pg_advisory_xact_lock($1)",
-            [job_lock_key(job_id).into()],
+            [crate::store::advisory_key("jobq-log:", job_id.as_str()).into()],
         ))
         .await
         .map_err(db_error)?;
@@ -102,14 +92,7 @@ pub async fn insert(
         .into_iter()
         .map(|line| {
             position += 1;
-            LogLine {
-                position,
-                time: line.time,
-                attempt,
-                stream: line.stream,
-                message: line.message,
-                fields: line.fields,
-            }
+            line.stored(position, attempt)
         })
         .collect();
     let rows = stored.iter().map(|line| lines::ActiveModel {

@@ -95,7 +95,7 @@ impl Dialect {
         if self.backend != DbBackend::Postgres {
             return Ok(());
         }
-        let key = queue_lock_key(queue);
+        let key = advisory_key("jobq-queue:", queue);
         tx.execute_raw(Statement::from_sql_and_values(
             DbBackend::Postgres,
             "SELECT pg_advisory_xact_lock($1)",
@@ -133,11 +133,12 @@ impl Dialect {
     }
 }
 
-/// A stable 64-bit key for a queue's advisory lock (FNV-1a: the same on every replica).
-fn queue_lock_key(queue: &str) -> i64 {
+/// A stable 64-bit key for a PostgreSQL advisory lock on `name` within
+/// `namespace`: FNV-1a, so every replica computes the same key.
+pub fn advisory_key(namespace: &str, name: &str) -> i64 {
     let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    for byte in b"jobq-queue:".iter().chain(queue.as_bytes()) {
-        hash ^= u64::from(*byte);
+    for byte in namespace.bytes().chain(name.bytes()) {
+        hash ^= u64::from(byte);
         hash = hash.wrapping_mul(0x0100_0000_01b3);
     }
     hash as i64

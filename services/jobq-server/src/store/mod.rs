@@ -20,8 +20,8 @@ use crate::domain::{
     JobState, JobStore, LeaseChange, LeaseQuota, LeaseToken, Millis, QueueControls, QueueError,
     QueueResult, QueueStats, ScheduleRecord, StatsSnapshot, WorkerRecord,
 };
-pub use dialect::DatabaseKind;
 use dialect::Dialect;
+pub use dialect::{DatabaseKind, advisory_key};
 use entity::{job_attempts, job_dependencies, jobs, queues, schedules, workers};
 use rows::{
     TERMINAL, WAITING, attempt_from_row, close_attempt, controls_from_row, corrupt, insert_attempt,
