@@ -19,6 +19,10 @@ use crate::logs::{LogLine, LogStore, LogStream};
 pub const STREAM_BUFFER: usize = 16;
 /// Lines per message when replaying stored logs.
 const REPLAY_BATCH: usize = 500;
+/// Most lines per message when following live. Small, so that what one
+/// follower may hold buffered (this times STREAM_BUFFER messages) stays small
+/// and a follower that stops reading falls behind, and is told so, early.
+const LIVE_BATCH: usize = 64;
 /// How often a follower re-checks whether its job finished (in case the
 /// finish happened on another replica).
 const FINISH_CHECK: Duration = Duration::from_secs(1);
@@ -107,7 +111,7 @@ impl LogFollow {
                     Ok(first) => {
                         // Send what is waiting as one message: a burst costs one send, not one per line.
                         let mut batch = vec![first];
-                        while batch.len() < REPLAY_BATCH {
+                        while batch.len() < LIVE_BATCH {
                             match live.try_recv() {
                                 Ok(line) => batch.push(line),
                                 Err(_) => break,
