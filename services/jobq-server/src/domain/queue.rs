@@ -788,6 +788,82 @@ impl JobQueue {
         .await
     }
 
+    /// Records many successes in one transaction; one result per report, in order.
+    pub async fn complete_many(
+        &self,
+        reports: Vec<CompleteReport>,
+    ) -> QueueResult<Vec<QueueResult<Job>>> {
+        let now = self.clock.now();
+        let changes = reports
+            .into_iter()
+            .map(
+                |CompleteReport {
+                     job_id,
+                     lease_token,
+                     result,
+                 }| {
+                    let change: JobChange<'_> = Box::new(move |job| {
+                        transitions::complete(job, &lease_token, result, now).map(Some)
+                    });
+                    (job_id, change)
+                },
+            )
+            .collect();
+        self.apply_many(changes).await
+    }
+
+    /// Records many failed attempts in one transaction; one result per report, in order.
+    pub async fn fail_many(&self, reports: Vec<FailReport>) -> QueueResult<Vec<QueueResult<Job>>> {
+        let now = self.clock.now();
+        let changes = reports
+            .into_iter()
+            .map(
+                |FailReport {
+                     job_id,
+                     lease_token,
+                     error,
+                     retryable,
+                     retry_after,
+                 }| {
+                    let jitter = rand::random::<f64>();
+                    let change: JobChange<'_> = Box::new(move |job| {
+                        transitions::fail(
+                            job,
+                            &lease_token,
+                            error,
+                            retryable,
+                            retry_after,
+                            now,
+                            jitter,
+                        )
+                        .map(Some)
+                    });
+                    (job_id, change)
+                },
+            )
+            .collect();
+        self.apply_many(changes).await
+    }
+
+    async fn apply_many(
+        &self,
+        changes: Vec<(JobId, JobChange<'_>)>,
+    ) -> QueueResult<Vec<QueueResult<Job>>> {
+        let outcomes = self.store.update_jobs(changes).await?;
+        let mut jobs = Vec::with_capacity(outcomes.len());
+        for outcome in outcomes {
+            jobs.push(match outcome {
+                Ok(applied) => {
+                    self.after_change(Some(&applied.before), &applied.job, applied.ended.as_ref())
+                        .await;
+                    Ok(applied.job)
+                }
+                Err(refused) => Err(refused),
+            });
+        }
+        Ok(jobs)
+    }
+
     /// Records a failed attempt.
     pub async fn fail(&self, report: FailReport) -> QueueResult<Job> {
         let now = self.clock.now();

@@ -69,6 +69,13 @@ pub trait JobStore: Send + Sync + 'static {
     /// Loads a job under a write lock, applies `change`, and saves it (and the
     /// attempt end) if `change` succeeds; nothing is written if it fails.
     async fn update_job(&self, id: &JobId, change: JobChange<'_>) -> QueueResult<Applied>;
+    /// Applies several job changes in one transaction (one commit, one sync).
+    /// A change that refuses (stale lease, wrong state) writes nothing for
+    /// its job and leaves the others alone; a storage error fails them all.
+    async fn update_jobs(
+        &self,
+        changes: Vec<(JobId, JobChange<'_>)>,
+    ) -> QueueResult<Vec<QueueResult<Applied>>>;
     /// Picks up to `limit` queued jobs from the queues in `quota` (and of
     /// `types`, if any) in lease order, skipping rows other transactions hold,
     /// keeping each limited queue under its limit, and applies `lease` to each.

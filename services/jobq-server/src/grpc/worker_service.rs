@@ -156,6 +156,43 @@ fn log_entry(entry: pb::LogEntry, field: &str, now: Millis) -> QueueResult<NewLi
     })
 }
 
+/// Applies the valid reports of a batch together (one transaction) and
+/// answers every entry in request order: accepted, or refused with the code
+/// the single-job RPC would have given.
+async fn batch_results<R, Fut>(
+    entries: Vec<(String, QueueResult<R>)>,
+    apply: impl FnOnce(Vec<R>) -> Fut,
+) -> Result<Vec<pb::ReportResult>, Status>
+where
+    Fut: std::future::Future<Output = QueueResult<Vec<QueueResult<crate::domain::Job>>>>,
+{
+    let mut valid = Vec::new();
+    let mut slots = Vec::with_capacity(entries.len());
+    for (job_id, report) in entries {
+        match report {
+            Ok(report) => {
+                valid.push(report);
+                slots.push((job_id, None));
+            }
+            Err(invalid) => slots.push((job_id, Some(Status::from(invalid)))),
+        }
+    }
+    let mut applied = apply(valid).await?.into_iter();
+    Ok(slots
+        .into_iter()
+        .map(|(job_id, invalid)| {
+            let outcome = match invalid {
+                Some(status) => Err(status),
+                None => match applied.next() {
+                    Some(result) => result.map(drop).map_err(Status::from),
+                    None => Err(Status::internal("batch answer missing")),
+                },
+            };
+            report_result(job_id, outcome)
+        })
+        .collect())
+}
+
 fn lease_job_id(lease: Option<&pb::JobLease>) -> String {
     lease.map(|lease| lease.job_id.clone()).unwrap_or_default()
 }
@@ -315,20 +352,19 @@ impl WorkerService for WorkerApi {
     ) -> Result<Response<pb::CompleteJobsResponse>, Status> {
         let reports = request.into_inner().jobs;
         self.check_batch(&reports, "jobs")?;
-        let mut results = Vec::with_capacity(reports.len());
-        for (index, report) in reports.into_iter().enumerate() {
-            let job_id = lease_job_id(report.lease.as_ref());
-            let outcome = match complete_report(report, &self.queue) {
-                Ok(report) => self
-                    .queue
-                    .complete(report)
-                    .await
-                    .map(drop)
-                    .map_err(Status::from),
-                Err(invalid) => Err(Status::from(invalid.within(&format!("jobs[{index}]")))),
-            };
-            results.push(report_result(job_id, outcome));
-        }
+        let entries = reports
+            .into_iter()
+            .enumerate()
+            .map(|(index, report)| {
+                let job_id = lease_job_id(report.lease.as_ref());
+                (
+                    job_id,
+                    complete_report(report, &self.queue)
+                        .map_err(|e| e.within(&format!("jobs[{index}]"))),
+                )
+            })
+            .collect();
+        let results = batch_results(entries, |valid| self.queue.complete_many(valid)).await?;
         Ok(Response::new(pb::CompleteJobsResponse { results }))
     }
 
@@ -349,20 +385,18 @@ impl WorkerService for WorkerApi {
     ) -> Result<Response<pb::FailJobsResponse>, Status> {
         let reports = request.into_inner().jobs;
         self.check_batch(&reports, "jobs")?;
-        let mut results = Vec::with_capacity(reports.len());
-        for (index, report) in reports.into_iter().enumerate() {
-            let job_id = lease_job_id(report.lease.as_ref());
-            let outcome = match fail_report(report) {
-                Ok(report) => self
-                    .queue
-                    .fail(report)
-                    .await
-                    .map(drop)
-                    .map_err(Status::from),
-                Err(invalid) => Err(Status::from(invalid.within(&format!("jobs[{index}]")))),
-            };
-            results.push(report_result(job_id, outcome));
-        }
+        let entries = reports
+            .into_iter()
+            .enumerate()
+            .map(|(index, report)| {
+                let job_id = lease_job_id(report.lease.as_ref());
+                (
+                    job_id,
+                    fail_report(report).map_err(|e| e.within(&format!("jobs[{index}]"))),
+                )
+            })
+            .collect();
+        let results = batch_results(entries, |valid| self.queue.fail_many(valid)).await?;
         Ok(Response::new(pb::FailJobsResponse { results }))
     }
 
