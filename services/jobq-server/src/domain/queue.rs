@@ -775,17 +775,7 @@ impl JobQueue {
 
     /// Records a success.
     pub async fn complete(&self, report: CompleteReport) -> QueueResult<Job> {
-        let now = self.clock.now();
-        let CompleteReport {
-            job_id,
-            lease_token,
-            result,
-        } = report;
-        self.change(
-            &job_id,
-            Box::new(move |job| transitions::complete(job, &lease_token, result, now).map(Some)),
-        )
-        .await
+        Self::single(self.complete_many(vec![report]).await?)
     }
 
     /// Records many successes in one transaction; one result per report, in order.
@@ -866,31 +856,16 @@ impl JobQueue {
 
     /// Records a failed attempt.
     pub async fn fail(&self, report: FailReport) -> QueueResult<Job> {
-        let now = self.clock.now();
-        let jitter = rand::random::<f64>();
-        let FailReport {
-            job_id,
-            lease_token,
-            error,
-            retryable,
-            retry_after,
-        } = report;
-        self.change(
-            &job_id,
-            Box::new(move |job| {
-                transitions::fail(
-                    job,
-                    &lease_token,
-                    error,
-                    retryable,
-                    retry_after,
-                    now,
-                    jitter,
-                )
-                .map(Some)
-            }),
-        )
-        .await
+        Self::single(self.fail_many(vec![report]).await?)
+    }
+
+    /// The one result of a batch of one.
+    fn single(mut results: Vec<QueueResult<Job>>) -> QueueResult<Job> {
+        results.pop().unwrap_or_else(|| {
+            Err(QueueError::Storage(
+                "a batch of one answered nothing".into(),
+            ))
+        })
     }
 
     /// Hands a leased job back.

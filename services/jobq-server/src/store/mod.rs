@@ -445,19 +445,12 @@ impl JobStore for SqlStore {
     }
 
     async fn update_job(&self, id: &JobId, change: JobChange<'_>) -> QueueResult<Applied> {
-        let (_writer, tx) = self.begin_write().await?;
-        let mut job = self.load_for_update(&tx, id).await?;
-        let before = job.clone();
-        // On error the transaction is dropped, which rolls it back: nothing half-written.
-        let ended = change(&mut job)?;
-        if job != before {
-            save_job(&tx, &job).await?;
-        }
-        if let Some(end) = &ended {
-            close_attempt(&tx, id, end).await?;
-        }
-        tx.commit().await.map_err(storage)?;
-        Ok(Applied { before, job, ended })
+        let mut outcomes = self.update_jobs(vec![(id.clone(), change)]).await?;
+        outcomes.pop().unwrap_or_else(|| {
+            Err(QueueError::Storage(
+                "a batch of one answered nothing".into(),
+            ))
+        })
     }
 
     async fn update_jobs(
