@@ -1,5 +1,7 @@
 //! Compiles proto/jobq/v1/*.proto with protox (no system protoc) and writes the
 //! descriptor set next to the generated code, for the reflection service.
+//! google/rpc/*.proto are served by reflection too (so grpcurl can print error
+//! details), but their Rust types come from tonic-types.
 
 use std::path::PathBuf;
 
@@ -11,6 +13,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "jobq/v1/admin.proto",
         "jobq/v1/event.proto",
         "jobq/v1/log.proto",
+        "google/rpc/status.proto",
+        "google/rpc/error_details.proto",
     ];
     for file in files {
         println!("cargo:rerun-if-changed={file}");
@@ -24,6 +28,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure()
         .build_server(true)
         .build_client(true)
+        .extern_path(".google.rpc", "::tonic_types::pb")
+        .codec_path("crate::codec::JobqCodec")
         .compile_fds(descriptors)?;
     Ok(())
 }

@@ -6,6 +6,7 @@ pub use sea_orm_migration::prelude::*;
 mod m20261128_000001_create_jobs;
 mod m20261128_000002_create_dependencies_queues_workers_schedules;
 mod m20261128_000003_create_job_log_lines;
+mod m20261130_000001_add_history_and_write_path;
 
 /// Every migration of the jobq schema, oldest first.
 pub struct Migrator;
@@ -17,6 +18,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261128_000001_create_jobs::Migration),
             Box::new(m20261128_000002_create_dependencies_queues_workers_schedules::Migration),
             Box::new(m20261128_000003_create_job_log_lines::Migration),
+            Box::new(m20261130_000001_add_history_and_write_path::Migration),
         ]
     }
 }

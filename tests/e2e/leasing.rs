@@ -9,8 +9,8 @@ use jobq_tests::pb::{
     AttemptOutcome, JobSpec, JobState, LeaseJobsRequest, LeaseProgress, StopReason,
 };
 use jobq_tests::{
-    LeasedJobExt, TestServer, attempt_outcomes, bounded, duration, eventually, expect_status,
-    lease_request, millis, millis_opt, spec,
+    LeasedJobExt, ReportResultExt, TestServer, attempt_outcomes, bounded, duration, eventually,
+    expect_status, lease_request, millis, millis_opt, spec,
 };
 use tokio::time::Instant;
 use tonic::Code;
@@ -61,7 +61,7 @@ async fn expired_lease_goes_to_another_worker_and_the_old_token_is_refused() -> 
     );
 
     expect_status(
-        jobq.try_complete(first.lease(), "").await,
+        jobq.try_complete(first.lease(), None).await,
         Code::FailedPrecondition,
         "",
     )
@@ -135,8 +135,8 @@ async fn heartbeats_keep_a_lease_alive_and_record_progress() -> Result<()> {
         beats += 1;
         let progress = LeaseProgress {
             lease: Some(leased.lease()),
-            progress_percent: beats * 10,
-            progress_message: format!("step {beats}"),
+            progress_percent: Some(beats * 10),
+            progress_message: Some(format!("step {beats}")),
         };
         let result = jobq.heartbeat("worker-1", vec![progress]).await?.remove(0);
         ensure!(
@@ -249,7 +249,7 @@ async fn attempt_past_its_timeout_is_ended_as_timed_out() -> Result<()> {
         stored.state()
     );
     expect_status(
-        jobq.try_complete(leased.lease(), "").await,
+        jobq.try_complete(leased.lease(), None).await,
         Code::FailedPrecondition,
         "",
     )
@@ -282,7 +282,7 @@ async fn released_jobs_are_queued_again_without_using_an_attempt() -> Result<()>
         .await?;
     for result in &results {
         ensure!(
-            result.accepted && result.code == 0,
+            result.accepted() && result.code() == 0,
             "release refused: {result:?}"
         );
     }
@@ -318,7 +318,7 @@ async fn released_jobs_are_queued_again_without_using_an_attempt() -> Result<()>
     // The old tokens are stale now.
     let stale = jobq.release("worker-1", vec![held[1].lease()]).await?;
     ensure!(
-        !stale[0].accepted && stale[0].code == Code::FailedPrecondition as i32,
+        !stale[0].accepted() && stale[0].code() == Code::FailedPrecondition as i32,
         "stale release: {:?}",
         stale[0]
     );

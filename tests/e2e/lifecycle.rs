@@ -9,11 +9,7 @@ use jobq_tests::{
     LeasedJobExt, TestServer, attempt_outcomes, duration, millis, millis_opt, settings, spec,
     timestamp_after, timestamp_from_millis, unix_millis_now,
 };
-use serde_json::{Value, json};
-
-fn json(text: &str) -> Result<Value> {
-    serde_json::from_str(text).with_context(|| format!("{text:?} is not JSON"))
-}
+use serde_json::json;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn job_goes_from_queued_to_running_to_succeeded() -> Result<()> {
@@ -23,7 +19,7 @@ async fn job_goes_from_queued_to_running_to_succeeded() -> Result<()> {
     let payload = json!({"url": "https://example.com/watch?v=1", "format": "mp4"});
     let job = jobq
         .enqueue(JobSpec {
-            payload: payload.to_string(),
+            payload: Some(jobq_tests::json(payload.clone())),
             tags: vec!["media".into()],
             ..spec("channel_download")
         })
@@ -31,8 +27,12 @@ async fn job_goes_from_queued_to_running_to_succeeded() -> Result<()> {
     assert_eq!(job.state(), JobState::Queued);
     assert_eq!(job.attempt, 0);
     assert_eq!(job.r#type, "channel_download");
+    assert!(
+        job.payload.is_none(),
+        "EnqueueJob answers the job without its payload"
+    );
     assert_eq!(
-        json(&job.payload)?,
+        jobq_tests::json_of(&jobq.get(&job.id).await?.payload),
         payload,
         "payload must round-trip as the same JSON document"
     );
@@ -81,12 +81,12 @@ async fn job_goes_from_queued_to_running_to_succeeded() -> Result<()> {
     );
 
     let result = json!({"files": 3});
-    let done = jobq.complete_with(&leased, &result.to_string()).await?;
+    let done = jobq.complete_with(&leased, result.clone()).await?;
     assert_eq!(done.state(), JobState::Succeeded);
 
     let stored = jobq.get(&job.id).await?;
     assert_eq!(stored.state(), JobState::Succeeded);
-    assert_eq!(json(&stored.result)?, result);
+    assert_eq!(jobq_tests::json_of(&stored.result), result);
     millis_opt(&stored.finished_at, "finished_at of a succeeded job")?;
     assert!(
         stored.worker_id.is_empty(),
@@ -118,12 +118,16 @@ async fn enqueue_fills_in_server_defaults() -> Result<()> {
 
     let job = jobq
         .enqueue(JobSpec {
-            payload: String::new(),
+            payload: None,
             ..spec("noop")
         })
         .await?;
     assert_eq!(job.queue, "default", "empty queue means \"default\"");
-    assert_eq!(json(&job.payload)?, json!({}), "empty payload means {{}}");
+    assert_eq!(
+        jobq_tests::json_of(&jobq.get(&job.id).await?.payload),
+        json!({}),
+        "an unset payload means {{}}"
+    );
     assert_eq!(
         job.max_attempts,
         settings::DEFAULT_MAX_ATTEMPTS,

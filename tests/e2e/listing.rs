@@ -26,7 +26,7 @@ async fn list_jobs_filters_and_pages_newest_first() -> Result<()> {
     for n in 0..4 {
         jobs.push(
             jobq.enqueue(JobSpec {
-                payload: format!("{{\"n\":{n}}}"),
+                payload: Some(jobq_tests::json(serde_json::json!({ "n": n }))),
                 ..spec("alpha")
             })
             .await?,

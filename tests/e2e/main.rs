@@ -3,6 +3,8 @@
 
 mod cancellation;
 mod cli;
+mod contract;
+mod foreign_clients;
 mod grpc_web;
 mod leasing;
 mod lifecycle;
@@ -12,6 +14,7 @@ mod media;
 mod pg_restart;
 mod process;
 mod query_plans;
+mod readme_examples;
 mod replicas;
 mod reports;
 mod retries;

@@ -172,9 +172,14 @@ async fn postgres_restart_mid_load_loses_no_acknowledged_job() -> Result<()> {
         let (client, acknowledged, producing) =
             (client.clone(), acknowledged.clone(), producing.clone());
         tasks.spawn(async move {
-            for _ in 0..JOBS {
-                let job =
-                    until_available("EnqueueJob", || client.try_enqueue(spec("noop"))).await?;
+            for n in 0..JOBS {
+                // An enqueue answered UNAVAILABLE may have been stored: sent
+                // again with its request_id it returns that job, never a second.
+                let request_id = format!("restart-{n}");
+                let job = until_available("EnqueueJob", || {
+                    client.try_enqueue_with_request_id(spec("noop"), &request_id)
+                })
+                .await?;
                 if let Some(job) = job.job {
                     acknowledged
                         .lock()
@@ -205,7 +210,7 @@ async fn postgres_restart_mid_load_loses_no_acknowledged_job() -> Result<()> {
                 for job in leased {
                     let report = CompleteJobRequest {
                         lease: Some(job.lease()),
-                        result: String::new(),
+                        result: None,
                     };
                     // A completion lost with the connection is sent again with the same lease.
                     let accepted = until_available("CompleteJob", || async {
@@ -260,6 +265,17 @@ async fn postgres_restart_mid_load_loses_no_acknowledged_job() -> Result<()> {
         "{} of {JOBS} enqueues acknowledged",
         acknowledged.len()
     );
+    let stored: i64 = client
+        .stats()
+        .await?
+        .totals
+        .iter()
+        .map(|count| count.count)
+        .sum();
+    ensure!(
+        stored == JOBS as i64,
+        "{stored} jobs stored for {JOBS} enqueues: a retried enqueue made a second job"
+    );
     for id in &acknowledged {
         let job = client.get(id).await?;
         ensure!(
@@ -278,5 +294,139 @@ async fn postgres_restart_mid_load_loses_no_acknowledged_job() -> Result<()> {
     );
     server.shutdown().await?;
     drop(cluster);
+    Ok(())
+}
+
+/// While PostgreSQL is down the server says so at once: calls answer
+/// UNAVAILABLE (with a RetryInfo) instead of hanging, a LeaseJobs without a
+/// wait answers at once too, and health reports NOT_SERVING until the
+/// database is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_postgres_down_calls_fail_fast_and_health_says_not_serving() -> Result<()> {
+    use tonic_health::pb::HealthCheckRequest;
+    use tonic_health::pb::health_check_response::ServingStatus;
+    use tonic_health::pb::health_client::HealthClient;
+
+    let cluster = ThrowawayCluster::start()?;
+    let data_dir = tempfile::tempdir()?;
+    let mut config = Config::for_tests(data_dir.path());
+    settings::apply(&mut config);
+    config.database_url = Some(cluster.url());
+    let server = App::start(config, TcpListener::bind("127.0.0.1:0").await?).await?;
+    let client = JobqClient::connect(server.local_addr()).await?;
+    let channel =
+        tonic::transport::Endpoint::from_shared(format!("http://{}", server.local_addr()))?
+            .connect()
+            .await?;
+    let mut health = HealthClient::new(channel);
+    let status = |response: tonic::Response<tonic_health::pb::HealthCheckResponse>| {
+        response.into_inner().status()
+    };
+    ensure!(status(health.check(HealthCheckRequest::default()).await?) == ServingStatus::Serving);
+    client.enqueue(spec("noop")).await?;
+
+    let cluster =
+        tokio::task::spawn_blocking(move || cluster.pg_ctl("stop").map(|()| cluster)).await??;
+    // Far below the old hang (10 s for a call, 20 s for a LeaseJobs without a
+    // wait), and well above the server's 2 s connection wait on a busy machine.
+    const FAST: Duration = Duration::from_secs(8);
+    let refused = bounded(
+        FAST,
+        "EnqueueJob with the database down",
+        client.try_enqueue(spec("noop")),
+    )
+    .await?;
+    let status_of_enqueue = refused
+        .err()
+        .context("the enqueue succeeded with the database down")?;
+    ensure!(
+        status_of_enqueue.code() == Code::Unavailable,
+        "{status_of_enqueue:?}"
+    );
+    let details = tonic_types::StatusExt::get_error_details(&status_of_enqueue);
+    ensure!(
+        details.retry_info().is_some(),
+        "UNAVAILABLE carries a RetryInfo: {status_of_enqueue:?}"
+    );
+    let lease = bounded(
+        FAST,
+        "LeaseJobs without a wait with the database down",
+        client.try_lease(jobq_tests::lease_request("down", 1)),
+    )
+    .await?;
+    ensure!(
+        lease
+            .as_ref()
+            .is_err_and(|status| status.code() == Code::Unavailable),
+        "{lease:?}"
+    );
+    eventually(Duration::from_secs(20), "health to say NOT_SERVING", || {
+        let mut health = health.clone();
+        async move {
+            let answer = health.check(HealthCheckRequest::default()).await?;
+            Ok((status(answer) == ServingStatus::NotServing).then_some(()))
+        }
+    })
+    .await?;
+
+    let cluster =
+        tokio::task::spawn_blocking(move || cluster.pg_ctl("start").map(|()| cluster)).await??;
+    eventually(
+        Duration::from_secs(30),
+        "health to say SERVING again",
+        || {
+            let mut health = health.clone();
+            async move {
+                let answer = health.check(HealthCheckRequest::default()).await?;
+                Ok((status(answer) == ServingStatus::Serving).then_some(()))
+            }
+        },
+    )
+    .await?;
+    until_available("EnqueueJob after the restart", || {
+        client.try_enqueue(spec("noop"))
+    })
+    .await?;
+    server.shutdown().await?;
+    drop(cluster);
+    Ok(())
+}
+
+/// A server started while its database cannot be reached keeps trying,
+/// saying where and why, and gives up with a clear message after its
+/// connect timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_whose_database_is_away_says_where_and_why_and_gives_up_in_time() -> Result<()> {
+    let closed_port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let data_dir = tempfile::tempdir()?;
+    let url = format!("postgres://jobq:secret@127.0.0.1:{closed_port}/jobq");
+    let (status, stderr) = jobq_tests::ServerCommand::new(crate::server_binary())
+        .arg("--listen")
+        .arg("127.0.0.1:0")
+        .arg("--data-dir")
+        .arg(data_dir.path())
+        .arg("--database-url")
+        .arg(&url)
+        .arg("--database-connect-timeout")
+        .arg("3s")
+        .run_to_exit(Duration::from_secs(60))
+        .await?;
+    ensure!(!status.success(), "the server started without its database");
+    let address = format!("127.0.0.1:{closed_port}");
+    ensure!(
+        stderr.matches("cannot reach the database").count() >= 2,
+        "it says it retries: {stderr}"
+    );
+    ensure!(stderr.contains(&address), "the address is named: {stderr}");
+    ensure!(
+        !stderr.contains("secret"),
+        "the password is not printed: {stderr}"
+    );
+    ensure!(
+        stderr.to_lowercase().contains("refused"),
+        "the cause is named: {stderr}"
+    );
     Ok(())
 }

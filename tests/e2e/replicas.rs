@@ -13,7 +13,8 @@ use jobq_tests::pb::{
     ListJobsRequest, PushJobLogsRequest, StreamJobLogsRequest, WatchJobsRequest,
 };
 use jobq_tests::{
-    Backend, JobqClient, LeasedJobExt, TestDatabase, bounded, duration, eventually, settings, spec,
+    Backend, JobqClient, LeasedJobExt, ReportResultExt, TestDatabase, bounded, duration,
+    eventually, settings, spec,
 };
 use tempfile::TempDir;
 use tokio::net::TcpListener;
@@ -73,7 +74,10 @@ async fn two_replicas_and_eight_workers_complete_5000_jobs_exactly_once() -> Res
         target
             .client
             .queue()
-            .enqueue_jobs(EnqueueJobsRequest { jobs })
+            .enqueue_jobs(EnqueueJobsRequest {
+                jobs,
+                request_id: String::new(),
+            })
             .await?;
     }
 
@@ -115,7 +119,7 @@ async fn two_replicas_and_eight_workers_complete_5000_jobs_exactly_once() -> Res
                     .iter()
                     .map(|job| CompleteJobRequest {
                         lease: Some(job.lease()),
-                        result: String::new(),
+                        result: None,
                     })
                     .collect();
                 let results = client
@@ -124,7 +128,7 @@ async fn two_replicas_and_eight_workers_complete_5000_jobs_exactly_once() -> Res
                     .await?
                     .into_inner();
                 if let Ok(mut completions) = completions.lock() {
-                    for result in results.results.iter().filter(|result| result.accepted) {
+                    for result in results.results.iter().filter(|result| result.accepted()) {
                         *completions.entry(result.job_id.clone()).or_default() += 1;
                     }
                 }
@@ -179,7 +183,7 @@ async fn two_replicas_and_eight_workers_complete_5000_jobs_exactly_once() -> Res
 
 fn spec_with_payload(job_type: &str, n: usize) -> pb::JobSpec {
     pb::JobSpec {
-        payload: format!("{{\"n\":{n}}}"),
+        payload: Some(jobq_tests::json(serde_json::json!({ "n": n }))),
         ..spec(job_type)
     }
 }
@@ -273,6 +277,7 @@ async fn logs_pushed_through_one_replica_are_followed_through_the_other() -> Res
     let push = PushJobLogsRequest {
         lease: Some(leased.lease()),
         entries,
+        first_sequence: 1,
     };
     a.client
         .worker()
@@ -283,17 +288,17 @@ async fn logs_pushed_through_one_replica_are_followed_through_the_other() -> Res
     let lines = bounded(Duration::from_secs(20), "following through B", async {
         let mut lines = Vec::new();
         while let Some(message) = follow.message().await? {
-            ensure!(!message.lagged, "follower lagged");
             lines.extend(message.lines);
         }
         anyhow::Ok(lines)
     })
     .await??;
     let positions: Vec<u64> = lines.iter().map(|line| line.position).collect();
-    ensure!(
-        positions == (1..=positions.len() as u64).collect::<Vec<_>>(),
-        "gaps or duplicates: {positions:?}"
-    );
+    // The enqueue, the lease, the 50 pushed lines, the success: in order, none missing.
+    let mut expected = vec![1, (1 << 32) | 1];
+    expected.extend((2..=51).map(|line| (1 << 32) | line));
+    expected.push((1 << 32) | u64::from(u32::MAX));
+    ensure!(positions == expected, "gaps or duplicates: {positions:?}");
     let stdout: Vec<&str> = lines
         .iter()
         .filter(|line| line.stream == pb::LogStream::Stdout as i32)
@@ -365,6 +370,172 @@ async fn a_cron_schedule_on_two_replicas_fires_each_tick_once() -> Result<()> {
         jobs.iter().all(|job| job.schedule_name == "every-second"),
         "jobs not marked with their schedule"
     );
+    a.stop().await?;
+    b.stop().await
+}
+
+/// Every replica sends the same events: one whose watcher is on replica B
+/// sees what happens through replica A as it happened there (a CREATED event
+/// carries the job as it was created, even if it has run since), deletions
+/// included.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watcher_on_one_replica_sees_the_other_replicas_events_as_they_happened() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let database = postgres(dir.path()).await?;
+    let (a, b) = (
+        Replica::start(&database).await?,
+        Replica::start(&database).await?,
+    );
+    let mut watch = b
+        .client
+        .queue()
+        .watch_jobs(WatchJobsRequest {
+            queues: vec!["cross".into()],
+            ..WatchJobsRequest::default()
+        })
+        .await?
+        .into_inner();
+    // B announces its watcher; A sends events from when it has heard it.
+    // (A loop, not `eventually`: each probe reads the one watch stream.)
+    let announced_by = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let probe = a
+            .client
+            .enqueue(pb::JobSpec {
+                queue: "cross".into(),
+                ..spec("probe")
+            })
+            .await?;
+        let seen = bounded(Duration::from_secs(2), "a probe event", async {
+            loop {
+                let Some(message) = watch.message().await? else {
+                    anyhow::bail!("the watch ended");
+                };
+                if message
+                    .event
+                    .as_ref()
+                    .and_then(|event| event.job.as_ref())
+                    .is_some_and(|job| job.id == probe.id)
+                {
+                    return anyhow::Ok(());
+                }
+            }
+        })
+        .await;
+        if seen.is_ok() {
+            break;
+        }
+        ensure!(
+            tokio::time::Instant::now() < announced_by,
+            "replica A sent no event to B's watcher within 20 s: {seen:?}"
+        );
+    }
+
+    let job = a
+        .client
+        .enqueue(pb::JobSpec {
+            queue: "cross".into(),
+            ..spec("cross")
+        })
+        .await?;
+    let leased = a
+        .client
+        .lease(LeaseJobsRequest {
+            worker_id: "cross-worker".into(),
+            queues: vec!["cross".into()],
+            types: vec!["cross".into()],
+            max_jobs: 1,
+            ..LeaseJobsRequest::default()
+        })
+        .await?
+        .pop()
+        .context("the job to lease")?;
+    a.client.complete(&leased).await?;
+    a.client
+        .queue()
+        .delete_job(pb::DeleteJobRequest {
+            job_id: job.id.clone(),
+        })
+        .await?;
+
+    let mut seen = Vec::new();
+    bounded(
+        Duration::from_secs(20),
+        "the job's events on replica B",
+        async {
+            while seen.len() < 4 {
+                let Some(message) = watch.message().await? else {
+                    anyhow::bail!("the watch ended");
+                };
+                ensure!(!message.lagged, "the watcher lagged");
+                let Some(event) = message.event else { continue };
+                let Some(event_job) = &event.job else {
+                    continue;
+                };
+                if event_job.id == job.id {
+                    seen.push((event.r#type(), event_job.state()));
+                }
+            }
+            anyhow::Ok(())
+        },
+    )
+    .await??;
+    use pb::JobEventType::{Created, Deleted, StateChanged};
+    ensure!(
+        seen == vec![
+            (Created, JobState::Queued),
+            (StateChanged, JobState::Running),
+            (StateChanged, JobState::Succeeded),
+            (Deleted, JobState::Succeeded),
+        ],
+        "events on B: {seen:?}"
+    );
+    a.stop().await?;
+    b.stop().await
+}
+
+/// Concurrent enqueues of one unique_key: every caller gets the one job (one
+/// of them created it, the others are told it already existed), none an error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_enqueues_of_one_unique_key_through_two_replicas_get_one_job() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let database = postgres(dir.path()).await?;
+    let (a, b) = (
+        Replica::start(&database).await?,
+        Replica::start(&database).await?,
+    );
+    for round in 0..5 {
+        let mut calls = JoinSet::new();
+        for n in 0..16 {
+            let client = if n % 2 == 0 {
+                a.client.clone()
+            } else {
+                b.client.clone()
+            };
+            let key = format!("race-{round}");
+            calls.spawn(async move {
+                client
+                    .try_enqueue(pb::JobSpec {
+                        unique_key: key,
+                        ..spec("race")
+                    })
+                    .await
+            });
+        }
+        let mut ids = std::collections::HashSet::new();
+        let mut created = 0;
+        while let Some(call) = calls.join_next().await {
+            let answer =
+                call?.map_err(|status| anyhow::anyhow!("an enqueue failed: {status:?}"))?;
+            ids.insert(answer.job.context("no job")?.id);
+            created += usize::from(!answer.already_exists);
+        }
+        ensure!(
+            ids.len() == 1 && created == 1,
+            "round {round}: {} jobs, {created} created",
+            ids.len()
+        );
+    }
     a.stop().await?;
     b.stop().await
 }

@@ -8,7 +8,10 @@ use jobq_tests::pb::{
     CompleteJobRequest, CompleteJobsRequest, FailJobRequest, FailJobsRequest, JobSpec, JobState,
     LeaseJobsRequest, LeasedJob, ReportResult,
 };
-use jobq_tests::{JobqClient, LeasedJobExt, TestServer, duration, lease_request, spec};
+use jobq_tests::{
+    JobqClient, LeasedJobExt, ReportResultExt, TestServer, duration, expect_status, lease_request,
+    spec,
+};
 use tonic::Code;
 
 /// Leases three jobs, the middle one with a 1 s lease that is left to run
@@ -65,7 +68,7 @@ fn check_accepted(result: &ReportResult, job_id: &str) -> Result<()> {
         result.job_id
     );
     ensure!(
-        result.accepted && result.code == 0,
+        result.accepted() && result.code() == 0,
         "report of {job_id} refused: {result:?}"
     );
     Ok(())
@@ -78,13 +81,13 @@ fn check_refused_as_stale(result: &ReportResult, job_id: &str) -> Result<()> {
         result.job_id
     );
     ensure!(
-        !result.accepted,
+        !result.accepted(),
         "the stale report of {job_id} was accepted: {result:?}"
     );
     ensure!(
-        result.code == Code::FailedPrecondition as i32,
+        result.code() == Code::FailedPrecondition as i32,
         "stale report code {}, expected 9: {result:?}",
-        result.code
+        result.code()
     );
     Ok(())
 }
@@ -100,7 +103,7 @@ async fn complete_jobs_refuses_only_the_stale_entry() -> Result<()> {
             .iter()
             .map(|j| CompleteJobRequest {
                 lease: Some(j.lease()),
-                result: "{\"ok\":true}".into(),
+                result: Some(jobq_tests::json(serde_json::json!({"ok": true}))),
             })
             .collect(),
     };
@@ -188,5 +191,51 @@ async fn fail_jobs_refuses_only_the_stale_entry() -> Result<()> {
     jobq.complete(&current)
         .await
         .context("the current lease still completes")?;
+    Ok(())
+}
+
+/// A report sent again because its answer was lost is answered as the first
+/// one was; a different report on the ended lease is still refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_repeated_report_is_answered_like_the_first_and_a_different_one_is_refused() -> Result<()>
+{
+    let server = TestServer::start().await?;
+    let jobq = server.client();
+    let done = jobq.enqueue(spec("repeat")).await?;
+    let leased = jobq.lease_one("worker-repeat").await?;
+    ensure!(leased.id() == done.id);
+    let first = jobq.complete(&leased).await?;
+    let again = jobq
+        .complete(&leased)
+        .await
+        .context("the same CompleteJob again")?;
+    ensure!(first == again, "{first:?} then {again:?}");
+    let other = jobq
+        .try_fail(FailJobRequest {
+            lease: Some(leased.lease()),
+            error: "changed my mind".into(),
+            retryable: true,
+            retry_after: None,
+        })
+        .await;
+    expect_status(other, Code::FailedPrecondition, "stale")?;
+
+    let failing = jobq.enqueue(spec("repeat")).await?;
+    let leased = jobq.lease_one("worker-repeat").await?;
+    ensure!(leased.id() == failing.id);
+    let failed = jobq.fail(&leased, "boom", true).await?;
+    let failed_again = jobq.fail(&leased, "boom", true).await?;
+    ensure!(
+        failed.state() == failed_again.state(),
+        "{failed:?} then {failed_again:?}"
+    );
+    let late_success = jobq.try_complete(leased.lease(), None).await;
+    expect_status(late_success, Code::FailedPrecondition, "stale")?;
+    let job = jobq.get(&failing.id).await?;
+    ensure!(
+        job.attempts.len() == 1,
+        "one attempt recorded: {:?}",
+        job.attempts
+    );
     Ok(())
 }

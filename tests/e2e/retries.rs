@@ -61,7 +61,7 @@ async fn retryable_failures_back_off_exponentially_then_dead_letter_then_requeue
             JobState::Retrying,
             "attempt {attempt} of 4 failed: retrying"
         );
-        assert_eq!(failed.last_error, error);
+        assert_eq!(jobq.get(&job.id).await?.last_error, error);
 
         let backoff = backoff_after_last_failure(&jobq, &job.id).await?;
         check_backoff(attempt, backoff, base, max)?;

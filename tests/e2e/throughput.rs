@@ -67,7 +67,7 @@ async fn worker(client: JobqClient, worker_id: String, ledger: Arc<Ledger>) -> R
                     job.id()
                 ));
             }
-            match client.try_complete(job.lease(), "").await {
+            match client.try_complete(job.lease(), None).await {
                 Ok(done) if done.state() == JobState::Succeeded => {
                     ledger.completed.fetch_add(1, Ordering::SeqCst);
                 }
@@ -103,7 +103,7 @@ async fn two_thousand_jobs_eight_workers_every_job_completed_exactly_once() -> R
     for batch in 0..JOBS / ENQUEUE_BATCH {
         let specs = (0..ENQUEUE_BATCH)
             .map(|i| JobSpec {
-                payload: json!({ "n": batch * ENQUEUE_BATCH + i }).to_string(),
+                payload: Some(jobq_tests::json(json!({ "n": batch * ENQUEUE_BATCH + i }))),
                 ..spec("bulk")
             })
             .collect();

@@ -43,28 +43,56 @@ async fn empty_type_is_rejected() -> Result<()> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn payload_that_is_not_json_is_rejected() -> Result<()> {
+async fn payload_that_json_cannot_hold_is_rejected() -> Result<()> {
     let server = TestServer::start().await?;
     let jobq = server.client();
+    let not_a_number = prost_types::Value {
+        kind: Some(prost_types::value::Kind::NumberValue(f64::NAN)),
+    };
     expect_bad_spec(
         &jobq,
         JobSpec {
-            payload: "{not json".into(),
+            payload: Some(not_a_number),
             ..spec("a")
         },
         "job.payload",
     )
     .await?;
+    // Nested deeper than the 32 levels allowed (524,288 nested arrays were once taken).
+    let nested = |levels: usize| {
+        let mut deep = serde_json::json!(1);
+        for _ in 0..levels {
+            deep = serde_json::json!([deep]);
+        }
+        jobq_tests::json(deep)
+    };
     expect_bad_spec(
         &jobq,
         JobSpec {
-            payload: "{\"a\": 1} trailing".into(),
+            payload: Some(nested(33)),
             ..spec("a")
         },
         "job.payload",
     )
     .await?;
-    nothing_stored(&jobq).await
+    // Deeper still, the message no longer decodes at all: still the client's error.
+    expect_status(
+        jobq.try_enqueue(JobSpec {
+            payload: Some(nested(1000)),
+            ..spec("a")
+        })
+        .await,
+        Code::InvalidArgument,
+        "recursion limit",
+    )?;
+    nothing_stored(&jobq).await?;
+    jobq.enqueue(JobSpec {
+        payload: Some(nested(32)),
+        ..spec("a")
+    })
+    .await
+    .context("32 levels are allowed")?;
+    Ok(())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -72,11 +100,11 @@ async fn payload_and_result_over_the_size_limit_are_rejected() -> Result<()> {
     let server = TestServer::start_with(|config| config.max_payload_bytes = 64).await?;
     let jobq = server.client();
 
-    let big = serde_json::json!({ "data": "x".repeat(100) }).to_string();
+    let big = serde_json::json!({ "data": "x".repeat(100) });
     expect_bad_spec(
         &jobq,
         JobSpec {
-            payload: big.clone(),
+            payload: Some(jobq_tests::json(big.clone())),
             ..spec("a")
         },
         "job.payload",
@@ -84,9 +112,9 @@ async fn payload_and_result_over_the_size_limit_are_rejected() -> Result<()> {
     .await?;
     nothing_stored(&jobq).await?;
 
-    let small = serde_json::json!({ "data": "x".repeat(20) }).to_string();
+    let small = serde_json::json!({ "data": "x".repeat(20) });
     jobq.enqueue(JobSpec {
-        payload: small,
+        payload: Some(jobq_tests::json(small)),
         ..spec("a")
     })
     .await
@@ -94,7 +122,7 @@ async fn payload_and_result_over_the_size_limit_are_rejected() -> Result<()> {
     let leased = jobq.lease_one("worker-a").await?;
     let request = CompleteJobRequest {
         lease: Some(leased.lease()),
-        result: big,
+        result: Some(jobq_tests::json(big)),
     };
     expect_status(
         jobq.worker()
@@ -260,7 +288,9 @@ async fn batch_with_one_bad_spec_stores_nothing() -> Result<()> {
         spec("batch_probe"),
         spec("batch_probe"),
         JobSpec {
-            payload: "nope".into(),
+            payload: Some(prost_types::Value {
+                kind: Some(prost_types::value::Kind::NumberValue(f64::INFINITY)),
+            }),
             ..spec("batch_probe")
         },
     ];
@@ -441,8 +471,8 @@ async fn worker_requests_are_validated() -> Result<()> {
         worker_id: "w".into(),
         leases: vec![LeaseProgress {
             lease: Some(leased.lease()),
-            progress_percent: 101,
-            progress_message: String::new(),
+            progress_percent: Some(101),
+            progress_message: None,
         }],
         lease_duration: None,
     };

@@ -111,7 +111,7 @@ async fn sdk_worker_reports_result_progress_and_log_lines() -> Result<()> {
         .client()
         .wait_for_state(&job.id, JobState::Succeeded, Duration::from_secs(15))
         .await?;
-    let result: serde_json::Value = serde_json::from_str(&done.result)?;
+    let result = jobq_tests::json_of(&done.result);
     assert_eq!(result, json!({ "greeted": "Ada", "attempt": 1 }));
     assert_eq!(
         done.progress_percent, 100,
@@ -149,7 +149,7 @@ async fn sdk_fatal_errors_dead_letter_at_once_and_retryable_ones_retry() -> Resu
             "strict",
             handler_fn(|ctx: JobContext| async move {
                 // A payload that does not parse is fatal through `?`.
-                let count: u32 = serde_json::from_str(ctx.payload_str())
+                let count: u32 = serde_json::from_value(ctx.payload_json())
                     .fatal_context("payload must be a number")?;
                 JobResult::Ok(json!(count))
             }),

@@ -19,7 +19,7 @@ fn worker_binary() -> &'static Path {
 
 fn noop(payload: serde_json::Value) -> JobSpec {
     JobSpec {
-        payload: payload.to_string(),
+        payload: Some(jobq_tests::json(payload)),
         ..spec("noop")
     }
 }
@@ -212,10 +212,12 @@ async fn server_restart_under_a_running_job_still_records_it_once() -> Result<()
     Ok(())
 }
 
-/// Waits until the worker's own log line says it started the job (a job the
-/// server shows as running may still be on its way to the worker).
+/// Waits until the job's log shows it leased by `worker_id` and its handler
+/// running there (the `noop` handler's first progress line, "sleeping", is
+/// pushed by the worker): a job the server shows as running may still be on
+/// its way to the worker.
 pub async fn started_on(jobq: &JobqClient, job_id: &str, worker_id: &str) -> Result<()> {
-    let needle = format!("started on worker {worker_id}");
+    let leased = format!("leased by worker {worker_id}");
     eventually(
         Duration::from_secs(20),
         &format!("job {job_id} to start on {worker_id}"),
@@ -232,9 +234,11 @@ pub async fn started_on(jobq: &JobqClient, job_id: &str, worker_id: &str) -> Res
                 .context("GetJobLogs")?
                 .into_inner()
                 .lines;
-            Ok(lines
+            let position = lines
                 .iter()
-                .any(|line| line.message.contains(&needle))
+                .rposition(|line| line.message.contains(&leased));
+            Ok(position
+                .is_some_and(|at| lines[at..].iter().any(|line| line.message == "sleeping"))
                 .then_some(()))
         },
     )

@@ -14,8 +14,8 @@ use jobq_proto::v1::{
     CancelJobRequest, CompleteJobRequest, DeleteJobRequest, EnqueueJobRequest, EnqueueJobResponse,
     EnqueueJobsRequest, FailJobRequest, GetJobRequest, GetQueueStatsRequest, GetQueueStatsResponse,
     HeartbeatRequest, HeartbeatResult, Job, JobLease, JobSpec, JobState, LeaseJobsRequest,
-    LeaseProgress, LeasedJob, ListJobsRequest, ListJobsResponse, ReleaseJobsRequest, ReportResult,
-    RetryJobRequest,
+    LeaseProgress, LeasedJob, ListJobsRequest, ListJobsResponse, ReleaseJobsRequest, ReportOutcome,
+    ReportResult, RetryJobRequest,
 };
 use tonic::Status;
 use tonic::transport::{Channel, Endpoint};
@@ -58,6 +58,32 @@ impl LeasedJobExt for LeasedJob {
             job_id: self.id().to_owned(),
             lease_token: self.lease_token.clone(),
         }
+    }
+}
+
+/// Reading a batch item's outcome (its embedded google.rpc.Status).
+pub trait ReportResultExt {
+    /// The report was recorded (status OK).
+    fn accepted(&self) -> bool;
+    /// The gRPC code the single-job call would have returned (0 when recorded).
+    fn code(&self) -> i32;
+    /// Why it was refused.
+    fn message(&self) -> &str;
+}
+
+impl ReportResultExt for ReportResult {
+    fn accepted(&self) -> bool {
+        self.code() == 0
+    }
+
+    fn code(&self) -> i32 {
+        self.status.as_ref().map_or(0, |status| status.code)
+    }
+
+    fn message(&self) -> &str {
+        self.status
+            .as_ref()
+            .map_or("", |status| status.message.as_str())
     }
 }
 
@@ -105,7 +131,26 @@ impl JobqClient {
     pub async fn try_enqueue(&self, spec: JobSpec) -> Result<EnqueueJobResponse, Status> {
         Ok(self
             .queue()
-            .enqueue_job(EnqueueJobRequest { job: Some(spec) })
+            .enqueue_job(EnqueueJobRequest {
+                job: Some(spec),
+                request_id: String::new(),
+            })
+            .await?
+            .into_inner())
+    }
+
+    /// EnqueueJob with an idempotency key, raw.
+    pub async fn try_enqueue_with_request_id(
+        &self,
+        spec: JobSpec,
+        request_id: &str,
+    ) -> Result<EnqueueJobResponse, Status> {
+        Ok(self
+            .queue()
+            .enqueue_job(EnqueueJobRequest {
+                job: Some(spec),
+                request_id: request_id.to_owned(),
+            })
             .await?
             .into_inner())
     }
@@ -127,7 +172,10 @@ impl JobqClient {
     ) -> Result<Vec<EnqueueJobResponse>, Status> {
         Ok(self
             .queue()
-            .enqueue_jobs(EnqueueJobsRequest { jobs: specs })
+            .enqueue_jobs(EnqueueJobsRequest {
+                jobs: specs,
+                request_id: String::new(),
+            })
             .await?
             .into_inner()
             .results)
@@ -160,7 +208,9 @@ impl JobqClient {
     pub async fn try_get(&self, id: &str) -> Result<Job, Status> {
         let response = self
             .queue()
-            .get_job(GetJobRequest { id: id.to_owned() })
+            .get_job(GetJobRequest {
+                job_id: id.to_owned(),
+            })
             .await?
             .into_inner();
         response
@@ -223,7 +273,7 @@ impl JobqClient {
     /// CancelJob, raw.
     pub async fn try_cancel(&self, id: &str, reason: &str) -> Result<Job, Status> {
         let request = CancelJobRequest {
-            id: id.to_owned(),
+            job_id: id.to_owned(),
             reason: reason.to_owned(),
         };
         let response = self.queue().cancel_job(request).await?.into_inner();
@@ -243,7 +293,9 @@ impl JobqClient {
     pub async fn try_retry(&self, id: &str) -> Result<Job, Status> {
         let response = self
             .queue()
-            .retry_job(RetryJobRequest { id: id.to_owned() })
+            .retry_job(RetryJobRequest {
+                job_id: id.to_owned(),
+            })
             .await?
             .into_inner();
         response
@@ -261,7 +313,9 @@ impl JobqClient {
     /// DeleteJob, raw.
     pub async fn try_delete(&self, id: &str) -> Result<(), Status> {
         self.queue()
-            .delete_job(DeleteJobRequest { id: id.to_owned() })
+            .delete_job(DeleteJobRequest {
+                job_id: id.to_owned(),
+            })
             .await?;
         Ok(())
     }
@@ -394,43 +448,53 @@ impl JobqClient {
     ) -> anyhow::Result<HeartbeatResult> {
         let progress = LeaseProgress {
             lease: Some(leased.lease()),
-            progress_percent: -1,
-            progress_message: String::new(),
+            progress_percent: None,
+            progress_message: None,
         };
         let mut results = self.heartbeat(worker_id, vec![progress]).await?;
         results.pop().context("Heartbeat answered no result")
     }
 
     /// CompleteJob, raw.
-    pub async fn try_complete(&self, lease: JobLease, result: &str) -> Result<Job, Status> {
+    pub async fn try_complete(
+        &self,
+        lease: JobLease,
+        result: Option<serde_json::Value>,
+    ) -> Result<ReportOutcome, Status> {
         let request = CompleteJobRequest {
             lease: Some(lease),
-            result: result.to_owned(),
+            result: result.map(crate::json),
         };
         let response = self.worker().complete_job(request).await?.into_inner();
-        response
-            .job
-            .ok_or_else(|| Status::internal("test harness: CompleteJob answered without a job"))
+        response.outcome.ok_or_else(|| {
+            Status::internal("test harness: CompleteJob answered without an outcome")
+        })
     }
 
     /// Reports success with no result.
-    pub async fn complete(&self, leased: &LeasedJob) -> anyhow::Result<Job> {
-        self.complete_with(leased, "").await
+    pub async fn complete(&self, leased: &LeasedJob) -> anyhow::Result<ReportOutcome> {
+        self.try_complete(leased.lease(), None)
+            .await
+            .with_context(|| format!("CompleteJob {}", leased.id()))
     }
 
     /// Reports success with a JSON result.
-    pub async fn complete_with(&self, leased: &LeasedJob, result: &str) -> anyhow::Result<Job> {
-        self.try_complete(leased.lease(), result)
+    pub async fn complete_with(
+        &self,
+        leased: &LeasedJob,
+        result: serde_json::Value,
+    ) -> anyhow::Result<ReportOutcome> {
+        self.try_complete(leased.lease(), Some(result))
             .await
             .with_context(|| format!("CompleteJob {}", leased.id()))
     }
 
     /// FailJob, raw.
-    pub async fn try_fail(&self, request: FailJobRequest) -> Result<Job, Status> {
+    pub async fn try_fail(&self, request: FailJobRequest) -> Result<ReportOutcome, Status> {
         let response = self.worker().fail_job(request).await?.into_inner();
         response
-            .job
-            .ok_or_else(|| Status::internal("test harness: FailJob answered without a job"))
+            .outcome
+            .ok_or_else(|| Status::internal("test harness: FailJob answered without an outcome"))
     }
 
     /// Reports a failed attempt with the default backoff.
@@ -439,7 +503,7 @@ impl JobqClient {
         leased: &LeasedJob,
         error: &str,
         retryable: bool,
-    ) -> anyhow::Result<Job> {
+    ) -> anyhow::Result<ReportOutcome> {
         let request = FailJobRequest {
             lease: Some(leased.lease()),
             error: error.to_owned(),

@@ -17,13 +17,13 @@ mod status;
 mod wait;
 pub mod worker_process;
 
-pub use client::{JobqClient, LeasedJobExt};
+pub use client::{JobqClient, LeasedJobExt, ReportResultExt};
 pub use database::{Backend, TestDatabase};
 pub use process::{ServerCommand, ServerProcess};
 pub use server::{TestServer, settings};
 pub use specs::{
-    attempt_outcomes, duration, lease_request, millis, millis_opt, spec, timestamp_after,
-    timestamp_from_millis, unix_millis_now,
+    attempt_outcomes, duration, json, json_of, lease_request, millis, millis_opt, spec,
+    timestamp_after, timestamp_from_millis, unix_millis_now,
 };
 pub use status::{expect_status, state_name};
 pub use wait::{POLL_INTERVAL, bounded, eventually};

@@ -12,9 +12,21 @@ use jobq_proto::v1::{AttemptOutcome, Job, JobSpec, LeaseJobsRequest};
 pub fn spec(job_type: &str) -> JobSpec {
     JobSpec {
         r#type: job_type.to_owned(),
-        payload: "{}".to_owned(),
+        payload: Some(json(serde_json::json!({}))),
         ..JobSpec::default()
     }
+}
+
+/// A JSON value as the protobuf `Value` payloads and results travel as.
+pub fn json(value: serde_json::Value) -> prost_types::Value {
+    jobq_client::proto_value(value)
+}
+
+/// A payload or result as JSON (`null` when unset).
+pub fn json_of(value: &Option<prost_types::Value>) -> serde_json::Value {
+    value
+        .as_ref()
+        .map_or(serde_json::Value::Null, jobq_client::json_value)
 }
 
 /// A LeaseJobs request of `worker_id` for up to `max_jobs` jobs of the default

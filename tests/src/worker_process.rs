@@ -166,12 +166,11 @@ impl Cli {
     fn command(&self, args: &[&str]) -> Command {
         let mut command = Command::new(&self.binary);
         clean_env(&mut command);
-        command
-            .arg("--server")
-            .arg(&self.server)
-            .args(args)
-            .stdin(Stdio::null())
-            .kill_on_drop(true);
+        // `up` and `bench` run their own server and refuse `--server`.
+        if !matches!(args.first(), Some(&"up" | &"bench")) {
+            command.arg("--server").arg(&self.server);
+        }
+        command.args(args).stdin(Stdio::null()).kill_on_drop(true);
         command
     }
 

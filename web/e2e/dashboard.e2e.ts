@@ -3,9 +3,12 @@
 import { mkdirSync, mkdtempSync, rmSync, utimesSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import { fromBinary, fromJson, toJson } from "@bufbuild/protobuf";
+import { ValueSchema } from "@bufbuild/protobuf/wkt";
 import type { BrowserContext, Page } from "playwright-core";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { AttemptOutcome, JobState } from "../src/gen/jobq/v1/job_pb";
+import { EnqueueJobRequestSchema } from "../src/gen/jobq/v1/queue_service_pb";
 import {
   eventually,
   launchBrowser,
@@ -118,11 +121,21 @@ describe.sequential("dashboard", () => {
     await form.locator('input[name="queue"]').fill("e2e");
     await expect.poll(() => form.locator('[data-testid="payload-preview"]').textContent()).toContain("Big Buck Bunny");
     await screenshot(form, "02-enqueue-form");
+    const sent = form.waitForRequest((r) => r.url().endsWith("/jobq.v1.JobQueueService/EnqueueJob"));
     await form.locator('[data-testid="enqueue-submit"]').click();
     await form.waitForURL(/#\/jobs\/.+/);
     jobId = (await form.locator('[data-testid="job-id"]').textContent()) ?? "";
     expect(jobId).not.toBe("");
     await form.close();
+
+    // The form sent a request id (one grpc-web frame: flag, length, message),
+    // so sending the same call again returns this job instead of a second one.
+    const body = (await sent).postDataBuffer() ?? Buffer.alloc(0);
+    const req = fromBinary(EnqueueJobRequestSchema, body.subarray(5, 5 + body.readUInt32BE(1)));
+    expect(req.requestId).toMatch(/^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$/);
+    const repeated = await api.enqueueJob(req);
+    expect(repeated.alreadyExists).toBe(true);
+    expect(repeated.job?.id).toBe(jobId);
 
     const row = list.locator(`tr[data-job-id="${jobId}"]`);
     await row.waitFor({ timeout: 10_000 });
@@ -130,11 +143,12 @@ describe.sequential("dashboard", () => {
     expect(await list.evaluate(() => (window as unknown as { marker: number }).marker), "the list page did not reload").toBe(42);
 
     // A job enqueued elsewhere (not from this page) shows up too.
-    const other = await api.enqueueJob({ job: { type: "e2e.other", queue: "e2e", payload: "{}" } });
+    // An unset payload means {}.
+    const other = await api.enqueueJob({ job: { type: "e2e.other", queue: "e2e" } });
     await list.locator(`tr[data-job-id="${other.job?.id}"]`).waitFor({ timeout: 10_000 });
     await screenshot(list, "03-jobs-list");
     await list.close();
-    await api.cancelJob({ id: other.job?.id ?? "", reason: "not needed" });
+    await api.cancelJob({ jobId: other.job?.id ?? "", reason: "not needed" });
   });
 
   it("shows live progress and log lines on the job page, then cancel and retry work", async () => {
@@ -144,7 +158,11 @@ describe.sequential("dashboard", () => {
 
     const leased = await scripted.lease("e2e", ["e2e.demo"]);
     expect(leased.job?.id).toBe(jobId);
+    // The payload arrives as the JSON value the form sent, not as text.
+    expect(leased.job?.payload && toJson(ValueSchema, leased.job.payload)).toEqual({ steps: 5, title: "Big Buck Bunny" });
     await page.locator('.page-header [data-state="running"]').waitFor();
+    // The server tells the job's lifecycle in its log too.
+    await page.locator(".log-line.log-system", { hasText: /attempt 1 of \d+ leased by worker e2e-scripted-worker/ }).waitFor();
 
     await scripted.log(leased, [
       { stream: "system", message: "scripted worker: starting e2e.demo" },
@@ -200,7 +218,7 @@ describe.sequential("dashboard", () => {
     await scripted.fail(leased, "stopped: cancelled from the dashboard", true);
     await page.locator('.page-header [data-state="cancelled"]').waitFor();
     await page.locator('[data-testid="attempts"] .badge', { hasText: "Cancelled" }).waitFor();
-    expect((await api.getJob({ id: jobId })).job?.state).toBe(JobState.CANCELLED);
+    expect((await api.getJob({ jobId })).job?.state).toBe(JobState.CANCELLED);
     await screenshot(page, "05-job-cancelled");
 
     // Retry from the button: it is queued again and this time succeeds.
@@ -216,19 +234,28 @@ describe.sequential("dashboard", () => {
     await scripted.complete(again, { files: ["Big Buck Bunny.mp4"], bytes: 536870912 });
     await page.locator('.page-header [data-state="succeeded"]').waitFor();
     await page.locator(".code", { hasText: "Big Buck Bunny.mp4" }).first().waitFor();
-    await page.locator('[data-testid="attempts"] tbody tr').nth(1).waitFor();
+    // Attempts are keyed by seq, which never repeats within a job; the
+    // number started again at 1 after the retry.
+    const attempts = (await api.getJob({ jobId })).job?.attempts ?? [];
+    expect(attempts.map((a) => a.number)).toEqual([1, 1]);
+    expect(attempts[1]?.seq ?? 0).toBeGreaterThan(attempts[0]?.seq ?? 0);
+    for (const a of attempts) await page.locator(`[data-testid="attempts"] tbody tr[data-seq="${a.seq}"]`).waitFor();
+    // The job finished: the server ended the log stream normally, and the tail says so.
+    await page.locator('[data-testid="log-status"][data-status="ended"]').waitFor();
     await screenshot(page, "06-job-succeeded");
     await page.close();
   });
 
   it("requeues a dead job from the dead-letter view", async () => {
     // Its own queue, so this test does not depend on how the one above ended.
-    const enq = await api.enqueueJob({ job: { type: "e2e.fail", queue: "e2e-dead", payload: '{"url":"https://example.invalid/v"}', maxAttempts: 1 } });
+    const enq = await api.enqueueJob({
+      job: { type: "e2e.fail", queue: "e2e-dead", payload: fromJson(ValueSchema, { url: "https://example.invalid/v" }), maxAttempts: 1 },
+    });
     const id = enq.job?.id ?? "";
     const leased = await scripted.lease("e2e-dead", ["e2e.fail"]);
     await scripted.log(leased, [{ stream: "stderr", message: "ERROR: HTTP Error 404: Not Found" }]);
     await scripted.fail(leased, "yt-dlp exited with status 1: HTTP Error 404: Not Found", false);
-    await eventually("the job to be dead", 10_000, async () => (await api.getJob({ id })).job?.state === JobState.DEAD);
+    await eventually("the job to be dead", 10_000, async () => (await api.getJob({ jobId: id })).job?.state === JobState.DEAD);
 
     const page = await open("#/dead");
     await waitLive(page);
@@ -239,9 +266,9 @@ describe.sequential("dashboard", () => {
     await page.locator('[data-testid="requeue-selected"]').click();
     await confirm(page);
     await row.waitFor({ state: "detached", timeout: 10_000 });
-    await eventually("the job to be queued again", 10_000, async () => (await api.getJob({ id })).job?.state === JobState.QUEUED);
+    await eventually("the job to be queued again", 10_000, async () => (await api.getJob({ jobId: id })).job?.state === JobState.QUEUED);
     await page.close();
-    await api.deleteJob({ id });
+    await api.deleteJob({ jobId: id });
   });
 
   it("runs built-in jobs enqueued from the form on the real worker", async (ctx) => {
@@ -267,7 +294,7 @@ describe.sequential("dashboard", () => {
     await page.locator('.page-header [data-state="succeeded"]').waitFor({ timeout: 20_000 });
     await page.locator(".code", { hasText: "episode-1.mp4" }).first().waitFor();
     const cleanupId = (await page.locator('[data-testid="job-id"]').textContent()) ?? "";
-    const stored = (await api.getJob({ id: cleanupId })).job;
+    const stored = (await api.getJob({ jobId: cleanupId })).job;
     expect(stored?.attempts.map((a) => a.outcome), "the stored attempt of a succeeded job").toEqual([AttemptOutcome.SUCCEEDED]);
     await page.locator('[data-testid="attempts"] .badge', { hasText: "Succeeded" }).waitFor();
     await screenshot(page, "13-cleanup-dry-run");
@@ -276,7 +303,12 @@ describe.sequential("dashboard", () => {
 
   it("shows queues, schedules and workers", async () => {
     await api.putSchedule({
-      schedule: { name: "nightly-cleanup", cron: "0 0 3 * * *", timeZone: "UTC", job: { type: "cleanup", payload: '{"root":"/srv/media","older_than_days":30,"dry_run":true}' } },
+      schedule: {
+        name: "nightly-cleanup",
+        cron: "0 0 3 * * *",
+        timeZone: "UTC",
+        job: { type: "cleanup", payload: fromJson(ValueSchema, { root: "/srv/media", older_than_days: 30, dry_run: true }) },
+      },
     });
 
     const queues = await open("#/queues");

@@ -6,7 +6,8 @@ import { existsSync, mkdirSync, mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { dirname, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
-import type { MessageInitShape } from "@bufbuild/protobuf";
+import { fromJson, type JsonValue, type MessageInitShape } from "@bufbuild/protobuf";
+import { ValueSchema } from "@bufbuild/protobuf/wkt";
 import { createClient, type Client } from "@connectrpc/connect";
 import { createGrpcTransport } from "@connectrpc/connect-node";
 import { chromium, type BrowserContext, type Page } from "playwright-core";
@@ -135,7 +136,8 @@ export class ScriptedWorker {
     async function* body(): AsyncGenerator<MessageInitShape<typeof PushJobLogsRequestSchema>> {
       yield {
         lease,
-        entries: lines.map((x) => ({ stream: streams[x.stream], message: x.message, progressPercent: x.percent ?? -1 })),
+        // progress_percent is optional: unset when the line has none.
+        entries: lines.map((x) => ({ stream: streams[x.stream], message: x.message, progressPercent: x.percent })),
       };
     }
     await this.client.pushJobLogs(body());
@@ -150,8 +152,9 @@ export class ScriptedWorker {
     return res.results[0]?.stop ?? false;
   }
 
-  async complete(l: LeasedJob, result: unknown): Promise<void> {
-    await this.client.completeJob({ lease: this.lease_(l), result: JSON.stringify(result) });
+  /** Reports success with `result`, a JSON value (sent as a google.protobuf.Value). */
+  async complete(l: LeasedJob, result: JsonValue): Promise<void> {
+    await this.client.completeJob({ lease: this.lease_(l), result: fromJson(ValueSchema, result) });
   }
 
   async fail(l: LeasedJob, error: string, retryable: boolean): Promise<void> {

@@ -10,8 +10,11 @@ import { spawnSync } from "node:child_process";
 import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import { fromJson, toJson } from "@bufbuild/protobuf";
+import { ValueSchema } from "@bufbuild/protobuf/wkt";
 import type { Page } from "playwright-core";
 import { afterAll, beforeAll, expect, it } from "vitest";
+import { AttemptOutcome, JobState } from "../src/gen/jobq/v1/job_pb";
 import { launchBrowser, queueClient, screenshot, startServer, type Server } from "./harness";
 
 const TOTAL = Number(process.env.JOBQ_PERF_JOBS ?? 1_000_000);
@@ -23,39 +26,84 @@ let server: Server;
 let dataDir = "";
 let browser: Awaited<ReturnType<typeof launchBrowser>>;
 
-/** Rows written with one INSERT … SELECT over a recursive counter: ids are UUIDv7-shaped and time-ordered. */
-function fillWithSql(db: string): void {
-  const now = Date.now();
-  const start = now - TOTAL * 10; // one job every 10 ms, ending now
-  const sql = `
+/**
+ * Rows written with INSERT … SELECT over a recursive counter: ids are
+ * UUIDv7-shaped and time-ordered. Every row is one the server could have
+ * written (migrations/src, newest: m20261130_000001_add_history_and_write_path):
+ * payload_bytes is the byte length of the payload text; each job that ran
+ * has one `job_attempts` row per attempt (kind 'attempt', seq 1, 2, … per
+ * job, ending in the state the job is in), and its history_seq is the number
+ * of those rows; request_key, lease_ms and attempt_started_at are unset
+ * (no request id, nothing running), and no job has dependents.
+ *
+ * Of every 20 jobs: 14 succeeded (1 attempt), 2 queued, 1 dead (3 failed
+ * attempts, its max_attempts), 1 cancelled while running (1 attempt),
+ * 1 retrying (1 failed attempt; due in an hour) and 1 scheduled (in a day).
+ */
+function fillSql(total: number, now: number): string {
+  const start = now - total * 10; // one job every 10 ms, ending now
+  return `
 PRAGMA journal_mode = WAL;
 PRAGMA synchronous = OFF;
-WITH RECURSIVE n(i) AS (SELECT 0 UNION ALL SELECT i + 1 FROM n WHERE i < ${TOTAL - 1})
-INSERT INTO jobs (id, job_type, queue, payload, priority, run_at, max_attempts, timeout_ms, backoff_base_ms,
-  backoff_max_ms, unique_key, tags, parent_id, traceparent, state, attempt, progress_percent, progress_message,
-  result, last_error, cancel_requested, lease_token, worker_id, lease_expires_at, attempt_deadline, created_at,
-  started_at, finished_at, updated_at, schedule_name)
+BEGIN;
+WITH RECURSIVE n(i) AS (SELECT 0 UNION ALL SELECT i + 1 FROM n WHERE i < ${total - 1}),
+r AS (
+  SELECT i, ${start} + i * 10 AS t,
+    '{"url":"https://www.youtube.com/watch?v=' || i || '"}' AS payload,
+    CASE WHEN i % 20 < 14 THEN 'succeeded' WHEN i % 20 < 16 THEN 'queued' WHEN i % 20 = 16 THEN 'dead'
+         WHEN i % 20 = 17 THEN 'cancelled' WHEN i % 20 = 18 THEN 'retrying' ELSE 'scheduled' END AS state
+  FROM n
+),
+s AS (
+  SELECT *, CASE state WHEN 'dead' THEN 3 WHEN 'queued' THEN 0 WHEN 'scheduled' THEN 0 ELSE 1 END AS attempts FROM r
+)
+INSERT INTO jobs (id, job_type, queue, payload, payload_bytes, priority, run_at, max_attempts, timeout_ms,
+  backoff_base_ms, backoff_max_ms, unique_key, request_key, tags, parent_id, traceparent, state, attempt,
+  history_seq, progress_percent, progress_message, result, last_error, cancel_requested, lease_token, worker_id,
+  lease_expires_at, lease_ms, attempt_deadline, attempt_started_at, created_at, started_at, finished_at,
+  updated_at, schedule_name, has_dependents)
 SELECT
-  substr(printf('%012x', ${start} + i * 10), 1, 8) || '-' || substr(printf('%012x', ${start} + i * 10), 9, 4)
+  substr(printf('%012x', t), 1, 8) || '-' || substr(printf('%012x', t), 9, 4)
     || '-7' || printf('%03x', i % 4096) || '-8' || printf('%03x', (i / 4096) % 4096) || '-' || printf('%012x', i),
   CASE i % 5 ${TYPES.map((t, k) => `WHEN ${k} THEN '${t}'`).join(" ")} END,
   CASE i % 3 ${QUEUES.map((q, k) => `WHEN ${k} THEN '${q}'`).join(" ")} END,
-  '{"url":"https://www.youtube.com/watch?v=' || i || '"}',
-  0, ${start} + i * 10, 25, 3600000, 1000, 3600000,
-  CASE WHEN i % 100 = 0 THEN 'perf-' || i END, '[]', NULL, NULL,
-  CASE WHEN i % 20 < 14 THEN 'succeeded' WHEN i % 20 < 16 THEN 'queued' WHEN i % 20 = 16 THEN 'dead'
-       WHEN i % 20 = 17 THEN 'cancelled' WHEN i % 20 = 18 THEN 'retrying' ELSE 'scheduled' END,
-  CASE WHEN i % 20 < 14 OR i % 20 IN (16, 17, 18) THEN 1 ELSE 0 END,
-  CASE WHEN i % 20 < 14 THEN 100 ELSE 0 END, '',
-  CASE WHEN i % 20 < 14 THEN '{"ok":true}' END,
-  CASE WHEN i % 20 IN (16, 18) THEN 'HTTP Error 404: Not Found' END,
-  0, NULL, NULL, NULL, NULL, ${start} + i * 10,
-  CASE WHEN i % 20 < 14 OR i % 20 IN (16, 17, 18) THEN ${start} + i * 10 + 5 END,
-  CASE WHEN i % 20 < 14 OR i % 20 IN (16, 17) THEN ${start} + i * 10 + 9 END,
-  ${start} + i * 10 + 9, NULL
-FROM n;
+  payload, length(CAST(payload AS BLOB)),
+  -- scheduled jobs are due in a day, retrying ones in an hour (their worker
+  -- asked for it): the server does not promote them while the test runs
+  0, CASE state WHEN 'retrying' THEN ${now} + 3600000 + i WHEN 'scheduled' THEN ${now} + 86400000 + i ELSE t END,
+  CASE state WHEN 'dead' THEN 3 ELSE 25 END,
+  3600000, 1000, 3600000,
+  CASE WHEN i % 100 = 0 THEN 'perf-' || i END, NULL, '[]', NULL, NULL,
+  state, attempts, attempts,
+  CASE state WHEN 'succeeded' THEN 100 ELSE 0 END, '',
+  CASE state WHEN 'succeeded' THEN '{"ok":true}' END,
+  CASE WHEN state IN ('dead', 'retrying') THEN 'HTTP Error 404: Not Found' END,
+  0, NULL, NULL, NULL, NULL, NULL, NULL, t,
+  CASE WHEN attempts > 0 THEN t + 5 END,
+  -- attempt k runs from t + 5 + (k - 1) * 2000 for 4 ms
+  CASE WHEN state IN ('succeeded', 'dead', 'cancelled') THEN t + 9 + (attempts - 1) * 2000 END,
+  CASE WHEN attempts > 0 THEN t + 9 + (attempts - 1) * 2000 ELSE t END,
+  NULL, 0
+FROM s;
+WITH RECURSIVE k(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM k WHERE n < 3)
+INSERT INTO job_attempts (job_id, seq, kind, number, worker_id, lease_token, started_at, finished_at, outcome,
+  error, cancel_requested, then_state, then_run_at)
+SELECT j.id, k.n, 'attempt', k.n, 'perf-worker-' || (j.rowid % 4),
+  printf('%08x-0000-4000-8000-%012x', k.n, j.rowid),
+  j.started_at + (k.n - 1) * 2000, j.started_at + (k.n - 1) * 2000 + 4,
+  CASE WHEN k.n < j.attempt THEN 'failed' WHEN j.state IN ('succeeded', 'cancelled') THEN j.state ELSE 'failed' END,
+  CASE WHEN k.n < j.attempt OR j.state IN ('dead', 'retrying') THEN 'HTTP Error 404: Not Found' END,
+  CASE WHEN k.n = j.attempt AND j.state = 'cancelled' THEN 1 ELSE 0 END,
+  CASE WHEN k.n < j.attempt THEN 'retrying' ELSE j.state END,
+  CASE WHEN k.n < j.attempt THEN j.started_at + k.n * 2000 WHEN j.state = 'retrying' THEN j.run_at END
+FROM jobs AS j JOIN k ON k.n <= j.attempt
+ORDER BY j.id, k.n;
+COMMIT;
 `;
-  const r = spawnSync("sqlite3", [db], { input: sql, encoding: "utf8", maxBuffer: 1 << 24 });
+}
+
+function fillWithSql(db: string): void {
+  const r = spawnSync("sqlite3", [db], { input: fillSql(TOTAL, Date.now()), encoding: "utf8", maxBuffer: 1 << 24 });
   if (r.status !== 0) throw new Error(`sqlite3 failed (apt-get install sqlite3?): ${r.stderr || r.error}`);
 }
 
@@ -71,7 +119,7 @@ async function fillWithApi(url: string): Promise<void> {
         jobs: Array.from({ length: n }, (_, k) => ({
           type: TYPES[(from + k) % TYPES.length],
           queue: QUEUES[(from + k) % QUEUES.length],
-          payload: JSON.stringify({ url: `https://www.youtube.com/watch?v=${from + k}` }),
+          payload: fromJson(ValueSchema, { url: `https://www.youtube.com/watch?v=${from + k}` }),
           uniqueKey: (from + k) % 100 === 0 ? `perf-${from + k}` : "",
         })),
       });
@@ -100,6 +148,30 @@ afterAll(async () => {
   await browser?.close();
   await server?.stop();
   if (dataDir) rmSync(dataDir, { recursive: true, force: true });
+});
+
+it("reads the stored jobs back as the server wrote them", async () => {
+  const api = queueClient(server.url);
+  const one = async (state: JobState) => {
+    const page = await api.listJobs({ states: [state], pageSize: 1 });
+    const id = page.jobs[0]?.id;
+    expect(id, `a ${JobState[state]} job`).toBeTruthy();
+    const job = (await api.getJob({ jobId: id ?? "" })).job;
+    expect(job?.payload && toJson(ValueSchema, job.payload)).toMatchObject({ url: expect.stringMatching(/^https:/) });
+    return job;
+  };
+  const dead = await one(JobState.DEAD);
+  expect(dead?.attempts.map((a) => [a.seq, a.number, a.outcome])).toEqual([
+    [1, 1, AttemptOutcome.FAILED],
+    [2, 2, AttemptOutcome.FAILED],
+    [3, 3, AttemptOutcome.FAILED],
+  ]);
+  const done = await one(JobState.SUCCEEDED);
+  expect(done?.result && toJson(ValueSchema, done.result)).toEqual({ ok: true });
+  expect(done?.attempts.map((a) => a.outcome)).toEqual([AttemptOutcome.SUCCEEDED]);
+  expect((await one(JobState.QUEUED))?.attempts).toEqual([]);
+  expect((await one(JobState.RETRYING))?.attempts.map((a) => a.outcome)).toEqual([AttemptOutcome.FAILED]);
+  expect((await one(JobState.SCHEDULED))?.attempts).toEqual([]);
 });
 
 /** From a blank page to `rows` rows of the list: page load, ListJobs, render. */

@@ -2,8 +2,8 @@
 import { useEffect, useState } from "preact/hooks";
 import { JobState } from "./gen/jobq/v1/job_pb";
 import { getToken, onAuthRequired, setToken } from "./lib/api";
-import { formatCompact } from "./lib/format";
-import { useLiveStatus } from "./lib/hooks";
+import { formatCompact, formatCount } from "./lib/format";
+import { useLiveLag, useLiveStatus, useNow } from "./lib/hooks";
 import { useQueueStats } from "./lib/stats";
 import { live } from "./lib/live";
 import { parseHash, type Route, type View } from "./lib/router";
@@ -130,7 +130,8 @@ function RouteView({ route }: { route: Route }) {
     case "job":
       return <JobDetail key={route.id} id={route.id ?? ""} />;
     case "dead":
-      return <DeadLetter params={route.params} />;
+      // A page token belongs to its filter: another queue starts afresh.
+      return <DeadLetter key={route.params.get("queue") ?? ""} params={route.params} />;
     case "queues":
       return <Queues />;
     case "schedules":
@@ -155,8 +156,13 @@ function DeadCount() {
   return <span class="nav-count">{formatCompact(Number(n))}</span>;
 }
 
+/** How long the sidebar says that live updates missed events. */
+const LAG_NOTE_MS = 30_000;
+
 function LiveIndicator() {
   const s = useLiveStatus();
+  const lag = useLiveLag();
+  const now = useNow(5000);
   const text = {
     connecting: "Connecting…",
     live: "Live",
@@ -165,9 +171,19 @@ function LiveIndicator() {
     paused: "Paused in background",
   }[s];
   return (
-    <div class="live" data-testid="live-status" data-status={s}>
+    <div
+      class="live"
+      data-testid="live-status"
+      data-status={s}
+      title={lag ? `The server dropped ${formatCount(lag.droppedEvents)} events for this page so far; the views read their data again each time.` : undefined}
+    >
       <span class={`live-dot ${s === "live" ? "on" : s === "unavailable" || s === "paused" ? "off" : "warn"}`} />
       {text}
+      {lag && now - lag.lastAt < LAG_NOTE_MS ? (
+        <span class="muted small" data-testid="live-lag">
+          {formatCount(lag.droppedEvents)} missed, reloaded
+        </span>
+      ) : null}
     </div>
   );
 }

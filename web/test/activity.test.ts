@@ -11,10 +11,7 @@ describe("event classification", () => {
   it("counts creations, starts, successes and failures", () => {
     expect(classifyEvent(event(JobEventType.CREATED, job("a")))?.kind).toBe("enqueued");
     expect(classifyEvent(event(JobEventType.STATE_CHANGED, job("a", { state: JobState.SUCCEEDED })))?.kind).toBe("succeeded");
-    expect(classifyEvent(event(JobEventType.ATTEMPT_FAILED, job("a", { state: JobState.RETRYING, attempt: 2 })))).toEqual({
-      kind: "failed",
-      failureKey: "a:2",
-    });
+    expect(classifyEvent(event(JobEventType.ATTEMPT_FAILED, job("a", { state: JobState.RETRYING, attempt: 2 })))).toEqual({ kind: "failed" });
     expect(classifyEvent(event(JobEventType.PROGRESS, job("a", { state: JobState.RUNNING })))).toBeUndefined();
     expect(classifyEvent(event(JobEventType.STATE_CHANGED, job("a", { state: JobState.CANCELLED })))).toBeUndefined();
   });
@@ -31,21 +28,31 @@ describe("event classification", () => {
     expect(classifyEvent(event(JobEventType.STATE_CHANGED, j, { timeMs: T0 - 200 }))?.waitMs).toBe(0);
   });
 
-  it("treats running → retrying/dead as a failure when no ATTEMPT_FAILED is sent", () => {
-    const j = job("a", { state: JobState.DEAD, attempt: 3 });
-    expect(classifyEvent(event(JobEventType.STATE_CHANGED, j, { previousState: JobState.RUNNING }))?.failureKey).toBe("a:3");
+  it("counts every attempt that ended without success as a failure, whatever state it left the job in", () => {
+    // ATTEMPT_FAILED carries the new state itself: no STATE_CHANGED follows.
+    for (const state of [JobState.RETRYING, JobState.QUEUED, JobState.DEAD]) {
+      const ev = event(JobEventType.ATTEMPT_FAILED, job("a", { state, attempt: 3 }), { previousState: JobState.RUNNING });
+      expect(classifyEvent(ev), JobState[state]).toEqual({ kind: "failed" });
+    }
+  });
+
+  it("does not count an attempt stopped for a cancel as a failure", () => {
+    const ev = event(JobEventType.ATTEMPT_FAILED, job("a", { state: JobState.CANCELLED, attempt: 1 }), { previousState: JobState.RUNNING });
+    expect(classifyEvent(ev)).toBeUndefined();
   });
 });
 
 describe("ActivityRecorder", () => {
-  it("counts a failed attempt once even when two events report it", () => {
+  it("counts each failed attempt once, also when a retried job fails again with the same attempt number", () => {
     const r = new ActivityRecorder();
-    const j = job("a", { state: JobState.RETRYING, attempt: 1 });
-    r.record(event(JobEventType.ATTEMPT_FAILED, j), T0);
-    r.record(event(JobEventType.STATE_CHANGED, j, { previousState: JobState.RUNNING }), T0 + 10);
+    // Attempt numbers start again after RetryJob: two failures of attempt 1.
+    r.record(event(JobEventType.ATTEMPT_FAILED, job("a", { state: JobState.DEAD, attempt: 1 }), { previousState: JobState.RUNNING }), T0);
+    r.record(event(JobEventType.ATTEMPT_FAILED, job("a", { state: JobState.DEAD, attempt: 1 }), { previousState: JobState.RUNNING }), T0 + 10);
+    // A state change is not a second report of the same failure.
+    r.record(event(JobEventType.STATE_CHANGED, job("a", { state: JobState.DEAD, attempt: 1 }), { previousState: JobState.RUNNING }), T0 + 20);
     const buckets = r.buckets(T0, 5000, 5000);
     expect(buckets).toHaveLength(1);
-    expect(buckets[0]?.failed).toBe(1);
+    expect(buckets[0]?.failed).toBe(2);
   });
 
   it("forgets seconds older than what it keeps", () => {

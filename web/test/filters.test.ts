@@ -1,5 +1,5 @@
 import { describe, expect, it } from "vitest";
-import { JobState } from "../src/gen/jobq/v1/job_pb";
+import { JobState, JobView } from "../src/gen/jobq/v1/job_pb";
 import { EMPTY_FILTERS, filtersFromParams, filtersToParams, hasFilters, jobMatches, listRequest, splitList } from "../src/lib/filters";
 import { href, parseHash } from "../src/lib/router";
 import { job } from "./helpers";
@@ -29,6 +29,8 @@ describe("filters", () => {
     expect(r.pageToken).toBe("tok");
     expect(r.pageSize).toBe(50);
     expect(r.parentId).toBe("");
+    // Lists never need payloads or results.
+    expect(r.view).toBe(JobView.BASIC);
     expect(listRequest(EMPTY_FILTERS, "", 20, { parentId: "p" }).parentId).toBe("p");
   });
 

@@ -1,3 +1,5 @@
+import { fromJson } from "@bufbuild/protobuf";
+import { ValueSchema } from "@bufbuild/protobuf/wkt";
 import { describe, expect, it } from "vitest";
 import {
   clampPercent,
@@ -8,12 +10,16 @@ import {
   formatCount,
   formatDateTime,
   formatDuration,
+  formatFields,
   formatLatency,
   formatRate,
   formatRelative,
-  prettyJson,
+  formatVersion,
+  logEntryLabel,
+  prettyValue,
   shortId,
   tsMillis,
+  valueJson,
 } from "../src/lib/format";
 
 describe("format", () => {
@@ -74,10 +80,19 @@ describe("format", () => {
     expect(shortId("12345")).toBe("12345");
   });
 
-  it("pretty-prints JSON and leaves other text alone", () => {
-    expect(prettyJson('{"a":1,"b":[2]}')).toBe('{\n  "a": 1,\n  "b": [\n    2\n  ]\n}');
-    expect(prettyJson("not json")).toBe("not json");
-    expect(prettyJson("  ")).toBe("");
+  it("pretty-prints JSON values (payloads, results), and nothing for an unset one", () => {
+    expect(prettyValue(fromJson(ValueSchema, { a: 1, b: [2] }))).toBe('{\n  "a": 1,\n  "b": [\n    2\n  ]\n}');
+    expect(prettyValue(fromJson(ValueSchema, "done"))).toBe('"done"');
+    expect(prettyValue(fromJson(ValueSchema, null))).toBe("null");
+    expect(prettyValue(undefined)).toBe("");
+    expect(valueJson(fromJson(ValueSchema, [1, { x: false }]))).toEqual([1, { x: false }]);
+    expect(valueJson(undefined)).toBeUndefined();
+  });
+
+  it("shows a log line's structured fields compactly", () => {
+    expect(formatFields({ file: "a.mp4", bytes: 1024, done: true, tags: ["x"] })).toBe('file="a.mp4" bytes=1024 done=true tags=["x"]');
+    expect(formatFields({})).toBe("");
+    expect(formatFields(undefined)).toBe("");
   });
 
   it("cuts errors to their first line", () => {
@@ -96,5 +111,29 @@ describe("format", () => {
     expect(clampPercent(42.6)).toBe(43);
     expect(clampPercent(180)).toBe(100);
     expect(clampPercent(Number.NaN)).toBe(0);
+  });
+});
+
+describe("log entries and worker versions", () => {
+  it("heads an attempt's lines with its number and history position", () => {
+    const numbers = new Map([
+      [1, 1],
+      [3, 1],
+    ]);
+    expect(logEntryLabel(1, numbers)).toBe("Attempt 1 · #1");
+    // Retried: the third entry of the history is attempt 1 again.
+    expect(logEntryLabel(3, numbers)).toBe("Attempt 1 · #3");
+    // Not (yet) in the job's attempts: the position alone.
+    expect(logEntryLabel(4, numbers)).toBe("Attempt #4");
+    expect(logEntryLabel(2)).toBe("Attempt #2");
+    // A cancel or requeue is no attempt.
+    expect(logEntryLabel(0, numbers)).toBe("");
+  });
+
+  it("prefixes v to bare version numbers only", () => {
+    expect(formatVersion("0.1.0")).toBe("v0.1.0");
+    expect(formatVersion("v2.3.4")).toBe("v2.3.4");
+    expect(formatVersion("jobq-worker/0.1.0")).toBe("jobq-worker/0.1.0");
+    expect(formatVersion(" python-worker 1.2 ")).toBe("python-worker 1.2");
   });
 });

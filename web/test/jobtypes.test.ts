@@ -1,16 +1,31 @@
+import { create, fromBinary, toBinary, toJson, type JsonValue } from "@bufbuild/protobuf";
+import { ValueSchema, type Value } from "@bufbuild/protobuf/wkt";
 import { describe, expect, it } from "vitest";
-import { buildSpec, DEFAULT_FORM, parseSize, type EnqueueForm } from "../src/lib/jobtypes";
+import { JobSpecSchema } from "../src/gen/jobq/v1/job_pb";
+import { EnqueueJobRequestSchema } from "../src/gen/jobq/v1/queue_service_pb";
+import { buildSpec, DEFAULT_FORM, parseSize, type EnqueueForm, type JobSpecInit } from "../src/lib/jobtypes";
 import { parseLimit } from "../src/views/Queues";
 import { scheduleFromForm } from "../src/views/Schedules";
 
 const form = (f: Partial<EnqueueForm>): EnqueueForm => ({ ...DEFAULT_FORM, ...f });
+
+/** The JSON a spec's payload carries (a google.protobuf.Value, not JSON text). */
+const payloadJson = (spec: JobSpecInit | undefined): JsonValue | undefined =>
+  spec?.payload === undefined ? undefined : toJson(ValueSchema, spec.payload as Value);
+
+/** The payload as the server reads it: the EnqueueJob request through the protobuf binary encoding. */
+function payloadOnTheWire(spec: JobSpecInit): JsonValue | undefined {
+  const req = create(EnqueueJobRequestSchema, { job: create(JobSpecSchema, spec) });
+  const decoded = fromBinary(EnqueueJobRequestSchema, toBinary(EnqueueJobRequestSchema, req));
+  return decoded.job?.payload ? toJson(ValueSchema, decoded.job.payload) : undefined;
+}
 
 describe("enqueue form → JobSpec", () => {
   it("maps a channel download to the worker's payload fields", () => {
     const r = buildSpec(form({ type: "channel_download", url: " https://www.youtube.com/@chan ", format: "bestaudio/best", fanOut: true, maxEntries: "10" }));
     expect(r.errors).toEqual({});
     expect(r.spec?.type).toBe("channel_download");
-    expect(JSON.parse(r.spec?.payload as string)).toEqual({ url: "https://www.youtube.com/@chan", format: "bestaudio/best", max_entries: 10, fan_out: true });
+    expect(payloadJson(r.spec)).toEqual({ url: "https://www.youtube.com/@chan", format: "bestaudio/best", max_entries: 10, fan_out: true });
   });
 
   it("maps a playlist download, leaving unset options out", () => {
@@ -49,10 +64,41 @@ describe("enqueue form → JobSpec", () => {
   it("maps a custom job type and checks its JSON", () => {
     const r = buildSpec(form({ type: "custom", customType: "send_email", customPayload: '{"to":"a@b"}' }));
     expect(r.spec?.type).toBe("send_email");
-    expect(r.spec?.payload).toBe('{"to":"a@b"}');
+    expect(payloadJson(r.spec)).toEqual({ to: "a@b" });
     expect(buildSpec(form({ type: "custom", customType: "x", customPayload: "[1]" })).errors.customPayload).toMatch(/object/);
     expect(buildSpec(form({ type: "custom", customType: "x", customPayload: "{" })).errors.customPayload).toMatch(/JSON/);
     expect(buildSpec(form({ type: "custom", customType: "" })).errors.customType).toBeDefined();
+  });
+
+  it("sends the payload as a JSON value that survives the trip to the server unchanged", () => {
+    const custom = {
+      to: ["a@b.test", "c@d.test"],
+      subject: "Hi \u00e9 ✓",
+      retries: 3,
+      ratio: 0.25,
+      negative: -7,
+      urgent: false,
+      reply_to: null,
+      meta: { nested: { deep: [1, "two", { three: true }] }, empty: {}, none: [] },
+    };
+    const r = buildSpec(form({ type: "custom", customType: "send_email", customPayload: JSON.stringify(custom, null, 2) }));
+    expect(r.errors).toEqual({});
+    // A Value message, not JSON text.
+    expect(typeof r.spec?.payload).toBe("object");
+    expect((r.spec?.payload as Value).kind.case).toBe("structValue");
+    expect(payloadJson(r.spec)).toEqual(custom);
+    expect(payloadOnTheWire(r.spec!)).toEqual(custom);
+    // What the preview shows is what is sent.
+    expect(payloadOnTheWire(r.spec!)).toEqual(r.payload);
+  });
+
+  it("sends the built-in types' numbers and flags as JSON numbers and booleans, not strings", () => {
+    const noop = buildSpec(form({ type: "noop", sleepSeconds: "1.5", logLines: "3", fail: "retryable" }));
+    expect(payloadOnTheWire(noop.spec!)).toEqual({ sleep_ms: 1500, log_lines: 3, fail: "retryable" });
+    const cleanup = buildSpec(form({ type: "cleanup", olderThanDays: "7", maxTotalBytes: "1K", dryRun: true }));
+    expect(payloadOnTheWire(cleanup.spec!)).toEqual({ older_than_days: 7, max_total_bytes: 1024, dry_run: true });
+    // An empty payload is still sent as {} (not left unset).
+    expect(payloadOnTheWire(buildSpec(form({ type: "noop", sleepSeconds: "", logLines: "0" })).spec!)).toEqual({});
   });
 
   it("maps the job options", () => {
@@ -87,12 +133,10 @@ describe("queue limits and schedule form", () => {
   it("maps the schedule form to a PutSchedule body", () => {
     const r = scheduleFromForm({ name: "nightly", cron: " 0  0 3 * * * ", timeZone: "Europe/Berlin", type: "cleanup", queue: "", payload: '{ "root": "/d" }' });
     expect(r.errors).toEqual({});
-    expect(r.schedule).toEqual({
-      name: "nightly",
-      cron: "0 0 3 * * *",
-      timeZone: "Europe/Berlin",
-      job: { type: "cleanup", queue: "", payload: '{"root":"/d"}' },
-    });
+    const { job: spec, ...schedule } = r.schedule ?? {};
+    expect(schedule).toEqual({ name: "nightly", cron: "0 0 3 * * *", timeZone: "Europe/Berlin" });
+    // The template's payload is a JSON value too.
+    expect({ ...spec, payload: toJson(ValueSchema, spec?.payload as Value) }).toEqual({ type: "cleanup", queue: "", payload: { root: "/d" } });
     const bad = scheduleFromForm({ name: "a b", cron: "* *", timeZone: "", type: "", queue: "", payload: "[]" });
     expect(Object.keys(bad.errors).sort()).toEqual(["cron", "name", "payload", "type"]);
   });

@@ -3,6 +3,7 @@ import { WorkerStatus } from "../src/gen/jobq/v1/admin_pb";
 import { AttemptOutcome, JobState } from "../src/gen/jobq/v1/job_pb";
 import { LogStream } from "../src/gen/jobq/v1/log_pb";
 import {
+  attemptCancelNote,
   canCancel,
   canDelete,
   canRetry,
@@ -61,5 +62,14 @@ describe("state badges", () => {
     expect(logStreamName(LogStream.STDERR)).toBe("stderr");
     expect(logStreamName(LogStream.SYSTEM)).toBe("system");
     expect(logStreamName(LogStream.UNSPECIFIED)).toBe("other");
+  });
+
+  it("marks a success whose attempt had a cancel requested, and a running one being cancelled", () => {
+    expect(attemptCancelNote(AttemptOutcome.SUCCEEDED, true)?.label).toBe("cancel requested");
+    expect(attemptCancelNote(AttemptOutcome.SUCCEEDED, true)?.title).toMatch(/success stands/);
+    expect(attemptCancelNote(AttemptOutcome.UNSPECIFIED, true)?.label).toBe("cancelling");
+    expect(attemptCancelNote(AttemptOutcome.SUCCEEDED, false)).toBeUndefined();
+    // The outcome says it already.
+    expect(attemptCancelNote(AttemptOutcome.CANCELLED, true)).toBeUndefined();
   });
 });

@@ -5,9 +5,10 @@ use clap::{Args, Subcommand};
 use jobq_client::{NewJob, pb};
 use serde_json::json;
 
-use crate::jobs::read_payload;
+use crate::jobs::{page_size, read_payload};
 use crate::output::{
     JOB_HEADERS, ago, duration_json, job_json, job_row, state_name, table, time_json, time_text,
+    value_json, worker_status_name,
 };
 use crate::{CmdResult, Ctx, Failure, exit, print_json};
 
@@ -119,8 +120,8 @@ pub struct DeadFilter {
     /// Only this type (repeat for more).
     #[arg(long = "type")]
     pub types: Vec<String>,
-    /// At most this many.
-    #[arg(long, default_value_t = 50)]
+    /// At most this many (1..500).
+    #[arg(long, default_value_t = 50, value_parser = page_size)]
     pub limit: i32,
 }
 
@@ -139,7 +140,7 @@ pub struct DeadSelection {
     #[arg(long = "type", requires = "all")]
     pub types: Vec<String>,
     /// At most this many (with --all; 1..10000).
-    #[arg(long, default_value_t = 1000, requires = "all")]
+    #[arg(long, default_value_t = 1000, requires = "all", value_parser = clap::value_parser!(i32).range(1..=10_000))]
     pub limit: i32,
 }
 
@@ -151,7 +152,7 @@ impl DeadSelection {
             ));
         }
         Ok(pb::JobSelector {
-            ids: self.ids,
+            job_ids: self.ids,
             states: vec![pb::JobState::Dead as i32],
             queues: self.queues,
             types: self.types,
@@ -170,6 +171,7 @@ pub async fn dead_letter(ctx: &Ctx, command: DeadLetterCommand) -> CmdResult {
                 types: filter.types,
                 queues: filter.queues,
                 page_size: filter.limit,
+                view: pb::JobView::Basic as i32,
                 ..pb::ListJobsRequest::default()
             };
             let page = client.list_jobs(request).await?;
@@ -320,16 +322,7 @@ pub struct WorkersArgs {
 /// `jobq workers`.
 pub async fn workers(ctx: &Ctx, args: WorkersArgs) -> CmdResult {
     let workers = ctx.client()?.list_workers(args.all).await?;
-    let status = |worker: &pb::Worker| {
-        pb::WorkerStatus::try_from(worker.status)
-            .map(|status| {
-                status
-                    .as_str_name()
-                    .trim_start_matches("WORKER_STATUS_")
-                    .to_ascii_lowercase()
-            })
-            .unwrap_or_default()
-    };
+    let status = |worker: &pb::Worker| worker_status_name(worker.status);
     if ctx.json {
         let workers: Vec<serde_json::Value> = workers
             .iter()
@@ -434,7 +427,7 @@ fn schedule_json(schedule: &pb::Schedule) -> serde_json::Value {
         "job": schedule.job.as_ref().map(|job| json!({
             "type": job.r#type,
             "queue": job.queue,
-            "payload": serde_json::from_str::<serde_json::Value>(&job.payload).unwrap_or(json!(job.payload)),
+            "payload": value_json(job.payload.as_ref()),
         })),
         "next_run_at": time_json(schedule.next_run_at.as_ref()),
         "last_run_at": time_json(schedule.last_run_at.as_ref()),
@@ -456,7 +449,7 @@ pub async fn schedules(ctx: &Ctx, command: SchedulesCommand) -> CmdResult {
             queue,
             paused,
         } => {
-            let mut job = NewJob::with_raw_payload(job_type, read_payload(payload.as_deref())?);
+            let mut job = NewJob::new(job_type, read_payload(payload.as_deref())?);
             if let Some(queue) = queue {
                 job = job.queue(queue);
             }

@@ -70,10 +70,10 @@ pub struct EnqueueArgs {
     pub wait_timeout: Option<Duration>,
 }
 
-/// Reads the payload argument: JSON text, `@file`, or `-` (stdin); checked to be JSON.
-pub fn read_payload(argument: Option<&str>) -> Result<String, Failure> {
+/// Reads the payload argument: JSON text, `@file`, or `-` (stdin).
+pub fn read_payload(argument: Option<&str>) -> Result<serde_json::Value, Failure> {
     let text = match argument {
-        None => "{}".to_owned(),
+        None => return Ok(json!({})),
         Some("-") => {
             let mut text = String::new();
             std::io::stdin()
@@ -87,15 +87,14 @@ pub fn read_payload(argument: Option<&str>) -> Result<String, Failure> {
             None => argument.to_owned(),
         },
     };
-    serde_json::from_str::<serde_json::Value>(&text)
-        .map_err(|error| Failure::usage(format!("the payload is not valid JSON: {error}")))?;
-    Ok(text)
+    serde_json::from_str(&text)
+        .map_err(|error| Failure::usage(format!("the payload is not valid JSON: {error}")))
 }
 
 /// `jobq enqueue`.
 pub async fn enqueue(ctx: &Ctx, args: EnqueueArgs) -> CmdResult {
     let payload = read_payload(args.payload.as_deref())?;
-    let mut job = NewJob::with_raw_payload(args.job_type, payload);
+    let mut job = NewJob::new(args.job_type, payload);
     if let Some(queue) = args.queue {
         job = job.queue(queue);
     }
@@ -117,6 +116,9 @@ pub async fn enqueue(ctx: &Ctx, args: EnqueueArgs) -> CmdResult {
     if let (Some(base), Some(max)) = (args.backoff_base, args.backoff_max) {
         job = job.backoff(base, max);
     }
+    // already_exists also answers a retried call (same request_id) that
+    // created the job the first time: only a unique key makes it news.
+    let has_unique_key = args.unique_key.is_some();
     if let Some(key) = args.unique_key {
         job = job.unique_key(key);
     }
@@ -139,7 +141,7 @@ pub async fn enqueue(ctx: &Ctx, args: EnqueueArgs) -> CmdResult {
         }
     } else {
         println!("{}", enqueued.job.id);
-        let note = if enqueued.already_exists {
+        let note = if enqueued.already_exists && has_unique_key {
             " (already existed with this unique key)"
         } else {
             ""
@@ -193,7 +195,7 @@ pub struct ListArgs {
     #[arg(long)]
     pub search: Option<String>,
     /// Jobs per page (1..500).
-    #[arg(long, default_value_t = 50)]
+    #[arg(long, default_value_t = 50, value_parser = page_size)]
     pub limit: i32,
     /// Continue from a previous page (its next_page_token).
     #[arg(long)]
@@ -201,6 +203,23 @@ pub struct ListArgs {
     /// Follow the pages to the end.
     #[arg(long)]
     pub all: bool,
+}
+
+/// Most jobs the server returns in one page (ListJobsRequest.page_size).
+pub const MAX_PAGE_SIZE: i32 = 500;
+
+/// Parses a page size, 1..500, checked here so that the error names the
+/// flag rather than the request field the server would name.
+pub fn page_size(text: &str) -> Result<i32, String> {
+    let size: i32 = text
+        .trim()
+        .parse()
+        .map_err(|_| format!("{text:?} is not a number (1..{MAX_PAGE_SIZE})"))?;
+    if (1..=MAX_PAGE_SIZE).contains(&size) {
+        Ok(size)
+    } else {
+        Err(format!("must be 1..{MAX_PAGE_SIZE}, not {size}"))
+    }
 }
 
 /// `jobq list`: a table, or `{"jobs": [...], "next_page_token": "..."}`.
@@ -214,6 +233,7 @@ pub async fn list(ctx: &Ctx, args: ListArgs) -> CmdResult {
         page_token: args.page_token.unwrap_or_default(),
         parent_id: args.parent.unwrap_or_default(),
         search: args.search.unwrap_or_default(),
+        view: pb::JobView::Basic as i32,
         ..pb::ListJobsRequest::default()
     };
     let mut jobs = Vec::new();

@@ -5,7 +5,6 @@
 //! stderr. Exit codes scripts can rely on are in [`exit`].
 
 mod admin;
-mod bench;
 mod jobs;
 pub mod output;
 mod streams;
@@ -14,7 +13,7 @@ mod up;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::{Parser, Subcommand};
+use clap::{ArgMatches, Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 use jobq_client::{Client, ClientConfig, ClientError};
 
 /// Exit codes of `jobq`.
@@ -48,6 +47,18 @@ pub struct Failure {
     pub code: u8,
     /// Message for stderr.
     pub message: String,
+    /// The server could not be reached, or did not answer: the message is
+    /// to name the address tried (see [`Failure::at_server`]).
+    server_trouble: Option<ServerTrouble>,
+}
+
+/// Why a call never got an answer from the server.
+#[derive(Debug, Clone)]
+enum ServerTrouble {
+    /// No connection (refused, unknown host, shutting down...): the details.
+    Unreachable(String),
+    /// Connected, but no answer within the request timeout.
+    Silent(Duration),
 }
 
 impl Failure {
@@ -56,6 +67,7 @@ impl Failure {
         Self {
             code,
             message: message.into(),
+            server_trouble: None,
         }
     }
 
@@ -63,6 +75,45 @@ impl Failure {
     pub fn usage(message: impl Into<String>) -> Self {
         Self::new(exit::USAGE, message)
     }
+
+    /// The failure with the address of the server in its message, when the
+    /// server could not be reached or did not answer.
+    pub fn at_server(mut self, endpoint: &str) -> Self {
+        match self.server_trouble.take() {
+            Some(ServerTrouble::Unreachable(detail)) => {
+                self.message = format!("cannot reach the jobq server at {endpoint}: {detail}");
+            }
+            Some(ServerTrouble::Silent(limit)) => {
+                self.message = format!(
+                    "no answer from the jobq server at {endpoint} within {}",
+                    humantime::format_duration(limit)
+                );
+            }
+            None => {}
+        }
+        self
+    }
+}
+
+/// A status's message with the errors under it (a transport error says
+/// little by itself: "tcp connect error").
+pub(crate) fn status_detail(status: &tonic::Status) -> String {
+    let mut detail = status.message().to_owned();
+    let mut source = std::error::Error::source(status);
+    while let Some(cause) = source {
+        let text = cause.to_string();
+        if !detail.contains(&text) {
+            if !detail.is_empty() {
+                detail.push_str(": ");
+            }
+            detail.push_str(&text);
+        }
+        source = cause.source();
+    }
+    if detail.is_empty() {
+        detail = status.code().description().to_owned();
+    }
+    detail
 }
 
 impl From<ClientError> for Failure {
@@ -77,11 +128,24 @@ impl From<ClientError> for Failure {
             None if matches!(error, ClientError::Config(_)) => exit::USAGE,
             _ => exit::ERROR,
         };
-        let message = match error.code() {
-            Some(Code::Unavailable) => format!("cannot reach the jobq server: {error}"),
+        let server_trouble = match &error {
+            ClientError::Status(status) if status.code() == Code::Unavailable => {
+                Some(ServerTrouble::Unreachable(status_detail(status)))
+            }
+            ClientError::Timeout(limit) => Some(ServerTrouble::Silent(*limit)),
+            _ => None,
+        };
+        let message = match &server_trouble {
+            Some(ServerTrouble::Unreachable(detail)) => {
+                format!("cannot reach the jobq server: {detail}")
+            }
             _ => error.to_string(),
         };
-        Self { code, message }
+        Self {
+            code,
+            message,
+            server_trouble,
+        }
     }
 }
 
@@ -104,6 +168,20 @@ pub type CmdResult = Result<u8, Failure>;
                   5 server unreachable, 6 not authorized, 7 job ended dead/cancelled (wait), 8 wait timed out."
 )]
 pub struct Cli {
+    /// The client flags given before the command.
+    #[command(flatten)]
+    pub leading: LeadingOptions,
+
+    /// The command.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// How a client command reaches the server and prints its answer. Every
+/// command but `jobq up` (which runs its own server) takes these, after the
+/// command or (see [`LeadingOptions`]) before it.
+#[derive(Debug, Clone, Args)]
+pub struct ClientOptions {
     /// The jobq server.
     #[arg(long, global = true, env = "JOBQ_SERVER", default_value = jobq_client::DEFAULT_ENDPOINT)]
     pub server: String,
@@ -119,72 +197,227 @@ pub struct Cli {
     /// Longest wait for one answer of the server.
     #[arg(long, global = true, default_value = "30s", value_parser = humantime::parse_duration)]
     pub request_timeout: Duration,
+}
 
-    /// The command.
+impl ClientOptions {
+    /// These options, with those given before the command where the same
+    /// one was not given after it. `given` holds the command's matches (for
+    /// where each value came from: a flag after the command beats one
+    /// before it, which beats the environment and the defaults).
+    fn merged(mut self, leading: LeadingOptions, given: Option<&ArgMatches>) -> Self {
+        let after_command = |id: &str| {
+            given.and_then(|given| given.value_source(id))
+                == Some(clap::parser::ValueSource::CommandLine)
+        };
+        if let Some(server) = leading.server
+            && !after_command("server")
+        {
+            self.server = server;
+        }
+        if let Some(token) = leading.token
+            && !after_command("token")
+        {
+            self.token = Some(token);
+        }
+        if let Some(timeout) = leading.request_timeout
+            && !after_command("request_timeout")
+        {
+            self.request_timeout = timeout;
+        }
+        self.json |= leading.json;
+        self
+    }
+}
+
+/// The client flags before the command (`jobq --server URL list`), for the
+/// commands that talk to a server; `jobq up` refuses them.
+#[derive(Debug, Clone, Default, Args)]
+pub struct LeadingOptions {
+    /// The jobq server [env: JOBQ_SERVER; default: http://127.0.0.1:50051].
+    #[arg(long = "server", id = "leading_server", value_name = "SERVER")]
+    pub server: Option<String>,
+
+    /// Bearer token for the server [env: JOBQ_TOKEN].
+    #[arg(long = "token", id = "leading_token", value_name = "TOKEN")]
+    pub token: Option<String>,
+
+    /// JSON output for scripts (one document, or one per line for streams).
+    #[arg(long = "json", id = "leading_json")]
+    pub json: bool,
+
+    /// Longest wait for one answer of the server [default: 30s].
+    #[arg(long = "request-timeout", id = "leading_request_timeout", value_name = "REQUEST_TIMEOUT", value_parser = humantime::parse_duration)]
+    pub request_timeout: Option<Duration>,
+}
+
+impl LeadingOptions {
+    /// The flags given, as they were spelled.
+    fn given(&self) -> Vec<&'static str> {
+        [
+            ("--server", self.server.is_some()),
+            ("--token", self.token.is_some()),
+            ("--json", self.json),
+            ("--request-timeout", self.request_timeout.is_some()),
+        ]
+        .into_iter()
+        .filter_map(|(flag, given)| given.then_some(flag))
+        .collect()
+    }
+}
+
+/// A client command's own arguments with the [`ClientOptions`].
+#[derive(Debug, Args)]
+pub struct WithClient<T: Args> {
+    /// Server and output.
+    #[command(flatten)]
+    pub client: ClientOptions,
+    /// The command's arguments.
+    #[command(flatten)]
+    pub args: T,
+}
+
+/// A group of client subcommands with the [`ClientOptions`] (they may be
+/// given before or after the subcommand: `jobq queues --json list`).
+#[derive(Debug, Args)]
+pub struct ClientGroup<S: Subcommand> {
+    /// Server and output.
+    #[command(flatten)]
+    pub client: ClientOptions,
+    /// The subcommand.
     #[command(subcommand)]
-    pub command: Command,
+    pub command: S,
 }
 
 /// Every `jobq` command.
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Enqueue a job; prints its id.
-    Enqueue(jobs::EnqueueArgs),
-    /// Show one job with its attempts.
-    Get(jobs::IdArg),
-    /// List jobs, newest first.
-    List(jobs::ListArgs),
-    /// Cancel a job (a running one stops at its worker's next heartbeat).
-    Cancel(jobs::CancelArgs),
-    /// Queue a finished (dead, cancelled or succeeded) job again.
-    Retry(jobs::IdArg),
-    /// Delete a job that is not running.
-    Delete(jobs::IdArg),
-    /// Wait until jobs are finished; exit 0 if all succeeded, 7 if one did not.
-    Wait(streams::WaitArgs),
-    /// Job counts by queue and state.
-    Stats(admin::StatsArgs),
-    /// Stream job events as they happen.
-    Watch(streams::WatchArgs),
-    /// Print a job's log; -f follows it until the job finishes.
-    Logs(streams::LogsArgs),
-    /// The dead-letter queue: list, requeue, purge.
-    #[command(subcommand, name = "dead-letter")]
-    DeadLetter(admin::DeadLetterCommand),
-    /// Queues: list, pause, resume, limits.
-    #[command(subcommand)]
-    Queues(admin::QueuesCommand),
-    /// Workers the server has heard from.
-    Workers(admin::WorkersArgs),
-    /// Cron schedules: list, put, pause, resume, delete.
-    #[command(subcommand)]
-    Schedules(admin::SchedulesCommand),
-    /// Run a server and a worker with the built-in job types in this process.
+    /// The commands that talk to a jobq server.
+    #[command(flatten)]
+    Client(Box<ClientCommand>),
+    /// Run a server (with the dashboard) and a worker with the built-in job
+    /// types in this process; `--no-worker` runs the server alone.
     Up(Box<up::UpArgs>),
-    /// Benchmarks.
-    #[command(subcommand)]
-    Bench(bench::BenchCommand),
+    /// Measure a server: enqueue, drain, pickup latency, burn-down and
+    /// mixed workloads, with workers in separate processes; every job is
+    /// checked to have run exactly once.
+    Bench(Box<jobq_bench::BenchArgs>),
 }
 
-/// The context every command gets.
+/// The commands that talk to a jobq server.
+#[derive(Debug, Subcommand)]
+pub enum ClientCommand {
+    /// Enqueue a job; prints its id.
+    Enqueue(WithClient<jobs::EnqueueArgs>),
+    /// Show one job with its attempts.
+    Get(WithClient<jobs::IdArg>),
+    /// List jobs, newest first.
+    List(WithClient<jobs::ListArgs>),
+    /// Cancel a job (a running one stops at its worker's next heartbeat).
+    Cancel(WithClient<jobs::CancelArgs>),
+    /// Queue a finished (dead, cancelled or succeeded) job again.
+    Retry(WithClient<jobs::IdArg>),
+    /// Delete a job that is not running.
+    Delete(WithClient<jobs::IdArg>),
+    /// Wait until jobs are finished; exit 0 if all succeeded, 7 if one did not.
+    Wait(WithClient<streams::WaitArgs>),
+    /// Job counts by queue and state.
+    Stats(WithClient<admin::StatsArgs>),
+    /// Stream job events as they happen.
+    Watch(WithClient<streams::WatchArgs>),
+    /// Print a job's log; -f follows it until the job finishes.
+    Logs(WithClient<streams::LogsArgs>),
+    /// The dead-letter queue: list, requeue, purge.
+    #[command(name = "dead-letter")]
+    DeadLetter(ClientGroup<admin::DeadLetterCommand>),
+    /// Queues: list, pause, resume, limits.
+    Queues(ClientGroup<admin::QueuesCommand>),
+    /// Workers the server has heard from.
+    Workers(WithClient<admin::WorkersArgs>),
+    /// Cron schedules: list, put, pause, resume, delete.
+    Schedules(ClientGroup<admin::SchedulesCommand>),
+}
+
+impl ClientCommand {
+    fn options(&self) -> &ClientOptions {
+        match self {
+            ClientCommand::Enqueue(command) => &command.client,
+            ClientCommand::Get(command)
+            | ClientCommand::Retry(command)
+            | ClientCommand::Delete(command) => &command.client,
+            ClientCommand::List(command) => &command.client,
+            ClientCommand::Cancel(command) => &command.client,
+            ClientCommand::Wait(command) => &command.client,
+            ClientCommand::Stats(command) => &command.client,
+            ClientCommand::Watch(command) => &command.client,
+            ClientCommand::Logs(command) => &command.client,
+            ClientCommand::DeadLetter(group) => &group.client,
+            ClientCommand::Queues(group) => &group.client,
+            ClientCommand::Workers(command) => &command.client,
+            ClientCommand::Schedules(group) => &group.client,
+        }
+    }
+
+    async fn run(self, ctx: &Ctx) -> CmdResult {
+        match self {
+            ClientCommand::Enqueue(command) => jobs::enqueue(ctx, command.args).await,
+            ClientCommand::Get(command) => jobs::get(ctx, command.args).await,
+            ClientCommand::List(command) => jobs::list(ctx, command.args).await,
+            ClientCommand::Cancel(command) => jobs::cancel(ctx, command.args).await,
+            ClientCommand::Retry(command) => jobs::retry(ctx, command.args).await,
+            ClientCommand::Delete(command) => jobs::delete(ctx, command.args).await,
+            ClientCommand::Wait(command) => streams::wait(ctx, command.args).await,
+            ClientCommand::Stats(command) => admin::stats(ctx, command.args).await,
+            ClientCommand::Watch(command) => streams::watch(ctx, command.args).await,
+            ClientCommand::Logs(command) => streams::logs(ctx, command.args).await,
+            ClientCommand::DeadLetter(group) => admin::dead_letter(ctx, group.command).await,
+            ClientCommand::Queues(group) => admin::queues(ctx, group.command).await,
+            ClientCommand::Workers(command) => admin::workers(ctx, command.args).await,
+            ClientCommand::Schedules(group) => admin::schedules(ctx, group.command).await,
+        }
+    }
+}
+
+/// The context every client command gets.
 pub struct Ctx {
     /// Print JSON.
     pub json: bool,
-    /// The global flags, for commands that connect differently.
+    /// The server, as given (`--server`).
     pub server: String,
     token: Option<String>,
     request_timeout: Duration,
 }
 
 impl Ctx {
-    /// A client of the server named by the flags.
-    pub fn client(&self) -> Result<Client, Failure> {
+    /// The context of `options`.
+    pub fn new(options: ClientOptions) -> Self {
+        Self {
+            json: options.json,
+            server: options.server,
+            token: options.token,
+            request_timeout: options.request_timeout,
+        }
+    }
+
+    fn config(&self) -> Result<ClientConfig, ClientError> {
         let mut config =
             ClientConfig::builder(self.server.clone()).request_timeout(self.request_timeout);
         if let Some(token) = &self.token {
             config = config.token(token.clone());
         }
-        Ok(Client::connect(config.build()?)?)
+        config.build()
+    }
+
+    /// A client of the server named by the flags.
+    pub fn client(&self) -> Result<Client, Failure> {
+        Ok(Client::connect(self.config()?)?)
+    }
+
+    /// The server's address as the client dials it (`http://host:port`).
+    pub fn endpoint(&self) -> String {
+        self.config().map_or_else(
+            |_| self.server.clone(),
+            |config| config.endpoint().to_owned(),
+        )
     }
 }
 
@@ -196,10 +429,56 @@ pub fn print_json(value: &serde_json::Value) {
     );
 }
 
+/// What to run, once the command line is read.
+enum Invocation {
+    /// `jobq up`.
+    Up(up::UpArgs),
+    /// `jobq bench`.
+    Bench(jobq_bench::BenchArgs),
+    /// A command that talks to a server.
+    Client(Ctx, ClientCommand),
+}
+
+/// Reads the command line: the command, and the client options in force.
+fn invocation(matches: &ArgMatches) -> Result<Invocation, clap::Error> {
+    let cli = Cli::from_arg_matches(matches)?;
+    let refuse_leading = |command: &str| {
+        let given = cli.leading.given();
+        if given.is_empty() {
+            return Ok(());
+        }
+        Err(Cli::command().error(
+            clap::error::ErrorKind::ArgumentConflict,
+            format!(
+                "`jobq {command}` takes none of {} before it; see `jobq {command} --help`",
+                given.join(", ")
+            ),
+        ))
+    };
+    match cli.command {
+        Command::Up(args) => {
+            refuse_leading("up")?;
+            Ok(Invocation::Up(*args))
+        }
+        Command::Bench(args) => {
+            refuse_leading("bench")?;
+            Ok(Invocation::Bench(*args))
+        }
+        Command::Client(command) => {
+            let given = matches.subcommand().map(|(_, matches)| matches);
+            let options = command.options().clone().merged(cli.leading, given);
+            Ok(Invocation::Client(Ctx::new(options), *command))
+        }
+    }
+}
+
 /// Runs the `jobq` binary and returns its exit code.
 pub fn run_cli() -> ExitCode {
-    let cli = match Cli::try_parse() {
-        Ok(cli) => cli,
+    let parsed = Cli::command()
+        .try_get_matches()
+        .and_then(|matches| invocation(&matches));
+    let invocation = match parsed {
+        Ok(invocation) => invocation,
         Err(error) => {
             let _ = error.print();
             return ExitCode::from(if error.use_stderr() {
@@ -209,6 +488,21 @@ pub fn run_cli() -> ExitCode {
             });
         }
     };
+    match invocation {
+        // The bench starts its own runtime, and its worker processes as `jobq bench ...`.
+        Invocation::Bench(args) => jobq_bench::run_cli(&["bench"], args),
+        Invocation::Up(args) => run_async(up::up(args)),
+        Invocation::Client(ctx, command) => run_async(async move {
+            command
+                .run(&ctx)
+                .await
+                .map_err(|failure| failure.at_server(&ctx.endpoint()))
+        }),
+    }
+}
+
+/// Runs a command on a new runtime and turns its outcome into the exit code.
+fn run_async(command: impl std::future::Future<Output = CmdResult>) -> ExitCode {
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -219,32 +513,7 @@ pub fn run_cli() -> ExitCode {
             return ExitCode::from(exit::ERROR);
         }
     };
-    let ctx = Ctx {
-        json: cli.json,
-        server: cli.server,
-        token: cli.token,
-        request_timeout: cli.request_timeout,
-    };
-    let outcome = runtime.block_on(async move {
-        match cli.command {
-            Command::Enqueue(args) => jobs::enqueue(&ctx, args).await,
-            Command::Get(args) => jobs::get(&ctx, args).await,
-            Command::List(args) => jobs::list(&ctx, args).await,
-            Command::Cancel(args) => jobs::cancel(&ctx, args).await,
-            Command::Retry(args) => jobs::retry(&ctx, args).await,
-            Command::Delete(args) => jobs::delete(&ctx, args).await,
-            Command::Wait(args) => streams::wait(&ctx, args).await,
-            Command::Stats(args) => admin::stats(&ctx, args).await,
-            Command::Watch(args) => streams::watch(&ctx, args).await,
-            Command::Logs(args) => streams::logs(&ctx, args).await,
-            Command::DeadLetter(command) => admin::dead_letter(&ctx, command).await,
-            Command::Queues(command) => admin::queues(&ctx, command).await,
-            Command::Workers(args) => admin::workers(&ctx, args).await,
-            Command::Schedules(command) => admin::schedules(&ctx, command).await,
-            Command::Up(args) => up::up(*args).await,
-            Command::Bench(command) => bench::bench(&ctx, command).await,
-        }
-    });
+    let outcome = runtime.block_on(command);
     // Streams may leave tasks behind (e.g. a pending watch): do not wait for them.
     runtime.shutdown_timeout(Duration::from_millis(100));
     match outcome {
@@ -253,5 +522,156 @@ pub fn run_cli() -> ExitCode {
             eprintln!("jobq: {}", failure.message);
             ExitCode::from(failure.code)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Invocation, clap::Error> {
+        let matches = Cli::command().try_get_matches_from(args)?;
+        invocation(&matches)
+    }
+
+    fn client_ctx(args: &[&str]) -> Ctx {
+        match parse(args) {
+            Ok(Invocation::Client(ctx, _)) => ctx,
+            Ok(Invocation::Up(_)) => panic!("{args:?} parsed as `up`"),
+            Ok(Invocation::Bench(_)) => panic!("{args:?} parsed as `bench`"),
+            Err(error) => panic!("{args:?}: {error}"),
+        }
+    }
+
+    fn up_help() -> String {
+        let mut command = Cli::command();
+        command.build();
+        command
+            .find_subcommand_mut("up")
+            .map(|up| up.render_long_help().to_string())
+            .unwrap_or_default()
+    }
+
+    #[test]
+    fn up_shows_and_takes_none_of_the_client_flags() {
+        let help = up_help();
+        for flag in ["--server", "--token", "--json", "--request-timeout"] {
+            assert!(!help.contains(flag), "`jobq up --help` lists {flag}");
+            let after = parse(&["jobq", "up", flag, "x"]);
+            assert!(after.is_err(), "`jobq up {flag}` was accepted");
+        }
+        let before = parse(&["jobq", "--server", "http://x:1", "up"]).err();
+        let before = before.map(|error| error.to_string()).unwrap_or_default();
+        assert!(before.contains("takes none of --server"), "{before}");
+        assert!(parse(&["jobq", "--json", "up"]).is_err());
+        assert!(matches!(
+            parse(&["jobq", "up", "--listen", "127.0.0.1:0"]),
+            Ok(Invocation::Up(_))
+        ));
+    }
+
+    #[test]
+    fn up_documents_no_worker_and_the_worker_token() {
+        let help = up_help();
+        assert!(help.contains("--no-worker"), "{help}");
+        assert!(help.contains("without the local worker"), "{help}");
+        assert!(help.contains("--auth-token"), "{help}");
+    }
+
+    #[test]
+    fn client_flags_go_before_or_after_the_command() {
+        let ctx = client_ctx(&["jobq", "list", "--server", "http://after:1", "--json"]);
+        assert_eq!((ctx.server.as_str(), ctx.json), ("http://after:1", true));
+        let ctx = client_ctx(&["jobq", "--server", "http://before:1", "--json", "list"]);
+        assert_eq!((ctx.server.as_str(), ctx.json), ("http://before:1", true));
+        let ctx = client_ctx(&[
+            "jobq",
+            "--server",
+            "http://before:1",
+            "get",
+            "j1",
+            "--server",
+            "http://after:1",
+        ]);
+        assert_eq!(ctx.server, "http://after:1");
+        let ctx = client_ctx(&[
+            "jobq",
+            "--token",
+            "t0123456789",
+            "--request-timeout",
+            "2s",
+            "stats",
+        ]);
+        assert_eq!(ctx.token.as_deref(), Some("t0123456789"));
+        assert_eq!(ctx.request_timeout, Duration::from_secs(2));
+        // In a group, before or after the subcommand.
+        let ctx = client_ctx(&["jobq", "queues", "--json", "pause", "q"]);
+        assert!(ctx.json);
+        let ctx = client_ctx(&["jobq", "queues", "pause", "q", "--server", "http://leaf:1"]);
+        assert_eq!(ctx.server, "http://leaf:1");
+    }
+
+    #[test]
+    fn list_limits_are_checked_in_the_flags_terms() {
+        for args in [
+            &["jobq", "list", "--limit", "1000"][..],
+            &["jobq", "list", "--limit", "0"][..],
+            &["jobq", "dead-letter", "list", "--limit", "501"][..],
+        ] {
+            let error = parse(args).err().map(|error| error.to_string());
+            let error = error.unwrap_or_default();
+            assert!(
+                error.contains("--limit")
+                    && error.contains("1..500")
+                    && !error.contains("page_size"),
+                "{args:?}: {error}"
+            );
+        }
+        assert!(parse(&["jobq", "list", "--limit", "500"]).is_ok());
+        let error = parse(&["jobq", "dead-letter", "purge", "--all", "--limit", "20000"]).err();
+        assert!(error.is_some_and(|error| error.to_string().contains("--limit")));
+    }
+
+    #[test]
+    fn unreachable_servers_are_named() {
+        let refused = tonic::Status::from_error(Box::new(std::io::Error::new(
+            std::io::ErrorKind::ConnectionRefused,
+            "Connection refused (os error 111)",
+        )));
+        // tonic makes such errors UNAVAILABLE; a server shutting down says so too.
+        let refused = tonic::Status::new(tonic::Code::Unavailable, refused.message());
+        let failure = Failure::from(ClientError::Status(refused)).at_server("http://10.0.0.7:4000");
+        assert_eq!(failure.code, exit::UNAVAILABLE);
+        assert!(
+            failure
+                .message
+                .starts_with("cannot reach the jobq server at http://10.0.0.7:4000: "),
+            "{}",
+            failure.message
+        );
+        assert!(
+            failure.message.contains("Connection refused"),
+            "{}",
+            failure.message
+        );
+        let silent = Failure::from(ClientError::Timeout(Duration::from_secs(30)))
+            .at_server("http://10.0.0.7:4000");
+        assert_eq!(
+            silent.message,
+            "no answer from the jobq server at http://10.0.0.7:4000 within 30s"
+        );
+        // Other failures keep their message.
+        let missing = Failure::from(ClientError::Status(tonic::Status::not_found("no job x")))
+            .at_server("http://10.0.0.7:4000");
+        assert_eq!(
+            (missing.code, missing.message.contains("10.0.0.7")),
+            (exit::NOT_FOUND, false)
+        );
+    }
+
+    #[test]
+    fn the_endpoint_is_what_the_client_dials() {
+        let ctx = client_ctx(&["jobq", "list", "--server", "127.0.0.1:4000"]);
+        assert_eq!(ctx.endpoint(), "http://127.0.0.1:4000");
     }
 }

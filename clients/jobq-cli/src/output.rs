@@ -2,10 +2,9 @@
 //! in lower case, times in RFC 3339, payload and result as JSON), and aligned
 //! tables or key/value blocks for people.
 
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use jobq_client::pb;
-use jobq_client::system_time;
+use jobq_client::{json_value, pb};
 use serde_json::{Value, json};
 
 /// `JOB_STATE_QUEUED` → `queued`.
@@ -29,6 +28,14 @@ pub fn event_name(event: i32) -> String {
         .unwrap_or_else(|_| format!("unknown({event})"))
 }
 
+/// `WORKER_STATUS_ACTIVE` → `active`.
+pub fn worker_status_name(status: i32) -> String {
+    pb::WorkerStatus::try_from(status)
+        .map(|status| short_enum(status.as_str_name(), "WORKER_STATUS_"))
+        .unwrap_or_else(|_| format!("unknown({status})"))
+}
+
+/// `ATTEMPT_OUTCOME_TIMED_OUT` → `timed_out`.
 fn outcome_name(outcome: i32) -> String {
     pb::AttemptOutcome::try_from(outcome)
         .map(|outcome| short_enum(outcome.as_str_name(), "ATTEMPT_OUTCOME_"))
@@ -69,19 +76,29 @@ pub fn parse_stream(text: &str) -> Result<pb::LogStream, String> {
         .ok_or_else(|| format!("unknown log stream {text:?} (stdout, stderr, progress, system)"))
 }
 
-/// RFC 3339 with milliseconds, or null.
-pub fn time_json(timestamp: Option<&prost_types::Timestamp>) -> Value {
-    timestamp.and_then(system_time).map_or(Value::Null, |time| {
-        json!(humantime::format_rfc3339_millis(time).to_string())
-    })
+/// A protobuf timestamp as RFC 3339 in UTC with milliseconds:
+/// `2026-11-28T18:00:01.234Z`. Protobuf allows only the years 1 to 9999, but
+/// whatever a server sends is written out (`+10000-01-01T00:00:00.000Z`)
+/// rather than refused or mistaken for another time.
+pub fn format_time(timestamp: &prost_types::Timestamp) -> String {
+    let mut millis = timestamp.normalized();
+    millis.nanos -= millis.nanos % 1_000_000;
+    // prost writes `...:05Z` for whole seconds and `...:05.123Z` otherwise.
+    let text = millis.to_string();
+    match text.strip_suffix('Z') {
+        Some(head) if !head.contains('.') => format!("{head}.000Z"),
+        _ => text,
+    }
 }
 
-/// RFC 3339 with milliseconds, or `-`.
+/// RFC 3339 with milliseconds (see [`format_time`]), or null.
+pub fn time_json(timestamp: Option<&prost_types::Timestamp>) -> Value {
+    timestamp.map_or(Value::Null, |timestamp| json!(format_time(timestamp)))
+}
+
+/// RFC 3339 with milliseconds (see [`format_time`]), or `-`.
 pub fn time_text(timestamp: Option<&prost_types::Timestamp>) -> String {
-    timestamp.and_then(system_time).map_or_else(
-        || "-".to_owned(),
-        |time| humantime::format_rfc3339_millis(time).to_string(),
-    )
+    timestamp.map_or_else(|| "-".to_owned(), format_time)
 }
 
 /// `2026-11-28T18:00:01.234Z` → `18:00:01.234`.
@@ -92,20 +109,27 @@ pub fn clock_text(timestamp: Option<&prost_types::Timestamp>) -> String {
     })
 }
 
-/// How long ago, roughly: `5s ago`, `3m ago`, `2h ago`, `4d ago`.
+/// How long ago, roughly: `5s ago`, `3m ago`, `2h ago`, `4d ago`; a time in
+/// the future (clock skew, or a time that is yet to come) reads `in 5s`.
 pub fn ago(timestamp: Option<&prost_types::Timestamp>) -> String {
-    let Some(time) = timestamp.and_then(system_time) else {
+    let Some(timestamp) = timestamp else {
         return "-".to_owned();
     };
-    let age = SystemTime::now()
-        .duration_since(time)
-        .unwrap_or_default()
-        .as_secs();
-    match age {
-        0..60 => format!("{age}s ago"),
-        60..3600 => format!("{}m ago", age / 60),
-        3600..86_400 => format!("{}h ago", age / 3600),
-        _ => format!("{}d ago", age / 86_400),
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |since| i128::from(since.as_secs()));
+    // i128: no server value can overflow the difference.
+    let age = now - i128::from(timestamp.seconds);
+    let amount = match age.unsigned_abs() {
+        seconds @ 0..60 => format!("{seconds}s"),
+        seconds @ 60..3600 => format!("{}m", seconds / 60),
+        seconds @ 3600..86_400 => format!("{}h", seconds / 3600),
+        seconds => format!("{}d", seconds / 86_400),
+    };
+    if age < 0 {
+        format!("in {amount}")
+    } else {
+        format!("{amount} ago")
     }
 }
 
@@ -114,34 +138,59 @@ pub fn duration_json(duration: Option<&prost_types::Duration>) -> Value {
     duration.map_or(Value::Null, |duration| json!(duration_text(duration)))
 }
 
-fn duration_text(duration: &prost_types::Duration) -> String {
-    let std = Duration::new(
-        u64::try_from(duration.seconds).unwrap_or(0),
-        u32::try_from(duration.nanos).unwrap_or(0),
+/// A protobuf duration as `1h 30m`; a negative one (which no field allows,
+/// but a server could send) as `-1h 30m`.
+pub fn duration_text(duration: &prost_types::Duration) -> String {
+    let duration = duration.normalized();
+    let negative = duration.seconds < 0 || duration.nanos < 0;
+    // Normalized nanos are below one second, so this cannot overflow.
+    let magnitude = Duration::new(
+        duration.seconds.unsigned_abs(),
+        duration.nanos.unsigned_abs(),
     );
-    humantime::format_duration(std).to_string()
+    let text = humantime::format_duration(magnitude).to_string();
+    if negative { format!("-{text}") } else { text }
 }
 
-/// JSON text as JSON (an invalid or empty document stays a string / null).
-fn embedded_json(text: &str) -> Value {
-    if text.is_empty() {
-        return Value::Null;
+/// A payload or result as JSON; unset (e.g. in the BASIC view) is null.
+pub fn value_json(value: Option<&prost_types::Value>) -> Value {
+    value.map_or(Value::Null, json_value)
+}
+
+/// A payload or result as one line of JSON text; empty when unset.
+fn value_text(value: Option<&prost_types::Value>) -> String {
+    value.map_or_else(String::new, |value| json_value(value).to_string())
+}
+
+/// What became of an attempt: `running` while it runs, `succeeded`,
+/// `failed`..., and whether a cancel was asked meanwhile.
+fn attempt_outcome(attempt: &pb::Attempt) -> String {
+    let outcome = match pb::AttemptOutcome::try_from(attempt.outcome) {
+        Ok(pb::AttemptOutcome::Unspecified) => "running".to_owned(),
+        _ => outcome_name(attempt.outcome),
+    };
+    if attempt.cancel_requested {
+        format!("{outcome} (cancel requested)")
+    } else {
+        outcome
     }
-    serde_json::from_str(text).unwrap_or_else(|_| json!(text))
 }
 
-/// A job for scripts.
+/// A job for scripts. Payload and result are JSON values (null when the
+/// answer's view left them out); attempts are listed by `seq`.
 pub fn job_json(job: &pb::Job) -> Value {
     let attempts: Vec<Value> = job
         .attempts
         .iter()
         .map(|attempt| {
             json!({
+                "seq": attempt.seq,
                 "number": attempt.number,
                 "worker_id": attempt.worker_id,
                 "started_at": time_json(attempt.started_at.as_ref()),
                 "finished_at": time_json(attempt.finished_at.as_ref()),
                 "outcome": outcome_name(attempt.outcome),
+                "cancel_requested": attempt.cancel_requested,
                 "error": attempt.error,
             })
         })
@@ -157,13 +206,13 @@ pub fn job_json(job: &pb::Job) -> Value {
         "type": job.r#type,
         "queue": job.queue,
         "state": state_name(job.state),
-        "payload": embedded_json(&job.payload),
+        "payload": value_json(job.payload.as_ref()),
         "priority": job.priority,
         "attempt": job.attempt,
         "max_attempts": job.max_attempts,
         "progress_percent": job.progress_percent,
         "progress_message": job.progress_message,
-        "result": embedded_json(&job.result),
+        "result": value_json(job.result.as_ref()),
         "last_error": job.last_error,
         "unique_key": job.unique_key,
         "tags": job.tags,
@@ -211,10 +260,10 @@ pub fn job_text(job: &pb::Job) -> String {
                 .trim()
                 .to_owned(),
         ),
-        ("payload", job.payload.clone()),
+        ("payload", value_text(job.payload.as_ref())),
     ];
     let optional = [
-        ("result", job.result.clone()),
+        ("result", value_text(job.result.as_ref())),
         ("last error", job.last_error.clone()),
         ("unique key", job.unique_key.clone()),
         ("tags", job.tags.join(", ")),
@@ -241,23 +290,28 @@ pub fn job_text(job: &pb::Job) -> String {
         .map(|(key, value)| format!("{key:>width$}: {value}\n"))
         .collect();
     if !job.attempts.is_empty() {
+        // seq identifies an attempt in the job's history (and its log lines);
+        // number counts the attempts of the current run.
         text.push_str("attempts:\n");
         let rows: Vec<Vec<String>> = job
             .attempts
             .iter()
             .map(|attempt| {
                 vec![
+                    attempt.seq.to_string(),
                     attempt.number.to_string(),
                     attempt.worker_id.clone(),
                     time_text(attempt.started_at.as_ref()),
                     time_text(attempt.finished_at.as_ref()),
-                    outcome_name(attempt.outcome),
+                    attempt_outcome(attempt),
                     attempt.error.clone(),
                 ]
             })
             .collect();
         text.push_str(&table(
-            &["#", "WORKER", "STARTED", "FINISHED", "OUTCOME", "ERROR"],
+            &[
+                "SEQ", "ATTEMPT", "WORKER", "STARTED", "FINISHED", "OUTCOME", "ERROR",
+            ],
             &rows,
         ));
     }
@@ -379,15 +433,170 @@ mod tests {
     fn job_json_embeds_payload_and_result() {
         let job = pb::Job {
             id: "j1".into(),
-            payload: r#"{"a":1}"#.into(),
-            result: "not json".into(),
+            payload: Some(jobq_client::proto_value(json!({"a": 1}))),
+            result: Some(jobq_client::proto_value(json!("text"))),
             state: pb::JobState::Running as i32,
             ..pb::Job::default()
         };
         let value = job_json(&job);
         assert_eq!(value["payload"], json!({"a": 1}));
-        assert_eq!(value["result"], json!("not json"));
+        assert_eq!(value["result"], json!("text"));
         assert_eq!(value["state"], json!("running"));
         assert_eq!(value["created_at"], Value::Null);
+        // The BASIC view has no payload or result: null, not a crash.
+        let basic = job_json(&pb::Job::default());
+        assert_eq!(
+            (&basic["payload"], &basic["result"]),
+            (&Value::Null, &Value::Null)
+        );
+    }
+
+    #[test]
+    fn attempts_show_their_seq_and_cancel_requests() {
+        let job = pb::Job {
+            attempts: vec![
+                pb::Attempt {
+                    seq: 1,
+                    number: 1,
+                    outcome: pb::AttemptOutcome::Released as i32,
+                    ..pb::Attempt::default()
+                },
+                pb::Attempt {
+                    seq: 2,
+                    number: 1,
+                    outcome: pb::AttemptOutcome::Succeeded as i32,
+                    cancel_requested: true,
+                    ..pb::Attempt::default()
+                },
+                pb::Attempt {
+                    seq: 3,
+                    number: 1,
+                    ..pb::Attempt::default()
+                },
+            ],
+            ..pb::Job::default()
+        };
+        let value = job_json(&job);
+        assert_eq!(value["attempts"][1]["seq"], json!(2));
+        assert_eq!(value["attempts"][1]["number"], json!(1));
+        assert_eq!(value["attempts"][1]["cancel_requested"], json!(true));
+        let text = job_text(&job);
+        let rows: Vec<&str> = text
+            .lines()
+            .skip_while(|line| !line.starts_with("SEQ"))
+            .collect();
+        assert!(rows[0].starts_with("SEQ  ATTEMPT"), "{text}");
+        assert!(rows[1].starts_with("1    1") && rows[1].contains("released"));
+        assert!(rows[2].contains("succeeded (cancel requested)"), "{text}");
+        assert!(rows[3].starts_with("3    1") && rows[3].contains("running"));
+    }
+
+    fn timestamp(seconds: i64, nanos: i32) -> prost_types::Timestamp {
+        prost_types::Timestamp { seconds, nanos }
+    }
+
+    #[test]
+    fn times_are_rfc3339_with_milliseconds() {
+        let time = timestamp(1_764_352_801, 234_567_891);
+        assert_eq!(format_time(&time), "2025-11-28T18:00:01.234Z");
+        assert_eq!(clock_text(Some(&time)), "18:00:01.234");
+        assert_eq!(format_time(&timestamp(0, 0)), "1970-01-01T00:00:00.000Z");
+        // Before 1970 is a time like any other.
+        assert_eq!(format_time(&timestamp(-1, 0)), "1969-12-31T23:59:59.000Z");
+        assert_eq!(
+            format_time(&timestamp(-62_135_596_800, 0)),
+            "0001-01-01T00:00:00.000Z"
+        );
+        assert_eq!(
+            format_time(&timestamp(253_402_300_799, 999_999_999)),
+            "9999-12-31T23:59:59.999Z"
+        );
+        assert_eq!(time_text(None), "-");
+        assert_eq!(time_json(None), Value::Null);
+    }
+
+    #[test]
+    fn times_outside_the_protobuf_range_are_shown_not_fatal() {
+        assert_eq!(
+            format_time(&timestamp(253_402_300_800, 0)),
+            "+10000-01-01T00:00:00.000Z"
+        );
+        assert!(format_time(&timestamp(-62_135_596_801, 0)).starts_with("0000-12-31T23:59:59"));
+        for (seconds, nanos) in [
+            (i64::MAX, i32::MAX),
+            (i64::MIN, i32::MIN),
+            (i64::MAX, -1),
+            (i64::MIN, 999_999_999),
+            (0, i32::MIN),
+        ] {
+            let time = timestamp(seconds, nanos);
+            assert!(!format_time(&time).is_empty());
+            assert!(!clock_text(Some(&time)).is_empty());
+            assert!(ago(Some(&time)).contains('d'));
+        }
+    }
+
+    #[test]
+    fn ago_reads_both_ways() {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |since| i64::try_from(since.as_secs()).unwrap_or(0));
+        assert_eq!(ago(Some(&timestamp(now - 125, 0))), "2m ago");
+        assert_eq!(ago(Some(&timestamp(now + 7200, 0))), "in 2h");
+        assert_eq!(ago(None), "-");
+    }
+
+    #[test]
+    fn durations_never_panic() {
+        let duration = |seconds, nanos| prost_types::Duration { seconds, nanos };
+        assert_eq!(duration_text(&duration(5400, 0)), "1h 30m");
+        assert_eq!(duration_text(&duration(-90, 0)), "-1m 30s");
+        assert_eq!(duration_text(&duration(0, 1_500_000_000)), "1s 500ms");
+        for (seconds, nanos) in [
+            (i64::MIN, i32::MIN),
+            (i64::MAX, i32::MAX),
+            (i64::MIN, 0),
+            (-1, i32::MAX),
+        ] {
+            assert!(!duration_text(&duration(seconds, nanos)).is_empty());
+        }
+    }
+
+    #[test]
+    fn a_job_full_of_nonsense_still_prints() {
+        let weird = timestamp(i64::MAX, i32::MIN);
+        let job = pb::Job {
+            state: 99,
+            progress_percent: -7,
+            attempt: i32::MIN,
+            max_attempts: i32::MAX,
+            created_at: Some(weird),
+            run_at: Some(timestamp(i64::MIN, 0)),
+            started_at: Some(weird),
+            finished_at: Some(weird),
+            updated_at: Some(weird),
+            lease_expires_at: Some(weird),
+            timeout: Some(prost_types::Duration {
+                seconds: i64::MIN,
+                nanos: -1,
+            }),
+            retry_policy: Some(pb::RetryPolicy::default()),
+            payload: Some(prost_types::Value { kind: None }),
+            result: Some(jobq_client::proto_value(json!(f64::NAN))),
+            attempts: vec![pb::Attempt {
+                outcome: -3,
+                started_at: Some(weird),
+                ..pb::Attempt::default()
+            }],
+            ..pb::Job::default()
+        };
+        let value = job_json(&job);
+        assert_eq!(value["state"], json!("unknown(99)"));
+        assert_eq!(value["attempts"][0]["outcome"], json!("unknown(-3)"));
+        assert!(job_text(&job).contains("unknown(99)"));
+        assert_eq!(job_row(&job)[3], "unknown(99)");
+        assert_eq!(event_name(42), "unknown(42)");
+        assert_eq!(stream_name(-1), "unknown(-1)");
+        assert_eq!(worker_status_name(7), "unknown(7)");
     }
 }

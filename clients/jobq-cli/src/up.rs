@@ -9,8 +9,14 @@ use jobq_client::{Client, ClientConfig, Shutdown};
 
 use crate::{CmdResult, Failure, exit};
 
-/// `jobq up`: every `jobq-server` flag, and every `jobq-worker` flag but the connection.
+/// `jobq up`: every `jobq-server` flag, and every `jobq-worker` flag but the
+/// connection (the worker dials the server it runs beside, with a `worker`
+/// or `admin` token of `--auth-token` when there are tokens).
 #[derive(Debug, Args)]
+#[command(
+    after_help = "With --auth-token, the local worker uses a worker token of the set (else an admin one). \
+                  --no-worker runs the server and the dashboard alone; start workers with jobq-worker."
+)]
 pub struct UpArgs {
     /// Server settings (see `jobq-server --help`).
     #[command(flatten)]
@@ -20,7 +26,8 @@ pub struct UpArgs {
     #[command(flatten)]
     pub worker: jobq_worker::WorkerOptions,
 
-    /// Run the server only, no worker.
+    /// Run the server and the dashboard only, without the local worker (for
+    /// workers started elsewhere with jobq-worker).
     #[arg(long)]
     pub no_worker: bool,
 }
@@ -31,6 +38,16 @@ pub async fn up(args: UpArgs) -> CmdResult {
     let config = args.server;
     jobq_worker::init_logging(config.log_format == jobq_server::config::LogFormat::Json);
     config.validate().map_err(Failure::usage)?;
+    // Checked before the server starts: a worker that cannot get in is a usage error.
+    let worker_token = if args.no_worker {
+        None
+    } else {
+        worker_token(&config.auth_tokens).map_err(Failure::usage)?
+    };
+    let connection = WorkerConnection {
+        token: worker_token,
+        max_message_bytes: config.max_message_bytes,
+    };
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .map_err(|error| {
@@ -57,7 +74,14 @@ pub async fn up(args: UpArgs) -> CmdResult {
         shutdown.requested().await;
         Ok(exit::OK)
     } else {
-        run_worker(&args.worker, addr, data_dir.join("media"), shutdown.clone()).await
+        run_worker(
+            &args.worker,
+            addr,
+            connection,
+            data_dir.join("media"),
+            shutdown.clone(),
+        )
+        .await
     };
     tracing::info!("stopping the server");
     let stopped = tokio::select! {
@@ -73,18 +97,61 @@ pub async fn up(args: UpArgs) -> CmdResult {
     outcome
 }
 
+/// The role names of `--auth-token` entries the local worker may use, in the
+/// order it picks them: `worker` is all it needs, `admin` can do it too.
+const WORKER_ROLES: [&str; 2] = ["worker", "admin"];
+
+/// The token the local worker presents: a `worker` token of the server's
+/// `--auth-token` set, else an `admin` one; none when the server has no
+/// tokens. `producer` tokens cannot lease jobs, so a set of only those is an
+/// error (the worker would be refused).
+fn worker_token(auth_tokens: &[String]) -> Result<Option<String>, String> {
+    if auth_tokens.is_empty() {
+        return Ok(None);
+    }
+    let entries: Vec<(&str, &str)> = auth_tokens
+        .iter()
+        .filter_map(|entry| entry.split_once(':'))
+        .collect();
+    WORKER_ROLES
+        .iter()
+        .find_map(|wanted| {
+            entries
+                .iter()
+                .find(|(role, _)| role == wanted)
+                .map(|(_, token)| Some((*token).to_owned()))
+        })
+        .ok_or_else(|| {
+            "--auth-token has no worker or admin token for the local worker: add one \
+             (worker:TOKEN), or run the server alone with --no-worker"
+                .to_owned()
+        })
+}
+
+/// How the local worker dials its server.
+#[derive(Debug)]
+struct WorkerConnection {
+    token: Option<String>,
+    max_message_bytes: usize,
+}
+
 async fn run_worker(
     options: &jobq_worker::WorkerOptions,
     addr: std::net::SocketAddr,
+    connection: WorkerConnection,
     default_media_root: PathBuf,
     shutdown: Shutdown,
 ) -> CmdResult {
     let fail = |error: &dyn std::fmt::Display| {
         Failure::new(exit::ERROR, format!("starting the worker: {error}"))
     };
-    let config = ClientConfig::builder(format!("http://{addr}"))
-        .build()
-        .map_err(|error| fail(&error))?;
+    let has_token = connection.token.is_some();
+    let mut config = ClientConfig::builder(format!("http://{addr}"))
+        .max_message_bytes(connection.max_message_bytes);
+    if let Some(token) = connection.token {
+        config = config.token(token);
+    }
+    let config = config.build().map_err(|error| fail(&error))?;
     let client = Client::connect(config).map_err(|error| fail(&error))?;
     let worker = jobq_worker::build_worker(client, options, default_media_root)
         .map_err(|error| fail(&format!("{error:#}")))?;
@@ -94,10 +161,45 @@ async fn run_worker(
         worker.job_types().join(", "),
         worker.config().queues().join(", ")
     );
-    eprintln!("try: jobq enqueue noop '{{\"sleep_ms\": 1000}}' --wait");
+    let token_flag = if has_token {
+        " --token <producer or admin token>"
+    } else {
+        ""
+    };
+    eprintln!("try: jobq enqueue noop '{{\"sleep_ms\": 1000}}' --wait{token_flag}");
     worker
         .run(shutdown)
         .await
         .map_err(|error| Failure::new(exit::ERROR, error.to_string()))?;
     Ok(exit::OK)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entries(entries: &[&str]) -> Vec<String> {
+        entries.iter().map(|entry| (*entry).to_owned()).collect()
+    }
+
+    #[test]
+    fn the_local_worker_takes_a_worker_token_else_an_admin_one() {
+        assert_eq!(worker_token(&[]), Ok(None));
+        let tokens = entries(&[
+            "producer:p-0123456789abcdef",
+            "admin:a-0123456789abcdef",
+            "worker:w-0123456789:abcdef",
+        ]);
+        assert_eq!(
+            worker_token(&tokens),
+            Ok(Some("w-0123456789:abcdef".to_owned()))
+        );
+        let tokens = entries(&["producer:p-0123456789abcdef", "admin:a-0123456789abcdef"]);
+        assert_eq!(
+            worker_token(&tokens),
+            Ok(Some("a-0123456789abcdef".to_owned()))
+        );
+        let refused = worker_token(&entries(&["producer:p-0123456789abcdef"]));
+        assert!(refused.is_err_and(|error| error.contains("--no-worker")));
+    }
 }

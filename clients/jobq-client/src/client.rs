@@ -43,7 +43,8 @@ impl Interceptor for BearerToken {
 pub struct Enqueued {
     /// The stored job (the existing one when `already_exists`).
     pub job: pb::Job,
-    /// True when a job holding the same unique key was returned instead of a new one.
+    /// True when an existing job was returned instead of a new one (its
+    /// unique key was held, or the request_id was seen before).
     pub already_exists: bool,
 }
 
@@ -78,9 +79,14 @@ impl Client {
             None => None,
         };
         let channel = InterceptedService::new(endpoint.connect_lazy(), BearerToken { header });
+        let limit = config.max_message_bytes;
         Ok(Self {
-            queue: JobQueueServiceClient::new(channel.clone()),
-            worker: WorkerServiceClient::new(channel),
+            queue: JobQueueServiceClient::new(channel.clone())
+                .max_decoding_message_size(limit)
+                .max_encoding_message_size(limit),
+            worker: WorkerServiceClient::new(channel)
+                .max_decoding_message_size(limit)
+                .max_encoding_message_size(limit),
             config,
         })
     }
@@ -110,38 +116,82 @@ impl Client {
 
     // ---- jobs --------------------------------------------------------------
 
-    /// Enqueues one job (EnqueueJob).
+    /// Runs an idempotent write, trying again while the server cannot be
+    /// reached (the same request each time, so it happens at most once).
+    async fn retried<T, F, Fut>(&self, call: F) -> Result<T, ClientError>
+    where
+        F: Fn() -> Fut,
+        Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    {
+        let mut pause = Duration::from_millis(100);
+        let mut tries = 1;
+        loop {
+            match self.unary(call()).await {
+                Err(error) if error.is_unavailable() && tries < self.config.enqueue_tries => {
+                    tracing::debug!(%error, tries, "enqueue failed; trying again with the same request_id");
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_secs(2));
+                    tries += 1;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// Enqueues one job (EnqueueJob). The call carries a fresh request_id and
+    /// is tried again with it while the server cannot be reached, so the job
+    /// is enqueued once even if an answer is lost.
     pub async fn enqueue(&self, spec: impl Into<pb::JobSpec>) -> Result<Enqueued, ClientError> {
+        self.enqueue_with_request_id(spec, &new_request_id()).await
+    }
+
+    /// Enqueues one job under the caller's idempotency key: a repeated call
+    /// with the same `request_id` returns the job the first one created.
+    pub async fn enqueue_with_request_id(
+        &self,
+        spec: impl Into<pb::JobSpec>,
+        request_id: &str,
+    ) -> Result<Enqueued, ClientError> {
         let request = pb::EnqueueJobRequest {
             job: Some(spec.into()),
+            request_id: request_id.to_owned(),
         };
-        let response = self.unary(self.queue.clone().enqueue_job(request)).await?;
+        let response = self
+            .retried(|| {
+                let mut queue = self.queue.clone();
+                let request = request.clone();
+                async move { queue.enqueue_job(request).await }
+            })
+            .await?;
         enqueued(response)
     }
 
-    /// Enqueues up to 1,000 jobs in one transaction (EnqueueJobs); results in request order.
+    /// Enqueues up to 1,000 jobs in one transaction (EnqueueJobs); results in
+    /// request order. Retried like [`Client::enqueue`].
     pub async fn enqueue_many(
         &self,
         specs: Vec<pb::JobSpec>,
     ) -> Result<Vec<Enqueued>, ClientError> {
+        let request = pb::EnqueueJobsRequest {
+            jobs: specs,
+            request_id: new_request_id(),
+        };
         let response = self
-            .unary(
-                self.queue
-                    .clone()
-                    .enqueue_jobs(pb::EnqueueJobsRequest { jobs: specs }),
-            )
+            .retried(|| {
+                let mut queue = self.queue.clone();
+                let request = request.clone();
+                async move { queue.enqueue_jobs(request).await }
+            })
             .await?;
         response.results.into_iter().map(enqueued).collect()
     }
 
-    /// One job with its attempt history (GetJob).
+    /// One job with its payload, result and attempt history (GetJob).
     pub async fn get_job(&self, id: &str) -> Result<pb::Job, ClientError> {
         let response = self
-            .unary(
-                self.queue
-                    .clone()
-                    .get_job(pb::GetJobRequest { id: id.to_owned() }),
-            )
+            .unary(self.queue.clone().get_job(pb::GetJobRequest {
+                job_id: id.to_owned(),
+            }))
             .await?;
         response.job.ok_or(ClientError::MissingField("job"))
     }
@@ -157,7 +207,7 @@ impl Client {
     /// Cancels a job (CancelJob): at once, or flagged for its worker if it runs.
     pub async fn cancel_job(&self, id: &str, reason: &str) -> Result<pb::Job, ClientError> {
         let request = pb::CancelJobRequest {
-            id: id.to_owned(),
+            job_id: id.to_owned(),
             reason: reason.to_owned(),
         };
         let response = self.unary(self.queue.clone().cancel_job(request)).await?;
@@ -167,22 +217,18 @@ impl Client {
     /// Queues a dead, cancelled or succeeded job again (RetryJob).
     pub async fn retry_job(&self, id: &str) -> Result<pb::Job, ClientError> {
         let response = self
-            .unary(
-                self.queue
-                    .clone()
-                    .retry_job(pb::RetryJobRequest { id: id.to_owned() }),
-            )
+            .unary(self.queue.clone().retry_job(pb::RetryJobRequest {
+                job_id: id.to_owned(),
+            }))
             .await?;
         response.job.ok_or(ClientError::MissingField("job"))
     }
 
     /// Deletes a job that is not running (DeleteJob).
     pub async fn delete_job(&self, id: &str) -> Result<(), ClientError> {
-        self.unary(
-            self.queue
-                .clone()
-                .delete_job(pb::DeleteJobRequest { id: id.to_owned() }),
-        )
+        self.unary(self.queue.clone().delete_job(pb::DeleteJobRequest {
+            job_id: id.to_owned(),
+        }))
         .await?;
         Ok(())
     }
@@ -351,4 +397,10 @@ fn enqueued(response: pb::EnqueueJobResponse) -> Result<Enqueued, ClientError> {
         job,
         already_exists: response.already_exists,
     })
+}
+
+/// A fresh request id: a time-ordered UUID (v7), so the server's index of
+/// request ids grows at one end instead of being written all over.
+fn new_request_id() -> String {
+    uuid::Uuid::now_v7().to_string()
 }

@@ -15,7 +15,13 @@ pub struct ClientConfig {
     pub(crate) connect_timeout: Duration,
     pub(crate) request_timeout: Duration,
     pub(crate) keep_alive_interval: Duration,
+    pub(crate) max_message_bytes: usize,
+    pub(crate) enqueue_tries: u32,
 }
+
+/// Largest message the client sends or takes by default: the server's default
+/// limit, so that lists of full jobs with 1 MiB payloads fit.
+pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
 
 impl ClientConfig {
     /// A builder for a server at `endpoint` (`http://host:port`; a bare
@@ -28,6 +34,8 @@ impl ClientConfig {
                 connect_timeout: Duration::from_secs(5),
                 request_timeout: Duration::from_secs(30),
                 keep_alive_interval: Duration::from_secs(15),
+                max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
+                enqueue_tries: 4,
             },
         }
     }
@@ -45,6 +53,11 @@ impl ClientConfig {
     /// Longest wait for an answer to a unary call (long polls add their wait).
     pub fn request_timeout(&self) -> Duration {
         self.request_timeout
+    }
+
+    /// Largest message sent or received, in bytes.
+    pub fn max_message_bytes(&self) -> usize {
+        self.max_message_bytes
     }
 }
 
@@ -80,6 +93,22 @@ impl ClientConfigBuilder {
         self
     }
 
+    /// Largest message sent or received (default 64 MiB, the server's
+    /// default). Set it to the server's `--max-message-bytes`; LeaseJobs
+    /// answers are kept under it.
+    pub fn max_message_bytes(mut self, bytes: usize) -> Self {
+        self.config.max_message_bytes = bytes;
+        self
+    }
+
+    /// How often an enqueue is tried when the server cannot be reached or
+    /// does not answer (default 4). Every try carries the same request_id, so
+    /// a job is never enqueued twice. 1 means no retry.
+    pub fn enqueue_tries(mut self, tries: u32) -> Self {
+        self.config.enqueue_tries = tries.max(1);
+        self
+    }
+
     /// The checked configuration.
     pub fn build(mut self) -> Result<ClientConfig, ClientError> {
         let endpoint = self.config.endpoint.trim().to_owned();
@@ -104,6 +133,11 @@ impl ClientConfigBuilder {
         {
             return Err(ClientError::Config(
                 "the token must not contain spaces or control characters".into(),
+            ));
+        }
+        if self.config.max_message_bytes < 64 * 1024 {
+            return Err(ClientError::Config(
+                "the message size limit must be at least 64 KiB".into(),
             ));
         }
         for (what, value) in [

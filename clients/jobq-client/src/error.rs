@@ -43,9 +43,21 @@ impl ClientError {
     /// The server could not be reached or did not answer in time: worth
     /// retrying later.
     pub fn is_unavailable(&self) -> bool {
-        matches!(
-            self.code(),
-            Some(Code::Unavailable | Code::DeadlineExceeded | Code::Unknown | Code::Cancelled)
-        )
+        self.code().is_some_and(is_transient)
     }
+}
+
+/// gRPC codes that say "try again later": the server was unreachable, busy,
+/// shutting down, slow, or two writes collided. For a write the outcome is
+/// unknown: retry it only if it is idempotent (an enqueue with its request_id,
+/// a report with its lease token).
+pub fn is_transient(code: Code) -> bool {
+    matches!(
+        code,
+        Code::Unavailable
+            | Code::DeadlineExceeded
+            | Code::Unknown
+            | Code::Cancelled
+            | Code::Aborted
+    )
 }

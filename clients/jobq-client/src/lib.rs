@@ -38,9 +38,12 @@ pub mod worker;
 
 pub use async_trait::async_trait;
 pub use client::{Client, Enqueued};
-pub use config::{ClientConfig, ClientConfigBuilder, DEFAULT_ENDPOINT};
-pub use convert::{proto_duration, proto_timestamp, system_time};
-pub use error::ClientError;
+pub use config::{ClientConfig, ClientConfigBuilder, DEFAULT_ENDPOINT, DEFAULT_MAX_MESSAGE_BYTES};
+pub use convert::{
+    json_object, json_value, proto_duration, proto_struct, proto_timestamp, proto_value,
+    system_time,
+};
+pub use error::{ClientError, is_transient};
 pub use spec::NewJob;
 pub use worker::{
     Handler, JobContext, JobError, JobLogger, JobResult, ResultExt, Shutdown, StopCause, Worker,

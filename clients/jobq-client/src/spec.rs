@@ -4,7 +4,8 @@ use std::time::{Duration, SystemTime};
 
 use jobq_proto::v1::{JobSpec, RetryPolicy};
 
-use crate::convert::{proto_duration, proto_timestamp};
+use crate::convert::{proto_duration, proto_timestamp, proto_value};
+use crate::error::ClientError;
 
 /// A job to enqueue. Unset knobs take the server's defaults.
 ///
@@ -26,19 +27,18 @@ pub struct NewJob {
 impl NewJob {
     /// A job of `job_type` with a JSON payload.
     pub fn new(job_type: impl Into<String>, payload: serde_json::Value) -> Self {
-        Self::with_raw_payload(job_type, payload.to_string())
-    }
-
-    /// A job of `job_type` whose payload is already JSON text (not checked here;
-    /// the server refuses invalid JSON).
-    pub fn with_raw_payload(job_type: impl Into<String>, payload: impl Into<String>) -> Self {
         Self {
             spec: JobSpec {
                 r#type: job_type.into(),
-                payload: payload.into(),
+                payload: Some(proto_value(payload)),
                 ..JobSpec::default()
             },
         }
+    }
+
+    /// A job of `job_type` whose payload is JSON text.
+    pub fn from_json_text(job_type: impl Into<String>, payload: &str) -> Result<Self, ClientError> {
+        Ok(Self::new(job_type, serde_json::from_str(payload)?))
     }
 
     /// Queue name (default `default`).
@@ -154,7 +154,10 @@ mod tests {
             .depends_on("x")
             .depends_on("y")
             .into_spec();
-        assert_eq!(spec.payload, r#"{"a":1}"#);
+        assert_eq!(
+            spec.payload.as_ref().map(crate::convert::json_value),
+            Some(serde_json::json!({"a": 1}))
+        );
         assert_eq!(spec.depends_on, vec!["x", "y"]);
     }
 }

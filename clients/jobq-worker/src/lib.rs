@@ -45,8 +45,9 @@ pub struct WorkerOptions {
     #[arg(long, env = "JOBQ_CONCURRENCY", default_value_t = 4)]
     pub concurrency: usize,
 
-    /// Directory downloads go to (created if missing). Default: `jobq-media`,
-    /// or `media` in the data dir under `jobq up`.
+    /// Directory downloads go to, created by the first download that needs
+    /// it. Default: `jobq-media` in the working directory, or `media` in the
+    /// data dir under `jobq up`.
     #[arg(long, env = "JOBQ_MEDIA_ROOT")]
     pub media_root: Option<PathBuf>,
 
@@ -234,4 +235,35 @@ async fn serve(cli: WorkerCli) -> anyhow::Result<()> {
     let shutdown = Shutdown::on_signals().context("installing signal handlers")?;
     worker.run(shutdown).await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn building_the_worker_leaves_no_media_root_behind() -> anyhow::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let media_root = dir.path().join("jobq-media");
+        let options = WorkerOptions {
+            worker_id: None,
+            queues: vec!["default".into()],
+            types: Vec::new(),
+            concurrency: 1,
+            media_root: None,
+            cleanup_roots: Vec::new(),
+            grace_period: Duration::from_secs(1),
+            cancel_grace: Duration::from_secs(1),
+            lease: Duration::from_secs(30),
+            poll_wait: Duration::from_secs(1),
+            yt_dlp: PathBuf::from("jobq-test-no-such-tool"),
+            ffprobe: PathBuf::from("jobq-test-no-such-tool"),
+        };
+        // The connection is lazy: no server is needed to build the worker.
+        let client = Client::connect(ClientConfig::builder("http://127.0.0.1:9").build()?)?;
+        let worker = build_worker(client, &options, media_root.clone())?;
+        assert_eq!(worker.job_types().len(), jobs::types::ALL.len());
+        assert!(!media_root.exists(), "{} was created", media_root.display());
+        Ok(())
+    }
 }

@@ -15,17 +15,18 @@ use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tonic::service::Routes;
+use tonic::service::interceptor::InterceptedService;
 use tonic_health::server::HealthReporter;
 
 use crate::auth;
 use crate::background;
-use crate::cluster;
 use crate::config::Config;
 use crate::dashboard;
 use crate::domain::{JobQueue, SystemClock};
-use crate::grpc::{QueueApi, WorkerApi};
+use crate::grpc::{QueueApi, WatchPresence, WorkerApi, limits};
 use crate::logs::LogStore;
-use crate::store::{DatabaseKind, SqlStore};
+use crate::logs::reader::LogReader;
+use crate::store::{DatabaseKind, SqlStore, peers};
 
 /// The server, assembled.
 pub struct App;
@@ -56,14 +57,18 @@ impl App {
         std::fs::create_dir_all(&config.data_dir)
             .with_context(|| format!("creating data dir {}", config.data_dir.display()))?;
         let store = Arc::new(
-            SqlStore::open(&config.effective_database_url(), config.sqlite_synchronous)
-                .await
-                .context("opening the database")?,
+            SqlStore::open(
+                &config.effective_database_url(),
+                config.sqlite_synchronous,
+                config.database_connect_timeout,
+            )
+            .await
+            .context("opening the database")?,
         );
-        let logs = Arc::new(
-            LogStore::new(&config.data_dir, config.log_limits(), store.log_table())
-                .context("opening the job log directory")?,
-        );
+        let record = store
+            .log_record(&config.data_dir)
+            .context("opening the job log directory")?;
+        let logs = Arc::new(LogStore::new(record, config.log_limits()));
         let stop = CancellationToken::new();
         let queue = Arc::new(JobQueue::new(
             store.clone(),
@@ -75,8 +80,8 @@ impl App {
         ));
 
         let background = TaskTracker::new();
-        if store.kind() == DatabaseKind::Postgres {
-            let peers = cluster::start(
+        let presence = if store.kind() == DatabaseKind::Postgres {
+            let peers = peers::start(
                 &config.effective_database_url(),
                 store.connection().clone(),
                 queue.clone(),
@@ -84,8 +89,11 @@ impl App {
                 &background,
                 stop.child_token(),
             );
-            queue.set_peers(peers);
-        }
+            queue.set_peers(peers.clone());
+            WatchPresence::new(Some(peers))
+        } else {
+            WatchPresence::new(None)
+        };
         background.spawn(background::reaper(
             queue.clone(),
             config.reaper_interval,
@@ -99,8 +107,6 @@ impl App {
             config.retention_dead,
             stop.child_token(),
         ));
-        background.close();
-        let streams = TaskTracker::new();
 
         let (health, health_service) = tonic_health::server::health_reporter();
         for name in SERVICE_NAMES {
@@ -108,7 +114,18 @@ impl App {
                 .set_service_status(name, tonic_health::ServingStatus::Serving)
                 .await;
         }
+        background.spawn(background::database_health(
+            queue.clone(),
+            health.clone(),
+            &SERVICE_NAMES,
+            stop.child_token(),
+        ));
+        background.close();
+        let streams = TaskTracker::new();
+
         // grpcurl 1.8 speaks only v1alpha reflection; buf curl speaks v1.
+        // The descriptor set holds google.rpc's error details too, so
+        // grpcurl can print them.
         let reflection = || {
             tonic_reflection::server::Builder::configure()
                 .register_encoded_file_descriptor_set(jobq_proto::FILE_DESCRIPTOR_SET)
@@ -124,16 +141,26 @@ impl App {
         let serving_stopped = stop_serving.clone();
         let tokens =
             Arc::new(auth::Tokens::parse(&config.auth_tokens).map_err(anyhow::Error::msg)?);
+        let message_limit = config.max_message_bytes;
         let mut grpc = Routes::builder();
         grpc.add_service(health_service)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
-            .add_service(JobQueueServiceServer::with_interceptor(
-                QueueApi::new(queue.clone(), logs.clone(), streams.clone()),
+            .add_service(InterceptedService::new(
+                JobQueueServiceServer::new(QueueApi::new(
+                    queue.clone(),
+                    LogReader::new(queue.clone(), logs.clone()),
+                    streams.clone(),
+                    presence,
+                ))
+                .max_decoding_message_size(message_limit)
+                .max_encoding_message_size(message_limit),
                 auth::interceptor(tokens.clone()),
             ))
-            .add_service(WorkerServiceServer::with_interceptor(
-                WorkerApi::new(queue, logs),
+            .add_service(InterceptedService::new(
+                WorkerServiceServer::new(WorkerApi::new(queue, logs))
+                    .max_decoding_message_size(message_limit)
+                    .max_encoding_message_size(message_limit),
                 auth::interceptor(tokens),
             ));
         // grpc-web in front of the gRPC methods only (it refuses other
@@ -142,7 +169,10 @@ impl App {
             .routes()
             .into_axum_router()
             .route_layer(tonic_web::GrpcWebLayer::new())
-            .fallback(dashboard::serve);
+            .fallback(dashboard::serve)
+            .layer(tower::util::MapResponseLayer::new(move |response| {
+                limits::name_message_limit(response, message_limit)
+            }));
         let router = tonic::transport::Server::builder()
             // HTTP/1.1 for grpc-web clients (browsers) and the dashboard.
             .accept_http1(true)

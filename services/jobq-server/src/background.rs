@@ -114,3 +114,42 @@ pub async fn promoter(queue: Arc<JobQueue>, stop: CancellationToken) {
         }
     }
 }
+
+/// How often the database is asked whether it answers.
+const HEALTH_CHECK_EVERY: Duration = Duration::from_secs(1);
+
+/// Keeps the health service honest: NOT_SERVING while the database cannot
+/// be reached (calls would only fail), SERVING again when it answers.
+pub async fn database_health(
+    queue: Arc<JobQueue>,
+    health: tonic_health::server::HealthReporter,
+    services: &'static [&'static str],
+    stop: CancellationToken,
+) {
+    let mut ticker = tokio::time::interval(HEALTH_CHECK_EVERY);
+    ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let mut serving = true;
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            _ = ticker.tick() => {}
+        }
+        let answers = tokio::time::timeout(HEALTH_CHECK_EVERY * 2, queue.ping())
+            .await
+            .is_ok_and(|ping| ping.is_ok());
+        if answers == serving || stop.is_cancelled() {
+            continue;
+        }
+        serving = answers;
+        let status = if serving {
+            tracing::info!("the database answers again: serving");
+            tonic_health::ServingStatus::Serving
+        } else {
+            tracing::warn!("the database does not answer: not serving until it does");
+            tonic_health::ServingStatus::NotServing
+        };
+        for name in services {
+            health.set_service_status(*name, status).await;
+        }
+    }
+}

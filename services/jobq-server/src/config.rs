@@ -93,9 +93,20 @@ pub struct Config {
     #[arg(long, env = "JOBQ_REAPER_INTERVAL", default_value = "1s", value_parser = humantime::parse_duration)]
     pub reaper_interval: Duration,
 
-    /// Largest job payload or result, in bytes.
+    /// Largest job payload or result, as JSON text, in bytes.
     #[arg(long, env = "JOBQ_MAX_PAYLOAD_BYTES", default_value_t = 1024 * 1024)]
     pub max_payload_bytes: usize,
+
+    /// Largest gRPC message the server accepts or sends, in bytes; a larger
+    /// request is refused with RESOURCE_EXHAUSTED. At least the payload limit
+    /// plus 64 KiB; clients receiving lists of full jobs need as much.
+    #[arg(long, env = "JOBQ_MAX_MESSAGE_BYTES", default_value_t = 64 * 1024 * 1024)]
+    pub max_message_bytes: usize,
+
+    /// How long the server keeps trying to reach its database at start
+    /// before it gives up (it says where and why while it tries).
+    #[arg(long, env = "JOBQ_DATABASE_CONNECT_TIMEOUT", default_value = "60s", value_parser = humantime::parse_duration)]
+    pub database_connect_timeout: Duration,
 
     /// Longest log line kept whole; longer ones are cut and marked.
     #[arg(long, env = "JOBQ_MAX_LOG_LINE_BYTES", default_value_t = 16 * 1024)]
@@ -123,9 +134,18 @@ pub struct Config {
 }
 
 impl Config {
-    /// The defaults, with the given data dir and a free loopback port: what tests start from.
+    /// The built-in defaults, whatever the environment says (no `JOBQ_*`
+    /// variable is read), with the given data dir and a free loopback port:
+    /// what tests start from.
     pub fn for_tests(data_dir: impl Into<PathBuf>) -> Self {
-        let mut config = Config::parse_from(["jobq-server"]);
+        use clap::{CommandFactory, FromArgMatches};
+        let command = Config::command().mut_args(|arg| arg.env(None::<&str>));
+        let matches = command.get_matches_from(["jobq-server"]);
+        let mut config = match Config::from_arg_matches(&matches) {
+            Ok(config) => config,
+            // The defaults parse; a failure here is a bug in the flags above.
+            Err(error) => panic!("built-in defaults do not parse: {error}"),
+        };
         config.listen = SocketAddr::from(([127, 0, 0, 1], 0));
         config.data_dir = data_dir.into();
         config
@@ -147,11 +167,17 @@ impl Config {
         if self.default_backoff_max < self.default_backoff_base {
             return Err("--default-backoff-max must be at least --default-backoff-base".into());
         }
-        if self.lease_duration < Duration::from_millis(100) {
-            return Err("--lease-duration must be at least 100ms".into());
-        }
         if self.max_log_line_bytes < 64 {
             return Err("--max-log-line-bytes must be at least 64".into());
+        }
+        if self.max_message_bytes < self.max_payload_bytes + 64 * 1024 {
+            return Err(format!(
+                "--max-message-bytes ({}) must be at least --max-payload-bytes ({}) plus 64 KiB",
+                self.max_message_bytes, self.max_payload_bytes
+            ));
+        }
+        if !crate::domain::LEASE_RANGE.contains(&self.lease_duration) {
+            return Err("--lease-duration must be between 1s and 1h".into());
         }
         if self.reaper_interval.is_zero() {
             return Err("--reaper-interval must be greater than zero".into());
@@ -195,6 +221,7 @@ impl Config {
     pub fn limits(&self) -> Limits {
         Limits {
             max_payload_bytes: self.max_payload_bytes,
+            max_message_bytes: self.max_message_bytes,
             ..Limits::default()
         }
     }

@@ -22,19 +22,23 @@ fn content_type(path: &str) -> &'static str {
     }
 }
 
+fn not_found(what: &'static str) -> Response {
+    let mut response = Response::new(Body::from(what));
+    *response.status_mut() = StatusCode::NOT_FOUND;
+    response
+}
+
 /// Serves a file of the bundle; any other path gets index.html, so the
-/// page's own routes survive a reload.
+/// page's own routes survive a reload. A missing asset is a 404: an old page
+/// asking for a file of another build must not get HTML instead of its script.
 pub async fn serve(uri: Uri) -> Response {
     let wanted = uri.path().trim_start_matches('/');
     let (path, file) = match BUNDLE.get_file(wanted) {
         Some(file) if !wanted.is_empty() => (wanted, file),
+        None if wanted.starts_with("assets/") => return not_found("no such asset"),
         _ => match BUNDLE.get_file("index.html") {
             Some(file) => ("index.html", file),
-            None => {
-                let mut response = Response::new(Body::from("dashboard not built"));
-                *response.status_mut() = StatusCode::NOT_FOUND;
-                return response;
-            }
+            None => return not_found("dashboard not built"),
         },
     };
     let mut response = Response::new(Body::from(file.contents()));

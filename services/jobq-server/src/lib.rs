@@ -5,13 +5,14 @@ mod app;
 mod auth;
 mod background;
 mod cli;
-mod cluster;
 pub mod config;
 mod dashboard;
 pub mod domain;
 mod grpc;
 mod logs;
 mod store;
+#[cfg(test)]
+mod testkit;
 
 pub use app::{App, RunningServer};
 pub use cli::run_cli;

@@ -94,13 +94,13 @@ async fn main() -> Result<()> {
             .map(|index| LogEntry {
                 stream: LogStream::Stdout.into(),
                 message: message(index, message_bytes),
-                progress_percent: -1,
                 ..LogEntry::default()
             })
             .collect();
         PushJobLogsRequest {
             lease: Some(lease.clone()),
             entries,
+            first_sequence: first as u64 + 1,
         }
     }));
     let started = Instant::now();

@@ -1,20 +1,21 @@
-//! Live log tail of one job: StreamJobLogs with follow, stdout/stderr/
-//! system/progress told apart, auto-scroll that pauses when the reader
-//! scrolls up.
+//! Live log tail of one job: StreamJobLogs with follow (resumed after the
+//! last line when the stream breaks), stdout/stderr/system/progress told
+//! apart, auto-scroll that pauses when the reader scrolls up.
 import { useEffect, useLayoutEffect, useRef, useState } from "preact/hooks";
 import type { LogLine } from "../gen/jobq/v1/log_pb";
-import { api, errorMessage, isAbort, noteError } from "../lib/api";
+import { api, errorMessage, noteError } from "../lib/api";
 import { capLines, INITIAL_FOLLOW, jumpToLatest, onAppend, onScroll, type FollowState } from "../lib/autoscroll";
-import { formatClock, formatCount, tsMillis } from "../lib/format";
+import { formatClock, formatCount, formatFields, logEntryLabel, tsMillis } from "../lib/format";
+import { followLog, type FollowStatus } from "../lib/logfollow";
 import { logStreamName } from "../lib/states";
 import { usePageActive } from "../lib/visibility";
 
 const MAX_LINES = 5000;
 const STREAMS = ["stdout", "stderr", "system", "progress"] as const;
 
-type StreamStatus = "connecting" | "following" | "ended" | "retrying" | "paused";
+type StreamStatus = FollowStatus | "paused";
 
-export function LogTail({ jobId, active }: { jobId: string; active: boolean }) {
+export function LogTail({ jobId, active, attemptNumbers }: { jobId: string; active: boolean; attemptNumbers?: ReadonlyMap<number, number> }) {
   const [lines, setLines] = useState<LogLine[]>([]);
   const [dropped, setDropped] = useState(0);
   const [status, setStatus] = useState<StreamStatus>("connecting");
@@ -46,54 +47,35 @@ export function LogTail({ jobId, active }: { jobId: string; active: boolean }) {
       return;
     }
     const abort = new AbortController();
-    let retryDelay = 1000;
     endedRef.current = false;
-    const run = async (): Promise<void> => {
-      while (!abort.signal.aborted) {
-        setStatus(lastPos.current === 0n ? "connecting" : "following");
-        let lagged = false;
-        try {
-          const stream = api().streamJobLogs(
-            { jobId, follow: true, afterPosition: lastPos.current },
-            { signal: abort.signal, timeoutMs: 0, onHeader: () => setStatus("following") },
-          );
-          for await (const res of stream) {
-            retryDelay = 1000;
-            setError(undefined);
-            if (res.lines.length > 0) {
-              const last = res.lines[res.lines.length - 1];
-              if (last) lastPos.current = last.position;
-              const { state, scroll } = onAppend(followRef.current, res.lines.length);
-              if (state !== followRef.current) setFollow(state);
-              if (scroll) pendingScroll.current = true;
-              setLines((cur) => {
-                const r = capLines(cur, res.lines, MAX_LINES);
-                if (r.dropped) setDropped((d) => d + r.dropped);
-                return r.lines;
-              });
-            }
-            if (res.lagged) {
-              lastPos.current = res.resumeAfterPosition;
-              lagged = true;
-              break;
-            }
-          }
-          if (lagged) continue;
-          // The server ends a followed stream when the job is terminal.
-          endedRef.current = true;
-          setStatus("ended");
-          return;
-        } catch (err) {
-          if (abort.signal.aborted || isAbort(err)) return;
-          noteError(err);
-          setError(errorMessage(err));
-          setStatus("retrying");
-          await new Promise((r) => setTimeout(r, retryDelay));
-          retryDelay = Math.min(retryDelay * 2, 15000);
-        }
-      }
-    };
-    void run();
+    void followLog({
+      client: api(),
+      jobId,
+      afterPosition: lastPos.current,
+      signal: abort.signal,
+      onLines: (incoming) => {
+        const last = incoming[incoming.length - 1];
+        if (last) lastPos.current = last.position;
+        const { state, scroll } = onAppend(followRef.current, incoming.length);
+        if (state !== followRef.current) setFollow(state);
+        if (scroll) pendingScroll.current = true;
+        setLines((cur) => {
+          const r = capLines(cur, incoming, MAX_LINES);
+          if (r.dropped) setDropped((d) => d + r.dropped);
+          return r.lines;
+        });
+      },
+      onStatus: (next, err) => {
+        if (abort.signal.aborted) return;
+        if (err) noteError(err);
+        setError(err ? errorMessage(err) : undefined);
+        setStatus(next);
+        // "ended": the job finished and its log is complete; "failed": the
+        // job is gone or the call is refused. Either way nothing more comes
+        // unless the job runs again.
+        if (next === "ended" || next === "failed") endedRef.current = true;
+      },
+    });
     return () => abort.abort();
   }, [jobId, generation, pageActive]);
 
@@ -112,21 +94,23 @@ export function LogTail({ jobId, active }: { jobId: string; active: boolean }) {
     else next.add(s);
     setHidden(next);
   };
-  let prevAttempt = -1;
+  // Entries of the history, one after another: position = (entry << 32) | line.
+  let prevEntry = -1n;
   return (
     <div class="logs">
       <div class="logs-toolbar">
         <span class={`live-dot ${status === "following" ? "on" : status === "ended" ? "off" : "warn"}`} />
-        <span class="small" data-testid="log-status">
-          {status === "following"
-            ? "Following"
-            : status === "ended"
-              ? "Ended"
-              : status === "connecting"
-                ? "Connecting…"
-                : status === "paused"
-                  ? "Paused in background"
-                  : "Reconnecting…"}
+        <span class="small" data-testid="log-status" data-status={status}>
+          {
+            {
+              following: "Following",
+              ended: "Ended",
+              connecting: "Connecting…",
+              paused: "Paused in background",
+              retrying: "Reconnecting…",
+              failed: "Stopped",
+            }[status]
+          }
           {" · "}
           {formatCount(lines.length)} lines
         </span>
@@ -142,7 +126,7 @@ export function LogTail({ jobId, active }: { jobId: string; active: boolean }) {
           wrap
         </label>
       </div>
-      {error && status === "retrying" ? <div class="notice notice-error small">{error}</div> : null}
+      {error && (status === "retrying" || status === "failed") ? <div class="notice notice-error small">{error}</div> : null}
       <div
         ref={boxRef}
         class={`log-box ${wrap ? "wrap" : ""}`}
@@ -159,19 +143,24 @@ export function LogTail({ jobId, active }: { jobId: string; active: boolean }) {
         ) : null}
         {visible.map((l) => {
           const stream = logStreamName(l.stream);
+          const entry = l.position >> 32n;
           const divider =
-            l.attempt !== prevAttempt && l.attempt > 0 ? (
+            entry !== prevEntry && entry > 0n ? (
               <div class="log-attempt" key={`a${l.position}`}>
-                Attempt {l.attempt}
+                {logEntryLabel(l.attempt, attemptNumbers)}
               </div>
             ) : null;
-          prevAttempt = l.attempt;
+          prevEntry = entry;
+          const fields = formatFields(l.fields);
           return [
             divider,
             <div key={String(l.position)} class={`log-line log-${stream}`}>
               <span class="log-time">{formatClock(tsMillis(l.time))}</span>
               <span class="log-stream">{stream}</span>
-              <span class="log-msg">{l.message}</span>
+              <span class="log-msg">
+                {l.message}
+                {fields ? <span class="log-fields"> {fields}</span> : null}
+              </span>
             </div>,
           ];
         })}

@@ -1,7 +1,8 @@
 //! Small presentational pieces: badges, progress bars, times, notices, pager.
 import type { ComponentChildren } from "preact";
+import type { Value } from "@bufbuild/protobuf/wkt";
 import type { JobState } from "../gen/jobq/v1/job_pb";
-import { clampPercent, formatDateTime, formatRelative, prettyJson } from "../lib/format";
+import { clampPercent, formatDateTime, formatRelative, prettyValue } from "../lib/format";
 import { stateInfo, type Tone } from "../lib/states";
 
 export function Badge({ tone, children, title }: { tone: Tone; children: ComponentChildren; title?: string }) {
@@ -105,8 +106,9 @@ export function Card({ title, actions, children, class: cls }: { title?: Compone
   );
 }
 
-export function JsonBlock({ text, empty = "—" }: { text: string; empty?: string }) {
-  const pretty = prettyJson(text);
+/** A JSON value (payload, result) pretty-printed; `empty` when it is unset. */
+export function JsonBlock({ value, empty = "—" }: { value: Value | undefined; empty?: string }) {
+  const pretty = prettyValue(value);
   if (!pretty) return <div class="muted">{empty}</div>;
   return <pre class="code">{pretty}</pre>;
 }

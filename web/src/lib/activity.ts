@@ -30,8 +30,6 @@ export interface Classified {
   kind: "enqueued" | "started" | "succeeded" | "failed";
   /** For "started": how long the job was ready before it started. */
   waitMs?: number;
-  /** Failures are counted once per job attempt, whichever event brings them. */
-  failureKey?: string;
 }
 
 export function classifyEvent(ev: JobEvent): Classified | undefined {
@@ -41,7 +39,10 @@ export function classifyEvent(ev: JobEvent): Classified | undefined {
     case JobEventType.CREATED:
       return { kind: "enqueued" };
     case JobEventType.ATTEMPT_FAILED:
-      return { kind: "failed", failureKey: `${job.id}:${job.attempt}` };
+      // One event per attempt that ended without success, already in its
+      // new state (no STATE_CHANGED follows). An attempt stopped for a
+      // cancel is the client's doing, not a failure.
+      return job.state === JobState.CANCELLED ? undefined : { kind: "failed" };
     case JobEventType.STATE_CHANGED:
       if (job.state === JobState.RUNNING) {
         const at = tsMillis(ev.time);
@@ -50,12 +51,6 @@ export function classifyEvent(ev: JobEvent): Classified | undefined {
         return { kind: "started", waitMs };
       }
       if (job.state === JobState.SUCCEEDED) return { kind: "succeeded" };
-      if (
-        ev.previousState === JobState.RUNNING &&
-        (job.state === JobState.RETRYING || job.state === JobState.DEAD)
-      ) {
-        return { kind: "failed", failureKey: `${job.id}:${job.attempt}` };
-      }
       return undefined;
     default:
       return undefined;
@@ -69,18 +64,12 @@ export function classifyEvent(ev: JobEvent): Classified | undefined {
  */
 export class ActivityRecorder {
   private seconds = new Map<number, Counters>();
-  private failures = new Map<string, number>();
 
   constructor(private readonly keepMs = 60 * 60 * 1000) {}
 
   record(ev: JobEvent, now: number): void {
     const c = classifyEvent(ev);
-    if (!c) return;
-    if (c.failureKey) {
-      if (this.failures.has(c.failureKey)) return;
-      this.failures.set(c.failureKey, now);
-    }
-    this.add(c, now);
+    if (c) this.add(c, now);
   }
 
   add(c: Classified, now: number): void {
@@ -102,8 +91,6 @@ export class ActivityRecorder {
   private prune(now: number): void {
     const oldest = Math.floor((now - this.keepMs) / 1000);
     for (const sec of this.seconds.keys()) if (sec < oldest) this.seconds.delete(sec);
-    const failureHorizon = now - 10 * 60 * 1000;
-    for (const [k, t] of this.failures) if (t < failureHorizon) this.failures.delete(k);
   }
 
   buckets(now: number, windowMs: number, bucketMs: number): Bucket[] {

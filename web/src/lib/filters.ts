@@ -2,7 +2,7 @@
 //! client-side check used to apply live events to a filtered list.
 import { create } from "@bufbuild/protobuf";
 import { ListJobsRequestSchema, type ListJobsRequest } from "../gen/jobq/v1/queue_service_pb";
-import type { Job, JobState } from "../gen/jobq/v1/job_pb";
+import { JobView, type Job, type JobState } from "../gen/jobq/v1/job_pb";
 import { stateFromSlug, stateInfo } from "./states";
 
 export interface JobFilters {
@@ -55,7 +55,11 @@ export function hasFilters(f: JobFilters): boolean {
   return f.states.length > 0 || f.types.length > 0 || f.queues.length > 0 || f.search !== "";
 }
 
-/** One page of ListJobs for these filters. */
+/**
+ * One page of ListJobs for these filters, in the BASIC view (lists show no
+ * payloads or results). A page token is bound to the filters it came with:
+ * when they change, start again from the first page ("").
+ */
 export function listRequest(
   f: JobFilters,
   pageToken = "",
@@ -69,6 +73,7 @@ export function listRequest(
     search: f.search,
     pageSize,
     pageToken,
+    view: JobView.BASIC,
     ...extra,
   });
 }

@@ -1,4 +1,7 @@
 //! Formatting of times, durations, counts, ids and JSON for display.
+import { toJson, type JsonObject, type JsonValue } from "@bufbuild/protobuf";
+import { ValueSchema, type Value } from "@bufbuild/protobuf/wkt";
+
 /** A protobuf Timestamp or Duration (or anything shaped like one). */
 export interface SecondsNanos {
   seconds: bigint;
@@ -131,16 +134,50 @@ export function shortId(id: string): string {
 }
 
 /**
- * JSON text pretty-printed with two spaces; text that is not JSON is
- * returned as it is, and empty text as "".
+ * The heading of one entry of a job's log. Log lines carry the entry's
+ * history position (Attempt.seq), which is not the attempt number once a
+ * job was released or retried (RetryJob starts the count again); `numbers`
+ * maps seq → number from the job's attempts. Entries that are no attempt (a
+ * cancel or a requeue, `seq` 0) have no heading.
  */
-export function prettyJson(text: string): string {
-  if (!text.trim()) return "";
+export function logEntryLabel(seq: number, numbers?: ReadonlyMap<number, number>): string {
+  if (seq <= 0) return "";
+  const n = numbers?.get(seq);
+  return n === undefined ? `Attempt #${seq}` : `Attempt ${n} · #${seq}`;
+}
+
+/** A worker's reported version: "v1.2.3" for a bare number, else as sent ("jobq-worker/0.1.0"). */
+export function formatVersion(version: string): string {
+  const v = version.trim();
+  return /^v?\d/.test(v) ? `v${v.replace(/^v/, "")}` : v;
+}
+
+/**
+ * The JSON a protobuf Value holds (a payload or a result), or undefined when
+ * the field is unset (not in the view that was read, or none).
+ */
+export function valueJson(value: Value | undefined): JsonValue | undefined {
+  if (!value) return undefined;
   try {
-    return JSON.stringify(JSON.parse(text), null, 2);
+    return toJson(ValueSchema, value);
   } catch {
-    return text;
+    // A Value without a kind is not valid JSON; show it as absent.
+    return undefined;
   }
+}
+
+/** A Value as JSON pretty-printed with two spaces; "" when unset. */
+export function prettyValue(value: Value | undefined): string {
+  const json = valueJson(value);
+  return json === undefined ? "" : JSON.stringify(json, null, 2);
+}
+
+/** Structured fields of a log line, compact: `a=1 b="two" c={"d":true}`. */
+export function formatFields(fields: JsonObject | undefined): string {
+  if (!fields) return "";
+  return Object.entries(fields)
+    .map(([k, v]) => `${k}=${JSON.stringify(v)}`)
+    .join(" ");
 }
 
 /** The first line of a (possibly long, multi-line) error, capped. */

@@ -2,7 +2,7 @@
 import { useCallback, useEffect, useRef, useState } from "preact/hooks";
 import type { Code } from "@connectrpc/connect";
 import { errorCode, errorMessage, isAbort } from "./api";
-import { live, type LiveListener, type LiveStatus } from "./live";
+import { live, type LagNote, type LiveListener, type LiveStatus } from "./live";
 
 /** The current time, re-read every `intervalMs` (for "5s ago" labels). */
 export function useNow(intervalMs = 1000): number {
@@ -88,6 +88,13 @@ export function useLiveStatus(): LiveStatus {
   const [s, setS] = useState<LiveStatus>(live.status);
   useEffect(() => live.onStatus(setS), []);
   return s;
+}
+
+/** The events the live stream missed so far (undefined while it never lagged). */
+export function useLiveLag(): LagNote | undefined {
+  const [lag, setLag] = useState<LagNote | undefined>(live.lag);
+  useEffect(() => live.onLag(setLag), []);
+  return lag;
 }
 
 /** A value stored in localStorage (view preferences). */

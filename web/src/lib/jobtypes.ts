@@ -2,7 +2,8 @@
 //! its JSON payload. The payload field names are the ones the built-in
 //! worker reads (clients/jobq-worker/src/jobs/*.rs, which refuses unknown
 //! fields); adjust them here, and only here.
-import type { MessageInitShape } from "@bufbuild/protobuf";
+import { fromJson, type JsonObject, type MessageInitShape } from "@bufbuild/protobuf";
+import { ValueSchema } from "@bufbuild/protobuf/wkt";
 import type { JobSpecSchema } from "../gen/jobq/v1/job_pb";
 
 export type JobSpecInit = MessageInitShape<typeof JobSpecSchema>;
@@ -90,8 +91,8 @@ export type FieldErrors = Partial<Record<keyof EnqueueForm, string>>;
 
 export interface BuildResult {
   spec?: JobSpecInit;
-  /** The payload as an object, for the preview. */
-  payload?: Record<string, unknown>;
+  /** The payload as an object, for the preview (the spec carries it as a protobuf Value). */
+  payload?: JsonObject;
   errors: FieldErrors;
 }
 
@@ -147,14 +148,14 @@ function numberField(text: string, name: keyof EnqueueForm, errors: FieldErrors,
 }
 
 /** The JSON payload of the form's job type. */
-export function buildPayload(f: EnqueueForm, errors: FieldErrors): Record<string, unknown> | undefined {
+export function buildPayload(f: EnqueueForm, errors: FieldErrors): JsonObject | undefined {
   switch (f.type) {
     case "channel_download":
     case "playlist_download": {
       const url = f.url.trim();
       if (!url) errors.url = `Paste the URL of a ${f.type === "channel_download" ? "channel" : "playlist"}`;
       else if (!isHttpUrl(url)) errors.url = "Must be an http(s) URL";
-      const p: Record<string, unknown> = { url };
+      const p: JsonObject = { url };
       if (f.format.trim()) p.format = f.format.trim();
       if (f.outputTemplate.trim()) p.output_template = f.outputTemplate.trim();
       const max = intField(f.maxEntries, "maxEntries", errors, { min: 1, max: 100_000, label: "Entries" });
@@ -174,7 +175,7 @@ export function buildPayload(f: EnqueueForm, errors: FieldErrors): Record<string
       return { path };
     }
     case "cleanup": {
-      const p: Record<string, unknown> = {};
+      const p: JsonObject = {};
       const path = f.cleanupPath.trim();
       if (path) p.path = path;
       const days = numberField(f.olderThanDays, "olderThanDays", errors, 36500, "Age");
@@ -191,7 +192,7 @@ export function buildPayload(f: EnqueueForm, errors: FieldErrors): Record<string
       return p;
     }
     case "noop": {
-      const p: Record<string, unknown> = {};
+      const p: JsonObject = {};
       const secs = numberField(f.sleepSeconds, "sleepSeconds", errors, 86400, "Duration");
       if (secs) p.sleep_ms = Math.round(secs * 1000);
       const lines = intField(f.logLines, "logLines", errors, { min: 0, max: 10_000, label: "Log lines" });
@@ -207,7 +208,7 @@ export function buildPayload(f: EnqueueForm, errors: FieldErrors): Record<string
           errors.customPayload = "The payload must be a JSON object";
           return undefined;
         }
-        return v as Record<string, unknown>;
+        return v as JsonObject;
       } catch (e) {
         errors.customPayload = `Not valid JSON: ${(e as Error).message}`;
         return undefined;
@@ -236,7 +237,8 @@ export function buildSpec(f: EnqueueForm): BuildResult {
   const spec: JobSpecInit = {
     type,
     queue,
-    payload: JSON.stringify(payload ?? {}),
+    // A JSON value on the wire (google.protobuf.Value), not JSON text.
+    payload: fromJson(ValueSchema, payload ?? {}),
     priority: priority ?? 0,
     maxAttempts: maxAttempts ?? 0,
     uniqueKey: f.uniqueKey.trim(),

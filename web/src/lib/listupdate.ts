@@ -3,6 +3,7 @@
 import { JobEventType, type JobEvent } from "../gen/jobq/v1/event_pb";
 import type { Job } from "../gen/jobq/v1/job_pb";
 import { jobMatches, type JobFilters } from "./filters";
+import type { LiveListener } from "./live";
 
 /** Orders ids the way the server does (newest first = greatest first). */
 export function compareIds(a: string, b: string): number {
@@ -43,7 +44,7 @@ export function applyEvent(rows: Job[], ev: JobEvent, filters: JobFilters, shape
   }
   if (idx >= 0) {
     const next = rows.slice();
-    // Events carry no attempts; keep what the row had.
+    // Lists and events are both in the BASIC view: the event has it all.
     next[idx] = job;
     return { rows: next, changed: true, overflow: false };
   }
@@ -71,4 +72,35 @@ export function applyEvents(rows: Job[], events: JobEvent[], filters: JobFilters
     overflow ||= r.overflow;
   }
   return { rows, changed, overflow };
+}
+
+/** What a list page offers the live stream. */
+export interface LivePage {
+  /** The rows shown, or undefined while nothing is loaded or live updates are off. */
+  rows(): Job[] | undefined;
+  /** Where the page stands in the list, for placing new jobs. */
+  shape(): PageShape;
+  /** Shows the rows after a batch of events. */
+  update(result: ApplyResult): void;
+  /** Reads the page again (same filters, same page token). */
+  reload(): void;
+}
+
+/**
+ * The live listener of a filtered list page: events change its rows in
+ * place; after a (re)connect or a lag (events were dropped) the page is
+ * read again instead, as it may have missed changes.
+ */
+export function liveList(filters: JobFilters, page: LivePage): LiveListener {
+  return {
+    events(evs) {
+      const rows = page.rows();
+      if (!rows) return;
+      const r = applyEvents(rows, evs, filters, page.shape());
+      if (r.changed || r.overflow) page.update(r);
+    },
+    resync() {
+      if (page.rows()) page.reload();
+    },
+  };
 }

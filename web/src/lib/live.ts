@@ -2,8 +2,9 @@
 //! subscribe to its events, and the overview charts are fed from it.
 import { Code, ConnectError } from "@connectrpc/connect";
 import type { JobEvent } from "../gen/jobq/v1/event_pb";
+import { JobView } from "../gen/jobq/v1/job_pb";
 import { ActivityRecorder } from "./activity";
-import { api, noteError } from "./api";
+import { api, noteError, type JobQueueClient } from "./api";
 import { onLongHidden } from "./visibility";
 
 export type LiveStatus = "connecting" | "live" | "reconnecting" | "unavailable" | "paused";
@@ -12,17 +13,28 @@ export interface LiveListener {
   /** Events, in arrival order, delivered in small batches. */
   events?(events: JobEvent[]): void;
   /**
-   * The stream (re)connected or lagged: events may have been missed, so
-   * what a view shows should be read again.
+   * The stream (re)connected, or the server dropped events because the
+   * page read too slowly (the stream goes on): what a view shows should be
+   * read again.
    */
   resync?(): void;
 }
 
-class LiveHub {
+/** Events the server dropped for this page, in all (views were read again after each lag). */
+export interface LagNote {
+  droppedEvents: bigint;
+  lags: number;
+  /** When the last lag was noticed (ms since the epoch). */
+  lastAt: number;
+}
+
+export class LiveHub {
   status: LiveStatus = "connecting";
+  lag?: LagNote;
   readonly activity = new ActivityRecorder();
   private listeners = new Set<LiveListener>();
   private statusListeners = new Set<(s: LiveStatus) => void>();
+  private lagListeners = new Set<(note: LagNote) => void>();
   private abort?: AbortController;
   private started = false;
   private pending: JobEvent[] = [];
@@ -30,6 +42,9 @@ class LiveHub {
   private retryDelay = 1000;
   private paused = false;
   private retryTimer?: ReturnType<typeof setTimeout>;
+
+  /** `client` is the API client (tests pass a fake one). */
+  constructor(private readonly client: () => Pick<JobQueueClient, "watchJobs"> = api) {}
 
   subscribe(listener: LiveListener): () => void {
     this.listeners.add(listener);
@@ -43,11 +58,26 @@ class LiveHub {
     return () => this.statusListeners.delete(listener);
   }
 
+  /** Called each time the server reports dropped events. */
+  onLag(listener: (note: LagNote) => void): () => void {
+    this.lagListeners.add(listener);
+    return () => this.lagListeners.delete(listener);
+  }
+
   /** Drops the stream and opens it again at once (after a new token, say). */
   restart(): void {
     this.abort?.abort();
     this.retryDelay = 1000;
     if (this.started && !this.paused) this.connectSoon(0);
+  }
+
+  /** Closes the stream for good (tests; a page keeps its hub open). */
+  stop(): void {
+    this.paused = true;
+    clearTimeout(this.retryTimer);
+    clearTimeout(this.flushTimer);
+    this.flushTimer = undefined;
+    this.abort?.abort();
   }
 
   private start(): void {
@@ -86,15 +116,15 @@ class LiveHub {
       for (const l of this.listeners) l.resync?.();
     };
     try {
-      const stream = api().watchJobs(
-        {},
+      const stream = this.client().watchJobs(
+        { view: JobView.BASIC },
         { signal: abort.signal, timeoutMs: 0, onHeader: markConnected },
       );
       for await (const res of stream) {
         markConnected();
         if (res.lagged) {
-          this.setStatus("reconnecting");
-          break;
+          this.noteLag(res.droppedEvents);
+          continue;
         }
         if (res.event) this.push(res.event);
       }
@@ -108,6 +138,8 @@ class LiveHub {
         return;
       }
     }
+    // Ended (UNAVAILABLE when the server shuts down, a network error, or
+    // even OK): connect again, backing off.
     if (abort.signal.aborted) return;
     this.setStatus("reconnecting");
     this.connectSoon(this.retryDelay);
@@ -117,6 +149,19 @@ class LiveHub {
   private connectSoon(delay: number): void {
     clearTimeout(this.retryTimer);
     this.retryTimer = setTimeout(() => void this.run(), delay);
+  }
+
+  /**
+   * The server dropped events and goes on with the next ones: deliver what
+   * came before the gap, then have the views read their data again.
+   */
+  private noteLag(dropped: bigint): void {
+    clearTimeout(this.flushTimer);
+    this.flush();
+    const prev = this.lag;
+    this.lag = { droppedEvents: (prev?.droppedEvents ?? 0n) + dropped, lags: (prev?.lags ?? 0) + 1, lastAt: Date.now() };
+    for (const l of this.lagListeners) l(this.lag);
+    for (const l of this.listeners) l.resync?.();
   }
 
   private push(ev: JobEvent): void {

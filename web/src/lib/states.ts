@@ -91,6 +91,23 @@ export function outcomeInfo(outcome: AttemptOutcome): { label: string; tone: Ton
   }
 }
 
+/**
+ * What to say about a cancel requested while an attempt ran, if anything:
+ * a success stands (the worker finished before it stopped), a running
+ * attempt is being stopped; a cancelled outcome says it all already.
+ */
+export function attemptCancelNote(outcome: AttemptOutcome, cancelRequested: boolean): { label: string; title: string } | undefined {
+  if (!cancelRequested) return undefined;
+  switch (outcome) {
+    case AttemptOutcome.SUCCEEDED:
+      return { label: "cancel requested", title: "A cancel was requested while it ran, but the worker finished first: the success stands." };
+    case AttemptOutcome.UNSPECIFIED:
+      return { label: "cancelling", title: "A cancel was requested; the worker stops at its next heartbeat." };
+    default:
+      return undefined;
+  }
+}
+
 export function workerStatusInfo(status: WorkerStatus): { label: string; tone: Tone } {
   switch (status) {
     case WorkerStatus.ACTIVE:

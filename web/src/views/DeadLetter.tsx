@@ -8,7 +8,7 @@ import { listRequest, type JobFilters } from "../lib/filters";
 import { formatCount } from "../lib/format";
 import { useAsync, useLive, useNow } from "../lib/hooks";
 import { useQueueStats } from "../lib/stats";
-import { applyEvents } from "../lib/listupdate";
+import { liveList } from "../lib/listupdate";
 import { confirmAction, toast } from "../components/overlay";
 import { Empty, ErrorBox, PageHeader, Pager, Spinner } from "../components/ui";
 import { JobRows } from "./Jobs";
@@ -17,6 +17,7 @@ const PAGE_SIZE = 50;
 /** Largest selector limit the server takes in one bulk call. */
 const BULK_LIMIT = 10_000;
 
+/** Mounted once per queue filter (App keys it), so paging and selection start afresh. */
 export function DeadLetter({ params }: { params: URLSearchParams }) {
   const queue = params.get("queue") ?? "";
   const filters: JobFilters = { states: [JobState.DEAD], types: [], queues: queue ? [queue] : [], search: "" };
@@ -31,18 +32,18 @@ export function DeadLetter({ params }: { params: URLSearchParams }) {
   useEffect(() => {
     if (page.data) setRows(page.data.jobs);
   }, [page.data]);
-  useEffect(() => setTokens([""]), [queue]);
   const rowsRef = useRef(rows);
   rowsRef.current = rows;
-  useLive({
-    events(evs) {
-      const cur = rowsRef.current;
-      if (!cur) return;
-      const r = applyEvents(cur, evs, filters, { first: tokens.length === 1, hasNext: !!page.data?.nextPageToken, maxRows: PAGE_SIZE * 4 });
-      if (r.changed) setRows(r.rows);
-    },
-    resync: () => page.reload(),
-  });
+  useLive(
+    liveList(filters, {
+      rows: () => rowsRef.current,
+      shape: () => ({ first: tokens.length === 1, hasNext: !!page.data?.nextPageToken, maxRows: PAGE_SIZE * 4 }),
+      update: (r) => {
+        if (r.changed) setRows(r.rows);
+      },
+      reload: page.reload,
+    }),
+  );
 
   const deadTotal = (queue ? stats.data?.queues.find((q) => q.queue === queue)?.counts : stats.data?.totals)?.find((c) => c.state === JobState.DEAD)?.count ?? 0n;
   const ids = [...selected];
@@ -63,7 +64,7 @@ export function DeadLetter({ params }: { params: URLSearchParams }) {
     try {
       let done = 0;
       if (scope === "selected") {
-        const selector = create(JobSelectorSchema, { ids });
+        const selector = create(JobSelectorSchema, { jobIds: ids });
         const res = what === "retry" ? await api().retryJobs({ selector }) : await api().deleteJobs({ selector });
         done = res.jobIds.length;
       } else {

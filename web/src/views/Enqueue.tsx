@@ -1,8 +1,7 @@
 //! The enqueue form for the built-in job types (and any custom type).
-import { create } from "@bufbuild/protobuf";
-import { useState } from "preact/hooks";
-import { JobSpecSchema } from "../gen/jobq/v1/job_pb";
+import { useRef, useState } from "preact/hooks";
 import { api, errorMessage } from "../lib/api";
+import { createEnqueuer, enqueuedMessage, isAmbiguous } from "../lib/enqueue";
 import { buildSpec, DEFAULT_FORM, FORMATS, JOB_TYPES, type EnqueueForm, type FormType } from "../lib/jobtypes";
 import { jobHref } from "../lib/router";
 import { toast } from "../components/overlay";
@@ -13,6 +12,12 @@ export function Enqueue() {
   const [submitted, setSubmitted] = useState(false);
   const [saving, setSaving] = useState(false);
   const [advanced, setAdvanced] = useState(false);
+  // Gives each submission its request id, and keeps it for automatic tries
+  // and for a press again after a failure that left it unknown.
+  const [enqueuer] = useState(() => createEnqueuer({ client: api() }));
+  // Set at once (state updates only show on the next render): a second
+  // press or Enter while a submission is under way does nothing.
+  const busy = useRef(false);
   const built = buildSpec(f);
   const errors = submitted ? built.errors : {};
 
@@ -38,16 +43,20 @@ export function Enqueue() {
   const submit = async (e: Event) => {
     e.preventDefault();
     setSubmitted(true);
-    if (!built.spec) return;
+    const spec = built.spec;
+    if (!spec || busy.current) return;
+    busy.current = true;
     setSaving(true);
     try {
-      const res = await api().enqueueJob({ job: create(JobSpecSchema, built.spec) });
-      const id = res.job?.id ?? "";
-      toast(res.alreadyExists ? `A job with this unique key exists already: ${id}` : `Enqueued ${built.spec.type} job ${id}`);
-      location.hash = jobHref(id);
+      const res = await enqueuer.submit(spec);
+      toast(enqueuedMessage(spec, res));
+      location.hash = jobHref(res.job?.id ?? "");
     } catch (err) {
-      toast(errorMessage(err), "error");
+      // The job may exist; the same form sent again keeps the request id.
+      const again = isAmbiguous(err) ? " Sending it again will not make a second job." : "";
+      toast(errorMessage(err) + again, "error");
     } finally {
+      busy.current = false;
       setSaving(false);
     }
   };

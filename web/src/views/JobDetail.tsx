@@ -7,15 +7,17 @@ import { api, errorMessage } from "../lib/api";
 import { EMPTY_FILTERS, listRequest } from "../lib/filters";
 import { type SecondsNanos, durationMillis, formatDateTime, formatDuration, shortId, tsMillis } from "../lib/format";
 import { useAsync, useLive, useNow } from "../lib/hooks";
+import { withFullFields } from "../lib/jobview";
 import { jobHref } from "../lib/router";
-import { canCancel, canDelete, canRetry, isTerminal, outcomeInfo } from "../lib/states";
+import { attemptCancelNote, canCancel, canDelete, canRetry, isTerminal, outcomeInfo } from "../lib/states";
 import { LogTail } from "../components/LogTail";
 import { confirmAction, toast } from "../components/overlay";
 import { Badge, Card, Empty, ErrorBox, JsonBlock, PageHeader, ProgressBar, Spinner, StateBadge, Time } from "../components/ui";
 import { JobRows } from "./Jobs";
 
 export function JobDetail({ id }: { id: string }) {
-  const loaded = useAsync((signal) => api().getJob({ id }, { signal }), [id]);
+  // GetJob answers in the FULL view: payload, result and attempts.
+  const loaded = useAsync((signal) => api().getJob({ jobId: id }, { signal }), [id]);
   const [job, setJob] = useState<Job | undefined>();
   const [deleted, setDeleted] = useState(false);
   const [busy, setBusy] = useState(false);
@@ -35,9 +37,10 @@ export function JobDetail({ id }: { id: string }) {
           continue;
         }
         const next = ev.job;
-        // Events carry no attempts: keep the ones shown, and read the job
-        // again soon when its state moved (a new attempt, or one ended).
-        setJob((cur) => (cur ? { ...next, attempts: cur.attempts } : next));
+        // Events come in the BASIC view, without payload, result or
+        // attempts: keep the ones shown, and read the job again soon when
+        // its state moved (a new attempt, one ended, a result).
+        setJob((cur) => (cur ? withFullFields(next, cur) : next));
         if (ev.type !== JobEventType.PROGRESS) {
           clearTimeout(refetch.current);
           refetch.current = setTimeout(loaded.reload, 150);
@@ -73,15 +76,15 @@ export function JobDetail({ id }: { id: string }) {
     setBusy(true);
     try {
       if (what === "retry") {
-        const r = await api().retryJob({ id });
-        if (r.job) setJob(r.job);
+        const r = await api().retryJob({ jobId: id });
+        if (r.job) setJob(withFullFields(r.job, job));
         toast("Job queued again");
       } else if (what === "cancel") {
-        const r = await api().cancelJob({ id, reason: "cancelled from the dashboard" });
-        if (r.job) setJob(r.job);
+        const r = await api().cancelJob({ jobId: id, reason: "cancelled from the dashboard" });
+        if (r.job) setJob(withFullFields(r.job, job));
         toast(r.job?.state === JobState.CANCELLED ? "Job cancelled" : "Cancel requested; the worker stops at its next heartbeat");
       } else {
-        await api().deleteJob({ id });
+        await api().deleteJob({ jobId: id });
         toast("Job deleted");
         location.hash = "#/jobs";
         return;
@@ -149,7 +152,7 @@ export function JobDetail({ id }: { id: string }) {
       {job.lastError ? (
         <div class={`notice ${job.state === JobState.SUCCEEDED || job.state === JobState.CANCELLED ? "notice-warn" : "notice-error"}`}>
           <div>
-            <b>{job.state === JobState.CANCELLED ? "Cancelled" : job.state === JobState.SUCCEEDED ? "An earlier attempt failed" : "Last error"}</b>
+            <b>{lastErrorTitle(job)}</b>
             <pre class="error-pre">{job.lastError}</pre>
           </div>
         </div>
@@ -255,10 +258,10 @@ export function JobDetail({ id }: { id: string }) {
         </Card>
         <div class="stack">
           <Card title="Payload">
-            <JsonBlock text={job.payload} empty="{}" />
+            <JsonBlock value={job.payload} empty="Not loaded" />
           </Card>
           <Card title="Result">
-            <JsonBlock text={job.result} empty={job.state === JobState.SUCCEEDED ? "No result" : "Not finished"} />
+            <JsonBlock value={job.result} empty={isTerminal(job.state) ? "No result" : "Not finished"} />
           </Card>
         </div>
       </div>
@@ -271,7 +274,12 @@ export function JobDetail({ id }: { id: string }) {
             <table class="table compact" data-testid="attempts">
               <thead>
                 <tr>
-                  <th class="num">#</th>
+                  <th class="num" title="Place in the job's history; the log's attempt dividers use it too">
+                    #
+                  </th>
+                  <th class="num" title="Attempt of its run: starts again at 1 after a retry; a released attempt does not count">
+                    Attempt
+                  </th>
                   <th>Worker</th>
                   <th>Started</th>
                   <th>Finished</th>
@@ -284,18 +292,27 @@ export function JobDetail({ id }: { id: string }) {
                 {job.attempts
                   .slice()
                   .reverse()
-                  .map((a, i) => {
+                  .map((a) => {
                     const o = outcomeInfo(a.outcome);
-                    // Numbers start again after a retry, so they are not unique.
+                    const cancel = attemptCancelNote(a.outcome, a.cancelRequested);
+                    // seq never repeats within a job; number starts again after a retry.
                     return (
-                      <tr key={`${i}:${a.number}`}>
+                      <tr key={a.seq} data-seq={a.seq}>
+                        <td class="num">{a.seq}</td>
                         <td class="num">{a.number}</td>
                         <td class="mono ellipsis">{a.workerId}</td>
                         <td>{formatDateTime(tsMillis(a.startedAt))}</td>
                         <td>{a.finishedAt ? formatDateTime(tsMillis(a.finishedAt)) : <span class="muted">running</span>}</td>
                         <td class="num">{formatDuration(runMs(a))}</td>
                         <td>
-                          <Badge tone={o.tone}>{o.label}</Badge>
+                          <span class="badge-group">
+                            <Badge tone={o.tone}>{o.label}</Badge>
+                            {cancel ? (
+                              <Badge tone="gray" title={cancel.title}>
+                                {cancel.label}
+                              </Badge>
+                            ) : null}
+                          </span>
                         </td>
                         <td class="error-text small pre-wrap">{a.error}</td>
                       </tr>
@@ -310,10 +327,23 @@ export function JobDetail({ id }: { id: string }) {
       <Children parentId={id} now={now} />
 
       <Card title="Logs">
-        <LogTail jobId={id} active={!isTerminal(job.state)} />
+        <LogTail jobId={id} active={!isTerminal(job.state)} attemptNumbers={new Map(job.attempts.map((a) => [a.seq, a.number]))} />
       </Card>
     </div>
   );
+}
+
+/** What the job's last_error is, given where the job stands. */
+function lastErrorTitle(job: Job): string {
+  switch (job.state) {
+    case JobState.CANCELLED:
+      return "Cancelled";
+    case JobState.SUCCEEDED:
+      // The reason of a cancel the worker outran may be the last error.
+      return job.attempts[job.attempts.length - 1]?.cancelRequested ? "A cancel was requested, but the job finished first" : "An earlier attempt failed";
+    default:
+      return "Last error";
+  }
 }
 
 function Children({ parentId, now }: { parentId: string; now: number }) {

@@ -7,7 +7,7 @@ import { filtersFromParams, filtersToParams, hasFilters, listRequest, splitList,
 import { firstLine, formatCount, formatDuration, shortId, tsMillis } from "../lib/format";
 import { useAsync, useLive, useNow } from "../lib/hooks";
 import { useQueueStats } from "../lib/stats";
-import { applyEvents } from "../lib/listupdate";
+import { liveList } from "../lib/listupdate";
 import { href, jobHref } from "../lib/router";
 import { STATES } from "../lib/states";
 import { JOB_TYPES } from "../lib/jobtypes";
@@ -133,6 +133,7 @@ interface PageState {
   overflow: boolean;
 }
 
+/** Mounted once per filter (Jobs keys it): page tokens are bound to their filter. */
 function JobTable({ filters }: { filters: JobFilters }) {
   // tokens[i] is the page token of page i+1 ("" for the first page).
   const [tokens, setTokens] = useState<string[]>([""]);
@@ -160,21 +161,17 @@ function JobTable({ filters }: { filters: JobFilters }) {
   }, [tokens.length]);
   const pausedRef = useRef(paused);
   pausedRef.current = paused;
-  useLive({
-    events(evs) {
-      const cur = pageRef.current;
-      if (!cur || pausedRef.current) return;
-      const r = applyEvents(cur.rows, evs, filters, {
-        first: tokens.length === 1,
-        hasNext: cur.nextToken !== "",
-        maxRows: MAX_LIVE_ROWS,
-      });
-      if (r.changed || r.overflow) setPage({ ...cur, rows: r.rows, overflow: cur.overflow || r.overflow });
-    },
-    resync() {
-      if (pageRef.current && !pausedRef.current) loaded.reload();
-    },
-  });
+  useLive(
+    liveList(filters, {
+      rows: () => (pausedRef.current ? undefined : pageRef.current?.rows),
+      shape: () => ({ first: tokens.length === 1, hasNext: pageRef.current?.nextToken !== "", maxRows: MAX_LIVE_ROWS }),
+      update: (r) => {
+        const cur = pageRef.current;
+        if (cur) setPage({ ...cur, rows: r.rows, overflow: cur.overflow || r.overflow });
+      },
+      reload: loaded.reload,
+    }),
+  );
 
   const rows = page?.rows ?? [];
   return (

@@ -1,8 +1,10 @@
 //! Cron schedules: list, pause/resume, delete, create or replace.
+import { fromJson, type JsonObject } from "@bufbuild/protobuf";
+import { ValueSchema } from "@bufbuild/protobuf/wkt";
 import { useState } from "preact/hooks";
 import type { Schedule } from "../gen/jobq/v1/admin_pb";
 import { api, errorMessage } from "../lib/api";
-import { tsMillis } from "../lib/format";
+import { prettyValue, tsMillis } from "../lib/format";
 import { useAsync, useInterval, useNow } from "../lib/hooks";
 import { jobHref, href } from "../lib/router";
 import { confirmAction, toast } from "../components/overlay";
@@ -27,11 +29,11 @@ export function scheduleFromForm(f: ScheduleForm): { schedule?: Parameters<Retur
   const fields = f.cron.trim().split(/\s+/).filter(Boolean);
   if (fields.length !== 5 && fields.length !== 6) errors.cron = "5 fields (min hour day month weekday) or 6 with seconds first";
   if (!f.type.trim()) errors.type = "Enter the job type";
-  let payload = "{}";
+  let payload: JsonObject = {};
   try {
     const v: unknown = JSON.parse(f.payload.trim() || "{}");
     if (v === null || typeof v !== "object" || Array.isArray(v)) errors.payload = "Must be a JSON object";
-    else payload = JSON.stringify(v);
+    else payload = v as JsonObject;
   } catch (e) {
     errors.payload = `Not valid JSON: ${(e as Error).message}`;
   }
@@ -42,7 +44,7 @@ export function scheduleFromForm(f: ScheduleForm): { schedule?: Parameters<Retur
       name,
       cron: fields.join(" "),
       timeZone: f.timeZone.trim(),
-      job: { type: f.type.trim(), queue: f.queue.trim(), payload },
+      job: { type: f.type.trim(), queue: f.queue.trim(), payload: fromJson(ValueSchema, payload) },
     },
   };
 }
@@ -85,7 +87,7 @@ export function Schedules() {
       timeZone: s.timeZone,
       type: s.job?.type ?? "",
       queue: s.job?.queue ?? "",
-      payload: s.job?.payload || "{}",
+      payload: prettyValue(s.job?.payload) || "{}",
     });
 
   const schedules = list.data?.schedules ?? [];

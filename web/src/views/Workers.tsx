@@ -2,7 +2,7 @@
 import { useState } from "preact/hooks";
 import { WorkerStatus } from "../gen/jobq/v1/admin_pb";
 import { api } from "../lib/api";
-import { formatDateTime, shortId, tsMillis } from "../lib/format";
+import { formatDateTime, formatVersion, shortId, tsMillis } from "../lib/format";
 import { useAsync, useInterval, useNow } from "../lib/hooks";
 import { jobHref } from "../lib/router";
 import { workerStatusInfo } from "../lib/states";
@@ -53,7 +53,7 @@ export function Workers() {
                     <tr key={w.workerId}>
                       <td class="mono">
                         {w.workerId}
-                        {w.version ? <div class="muted small">v{w.version.replace(/^v/, "")}</div> : null}
+                        {w.version ? <div class="muted small">{formatVersion(w.version)}</div> : null}
                       </td>
                       <td>{w.hostname || <span class="muted">—</span>}</td>
                       <td>
@@ -61,19 +61,22 @@ export function Workers() {
                       </td>
                       <td>{(w.queues.length ? w.queues : ["default"]).map((q) => <span key={q} class="tag">{q}</span>)}</td>
                       <td>{w.types.length ? w.types.map((t) => <span key={t} class="tag">{t}</span>) : <span class="muted">any</span>}</td>
-                      <td class="mono links">
-                        {w.runningJobIds.length === 0 ? (
-                          <span class="muted">idle</span>
-                        ) : (
-                          <>
-                            {w.runningJobIds.slice(0, 5).map((id) => (
-                              <a key={id} href={jobHref(id)} title={id}>
-                                {shortId(id)}
-                              </a>
-                            ))}
-                            {w.runningJobIds.length > 5 ? <span class="muted">+{w.runningJobIds.length - 5} more</span> : null}
-                          </>
-                        )}
+                      <td class="mono">
+                        {/* A flex box inside the cell: `display: flex` on the td itself takes it out of the table layout. */}
+                        <div class="links">
+                          {w.runningJobIds.length === 0 ? (
+                            <span class="muted">idle</span>
+                          ) : (
+                            <>
+                              {w.runningJobIds.slice(0, 5).map((id) => (
+                                <a key={id} href={jobHref(id)} title={id}>
+                                  {shortId(id)}
+                                </a>
+                              ))}
+                              {w.runningJobIds.length > 5 ? <span class="muted">+{w.runningJobIds.length - 5} more</span> : null}
+                            </>
+                          )}
+                        </div>
                       </td>
                       <td>
                         <Time ms={tsMillis(w.lastSeenAt)} now={now} />

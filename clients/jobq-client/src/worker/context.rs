@@ -13,6 +13,7 @@ use tokio_util::sync::CancellationToken;
 use super::handler::JobError;
 use super::logs::JobLogger;
 use crate::client::{Client, Enqueued};
+use crate::convert::json_value;
 use crate::error::ClientError;
 
 /// Why the runtime asked a handler to stop.
@@ -33,10 +34,10 @@ impl StopCause {
     /// A short description for logs and errors.
     pub fn describe(self) -> &'static str {
         match self {
-            StopCause::Cancelled => "the job was cancelled",
-            StopCause::TimedOut => "the attempt timed out",
-            StopCause::LeaseLost => "the lease was lost",
-            StopCause::Shutdown => "the worker is shutting down",
+            StopCause::Cancelled => "cancelled",
+            StopCause::TimedOut => "timed out",
+            StopCause::LeaseLost => "lease lost",
+            StopCause::Shutdown => "worker shutting down",
         }
     }
 
@@ -197,7 +198,8 @@ impl JobContext {
         &self.inner.job.r#type
     }
 
-    /// This attempt's number, from 1.
+    /// This attempt's number in the current run, from 1 (a released
+    /// attempt is not counted; a requeued job starts again from 1).
     pub fn attempt(&self) -> i32 {
         self.inner.job.attempt
     }
@@ -217,19 +219,18 @@ impl JobContext {
         self.inner.attempt_deadline
     }
 
-    /// The payload as JSON text (`{}` when empty).
-    pub fn payload_str(&self) -> &str {
-        let payload = self.inner.job.payload.as_str();
-        if payload.trim().is_empty() {
-            "{}"
-        } else {
-            payload
-        }
+    /// The payload as JSON (`{}` when the job has none).
+    pub fn payload_json(&self) -> serde_json::Value {
+        self.inner
+            .job
+            .payload
+            .as_ref()
+            .map_or_else(|| serde_json::json!({}), json_value)
     }
 
     /// The payload decoded into `T`; a payload that does not fit is a fatal error.
     pub fn payload<T: DeserializeOwned>(&self) -> Result<T, JobError> {
-        serde_json::from_str(self.payload_str())
+        serde_json::from_value(self.payload_json())
             .map_err(|error| JobError::fatal(format!("invalid payload: {error}")))
     }
 
@@ -282,7 +283,7 @@ impl JobContext {
             self.inner
                 .last_logged_at_ms
                 .store(now_ms, Ordering::Relaxed);
-            self.inner.logger.progress(percent, message);
+            self.inner.logger.progress(Some(percent), message);
         }
     }
 

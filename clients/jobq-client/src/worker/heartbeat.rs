@@ -81,11 +81,8 @@ async fn beat(shared: &Shared, jobs: &[Arc<ActiveJob>]) -> bool {
         .zip(&progress)
         .map(|(job, progress)| pb::LeaseProgress {
             lease: Some(job.lease.clone()),
-            progress_percent: progress.as_ref().map_or(-1, |progress| progress.percent),
-            progress_message: progress
-                .as_ref()
-                .map(|progress| progress.message.clone())
-                .unwrap_or_default(),
+            progress_percent: progress.as_ref().map(|progress| progress.percent),
+            progress_message: progress.as_ref().map(|progress| progress.message.clone()),
         })
         .collect();
     let request = pb::HeartbeatRequest {

@@ -4,13 +4,17 @@
 //! How it works:
 //! - A concurrency slot (semaphore permit) is taken *before* each LeaseJobs
 //!   long poll, which asks for as many jobs as there are free slots (up to the
-//!   batch size): the worker never holds a job it cannot start.
+//!   batch size): the worker never holds a job it cannot start. Up to two
+//!   lease calls are in flight at once, so slots that free up while one call
+//!   is on its way are filled by the next without waiting for it.
 //! - One heartbeat loop renews all leases in one call and forwards progress;
 //!   its answers (cancelled, timed out, lease lost) fire the job's
 //!   cancellation token.
 //! - Each job runs in its own task under a supervisor that catches panics,
-//!   enforces the attempt deadline and the cancel grace, flushes the job's log
-//!   and reports the outcome, retrying while the server is unreachable.
+//!   enforces the attempt deadline and the cancel grace, and hands the
+//!   outcome to the reporter, which sends the outcomes of all jobs in
+//!   batches (CompleteJobs, FailJobs) after a short linger.
+//! - One log pusher sends the lines of all jobs, one call per flush.
 //! - A graceful shutdown stops leasing, waits for running jobs up to the grace
 //!   period, then cancels the rest and hands their leases back (ReleaseJobs).
 
@@ -20,6 +24,7 @@ mod context;
 mod handler;
 mod heartbeat;
 mod logs;
+mod reports;
 mod shutdown;
 
 use std::collections::HashMap;
@@ -28,6 +33,7 @@ use std::time::Duration;
 
 use jobq_proto::v1 as pb;
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
+use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -41,12 +47,18 @@ pub use shutdown::Shutdown;
 
 use self::backoff::Backoff;
 use self::context::ActiveJob;
+use self::logs::LogSink;
+use self::reports::{Outcome, Report, Reporter};
 use crate::client::Client;
-use crate::convert::{proto_duration, system_time, until};
+use crate::convert::{proto_duration, proto_value, system_time, until};
 
 /// How long a LeaseJobs call in flight when a shutdown starts may take to
 /// answer before it is abandoned.
 const SHUTDOWN_SETTLE: Duration = Duration::from_millis(750);
+/// Lease calls in flight at once.
+const MAX_LEASE_CALLS: usize = 2;
+/// How long the last reports and log lines may take once the jobs are done.
+const FINAL_FLUSH: Duration = Duration::from_secs(10);
 
 /// Why [`Worker::run`] gave up.
 #[derive(Debug, thiserror::Error)]
@@ -65,11 +77,16 @@ pub enum WorkerError {
     },
 }
 
+/// Called for every outcome the server answered: the job id and whether it
+/// was recorded (false: refused, e.g. the lease had expired).
+pub type ReportedHook = Arc<dyn Fn(&str, bool) + Send + Sync>;
+
 /// A worker: handlers by job type plus the runtime that feeds them.
 pub struct Worker {
     client: Client,
     config: WorkerConfig,
     handlers: HashMap<String, Arc<dyn Handler>>,
+    on_reported: Option<ReportedHook>,
 }
 
 impl std::fmt::Debug for Worker {
@@ -86,12 +103,16 @@ pub(crate) struct Shared {
     pub client: Client,
     pub config: WorkerConfig,
     handlers: HashMap<String, Arc<dyn Handler>>,
+    /// Jobs whose leases are held: running, or waiting for their report to be accepted.
     active: Mutex<HashMap<String, Arc<ActiveJob>>>,
     pub progress_wake: Arc<Notify>,
     /// Leases of jobs stopped by the shutdown, to hand back in one call.
     to_release: Mutex<Vec<pb::JobLease>>,
     /// Fires on a forced stop: supervisors abort their handlers at once.
-    force: CancellationToken,
+    pub force: CancellationToken,
+    logs: LogSink,
+    reporter: Mutex<Option<Reporter>>,
+    pub on_reported: Option<ReportedHook>,
 }
 
 impl Shared {
@@ -111,7 +132,8 @@ impl Shared {
             .insert(job.job_id().to_owned(), job);
     }
 
-    fn remove(&self, job_id: &str) {
+    /// Takes a job off the heartbeat list: its lease is no longer held.
+    pub fn remove(&self, job_id: &str) {
         self.active
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
@@ -124,6 +146,21 @@ impl Shared {
             .unwrap_or_else(PoisonError::into_inner)
             .len()
     }
+
+    fn report(&self, report: Report) {
+        match self
+            .reporter
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .as_ref()
+        {
+            Some(reporter) => reporter.send(report),
+            None => tracing::warn!(
+                job_id = report.active.job_id(),
+                "the reporter has stopped; the job's outcome is not reported"
+            ),
+        }
+    }
 }
 
 impl Worker {
@@ -133,7 +170,15 @@ impl Worker {
             client,
             config,
             handlers: HashMap::new(),
+            on_reported: None,
         }
+    }
+
+    /// Calls `hook` for every outcome the server answered (recorded or
+    /// refused), e.g. to count acknowledged jobs.
+    pub fn on_reported(mut self, hook: impl Fn(&str, bool) + Send + Sync + 'static) -> Self {
+        self.on_reported = Some(Arc::new(hook));
+        self
     }
 
     /// Registers the handler of `job_type` (replacing an earlier one).
@@ -169,6 +214,14 @@ impl Worker {
             return Err(WorkerError::NoHandlers);
         }
         let types = self.job_types();
+        let (logs, pusher) = logs::log_pusher(
+            self.client.worker_service(),
+            self.config.log_flush_interval,
+            self.config.log_buffer_lines,
+            self.client.config().request_timeout(),
+            Backoff::new(self.config.reconnect_min, self.config.reconnect_max),
+        );
+        let (reporter, reports) = Reporter::new();
         let shared = Arc::new(Shared {
             client: self.client,
             config: self.config,
@@ -177,6 +230,9 @@ impl Worker {
             progress_wake: Arc::new(Notify::new()),
             to_release: Mutex::new(Vec::new()),
             force: shutdown.force_token(),
+            logs,
+            reporter: Mutex::new(Some(reporter)),
+            on_reported: self.on_reported,
         });
         let config = &shared.config;
         tracing::info!(
@@ -192,14 +248,28 @@ impl Worker {
             shared.clone(),
             heartbeat_stop.clone(),
         ));
+        let pusher_stop = CancellationToken::new();
+        let pusher = tokio::spawn(pusher.run(pusher_stop.clone()));
+        let reporter = tokio::spawn(reports::run(shared.clone(), reports));
         let jobs = TaskTracker::new();
         let refused = lease_loop(&shared, &types, &jobs, &shutdown).await;
         jobs.close();
 
         drain(&shared, &jobs, &shutdown).await;
+        // The last outcomes and lines go out before the heartbeats stop.
+        shared
+            .reporter
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        if tokio::time::timeout(FINAL_FLUSH, reporter).await.is_err() {
+            tracing::warn!("the last reports did not go out in time");
+        }
         heartbeat_stop.cancel();
         let _ = heartbeat.await;
         release_stopped(&shared).await;
+        pusher_stop.cancel();
+        let _ = pusher.await;
         tracing::info!(worker_id = %shared.config.worker_id, "worker stopped");
         match refused {
             Some(status) => Err(WorkerError::Refused {
@@ -209,6 +279,12 @@ impl Worker {
             None => Ok(()),
         }
     }
+}
+
+/// The state lease calls share: the backoff while the server cannot be reached.
+struct LeaseBackoff {
+    backoff: Backoff,
+    unreachable_since: Option<Instant>,
 }
 
 /// Leases until the shutdown is requested; returns the status that made the
@@ -221,16 +297,35 @@ async fn lease_loop(
 ) -> Option<tonic::Status> {
     let config = &shared.config;
     let slots = Arc::new(Semaphore::new(config.concurrency));
-    let mut backoff = Backoff::new(config.reconnect_min, config.reconnect_max);
-    let mut unreachable_since: Option<Instant> = None;
-    loop {
+    let calls = Arc::new(Semaphore::new(MAX_LEASE_CALLS));
+    let backoff = Arc::new(Mutex::new(LeaseBackoff {
+        backoff: Backoff::new(config.reconnect_min, config.reconnect_max),
+        unreachable_since: None,
+    }));
+    let types: Arc<[String]> = types.into();
+    let mut in_flight: JoinSet<Option<tonic::Status>> = JoinSet::new();
+    let refused = loop {
+        let call = tokio::select! {
+            biased;
+            () = shutdown.requested() => break None,
+            Some(done) = in_flight.join_next(), if !in_flight.is_empty() => {
+                if let Ok(Some(status)) = done {
+                    break Some(status);
+                }
+                continue;
+            }
+            permit = calls.clone().acquire_owned() => match permit {
+                Ok(permit) => permit,
+                Err(_) => break None,
+            },
+        };
         // A slot first: never lease a job that cannot start now.
         let first = tokio::select! {
             biased;
-            () = shutdown.requested() => return None,
+            () = shutdown.requested() => break None,
             permit = slots.clone().acquire_owned() => match permit {
                 Ok(permit) => permit,
-                Err(_) => return None,
+                Err(_) => break None,
             },
         };
         let mut permits = vec![first];
@@ -240,93 +335,128 @@ async fn lease_loop(
                 Err(_) => break,
             }
         }
-        let request = pb::LeaseJobsRequest {
-            worker_id: config.worker_id.clone(),
-            queues: config.queues.clone(),
-            types: types.to_vec(),
-            max_jobs: i32::try_from(permits.len()).unwrap_or(1),
-            wait: Some(proto_duration(config.poll_wait)),
-            lease_duration: Some(proto_duration(config.lease_duration)),
-            hostname: config.hostname.clone(),
-            version: config.version.clone(),
-        };
-        let limit = config.poll_wait + shared.client.config().request_timeout();
-        let asked_at = Instant::now();
-        let mut worker = shared.client.worker_service();
-        let call = tokio::time::timeout(limit, worker.lease_jobs(request));
-        tokio::pin!(call);
-        let answer = tokio::select! {
-            biased;
-            answer = &mut call => answer,
-            () = shutdown.requested() => {
-                // Dropping the long poll could lose jobs the server is leasing to us
-                // right now (they would sit until their lease expires): give the
-                // call a moment to answer, and hand back whatever it brings.
-                if let Ok(Ok(Ok(response))) = tokio::time::timeout(SHUTDOWN_SETTLE, &mut call).await {
-                    let leases: Vec<pb::JobLease> = response
-                        .into_inner()
-                        .jobs
-                        .into_iter()
-                        .filter_map(|leased| {
-                            let job = leased.job?;
-                            Some(pb::JobLease { job_id: job.id, lease_token: leased.lease_token })
-                        })
-                        .collect();
-                    if !leases.is_empty() {
-                        release(shared, leases).await;
-                    }
+        in_flight.spawn(lease_call(
+            shared.clone(),
+            types.clone(),
+            jobs.clone(),
+            permits,
+            call,
+            shutdown.clone(),
+            backoff.clone(),
+        ));
+    };
+    // Calls still out hand back whatever they bring.
+    while in_flight.join_next().await.is_some() {}
+    refused
+}
+
+/// One LeaseJobs call for the jobs `permits` can start; the call slot is
+/// held until the call (and any pause after a failure) is over.
+async fn lease_call(
+    shared: Arc<Shared>,
+    types: Arc<[String]>,
+    jobs: TaskTracker,
+    permits: Vec<OwnedSemaphorePermit>,
+    _call: OwnedSemaphorePermit,
+    shutdown: Shutdown,
+    backoff: Arc<Mutex<LeaseBackoff>>,
+) -> Option<tonic::Status> {
+    let config = &shared.config;
+    let request = pb::LeaseJobsRequest {
+        worker_id: config.worker_id.clone(),
+        queues: config.queues.clone(),
+        types: types.to_vec(),
+        max_jobs: i32::try_from(permits.len()).unwrap_or(1),
+        wait: Some(proto_duration(config.poll_wait)),
+        lease_duration: Some(proto_duration(config.lease_duration)),
+        hostname: config.hostname.clone(),
+        version: config.version.clone(),
+        max_response_bytes: shared.client.config().max_message_bytes() as u64,
+    };
+    let limit = config.poll_wait + shared.client.config().request_timeout();
+    let asked_at = Instant::now();
+    let mut worker = shared.client.worker_service();
+    let call = tokio::time::timeout(limit, worker.lease_jobs(request));
+    tokio::pin!(call);
+    let answer = tokio::select! {
+        biased;
+        answer = &mut call => answer,
+        () = shutdown.requested() => {
+            // Dropping the long poll could lose jobs the server is leasing to us
+            // right now (they would sit until their lease expires): give the
+            // call a moment to answer, and hand back whatever it brings.
+            if let Ok(Ok(Ok(response))) = tokio::time::timeout(SHUTDOWN_SETTLE, &mut call).await {
+                let leases: Vec<pb::JobLease> = response
+                    .into_inner()
+                    .jobs
+                    .into_iter()
+                    .filter_map(|leased| {
+                        let job = leased.job?;
+                        Some(pb::JobLease { job_id: job.id, lease_token: leased.lease_token })
+                    })
+                    .collect();
+                if !leases.is_empty() {
+                    release(&shared, leases).await;
                 }
-                return None;
             }
-        };
-        let leased = match answer {
-            Ok(Ok(response)) => response.into_inner().jobs,
-            Ok(Err(status)) if is_final_refusal(&status) => {
-                tracing::error!(code = ?status.code(), "the server refused to lease jobs: {}", status.message());
-                return Some(status);
+            return None;
+        }
+    };
+    let leased = match answer {
+        Ok(Ok(response)) => response.into_inner().jobs,
+        Ok(Err(status)) if is_final_refusal(&status) => {
+            tracing::error!(code = ?status.code(), "the server refused to lease jobs: {}", status.message());
+            return Some(status);
+        }
+        Ok(Err(status)) => {
+            let (delay, since) = {
+                let mut state = backoff.lock().unwrap_or_else(PoisonError::into_inner);
+                let since = *state.unreachable_since.get_or_insert_with(Instant::now);
+                (state.backoff.next_delay(), since)
+            };
+            tracing::warn!(
+                code = ?status.code(),
+                ?delay,
+                down_for = ?since.elapsed(),
+                "LeaseJobs failed (is the server reachable?), retrying: {}",
+                status.message()
+            );
+            drop(permits);
+            tokio::select! {
+                () = shutdown.requested() => {}
+                () = tokio::time::sleep(delay) => {}
             }
-            Ok(Err(status)) => {
-                let delay = backoff.next_delay();
-                let since = *unreachable_since.get_or_insert_with(Instant::now);
-                tracing::warn!(
-                    code = ?status.code(),
-                    ?delay,
-                    down_for = ?since.elapsed(),
-                    "LeaseJobs failed (is the server reachable?), retrying: {}",
-                    status.message()
-                );
-                drop(permits);
-                tokio::select! {
-                    () = shutdown.requested() => return None,
-                    () = tokio::time::sleep(delay) => continue,
-                }
-            }
-            Err(_) => {
-                tracing::warn!(?limit, "LeaseJobs got no answer in time, retrying");
-                continue;
-            }
-        };
-        if let Some(since) = unreachable_since.take() {
+            return None;
+        }
+        Err(_) => {
+            tracing::warn!(?limit, "LeaseJobs got no answer in time, retrying");
+            return None;
+        }
+    };
+    {
+        let mut state = backoff.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(since) = state.unreachable_since.take() {
             tracing::info!(down_for = ?since.elapsed(), "server reachable again");
         }
-        backoff.reset();
-        let mut permits = permits.into_iter();
-        for leased_job in leased {
-            let Some(permit) = permits.next() else {
-                // The server gave more than asked; hand the extra back at once.
-                tracing::warn!("the server leased more jobs than asked for; releasing the extra");
-                if let Some(job) = &leased_job.job {
-                    let lease = pb::JobLease {
-                        job_id: job.id.clone(),
-                        lease_token: leased_job.lease_token.clone(),
-                    };
-                    release(shared, vec![lease]).await;
-                }
-                continue;
-            };
-            start_job(shared, jobs, leased_job, asked_at, permit);
-        }
+        state.backoff.reset();
     }
+    let mut permits = permits.into_iter();
+    for leased_job in leased {
+        let Some(permit) = permits.next() else {
+            // The server gave more than asked; hand the extra back at once.
+            tracing::warn!("the server leased more jobs than asked for; releasing the extra");
+            if let Some(job) = &leased_job.job {
+                let lease = pb::JobLease {
+                    job_id: job.id.clone(),
+                    lease_token: leased_job.lease_token.clone(),
+                };
+                release(&shared, vec![lease]).await;
+            }
+            continue;
+        };
+        start_job(&shared, &jobs, leased_job, asked_at, permit);
+    }
+    None
 }
 
 /// Errors of LeaseJobs that no retry fixes.
@@ -368,14 +498,17 @@ fn start_job(
         .and_then(until)
         .map(|left| Instant::now() + left);
     let attempt_deadline = leased.attempt_deadline.as_ref().and_then(system_time);
-    let span =
-        tracing::info_span!("job", job_id = %job.id, job_type = %job.r#type, attempt = job.attempt);
+    let span = tracing::info_span!(
+        "job",
+        job_id = %job.id,
+        job_type = %job.r#type,
+        attempt = job.attempt,
+        attempt_seq = leased.attempt_seq
+    );
     let shared = shared.clone();
     jobs.spawn(
         async move {
-            supervise(&shared, job, active.clone(), deadline, attempt_deadline).await;
-            shared.remove(active.job_id());
-            drop(permit);
+            supervise(&shared, job, active, deadline, attempt_deadline, permit).await;
         }
         .instrument(span),
     );
@@ -389,34 +522,20 @@ enum Ended {
 }
 
 /// Runs one attempt: the handler in its own task, the deadline, the cancel
-/// grace, the log flush, and the report.
+/// grace; then pushes the job's last log lines, frees its slot and hands the
+/// outcome to the reporter.
 async fn supervise(
     shared: &Arc<Shared>,
     job: pb::Job,
     active: Arc<ActiveJob>,
     deadline: Option<Instant>,
     attempt_deadline: Option<std::time::SystemTime>,
+    permit: OwnedSemaphorePermit,
 ) {
     let config = &shared.config;
     let job_type = job.r#type.clone();
-    let attempt = job.attempt;
-
-    let log_closing = CancellationToken::new();
-    let (logger, pusher) = logs::job_log(
-        shared.client.worker_service(),
-        active.lease.clone(),
-        config.log_flush_interval,
-        config.log_buffer_lines,
-        shared.client.config().request_timeout(),
-        Backoff::new(config.reconnect_min, config.reconnect_max),
-        log_closing.clone(),
-    );
-    let pusher = tokio::spawn(pusher.run());
-    logger.system(format!(
-        "attempt {attempt} started on worker {}",
-        config.worker_id
-    ));
-    tracing::info!("job started");
+    let logger = shared.logs.open(active.lease.clone()).await;
+    tracing::debug!("job started");
 
     let Some(handler) = shared.handlers.get(&job_type).cloned() else {
         let error = JobError::retryable(format!(
@@ -424,8 +543,7 @@ async fn supervise(
             config.worker_id
         ));
         logger.system(error.message().to_owned());
-        finish_logs(&log_closing, pusher, config.cancel_grace).await;
-        report(shared, &active, Ended::Returned(Err(error))).await;
+        finish(shared, &active, Ended::Returned(Err(error)), permit).await;
         return;
     };
     let ctx = JobContext::new(
@@ -482,32 +600,41 @@ async fn supervise(
     };
     let ended = match joined {
         Ok(result) => Ended::Returned(result),
-        Err(error) if error.is_panic() => Ended::Panicked(panic_message(error.into_panic())),
+        Err(error) if error.is_panic() => {
+            let message = panic_message(error.into_panic());
+            logger.system(format!("the handler panicked: {message}"));
+            Ended::Panicked(message)
+        }
         Err(_) => Ended::Aborted,
     };
-    match &ended {
-        Ended::Returned(Ok(_)) => logger.system(format!("attempt {attempt} succeeded")),
-        Ended::Returned(Err(error)) => logger.system(format!("attempt {attempt} failed: {error}")),
-        Ended::Panicked(message) => logger.system(format!(
-            "attempt {attempt} failed: the handler panicked: {message}"
-        )),
-        Ended::Aborted => logger.system(format!("attempt {attempt} aborted")),
-    }
-    drop(logger);
+    finish(shared, &active, ended, permit).await;
+}
+
+/// Wraps an attempt up: its log lines go out first (lines pushed after the
+/// report would be refused: the lease ends with it), then its slot is freed
+/// and its outcome handed to the reporter.
+async fn finish(
+    shared: &Arc<Shared>,
+    active: &Arc<ActiveJob>,
+    ended: Ended,
+    permit: OwnedSemaphorePermit,
+) {
     let flush_limit = if shared.force.is_cancelled() {
         Duration::from_millis(500)
     } else {
-        config.cancel_grace
+        shared.config.cancel_grace
     };
-    finish_logs(&log_closing, pusher, flush_limit).await;
+    shared.logs.close(active.job_id(), flush_limit).await;
     if matches!(ended, Ended::Returned(Ok(_))) && !shared.force.is_cancelled() {
-        flush_progress(shared, &active).await;
+        flush_progress(shared, active).await;
     }
-    report(shared, &active, ended).await;
+    drop(permit);
+    report(shared, active, ended);
 }
 
-/// Sends progress reported since the last heartbeat (typically "100%, done"),
-/// so the job's final progress is stored before it is reported.
+/// Sends progress reported since the last heartbeat (typically "100%,
+/// done"), so the job's last progress is stored before its success; costs
+/// nothing when the handler reported none.
 async fn flush_progress(shared: &Shared, active: &ActiveJob) {
     let Some(progress) = active.take_progress() else {
         return;
@@ -516,10 +643,10 @@ async fn flush_progress(shared: &Shared, active: &ActiveJob) {
         worker_id: shared.config.worker_id.clone(),
         leases: vec![pb::LeaseProgress {
             lease: Some(active.lease.clone()),
-            progress_percent: progress.percent,
-            progress_message: progress.message,
+            progress_percent: Some(progress.percent),
+            progress_message: Some(progress.message),
         }],
-        lease_duration: Some(proto_duration(shared.config.lease_duration)),
+        lease_duration: None,
     };
     let limit = shared.client.config().request_timeout();
     if let Ok(Err(status)) =
@@ -529,18 +656,6 @@ async fn flush_progress(shared: &Shared, active: &ActiveJob) {
             "the last progress of the job was not delivered: {}",
             status.message()
         );
-    }
-}
-
-async fn finish_logs(
-    closing: &CancellationToken,
-    pusher: tokio::task::JoinHandle<()>,
-    limit: Duration,
-) {
-    closing.cancel();
-    let abort = pusher.abort_handle();
-    if tokio::time::timeout(limit, pusher).await.is_err() {
-        abort.abort();
     }
 }
 
@@ -554,162 +669,59 @@ fn panic_message(payload: Box<dyn std::any::Any + Send>) -> String {
     }
 }
 
-/// What to tell the server about an ended attempt.
-enum Report {
-    Complete(String),
-    Fail {
-        error: String,
-        retryable: bool,
-        retry_after: Option<Duration>,
-    },
-    Release,
-    Nothing,
-}
-
-async fn report(shared: &Arc<Shared>, active: &ActiveJob, ended: Ended) {
+/// Decides what the server is told about an ended attempt, and tells it.
+fn report(shared: &Shared, active: &Arc<ActiveJob>, ended: Ended) {
     let job_id = active.job_id();
-    let cause = active.stop_cause();
-    let report = match (cause, ended) {
-        (Some(StopCause::LeaseLost), _) => Report::Nothing,
-        (_, Ended::Returned(Ok(value))) => Report::Complete(if value.is_null() {
-            String::new()
-        } else {
-            value.to_string()
-        }),
-        (Some(StopCause::Shutdown), _) => Report::Release,
-        (Some(cause @ (StopCause::Cancelled | StopCause::TimedOut)), ended) => {
-            let detail = match ended {
-                Ended::Returned(Err(error)) => format!(": {}", error.message()),
-                Ended::Panicked(message) => format!(": the handler panicked: {message}"),
-                Ended::Returned(Ok(_)) | Ended::Aborted => String::new(),
-            };
-            Report::Fail {
-                error: format!("{}{detail}", cause.describe()),
-                retryable: true,
-                retry_after: None,
-            }
-        }
-        (None, Ended::Returned(Err(error))) => Report::Fail {
-            error: error.message().to_owned(),
-            retryable: error.is_retryable(),
-            retry_after: error.retry_delay(),
-        },
-        (None, Ended::Panicked(message)) => {
-            tracing::error!(job_id, "handler panicked: {message}");
-            Report::Fail {
-                error: format!("the handler panicked: {message}"),
-                retryable: true,
-                retry_after: None,
-            }
-        }
-        (None, Ended::Aborted) => Report::Fail {
-            error: "the handler was aborted".into(),
-            retryable: true,
-            retry_after: None,
-        },
+    let fail = |error: String, retryable: bool, retry_after: Option<Duration>| {
+        Some(Outcome::Fail {
+            error,
+            retryable,
+            retry_after,
+        })
     };
-    match report {
-        Report::Nothing => tracing::warn!(job_id, "lease lost; the job's outcome is not reported"),
-        Report::Release => {
+    let outcome = match (active.stop_cause(), ended) {
+        (Some(StopCause::LeaseLost), _) => {
+            tracing::warn!(job_id, "lease lost; the job's outcome is not reported");
+            None
+        }
+        (_, Ended::Returned(Ok(value))) => Some(Outcome::Complete(
+            (!value.is_null()).then(|| proto_value(value)),
+        )),
+        (Some(StopCause::Shutdown), _) => {
             shared
                 .to_release
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
                 .push(active.lease.clone());
+            None
         }
-        Report::Complete(result) => {
-            let request = pb::CompleteJobRequest {
-                lease: Some(active.lease.clone()),
-                result,
+        (Some(cause @ (StopCause::Cancelled | StopCause::TimedOut)), ended) => {
+            let detail = match ended {
+                // The handler's own "I stopped" error says nothing more than the cause.
+                Ended::Returned(Err(error)) if error.message() == cause.describe() => String::new(),
+                Ended::Returned(Err(error)) => format!(": {}", error.message()),
+                Ended::Panicked(message) => format!(": the handler panicked: {message}"),
+                Ended::Returned(Ok(_)) | Ended::Aborted => String::new(),
             };
-            send_report(shared, active, "CompleteJob", move |mut worker| {
-                let request = request.clone();
-                async move { worker.complete_job(request).await.map(|_| ()) }
-            })
-            .await;
+            fail(format!("{}{detail}", cause.describe()), true, None)
         }
-        Report::Fail {
-            error,
-            retryable,
-            retry_after,
-        } => {
-            let request = pb::FailJobRequest {
-                lease: Some(active.lease.clone()),
-                error,
-                retryable,
-                retry_after: retry_after.map(proto_duration),
-            };
-            send_report(shared, active, "FailJob", move |mut worker| {
-                let request = request.clone();
-                async move { worker.fail_job(request).await.map(|_| ()) }
-            })
-            .await;
+        (None, Ended::Returned(Err(error))) => fail(
+            error.message().to_owned(),
+            error.is_retryable(),
+            error.retry_delay(),
+        ),
+        (None, Ended::Panicked(message)) => {
+            tracing::error!(job_id, "handler panicked: {message}");
+            fail(format!("the handler panicked: {message}"), true, None)
         }
-    }
-}
-
-/// Sends a report, retrying while the server is unreachable and the lease may
-/// still be valid.
-async fn send_report<F, Fut>(shared: &Shared, active: &ActiveJob, what: &str, call: F)
-where
-    F: Fn(
-        jobq_proto::v1::worker_service_client::WorkerServiceClient<crate::client::AuthChannel>,
-    ) -> Fut,
-    Fut: std::future::Future<Output = Result<(), tonic::Status>>,
-{
-    let job_id = active.job_id();
-    let config = &shared.config;
-    let mut backoff = Backoff::new(config.reconnect_min, config.reconnect_max);
-    let timeout = shared.client.config().request_timeout();
-    loop {
-        let outcome = tokio::time::timeout(timeout, call(shared.client.worker_service())).await;
-        let problem = match outcome {
-            Ok(Ok(())) => {
-                tracing::info!(job_id, "{what} recorded");
-                return;
-            }
-            Ok(Err(status))
-                if matches!(
-                    status.code(),
-                    tonic::Code::FailedPrecondition | tonic::Code::NotFound
-                ) =>
-            {
-                tracing::warn!(
-                    job_id,
-                    "{what} refused, the lease is no longer ours: {}",
-                    status.message()
-                );
-                return;
-            }
-            Ok(Err(status)) if is_final_refusal(&status) => {
-                tracing::error!(job_id, code = ?status.code(), "{what} refused: {}", status.message());
-                return;
-            }
-            Ok(Err(status)) => format!("{:?}: {}", status.code(), status.message()),
-            Err(_) => format!("no answer within {timeout:?}"),
-        };
-        // The lease is renewed by heartbeats only while the job runs; a report
-        // after its lease must have run out would be refused anyway.
-        let lease_left = active
-            .lease_valid_until()
-            .saturating_duration_since(Instant::now());
-        if shared.force.is_cancelled() || lease_left.is_zero() {
-            tracing::warn!(
-                job_id,
-                "{what} could not be delivered before the lease ran out: {problem}"
-            );
-            return;
-        }
-        let delay = backoff.next_delay().min(lease_left);
-        tracing::warn!(
-            job_id,
-            ?delay,
-            "{what} failed (server unreachable?), retrying: {problem}"
-        );
-        tokio::select! {
-            () = tokio::time::sleep(delay) => {}
-            () = shared.force.cancelled() => {}
-        }
+        (None, Ended::Aborted) => fail("the handler was aborted".into(), true, None),
+    };
+    match outcome {
+        Some(outcome) => shared.report(Report {
+            active: active.clone(),
+            outcome,
+        }),
+        None => shared.remove(job_id),
     }
 }
 
@@ -763,7 +775,7 @@ async fn release(shared: &Shared, leases: Vec<pb::JobLease>) {
                 .into_inner()
                 .results
                 .iter()
-                .filter(|result| result.accepted)
+                .filter(|result| result.status.as_ref().is_none_or(|status| status.code == 0))
                 .count();
             tracing::info!(released, of = count, "released jobs for other workers");
         }

@@ -207,12 +207,10 @@ impl MetadataHandler {
                 .retry_after(Duration::from_secs(10)));
             }
         }
-        let result: Value = serde_json::from_str(if download.result.is_empty() {
-            "{}"
-        } else {
-            &download.result
-        })
-        .fatal_context("the download job's result is not JSON")?;
+        let result: Value = download
+            .result
+            .as_ref()
+            .map_or_else(|| serde_json::json!({}), jobq_client::json_value);
         let files: Vec<String> = result
             .get("files")
             .and_then(Value::as_array)

@@ -37,7 +37,8 @@ pub mod types {
 /// What the built-in job types need to know about this machine.
 #[derive(Debug, Clone)]
 pub struct Settings {
-    /// Where downloads go (canonical path).
+    /// Where downloads go: an absolute path with no symlink in it. It may
+    /// not exist yet: the jobs that write there create it.
     pub media_root: PathBuf,
     /// Roots cleanup may delete under (canonical paths); the media root by default.
     pub cleanup_roots: Vec<PathBuf>,
@@ -50,16 +51,17 @@ pub struct Settings {
 }
 
 impl Settings {
-    /// Settings with the media root created and canonicalized, and the
-    /// cleanup roots canonicalized (they must exist; empty means the media root).
+    /// Settings with the media root made absolute and free of symlinks
+    /// (but not created: a worker that never downloads leaves no directory
+    /// behind), and the cleanup roots canonicalized (they must exist; empty
+    /// means the media root).
     pub fn prepare(
         media_root: &Path,
         cleanup_roots: &[PathBuf],
         yt_dlp: PathBuf,
         ffprobe: PathBuf,
     ) -> std::io::Result<Self> {
-        std::fs::create_dir_all(media_root)?;
-        let media_root = media_root.canonicalize()?;
+        let media_root = canonical_maybe_missing(media_root)?;
         let cleanup_roots = if cleanup_roots.is_empty() {
             vec![media_root.clone()]
         } else {
@@ -82,6 +84,38 @@ impl Settings {
             ffprobe,
             kill_grace: Duration::from_secs(5),
         })
+    }
+}
+
+/// The canonical form of `path`, which need not exist: its longest existing
+/// ancestor canonicalized (symlinks resolved), with the missing rest
+/// appended (which, not existing, holds no symlink).
+pub fn canonical_maybe_missing(path: &Path) -> std::io::Result<PathBuf> {
+    let absolute = std::path::absolute(path)?;
+    let mut missing = Vec::new();
+    let mut existing = absolute.as_path();
+    loop {
+        match existing.canonicalize() {
+            Ok(mut canonical) => {
+                canonical.extend(missing.iter().rev());
+                return Ok(canonical);
+            }
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+                // A `..` after a missing directory cannot be resolved.
+                let (Some(parent), Some(name)) = (existing.parent(), existing.file_name()) else {
+                    return Err(std::io::Error::new(
+                        std::io::ErrorKind::InvalidInput,
+                        format!(
+                            "{} does not exist and cannot be resolved (a `..` after a missing directory?)",
+                            path.display()
+                        ),
+                    ));
+                };
+                missing.push(name);
+                existing = parent;
+            }
+            Err(error) => return Err(error),
+        }
     }
 }
 
@@ -117,4 +151,53 @@ pub fn register(mut worker: Worker, settings: Settings, job_types: &[String]) ->
         worker = worker.handler(types::NOOP, noop::NoopHandler);
     }
     worker
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_media_root_is_not_created_up_front() -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let root = dir.path().canonicalize()?;
+        let media_root = root.join("media").join("nested");
+        let settings = Settings::prepare(&media_root, &[], "yt-dlp".into(), "ffprobe".into())?;
+        assert_eq!(settings.media_root, media_root);
+        assert_eq!(settings.cleanup_roots, vec![media_root.clone()]);
+        assert!(!root.join("media").exists());
+        Ok(())
+    }
+
+    #[test]
+    fn missing_paths_are_resolved_through_their_existing_ancestors()
+    -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let root = dir.path().canonicalize()?;
+        std::fs::create_dir_all(root.join("real"))?;
+        std::os::unix::fs::symlink(root.join("real"), root.join("link"))?;
+        // The symlink on the way is resolved; the missing rest is kept as is.
+        assert_eq!(
+            canonical_maybe_missing(&root.join("link/./new/deeper"))?,
+            root.join("real/new/deeper")
+        );
+        assert_eq!(
+            canonical_maybe_missing(&root.join("real"))?,
+            root.join("real")
+        );
+        assert!(canonical_maybe_missing(&root.join("missing/..")).is_err());
+        // A file in the way is an error, not a directory to be.
+        std::fs::write(root.join("file"), "x")?;
+        assert!(canonical_maybe_missing(&root.join("file/media")).is_err());
+        Ok(())
+    }
+
+    #[test]
+    fn relative_media_roots_are_made_absolute() -> Result<(), Box<dyn std::error::Error>> {
+        let resolved = canonical_maybe_missing(Path::new("jobq-media-that-does-not-exist"))?;
+        assert!(resolved.is_absolute());
+        assert!(resolved.ends_with("jobq-media-that-does-not-exist"));
+        assert!(!resolved.exists());
+        Ok(())
+    }
 }

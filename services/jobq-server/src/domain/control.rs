@@ -46,6 +46,8 @@ pub struct WorkerRecord {
     pub queues: Vec<String>,
     /// Types it runs.
     pub types: Vec<String>,
+    /// Lease length it asked for; `None`: the server default.
+    pub lease_duration: Option<std::time::Duration>,
     /// First heard from.
     pub first_seen_at: Millis,
     /// Last heard from.

@@ -29,7 +29,10 @@ impl JobId {
         uuid::Uuid::parse_str(raw)
             .map(|id| Self(id.hyphenated().to_string()))
             .map_err(|_| {
-                super::QueueError::invalid(field, format!("{raw:?} is not a job id (UUID)"))
+                super::QueueError::invalid(
+                    field,
+                    format!("{} is not a job id (UUID)", super::excerpt(raw)),
+                )
             })
     }
 
@@ -209,7 +212,7 @@ pub struct JobSpec {
     pub job_type: String,
     /// Queue name.
     pub queue: String,
-    /// JSON payload text.
+    /// JSON payload text (canonical).
     pub payload: String,
     /// Higher runs first.
     pub priority: i32,
@@ -233,23 +236,81 @@ pub struct JobSpec {
     pub depends_on: Vec<JobId>,
     /// The schedule enqueuing it, if any.
     pub schedule_name: Option<String>,
+    /// Size of the payload on the wire.
+    #[serde(default)]
+    pub payload_bytes: i64,
 }
 
-/// One attempt of a job.
+/// What a history entry records: an attempt, or a client's action on a job
+/// that was not running.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EntryKind {
+    /// A lease and its run by a worker.
+    Attempt,
+    /// The job was cancelled while it was not running (or because a
+    /// dependency failed).
+    Cancelled,
+    /// A finished job was queued again by a client.
+    Requeued,
+}
+
+impl EntryKind {
+    /// The name stored in the database.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EntryKind::Attempt => "attempt",
+            EntryKind::Cancelled => "cancelled",
+            EntryKind::Requeued => "requeued",
+        }
+    }
+
+    /// Parses a stored name.
+    pub fn parse(raw: &str) -> Option<Self> {
+        [
+            EntryKind::Attempt,
+            EntryKind::Cancelled,
+            EntryKind::Requeued,
+        ]
+        .into_iter()
+        .find(|kind| kind.as_str() == raw)
+    }
+}
+
+/// One entry of a job's history: an attempt (running or ended), or an action.
+/// Entry 0 is the enqueue itself and has no record; entries count from 1.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Attempt {
-    /// 1-based attempt number.
+pub struct HistoryEntry {
+    /// Position in the job's history, from 1; never repeats within a job.
+    pub seq: i32,
+    /// What it records.
+    pub kind: EntryKind,
+    /// Attempt number of the current run (1-based); 0 for actions.
     pub number: i32,
-    /// Worker that held the lease.
+    /// Worker that held the lease; empty for actions.
     pub worker_id: String,
-    /// When the lease was granted.
+    /// Token of the attempt's lease.
+    pub lease_token: Option<LeaseToken>,
+    /// When the lease was granted, or when the action happened.
     pub started_at: Millis,
-    /// When it ended.
+    /// When the attempt ended; `None` while it runs.
     pub finished_at: Option<Millis>,
-    /// How it ended; `None` while running.
+    /// How the attempt ended; `None` while it runs and for actions.
     pub outcome: Option<AttemptOutcome>,
-    /// Error text, if it failed.
+    /// Error text of the attempt, or the reason of the action.
     pub error: Option<String>,
+    /// A cancel was requested while the attempt ran.
+    pub cancel_requested: bool,
+    /// The state the job moved to at the end of the entry.
+    pub then_state: Option<JobState>,
+    /// When its next attempt may start, if it waits for one.
+    pub then_run_at: Option<Millis>,
+}
+
+impl HistoryEntry {
+    /// True for attempts.
+    pub fn is_attempt(&self) -> bool {
+        self.kind == EntryKind::Attempt
+    }
 }
 
 /// A job as stored.
@@ -261,8 +322,10 @@ pub struct Job {
     pub job_type: String,
     /// Queue.
     pub queue: String,
-    /// JSON payload.
-    pub payload: String,
+    /// JSON payload; `None` where it was not read (state changes never need it).
+    pub payload: Option<String>,
+    /// Size of the payload as sent on the wire, for sizing lease answers.
+    pub payload_bytes: i64,
     /// Priority.
     pub priority: i32,
     /// Earliest time of the next attempt.
@@ -275,25 +338,31 @@ pub struct Job {
     pub retry_policy: RetryPolicy,
     /// Deduplication key.
     pub unique_key: Option<String>,
+    /// Idempotency key of the request that created it.
+    pub request_key: Option<String>,
     /// Labels.
     pub tags: Vec<String>,
     /// Spawning job.
     pub parent_id: Option<JobId>,
     /// Enqueuer's traceparent.
     pub traceparent: Option<String>,
-    /// Jobs that must succeed first.
+    /// Jobs that must succeed first; only filled where asked for.
     pub depends_on: Vec<JobId>,
+    /// Some job depends on this one (so its end must release them).
+    pub has_dependents: bool,
     /// The schedule that enqueued it.
     pub schedule_name: Option<String>,
     /// State.
     pub state: JobState,
-    /// Attempts started.
+    /// Attempts of the current run.
     pub attempt: i32,
+    /// Last history entry used (attempts and actions); the running attempt's seq.
+    pub history_seq: i32,
     /// Progress 0..100.
     pub progress_percent: i32,
     /// Progress message.
     pub progress_message: String,
-    /// JSON result.
+    /// JSON result; written only by a success (and cleared by a requeue).
     pub result: Option<String>,
     /// Last error or cancel reason.
     pub last_error: Option<String>,
@@ -305,8 +374,12 @@ pub struct Job {
     pub worker_id: Option<String>,
     /// Current lease deadline, while running.
     pub lease_expires_at: Option<Millis>,
+    /// Length of the current lease, renewed by each heartbeat.
+    pub lease_duration: Option<Duration>,
     /// Deadline of the current attempt, while running.
     pub attempt_deadline: Option<Millis>,
+    /// Start of the current attempt, while running.
+    pub attempt_started_at: Option<Millis>,
     /// Creation time.
     pub created_at: Millis,
     /// First start.
@@ -315,8 +388,33 @@ pub struct Job {
     pub finished_at: Option<Millis>,
     /// Last change.
     pub updated_at: Millis,
-    /// Attempt history, oldest first; only filled where asked for.
-    pub attempts: Vec<Attempt>,
+    /// History, oldest first (the running attempt last); only filled where asked for.
+    pub history: Vec<HistoryEntry>,
+}
+
+impl Job {
+    /// The running attempt as a history entry, while the job runs.
+    pub fn running_attempt(&self) -> Option<HistoryEntry> {
+        (self.state == JobState::Running).then(|| HistoryEntry {
+            seq: self.history_seq,
+            kind: EntryKind::Attempt,
+            number: self.attempt,
+            worker_id: self.worker_id.clone().unwrap_or_default(),
+            lease_token: self.lease_token.clone(),
+            started_at: self.attempt_started_at.unwrap_or(self.updated_at),
+            finished_at: None,
+            outcome: None,
+            error: None,
+            cancel_requested: self.cancel_requested,
+            then_state: None,
+            then_run_at: None,
+        })
+    }
+
+    /// The attempts of the history (no actions), oldest first.
+    pub fn attempts(&self) -> impl Iterator<Item = &HistoryEntry> {
+        self.history.iter().filter(|entry| entry.is_attempt())
+    }
 }
 
 /// A job just leased, with its lease.
@@ -391,8 +489,10 @@ pub struct StatsSnapshot {
 pub struct JobEvent {
     /// What happened.
     pub kind: JobEventKind,
-    /// The job right after it happened.
+    /// The job right after it happened (no payload, result or history).
     pub job: Job,
+    /// When it happened.
+    pub at: Millis,
 }
 
 /// Kinds of [`JobEvent`].

@@ -42,6 +42,8 @@ pub struct Limits {
     pub max_lease_wait: Duration,
     /// Most jobs one LeaseJobs call may return.
     pub max_lease_jobs: usize,
+    /// Largest gRPC message the server accepts or sends, in bytes.
+    pub max_message_bytes: usize,
 }
 
 impl Default for Limits {
@@ -51,6 +53,7 @@ impl Default for Limits {
             max_batch: 1000,
             max_lease_wait: Duration::from_secs(60),
             max_lease_jobs: 100,
+            max_message_bytes: 64 * 1024 * 1024,
         }
     }
 }
@@ -65,3 +68,20 @@ pub const MAX_ERROR_BYTES: usize = 64 * 1024;
 pub const MAX_MESSAGE_BYTES: usize = 1024;
 /// Highest and lowest priority.
 pub const PRIORITY_RANGE: std::ops::RangeInclusive<i32> = -1000..=1000;
+/// Most attempts a job may be given.
+pub const MAX_ATTEMPTS: i32 = 10_000;
+/// Deepest nesting of a payload or result (arrays and objects).
+pub const MAX_JSON_DEPTH: usize = 32;
+/// The last millisecond of the year 9999: later times cannot be written as
+/// RFC 3339 (clients and tools break on them), so none is accepted.
+pub const MAX_TIME_MS: i64 = 253_402_300_799_999;
+/// Longest timeout, backoff or retry_after.
+pub const MAX_WAIT: Duration = Duration::from_secs(365 * 24 * 3600);
+/// Longest delay of a job's first run.
+pub const MAX_DELAY: Duration = Duration::from_secs(3650 * 24 * 3600);
+/// Shortest and longest lease a worker may ask for.
+pub const LEASE_RANGE: std::ops::RangeInclusive<Duration> =
+    Duration::from_secs(1)..=Duration::from_secs(3600);
+/// Answer size a LeaseJobs call is kept under when the worker names none
+/// (the usual receive limit of gRPC clients).
+pub const DEFAULT_LEASE_RESPONSE_BYTES: u64 = 4 * 1024 * 1024;

@@ -13,16 +13,22 @@ mod schedules;
 mod store;
 mod transitions;
 
-pub use clock::{Clock, Millis, SystemClock};
+#[cfg(test)]
+mod tests;
+
+pub use clock::{Clock, ManualClock, Millis, SystemClock};
 pub use control::{CronSchedule, QueueControls, ScheduleRecord, WorkerRecord};
-pub use error::{QueueError, QueueResult};
+pub use error::{QueueError, QueueResult, Refusal, excerpt};
 pub use job::{
-    Attempt, AttemptOutcome, Job, JobEvent, JobEventKind, JobFilter, JobId, JobSelector, JobSpec,
-    JobState, LeaseToken, LeasedJob, QueueStats, StatsSnapshot, StopReason,
+    AttemptOutcome, EntryKind, HistoryEntry, Job, JobEvent, JobEventKind, JobFilter, JobId,
+    JobSelector, JobSpec, JobState, LeaseToken, LeasedJob, QueueStats, StatsSnapshot, StopReason,
 };
 pub use limits::{
-    Defaults, Limits, MAX_ERROR_BYTES, MAX_MESSAGE_BYTES, MAX_NAME_BYTES, MAX_TAGS, PRIORITY_RANGE,
+    DEFAULT_LEASE_RESPONSE_BYTES, Defaults, LEASE_RANGE, Limits, MAX_ATTEMPTS, MAX_DELAY,
+    MAX_ERROR_BYTES, MAX_JSON_DEPTH, MAX_MESSAGE_BYTES, MAX_NAME_BYTES, MAX_TAGS, MAX_TIME_MS,
+    MAX_WAIT, PRIORITY_RANGE,
 };
+pub use narrate::{CLOSING_LINE, Narration, narrate};
 pub use queue::{
     CompleteReport, FailReport, HeartbeatLease, HeartbeatOutcome, JobQueue, LeaseRequest, Page,
     PageRequest,
@@ -30,6 +36,6 @@ pub use queue::{
 pub use retry::RetryPolicy;
 pub use schedules::ScheduleDefinition;
 pub use store::{
-    Applied, DependencyRule, JobChange, JobLog, JobStore, LeaseChange, LeaseQuota, Peers,
+    Applied, DependencyRule, Detail, InsertedAndLeased, JobChange, JobLog, JobStore, LeaseChange,
+    LeaseQuery, NewJob, Peers,
 };
-pub use transitions::AttemptEnd;

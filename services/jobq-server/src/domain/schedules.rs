@@ -5,7 +5,7 @@ use super::clock::Millis;
 use super::control::{CronSchedule, ScheduleRecord};
 use super::error::{QueueError, QueueResult};
 use super::job::{Job, JobSpec};
-use super::queue::JobQueue;
+use super::queue::{JobQueue, new_job};
 
 /// A schedule as a client defines it.
 #[derive(Debug, Clone)]
@@ -97,18 +97,20 @@ impl JobQueue {
         let now = self.now();
         let mut fired = Vec::new();
         for name in self.store.due_schedules(now).await? {
-            let fire = |record: &ScheduleRecord| -> QueueResult<(Job, Millis)> {
-                let cron = CronSchedule::parse(&record.cron, &record.time_zone)?;
-                // Missed ticks (server down) are skipped: the next one is after now.
-                let next = cron.next_after(now).unwrap_or(i64::MAX);
-                let mut spec = record.template.clone();
-                spec.schedule_name = Some(record.name.clone());
-                spec.run_at = None;
-                Ok((self.new_job(spec, now), next))
-            };
-            match self.store.fire_schedule(&name, now, &fire).await {
+            let fire = Box::new(
+                move |record: &ScheduleRecord| -> QueueResult<(Job, Millis)> {
+                    let cron = CronSchedule::parse(&record.cron, &record.time_zone)?;
+                    // Missed ticks (server down) are skipped: the next one is after now.
+                    let next = cron.next_after(now).unwrap_or(i64::MAX);
+                    let mut spec = record.template.clone();
+                    spec.schedule_name = Some(record.name.clone());
+                    spec.run_at = None;
+                    Ok((new_job(spec, now), next))
+                },
+            );
+            match self.store.fire_schedule(&name, now, fire).await {
                 Ok(Some(job)) => {
-                    self.announce_created(&job).await;
+                    self.after_created(&[&job]).await;
                     fired.push(job);
                 }
                 Ok(None) => {}

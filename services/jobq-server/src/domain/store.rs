@@ -1,5 +1,9 @@
-//! What the queue needs from storage and from the job log, as traits the
-//! infrastructure implements. Every store method is one transaction.
+//! What the queue needs from storage, as a trait the infrastructure
+//! implements. Writes of concurrent callers may be committed together (group
+//! commit); each write method still succeeds or fails as one unit.
+
+use std::collections::HashMap;
+use std::time::Duration;
 
 use async_trait::async_trait;
 
@@ -7,10 +11,9 @@ use super::clock::Millis;
 use super::control::{QueueControls, ScheduleRecord, WorkerRecord};
 use super::error::QueueResult;
 use super::job::{
-    Attempt, AttemptOutcome, Job, JobFilter, JobId, JobSelector, JobState, LeaseToken,
-    StatsSnapshot,
+    AttemptOutcome, HistoryEntry, Job, JobEvent, JobFilter, JobId, JobSelector, JobState,
+    LeaseToken, StatsSnapshot,
 };
-use super::transitions::AttemptEnd;
 
 /// A change of one job, as the store applied it.
 #[derive(Debug, Clone)]
@@ -19,42 +22,92 @@ pub struct Applied {
     pub before: Job,
     /// The job after it.
     pub job: Job,
-    /// The attempt the change ended, if any.
-    pub ended: Option<AttemptEnd>,
+    /// The history entry the change closed (an ended attempt, an action), if any.
+    pub entry: Option<HistoryEntry>,
 }
 
-/// What a job change does to the loaded job: optionally ends its attempt.
-pub type JobChange<'a> = Box<dyn FnOnce(&mut Job) -> QueueResult<Option<AttemptEnd>> + Send + 'a>;
+/// What a change does to a loaded job (its payload and result are not
+/// loaded). It may be applied again to a freshly loaded copy if the store
+/// retries the transaction, so it must not consume what it captured.
+pub type JobChange =
+    Box<dyn Fn(&mut Job) -> QueueResult<Option<HistoryEntry>> + Send + Sync + 'static>;
 
-/// What leasing does to each picked job: starts an attempt.
-pub type LeaseChange<'a> = &'a (dyn Fn(&mut Job) -> (LeaseToken, Attempt) + Send + Sync);
+/// The rule that sets a new job's start state from its dependencies' states
+/// (the name of the job's field in errors given): see `transitions::apply_dependencies`.
+pub type DependencyRule = fn(&mut Job, &[(JobId, JobState)], &str) -> QueueResult<()>;
 
-/// How a new job's start state follows from its dependencies' states.
-pub type DependencyRule = fn(&mut Job, &[(JobId, JobState)], Millis);
+/// A job to insert, with the name of its spec in errors (`job`, `jobs[3]`).
+#[derive(Debug, Clone)]
+pub struct NewJob {
+    /// The job, as it will be stored.
+    pub job: Job,
+    /// Field path of its spec, for errors.
+    pub field: String,
+}
 
-/// How many jobs each queue may hand out in one lease call.
+/// Which queued jobs a lease may take.
 #[derive(Debug, Clone, Default)]
-pub struct LeaseQuota {
+pub struct LeaseQuery {
     /// Queues without a concurrency limit.
     pub unlimited: Vec<String>,
     /// Queues with a concurrency limit, and the limit.
     pub limited: Vec<(String, i64)>,
+    /// Job types (any if empty).
+    pub types: Vec<String>,
+    /// Most jobs.
+    pub limit: u64,
+    /// Most payload bytes in all (jobs are taken while they fit; one that
+    /// does not fit on its own is skipped).
+    pub max_payload_bytes: i64,
 }
+
+/// What [`JobStore::insert_and_lease`] did.
+pub struct InsertedAndLeased {
+    /// The insert's answer: each job and whether it already existed.
+    pub inserted: QueueResult<Vec<(Job, bool)>>,
+    /// What each lease took, in the order given.
+    pub leased: Vec<Vec<(Job, LeaseToken)>>,
+}
+
+/// How much of a job a read returns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Detail {
+    /// No payload, result, dependencies or history.
+    Basic,
+    /// Payload, result and dependencies too.
+    Full,
+    /// Everything, the history included.
+    History,
+}
+
+/// What leasing does to each picked job: starts an attempt under a fresh token.
+pub type LeaseChange = Box<dyn Fn(&mut Job) -> LeaseToken + Send + Sync + 'static>;
 
 /// Where jobs, queues, workers and schedules are kept.
 #[async_trait]
 pub trait JobStore: Send + Sync + 'static {
-    /// Inserts new jobs, all or none. A job whose unique_key is held by a
-    /// non-terminal job is not inserted: the holder is returned with `true`.
-    /// Each job's dependencies are read in the same transaction and `rule` sets its start state.
+    /// Inserts new jobs, all or none, in one transaction. Per job: a
+    /// `request_key` already stored returns that job (`true`); a `unique_key`
+    /// held by a non-terminal job returns the holder (`true`); a missing
+    /// parent or dependency is INVALID_ARGUMENT; `rule` sets the start state
+    /// from the dependencies' states, read in the same transaction.
     async fn insert_jobs(
         &self,
-        jobs: Vec<Job>,
+        jobs: Vec<NewJob>,
         rule: DependencyRule,
-        now: Millis,
     ) -> QueueResult<Vec<(Job, bool)>>;
-    /// One job, with its attempts when asked.
-    async fn get_job(&self, id: &JobId, with_attempts: bool) -> QueueResult<Option<Job>>;
+    /// Inserts new jobs as [`JobStore::insert_jobs`] does, then runs
+    /// `leases` in the same transaction (workers waiting for the queues the
+    /// jobs go to): a job can be enqueued and handed out in one commit.
+    /// The leases run and commit even if the insert is refused.
+    async fn insert_and_lease(
+        &self,
+        jobs: Vec<NewJob>,
+        rule: DependencyRule,
+        leases: Vec<(LeaseQuery, LeaseChange)>,
+    ) -> QueueResult<InsertedAndLeased>;
+    /// One job, with as much detail as asked.
+    async fn get_job(&self, id: &JobId, detail: Detail) -> QueueResult<Option<Job>>;
     /// States of the given jobs; missing ones are left out.
     async fn job_states(&self, ids: &[JobId]) -> QueueResult<Vec<(JobId, JobState)>>;
     /// Jobs matching `filter` with ids below `before_id`, newest first.
@@ -63,35 +116,34 @@ pub trait JobStore: Send + Sync + 'static {
         filter: &JobFilter,
         before_id: Option<&JobId>,
         limit: u64,
+        detail: Detail,
     ) -> QueueResult<Vec<Job>>;
     /// Ids of the jobs a bulk operation selects.
     async fn select_jobs(&self, selector: &JobSelector) -> QueueResult<Vec<JobId>>;
-    /// Loads a job under a write lock, applies `change`, and saves it (and the
-    /// attempt end) if `change` succeeds; nothing is written if it fails.
-    async fn update_job(&self, id: &JobId, change: JobChange<'_>) -> QueueResult<Applied>;
-    /// Applies several job changes in one transaction (one commit, one sync).
-    /// A change that refuses (stale lease, wrong state) writes nothing for
-    /// its job and leaves the others alone; a storage error fails them all.
+    /// Applies changes to jobs in one transaction (one commit): loads each job
+    /// (without payload and result), applies its change, saves it and the
+    /// entry it closed. A change that refuses (stale lease, wrong state)
+    /// writes nothing for its job and leaves the others alone; a storage
+    /// error fails them all. Several changes of one job apply in order.
     async fn update_jobs(
         &self,
-        changes: Vec<(JobId, JobChange<'_>)>,
+        changes: Vec<(JobId, JobChange)>,
     ) -> QueueResult<Vec<QueueResult<Applied>>>;
-    /// Picks up to `limit` queued jobs from the queues in `quota` (and of
-    /// `types`, if any) in lease order, skipping rows other transactions hold,
-    /// keeping each limited queue under its limit, and applies `lease` to each.
+    /// Picks up to `query.limit` queued jobs in lease order (priority desc,
+    /// run_at, id), skipping rows other transactions hold and keeping each
+    /// limited queue under its limit, applies `lease` to each and saves them.
+    /// Returns the jobs with their payloads.
     async fn lease_jobs(
         &self,
-        quota: &LeaseQuota,
-        types: &[String],
-        limit: u64,
-        lease: LeaseChange<'_>,
+        query: LeaseQuery,
+        lease: LeaseChange,
     ) -> QueueResult<Vec<(Job, LeaseToken)>>;
-    /// Deletes a job and its attempts if `check` allows it.
-    async fn delete_job(
+    /// Deletes the jobs that `check` allows, with their history; one result per id.
+    async fn delete_jobs(
         &self,
-        id: &JobId,
+        ids: Vec<JobId>,
         check: for<'j> fn(&'j Job) -> QueueResult<()>,
-    ) -> QueueResult<Job>;
+    ) -> QueueResult<Vec<QueueResult<Job>>>;
     /// Running jobs whose lease or attempt deadline is at or before `now`.
     async fn expired_jobs(&self, now: Millis, limit: u64) -> QueueResult<Vec<JobId>>;
     /// Scheduled or retrying jobs whose run_at is at or before `now`.
@@ -104,10 +156,13 @@ pub trait JobStore: Send + Sync + 'static {
         id: &JobId,
         token: &LeaseToken,
     ) -> QueueResult<Option<AttemptOutcome>>;
-    /// States of the jobs `id` depends on.
-    async fn dependency_states(&self, id: &JobId) -> QueueResult<Vec<(JobId, JobState)>>;
-    /// Blocked jobs that depend on `id`.
-    async fn blocked_dependents(&self, id: &JobId) -> QueueResult<Vec<JobId>>;
+    /// For each given job, the states of the jobs it depends on.
+    async fn dependency_states(
+        &self,
+        ids: &[JobId],
+    ) -> QueueResult<HashMap<JobId, Vec<(JobId, JobState)>>>;
+    /// Blocked jobs that depend on any of `ids`.
+    async fn blocked_dependents(&self, ids: &[JobId]) -> QueueResult<Vec<JobId>>;
     /// Counts by queue and state, for `queues` or all when empty.
     async fn stats(&self, queues: &[String], now: Millis) -> QueueResult<StatsSnapshot>;
     /// Terminal jobs finished before `before` in `states`, oldest first.
@@ -125,10 +180,10 @@ pub trait JobStore: Send + Sync + 'static {
     /// Stores a queue's controls.
     async fn put_queue_controls(&self, controls: &QueueControls, now: Millis) -> QueueResult<()>;
 
-    /// Records that a worker was heard from.
-    async fn touch_worker(&self, worker: &WorkerRecord) -> QueueResult<()>;
-    /// Records that a known worker was heard from again (a heartbeat).
-    async fn worker_seen(&self, worker_id: &str, now: Millis) -> QueueResult<()>;
+    /// Records workers that asked for jobs (new ones are added).
+    async fn touch_workers(&self, workers: Vec<WorkerRecord>) -> QueueResult<()>;
+    /// Records that known workers were heard from again (heartbeats).
+    async fn workers_seen(&self, worker_ids: Vec<String>, now: Millis) -> QueueResult<()>;
     /// Workers last heard from at or after `since`, with the jobs they hold.
     async fn workers(&self, since: Millis) -> QueueResult<Vec<(WorkerRecord, Vec<JobId>)>>;
 
@@ -150,19 +205,18 @@ pub trait JobStore: Send + Sync + 'static {
         &self,
         name: &str,
         now: Millis,
-        fire: &(dyn for<'s> Fn(&'s ScheduleRecord) -> QueueResult<(Job, Millis)> + Send + Sync),
+        fire: Box<dyn for<'s> Fn(&'s ScheduleRecord) -> QueueResult<(Job, Millis)> + Send + Sync>,
     ) -> QueueResult<Option<Job>>;
+
+    /// Whether the database answers now (for the health service).
+    async fn ping(&self) -> QueueResult<()>;
 }
 
-/// The job log as the queue writes to it: the server's own lines.
+/// Job logs, as far as the queue is concerned: deleted jobs take theirs along.
 #[async_trait]
 pub trait JobLog: Send + Sync + 'static {
-    /// Appends a system line to a job's log.
-    async fn system(&self, job_id: &JobId, attempt: i32, message: &str);
-    /// The job reached a terminal state: its followers may finish.
-    async fn finished(&self, job_id: &JobId, attempt: i32);
-    /// The job was deleted: its log goes too.
-    async fn deleted(&self, job_id: &JobId);
+    /// The jobs were deleted: their logs go too.
+    async fn deleted(&self, job_ids: &[JobId]);
 }
 
 /// Other server replicas sharing the database, told of changes so their
@@ -172,6 +226,9 @@ pub trait Peers: Send + Sync + 'static {
     fn ready(&self);
     /// A job started waiting for a run_at.
     fn waiting(&self);
-    /// A job event happened here.
-    fn job_event(&self, event: &super::job::JobEvent);
+    /// Job events happened here (sent only while some replica watches).
+    fn job_events(&self, events: &[JobEvent]);
 }
+
+/// Longest a worker's registry row may go without a refresh while it is busy.
+pub const WORKER_TOUCH_INTERVAL: Duration = Duration::from_secs(1);

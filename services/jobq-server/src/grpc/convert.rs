@@ -1,19 +1,25 @@
 //! Conversions between protobuf messages and domain types. Incoming messages
-//! are validated here; every error names the offending field.
+//! are validated here; every error names the offending field and echoes at
+//! most a short excerpt of the input.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use jobq_proto::v1 as pb;
+use prost::Message;
+use prost_types::value::Kind;
 
 use crate::domain::{
-    Attempt, AttemptOutcome, Defaults, Job, JobEvent, JobEventKind, JobId, JobSpec, JobState,
-    Limits, MAX_NAME_BYTES, MAX_TAGS, Millis, PRIORITY_RANGE, QueueError, QueueResult, RetryPolicy,
-    StopReason,
+    AttemptOutcome, Defaults, HistoryEntry, Job, JobEvent, JobEventKind, JobId, JobSpec, JobState,
+    Limits, MAX_ATTEMPTS, MAX_DELAY, MAX_JSON_DEPTH, MAX_NAME_BYTES, MAX_TAGS, MAX_TIME_MS,
+    MAX_WAIT, Millis, PRIORITY_RANGE, QueueError, QueueResult, RetryPolicy, StopReason,
 };
 use crate::logs::{LogLine, LogStream};
 
 /// Most dependencies of one job.
 const MAX_DEPENDENCIES: usize = 100;
+/// The earliest time accepted: the year 1.
+const MIN_TIME_MS: Millis = -62_135_596_800_000;
 
 /// The queue jobs go to when the spec names none.
 pub const DEFAULT_QUEUE: &str = "default";
@@ -31,7 +37,7 @@ pub fn opt_timestamp(ms: Option<Millis>) -> Option<prost_types::Timestamp> {
     ms.map(timestamp)
 }
 
-/// A protobuf timestamp in milliseconds since the epoch.
+/// A protobuf timestamp in milliseconds since the epoch, within the years 1..=9999.
 pub fn millis_of(ts: &prost_types::Timestamp, field: &str) -> QueueResult<Millis> {
     if !(0..1_000_000_000).contains(&ts.nanos) {
         return Err(QueueError::invalid(
@@ -39,10 +45,12 @@ pub fn millis_of(ts: &prost_types::Timestamp, field: &str) -> QueueResult<Millis
             "nanos must be within 0..999999999",
         ));
     }
-    ts.seconds
+    let ms = ts
+        .seconds
         .checked_mul(1000)
         .and_then(|ms| ms.checked_add(i64::from(ts.nanos / 1_000_000)))
-        .ok_or_else(|| QueueError::invalid(field, "is out of range"))
+        .filter(|ms| (MIN_TIME_MS..=MAX_TIME_MS).contains(ms));
+    ms.ok_or_else(|| QueueError::invalid(field, "must lie within the years 1 to 9999"))
 }
 
 /// A std duration as a protobuf duration.
@@ -53,8 +61,8 @@ pub fn proto_duration(duration: Duration) -> prost_types::Duration {
     }
 }
 
-/// A protobuf duration that must not be negative.
-pub fn duration_of(d: &prost_types::Duration, field: &str) -> QueueResult<Duration> {
+/// A protobuf duration within `0..=max`.
+pub fn duration_of(d: &prost_types::Duration, field: &str, max: Duration) -> QueueResult<Duration> {
     if d.seconds < 0 || d.nanos < 0 {
         return Err(QueueError::invalid(field, "must not be negative"));
     }
@@ -64,19 +72,45 @@ pub fn duration_of(d: &prost_types::Duration, field: &str) -> QueueResult<Durati
             "nanos must be within 0..999999999",
         ));
     }
-    Ok(Duration::new(d.seconds as u64, d.nanos as u32))
+    let duration = Duration::new(d.seconds as u64, d.nanos as u32);
+    if duration > max {
+        return Err(QueueError::invalid(
+            field,
+            format!("must be at most {}", humantime::format_duration(max)),
+        ));
+    }
+    Ok(duration)
 }
 
-/// A protobuf duration that must be greater than zero.
-fn positive_duration_of(d: &prost_types::Duration, field: &str) -> QueueResult<Duration> {
-    let duration = duration_of(d, field)?;
+/// A protobuf duration within `0 < d <= max`.
+fn positive_duration_of(
+    d: &prost_types::Duration,
+    field: &str,
+    max: Duration,
+) -> QueueResult<Duration> {
+    let duration = duration_of(d, field, max)?;
     if duration.is_zero() {
         return Err(QueueError::invalid(field, "must be greater than zero"));
     }
     Ok(duration)
 }
 
-/// A short name (type, queue, worker id, tag, key): non-empty, bounded, printable.
+/// Characters that would let a name look like something else in a terminal
+/// or a page: right-to-left overrides and isolates, zero-width characters.
+fn is_deceptive(c: char) -> bool {
+    matches!(
+        c,
+        '\u{061C}'
+            | '\u{200B}'..='\u{200F}'
+            | '\u{202A}'..='\u{202E}'
+            | '\u{2060}'..='\u{2064}'
+            | '\u{2066}'..='\u{2069}'
+            | '\u{FEFF}'
+    )
+}
+
+/// A short name (type, queue, worker id, tag, key): non-empty, not blank,
+/// bounded, without control or deceptive characters.
 pub fn name(raw: &str, field: &str) -> QueueResult<String> {
     if raw.is_empty() {
         return Err(QueueError::invalid(field, "is required"));
@@ -87,10 +121,19 @@ pub fn name(raw: &str, field: &str) -> QueueResult<String> {
             format!("is longer than {MAX_NAME_BYTES} bytes"),
         ));
     }
+    if raw.trim().is_empty() {
+        return Err(QueueError::invalid(field, "must not be blank"));
+    }
     if raw.chars().any(char::is_control) {
         return Err(QueueError::invalid(
             field,
             "must not contain control characters",
+        ));
+    }
+    if raw.chars().any(is_deceptive) {
+        return Err(QueueError::invalid(
+            field,
+            "must not contain zero-width or bidirectional-control characters",
         ));
     }
     Ok(raw.to_owned())
@@ -125,29 +168,122 @@ pub fn bounded_text(raw: &str, field: &str, max_bytes: usize) -> QueueResult<Str
     Ok(raw.to_owned())
 }
 
-/// A JSON document within the size limit; `empty_as` stands in for an empty string.
-pub fn json_text(
-    raw: &str,
+/// A protobuf Value as JSON, refusing what JSON cannot hold and nesting past the limit.
+fn json_of(
+    value: &prost_types::Value,
+    field: &str,
+    depth: usize,
+) -> QueueResult<serde_json::Value> {
+    if depth > MAX_JSON_DEPTH {
+        return Err(QueueError::invalid(
+            field,
+            format!("is nested deeper than {MAX_JSON_DEPTH} levels"),
+        ));
+    }
+    Ok(match &value.kind {
+        None | Some(Kind::NullValue(_)) => serde_json::Value::Null,
+        Some(Kind::BoolValue(b)) => serde_json::Value::Bool(*b),
+        Some(Kind::StringValue(s)) => serde_json::Value::String(s.clone()),
+        Some(Kind::NumberValue(n)) => {
+            if !n.is_finite() {
+                return Err(QueueError::invalid(
+                    field,
+                    "holds a number JSON cannot represent (NaN or infinity)",
+                ));
+            }
+            // Whole numbers are written without a fraction, as JSON producers do.
+            if n.fract() == 0.0 && n.abs() < 9_007_199_254_740_992.0 {
+                serde_json::Value::from(*n as i64)
+            } else {
+                serde_json::Number::from_f64(*n)
+                    .map_or(serde_json::Value::Null, serde_json::Value::Number)
+            }
+        }
+        Some(Kind::ListValue(list)) => serde_json::Value::Array(
+            list.values
+                .iter()
+                .map(|item| json_of(item, field, depth + 1))
+                .collect::<QueueResult<_>>()?,
+        ),
+        Some(Kind::StructValue(object)) => serde_json::Value::Object(
+            object
+                .fields
+                .iter()
+                .map(|(key, item)| Ok((key.clone(), json_of(item, field, depth + 1)?)))
+                .collect::<QueueResult<_>>()?,
+        ),
+    })
+}
+
+/// A JSON value as a protobuf Value.
+pub fn value_of(json: serde_json::Value) -> prost_types::Value {
+    let kind = match json {
+        serde_json::Value::Null => Kind::NullValue(0),
+        serde_json::Value::Bool(b) => Kind::BoolValue(b),
+        serde_json::Value::Number(n) => Kind::NumberValue(n.as_f64().unwrap_or(0.0)),
+        serde_json::Value::String(s) => Kind::StringValue(s),
+        serde_json::Value::Array(items) => Kind::ListValue(prost_types::ListValue {
+            values: items.into_iter().map(value_of).collect(),
+        }),
+        serde_json::Value::Object(fields) => Kind::StructValue(struct_of(fields)),
+    };
+    prost_types::Value { kind: Some(kind) }
+}
+
+fn struct_of(fields: serde_json::Map<String, serde_json::Value>) -> prost_types::Struct {
+    prost_types::Struct {
+        fields: fields
+            .into_iter()
+            .map(|(key, value)| (key, value_of(value)))
+            .collect::<BTreeMap<_, _>>(),
+    }
+}
+
+/// Stored JSON text as a protobuf Value (unset if it does not parse).
+pub fn stored_value(text: Option<&str>) -> Option<prost_types::Value> {
+    let text = text?;
+    serde_json::from_str::<serde_json::Value>(text)
+        .ok()
+        .map(value_of)
+}
+
+/// A payload or result: canonical JSON text within the size limit, and its
+/// size on the wire. `None` when unset.
+pub fn json_value(
+    value: Option<&prost_types::Value>,
     field: &str,
     limits: &Limits,
-    empty_as: Option<&str>,
-) -> QueueResult<Option<String>> {
-    if raw.is_empty() {
-        return Ok(empty_as.map(str::to_owned));
-    }
-    if raw.len() > limits.max_payload_bytes {
+) -> QueueResult<Option<(String, i64)>> {
+    let Some(value) = value else {
+        return Ok(None);
+    };
+    let json = json_of(value, field, 0)?;
+    let text = json.to_string();
+    if text.len() > limits.max_payload_bytes {
         return Err(QueueError::invalid(
             field,
             format!(
-                "is {} bytes, over the limit of {} bytes",
-                raw.len(),
+                "is {} bytes of JSON, over the limit of {} bytes",
+                text.len(),
                 limits.max_payload_bytes
             ),
         ));
     }
-    serde_json::from_str::<serde::de::IgnoredAny>(raw)
-        .map_err(|error| QueueError::invalid(field, format!("is not valid JSON: {error}")))?;
-    Ok(Some(raw.to_owned()))
+    Ok(Some((text, value.encoded_len() as i64)))
+}
+
+/// Structured fields of a log line: a JSON object.
+pub fn fields_of(
+    fields: Option<&prost_types::Struct>,
+    field: &str,
+) -> QueueResult<Option<serde_json::Value>> {
+    let Some(fields) = fields else {
+        return Ok(None);
+    };
+    let value = prost_types::Value {
+        kind: Some(Kind::StructValue(fields.clone())),
+    };
+    json_of(&value, field, 0).map(Some)
 }
 
 /// A required job id.
@@ -165,8 +301,8 @@ pub fn job_spec(
 ) -> QueueResult<JobSpec> {
     let job_type = name(&spec.r#type, "type")?;
     let queue = queue_name(&spec.queue, "queue")?;
-    let payload =
-        json_text(&spec.payload, "payload", limits, Some("{}"))?.unwrap_or_else(|| "{}".to_owned());
+    let (payload, payload_bytes) = json_value(spec.payload.as_ref(), "payload", limits)?
+        .unwrap_or_else(|| ("{}".to_owned(), 2));
     if !PRIORITY_RANGE.contains(&spec.priority) {
         return Err(QueueError::invalid(
             "priority",
@@ -187,23 +323,23 @@ pub fn job_spec(
         }
         (Some(run_at), None) => Some(millis_of(run_at, "run_at")?),
         (None, Some(delay)) => {
-            let delay = duration_of(delay, "delay")?;
-            Some(now.saturating_add(delay.as_millis().min(i64::MAX as u128) as Millis))
+            let delay = duration_of(delay, "delay", MAX_DELAY)?;
+            Some(now.saturating_add(delay.as_millis() as Millis))
         }
         (None, None) => None,
     };
     let max_attempts = match spec.max_attempts {
-        n if n < 0 => {
+        0 => defaults.max_attempts,
+        n @ 1..=MAX_ATTEMPTS => n,
+        n => {
             return Err(QueueError::invalid(
                 "max_attempts",
-                format!("{n} is negative"),
+                format!("{n} is outside 1..={MAX_ATTEMPTS} (0 for the default)"),
             ));
         }
-        0 => defaults.max_attempts,
-        n => n,
     };
     let timeout = match &spec.timeout {
-        Some(timeout) => positive_duration_of(timeout, "timeout")?,
+        Some(timeout) => positive_duration_of(timeout, "timeout", MAX_WAIT)?,
         None => defaults.timeout,
     };
     let retry_policy = retry_policy(spec.retry_policy.as_ref(), defaults)?;
@@ -250,6 +386,7 @@ pub fn job_spec(
         job_type,
         queue,
         payload,
+        payload_bytes,
         priority: spec.priority,
         run_at,
         max_attempts,
@@ -268,10 +405,12 @@ fn retry_policy(policy: Option<&pb::RetryPolicy>, defaults: &Defaults) -> QueueR
     let mut effective = defaults.retry_policy;
     if let Some(policy) = policy {
         if let Some(base) = &policy.base_backoff {
-            effective.base_backoff = positive_duration_of(base, "retry_policy.base_backoff")?;
+            effective.base_backoff =
+                positive_duration_of(base, "retry_policy.base_backoff", MAX_WAIT)?;
         }
         if let Some(max) = &policy.max_backoff {
-            effective.max_backoff = positive_duration_of(max, "retry_policy.max_backoff")?;
+            effective.max_backoff =
+                positive_duration_of(max, "retry_policy.max_backoff", MAX_WAIT)?;
         }
     }
     if effective.max_backoff < effective.base_backoff {
@@ -301,6 +440,18 @@ pub fn job_state(raw: i32, field: &str) -> QueueResult<JobState> {
         Err(_) => Err(QueueError::invalid(
             field,
             format!("{raw} is not a known job state"),
+        )),
+    }
+}
+
+/// The view a request asks for; `default` when unset.
+pub fn job_view(raw: i32, field: &str, default: pb::JobView) -> QueueResult<pb::JobView> {
+    match pb::JobView::try_from(raw) {
+        Ok(pb::JobView::Unspecified) => Ok(default),
+        Ok(view) => Ok(view),
+        Err(_) => Err(QueueError::invalid(
+            field,
+            format!("{raw} is not a known job view"),
         )),
     }
 }
@@ -340,24 +491,32 @@ pub fn proto_stop_reason(reason: StopReason) -> pb::StopReason {
     }
 }
 
-fn proto_attempt(attempt: Attempt) -> pb::Attempt {
+fn proto_attempt(entry: &HistoryEntry) -> pb::Attempt {
     pb::Attempt {
-        number: attempt.number,
-        worker_id: attempt.worker_id,
-        started_at: Some(timestamp(attempt.started_at)),
-        finished_at: opt_timestamp(attempt.finished_at),
-        outcome: proto_outcome(attempt.outcome).into(),
-        error: attempt.error.unwrap_or_default(),
+        seq: entry.seq,
+        number: entry.number,
+        worker_id: entry.worker_id.clone(),
+        started_at: Some(timestamp(entry.started_at)),
+        finished_at: opt_timestamp(entry.finished_at),
+        outcome: proto_outcome(entry.outcome).into(),
+        error: entry.error.clone().unwrap_or_default(),
+        cancel_requested: entry.cancel_requested,
     }
 }
 
-/// A domain job as protobuf.
-pub fn proto_job(job: Job) -> pb::Job {
+/// A domain job as protobuf, in `view` (attempts are there when the job's
+/// history was read; payload and result only in the FULL view).
+pub fn proto_job(job: Job, view: pb::JobView) -> pb::Job {
+    let full = view == pb::JobView::Full;
     pb::Job {
         id: job.id.to_string(),
         r#type: job.job_type,
         queue: job.queue,
-        payload: job.payload,
+        payload: if full {
+            stored_value(job.payload.as_deref())
+        } else {
+            None
+        },
         priority: job.priority,
         run_at: Some(timestamp(job.run_at)),
         max_attempts: job.max_attempts,
@@ -374,9 +533,18 @@ pub fn proto_job(job: Job) -> pb::Job {
         attempt: job.attempt,
         progress_percent: job.progress_percent,
         progress_message: job.progress_message,
-        result: job.result.unwrap_or_default(),
+        result: if full {
+            stored_value(job.result.as_deref())
+        } else {
+            None
+        },
         last_error: job.last_error.unwrap_or_default(),
-        attempts: job.attempts.into_iter().map(proto_attempt).collect(),
+        attempts: job
+            .history
+            .iter()
+            .filter(|entry| entry.is_attempt())
+            .map(proto_attempt)
+            .collect(),
         created_at: Some(timestamp(job.created_at)),
         started_at: opt_timestamp(job.started_at),
         finished_at: opt_timestamp(job.finished_at),
@@ -394,7 +562,7 @@ pub fn proto_spec(spec: JobSpec) -> pb::JobSpec {
     pb::JobSpec {
         r#type: spec.job_type,
         queue: spec.queue,
-        payload: spec.payload,
+        payload: stored_value(Some(&spec.payload)),
         priority: spec.priority,
         run_at: opt_timestamp(spec.run_at),
         delay: None,
@@ -444,7 +612,7 @@ fn proto_stream(stream: LogStream) -> pb::LogStream {
     }
 }
 
-/// A stored log line as protobuf.
+/// A log line as protobuf.
 pub fn proto_log_line(line: LogLine) -> pb::LogLine {
     pb::LogLine {
         position: line.position,
@@ -452,15 +620,15 @@ pub fn proto_log_line(line: LogLine) -> pb::LogLine {
         stream: proto_stream(line.stream).into(),
         time: Some(timestamp(line.time)),
         message: line.message,
-        fields: line
-            .fields
-            .map(|fields| fields.to_string())
-            .unwrap_or_default(),
+        fields: match line.fields {
+            Some(serde_json::Value::Object(fields)) => Some(struct_of(fields)),
+            _ => None,
+        },
     }
 }
 
-/// A job event as protobuf.
-pub fn proto_event(event: JobEvent, now: Millis) -> pb::JobEvent {
+/// A job event as protobuf, its job in `view`.
+pub fn proto_event(event: JobEvent, view: pb::JobView) -> pb::JobEvent {
     let (kind, previous, error) = match event.kind {
         JobEventKind::Created => (pb::JobEventType::Created, None, String::new()),
         JobEventKind::StateChanged { from } => {
@@ -468,18 +636,29 @@ pub fn proto_event(event: JobEvent, now: Millis) -> pb::JobEvent {
         }
         JobEventKind::Progress => (pb::JobEventType::Progress, None, String::new()),
         JobEventKind::AttemptFailed { from, error } => {
+            let mut error = error;
+            if error.len() > 4096 {
+                let mut end = 4096;
+                while !error.is_char_boundary(end) {
+                    end -= 1;
+                }
+                error.truncate(end);
+            }
             (pb::JobEventType::AttemptFailed, Some(from), error)
         }
         JobEventKind::Deleted => (pb::JobEventType::Deleted, None, String::new()),
     };
+    let mut job = proto_job(event.job, view);
+    job.attempts.clear();
+    job.depends_on.clear();
     pb::JobEvent {
         r#type: kind.into(),
         previous_state: previous
             .map_or(pb::JobState::Unspecified, proto_state)
             .into(),
-        time: Some(timestamp(now)),
+        time: Some(timestamp(event.at)),
         error,
-        job: Some(proto_job(event.job)),
+        job: Some(job),
     }
 }
 
@@ -487,11 +666,56 @@ pub fn proto_event(event: JobEvent, now: Millis) -> pb::JobEvent {
 mod tests {
     use super::*;
 
+    fn value(json: serde_json::Value) -> prost_types::Value {
+        value_of(json)
+    }
+
     #[test]
-    fn timestamps_round_trip_before_and_after_the_epoch() {
-        for ms in [0, 1, 999, 1_700_000_000_123, -1, -1_500] {
+    fn timestamps_round_trip_and_years_past_9999_are_refused() {
+        for ms in [0, 1, 999, 1_700_000_000_123, -1, -1_500, MAX_TIME_MS] {
             assert_eq!(millis_of(&timestamp(ms), "t").expect("valid"), ms);
         }
+        let year_10000 = prost_types::Timestamp {
+            seconds: 253_402_300_800,
+            nanos: 0,
+        };
+        assert!(millis_of(&year_10000, "run_at").is_err());
+    }
+
+    #[test]
+    fn payload_json_is_canonical_and_bounded() {
+        let limits = Limits::default();
+        let (text, _) = json_value(
+            Some(&value(
+                serde_json::json!({"b": 1, "a": [true, null, 2.5, "x"]}),
+            )),
+            "payload",
+            &limits,
+        )
+        .expect("valid")
+        .expect("set");
+        assert_eq!(text, r#"{"a":[true,null,2.5,"x"],"b":1}"#);
+        let mut deep = serde_json::json!(1);
+        for _ in 0..=MAX_JSON_DEPTH {
+            deep = serde_json::json!([deep]);
+        }
+        let error = json_value(Some(&value(deep)), "payload", &limits).expect_err("too deep");
+        assert!(
+            matches!(error, QueueError::InvalidArgument { ref field, .. } if field == "payload")
+        );
+        let nan = prost_types::Value {
+            kind: Some(Kind::NumberValue(f64::NAN)),
+        };
+        assert!(json_value(Some(&nan), "payload", &limits).is_err());
+    }
+
+    #[test]
+    fn names_refuse_blank_and_deceptive_characters() {
+        assert!(name("download", "type").is_ok());
+        assert!(name("   ", "type").is_err());
+        assert!(name("evil\u{202E}txt.exe", "type").is_err());
+        assert!(name("zero\u{200B}width", "type").is_err());
+        assert!(name("tab\there", "type").is_err());
     }
 
     #[test]
@@ -521,14 +745,7 @@ mod tests {
         );
         check(
             pb::JobSpec {
-                payload: "{".into(),
-                ..ok()
-            },
-            "payload",
-        );
-        check(
-            pb::JobSpec {
-                payload: "[1,2,3,4,5,6]".into(),
+                payload: Some(value(serde_json::json!([1, 2, 3, 4, 5, 6]))),
                 ..ok()
             },
             "payload",
@@ -560,6 +777,26 @@ mod tests {
                 ..ok()
             },
             "parent_id",
+        );
+        check(
+            pb::JobSpec {
+                timeout: Some(prost_types::Duration {
+                    seconds: 1 << 62,
+                    nanos: 0,
+                }),
+                ..ok()
+            },
+            "timeout",
+        );
+        check(
+            pb::JobSpec {
+                delay: Some(prost_types::Duration {
+                    seconds: 100_000_000_000,
+                    nanos: 0,
+                }),
+                ..ok()
+            },
+            "delay",
         );
         let spec = job_spec(ok(), &defaults, &limits, 0).expect("valid spec");
         assert_eq!(

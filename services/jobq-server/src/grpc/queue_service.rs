@@ -11,12 +11,12 @@ use tokio_util::task::TaskTracker;
 use tonic::{Request, Response, Status};
 
 use super::convert::{self, proto_job, proto_state, timestamp};
-use super::streams::{EventFilter, LogFollow, STREAM_BUFFER, watch_events};
+use super::streams::{EventFilter, LogFollow, STREAM_BUFFER, WatchPresence, watch_events};
 use crate::domain::{
-    JobFilter, JobId, JobQueue, JobSelector, MAX_MESSAGE_BYTES, MAX_NAME_BYTES, PageRequest,
-    QueueControls, QueueError, QueueResult, ScheduleDefinition, ScheduleRecord,
+    Detail, JobFilter, JobId, JobQueue, JobSelector, MAX_MESSAGE_BYTES, MAX_NAME_BYTES,
+    PageRequest, QueueControls, QueueError, QueueResult, ScheduleDefinition, ScheduleRecord,
 };
-use crate::logs::LogStore;
+use crate::logs::reader::LogReader;
 
 /// Page size when the request leaves it out.
 const DEFAULT_PAGE_SIZE: u64 = 50;
@@ -29,46 +29,65 @@ const MAX_LOG_PAGE: i32 = 5000;
 const STALE_WORKER_MS: i64 = 3_600_000;
 /// Most jobs one bulk operation touches.
 const MAX_BULK: i32 = 10_000;
-/// Page tokens are opaque to clients; this prefix versions their format.
-const PAGE_TOKEN_PREFIX: &str = "before:";
 
 /// The producer/admin API over a [`JobQueue`] and the job logs.
 pub struct QueueApi {
     queue: Arc<JobQueue>,
-    logs: Arc<LogStore>,
+    logs: LogReader,
     /// Tasks feeding open server streams; they watch the shutdown token.
     streams: TaskTracker,
+    /// Tells other replicas that watchers are open here.
+    presence: WatchPresence,
 }
 
 impl QueueApi {
     /// The API over `queue` and `logs`; stream tasks are spawned on `streams`.
-    pub fn new(queue: Arc<JobQueue>, logs: Arc<LogStore>, streams: TaskTracker) -> Self {
+    pub fn new(
+        queue: Arc<JobQueue>,
+        logs: LogReader,
+        streams: TaskTracker,
+        presence: WatchPresence,
+    ) -> Self {
         Self {
             queue,
             logs,
             streams,
+            presence,
         }
     }
 
     async fn enqueue(
         &self,
         specs: Vec<pb::JobSpec>,
+        request_id: &str,
         field_of: impl Fn(usize) -> String,
     ) -> QueueResult<Vec<pb::EnqueueJobResponse>> {
         let now = self.queue.now();
+        let request_id = match request_id {
+            "" => None,
+            raw => Some(convert::name(raw, "request_id")?),
+        };
         let specs = specs
             .into_iter()
             .enumerate()
             .map(|(index, spec)| {
+                let field = field_of(index);
                 convert::job_spec(spec, self.queue.defaults(), self.queue.limits(), now)
-                    .map_err(|e| e.within(&field_of(index)))
+                    .map_err(|e| e.within(&field))
+                    .map(|spec| (spec, field))
             })
             .collect::<QueueResult<Vec<_>>>()?;
-        let stored = self.queue.enqueue(specs, field_of).await?;
+        // Once started, an enqueue runs to its end even if the caller goes
+        // away: it may have leased jobs for waiting workers in its commit,
+        // and only it can hand them over.
+        let queue = self.queue.clone();
+        let stored = tokio::spawn(async move { queue.enqueue(specs, request_id.as_deref()).await })
+            .await
+            .map_err(|error| QueueError::Storage(format!("the enqueue stopped: {error}")))??;
         Ok(stored
             .into_iter()
             .map(|(job, already_exists)| pb::EnqueueJobResponse {
-                job: Some(proto_job(job)),
+                job: Some(proto_job(job, pb::JobView::Basic)),
                 already_exists,
             })
             .collect())
@@ -105,7 +124,28 @@ fn job_filter(request: &pb::ListJobsRequest) -> QueueResult<JobFilter> {
     })
 }
 
-fn page_request(request: &pb::ListJobsRequest) -> QueueResult<PageRequest> {
+/// A fingerprint of a filter: page tokens carry it, so a token is refused
+/// when reused with another filter (it would skip or repeat jobs).
+fn filter_fingerprint(filter: &JobFilter) -> u64 {
+    let text = format!("{filter:?}");
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in text.bytes() {
+        hash ^= u64::from(byte);
+        hash = hash.wrapping_mul(0x0100_0000_01b3);
+    }
+    hash
+}
+
+/// An opaque page token: the filter's fingerprint and the last id, in hex.
+fn page_token(filter: &JobFilter, last: &JobId) -> String {
+    format!(
+        "{:016x}{}",
+        filter_fingerprint(filter),
+        last.as_str().replace('-', "")
+    )
+}
+
+fn page_request(request: &pb::ListJobsRequest, filter: &JobFilter) -> QueueResult<PageRequest> {
     let limit = match request.page_size {
         0 => DEFAULT_PAGE_SIZE,
         size @ 1..=MAX_PAGE_SIZE => size as u64,
@@ -119,12 +159,20 @@ fn page_request(request: &pb::ListJobsRequest) -> QueueResult<PageRequest> {
     let after = match request.page_token.as_str() {
         "" => None,
         token => {
-            let id = token
-                .strip_prefix(PAGE_TOKEN_PREFIX)
-                .and_then(|raw| JobId::parse(raw, "page_token").ok())
-                .ok_or_else(|| {
-                    QueueError::invalid("page_token", "is not a token returned by ListJobs")
-                })?;
+            let not_ours =
+                || QueueError::invalid("page_token", "is not a token returned by ListJobs");
+            if token.len() != 48 || !token.is_char_boundary(16) {
+                return Err(not_ours());
+            }
+            let (fingerprint, id) = token.split_at(16);
+            let fingerprint = u64::from_str_radix(fingerprint, 16).map_err(|_| not_ours())?;
+            let id = JobId::parse(id, "page_token").map_err(|_| not_ours())?;
+            if fingerprint != filter_fingerprint(filter) {
+                return Err(QueueError::invalid(
+                    "page_token",
+                    "belongs to a listing with another filter: PAGE_TOKEN_MISMATCH (start again without a token)",
+                ));
+            }
             Some(id)
         }
     };
@@ -143,17 +191,17 @@ fn job_selector(selector: Option<pb::JobSelector>) -> QueueResult<JobSelector> {
             ));
         }
     };
-    if selector.ids.len() > 1000 {
+    if selector.job_ids.len() > 1000 {
         return Err(QueueError::invalid(
-            "selector.ids",
+            "selector.job_ids",
             "names more than 1000 jobs",
         ));
     }
     let ids = selector
-        .ids
+        .job_ids
         .iter()
         .enumerate()
-        .map(|(index, raw)| convert::job_id(raw, &format!("selector.ids[{index}]")))
+        .map(|(index, raw)| convert::job_id(raw, &format!("selector.job_ids[{index}]")))
         .collect::<QueueResult<Vec<_>>>()?;
     let states = selector
         .states
@@ -163,7 +211,7 @@ fn job_selector(selector: Option<pb::JobSelector>) -> QueueResult<JobSelector> {
     if ids.is_empty() && states.is_empty() {
         return Err(QueueError::invalid(
             "selector.states",
-            "is required when no ids are given",
+            "is required when no job_ids are given",
         ));
     }
     Ok(JobSelector {
@@ -201,17 +249,27 @@ fn proto_schedule(record: ScheduleRecord) -> pb::Schedule {
     }
 }
 
+fn detail_of(view: pb::JobView) -> Detail {
+    if view == pb::JobView::Full {
+        Detail::Full
+    } else {
+        Detail::Basic
+    }
+}
+
 #[tonic::async_trait]
 impl JobQueueService for QueueApi {
     async fn enqueue_job(
         &self,
         request: Request<pb::EnqueueJobRequest>,
     ) -> Result<Response<pb::EnqueueJobResponse>, Status> {
+        let request = request.into_inner();
         let spec = request
-            .into_inner()
             .job
             .ok_or_else(|| QueueError::invalid("job", "is required"))?;
-        let mut results = self.enqueue(vec![spec], |_| "job".to_owned()).await?;
+        let mut results = self
+            .enqueue(vec![spec], &request.request_id, |_| "job".to_owned())
+            .await?;
         let result = results
             .pop()
             .ok_or_else(|| Status::internal("enqueue returned no job"))?;
@@ -222,16 +280,20 @@ impl JobQueueService for QueueApi {
         &self,
         request: Request<pb::EnqueueJobsRequest>,
     ) -> Result<Response<pb::EnqueueJobsResponse>, Status> {
-        let jobs = request.into_inner().jobs;
+        let request = request.into_inner();
         let max = self.queue.limits().max_batch;
-        if jobs.is_empty() || jobs.len() > max {
+        if request.jobs.is_empty() || request.jobs.len() > max {
             return Err(QueueError::invalid(
                 "jobs",
-                format!("has {} jobs; a batch holds 1 to {max}", jobs.len()),
+                format!("has {} jobs; a batch holds 1 to {max}", request.jobs.len()),
             )
             .into());
         }
-        let results = self.enqueue(jobs, |index| format!("jobs[{index}]")).await?;
+        let results = self
+            .enqueue(request.jobs, &request.request_id, |index| {
+                format!("jobs[{index}]")
+            })
+            .await?;
         Ok(Response::new(pb::EnqueueJobsResponse { results }))
     }
 
@@ -239,10 +301,10 @@ impl JobQueueService for QueueApi {
         &self,
         request: Request<pb::GetJobRequest>,
     ) -> Result<Response<pb::GetJobResponse>, Status> {
-        let id = convert::job_id(&request.into_inner().id, "id")?;
-        let job = self.queue.get(&id).await?;
+        let id = convert::job_id(&request.into_inner().job_id, "job_id")?;
+        let job = self.queue.get(&id, Detail::History).await?;
         Ok(Response::new(pb::GetJobResponse {
-            job: Some(proto_job(job)),
+            job: Some(proto_job(job, pb::JobView::Full)),
         }))
     }
 
@@ -251,13 +313,21 @@ impl JobQueueService for QueueApi {
         request: Request<pb::ListJobsRequest>,
     ) -> Result<Response<pb::ListJobsResponse>, Status> {
         let request = request.into_inner();
+        let view = convert::job_view(request.view, "view", pb::JobView::Basic)?;
         let filter = job_filter(&request)?;
-        let page = self.queue.list(&filter, page_request(&request)?).await?;
+        let page = self
+            .queue
+            .list(&filter, page_request(&request, &filter)?, detail_of(view))
+            .await?;
         Ok(Response::new(pb::ListJobsResponse {
-            jobs: page.jobs.into_iter().map(proto_job).collect(),
+            jobs: page
+                .jobs
+                .into_iter()
+                .map(|job| proto_job(job, view))
+                .collect(),
             next_page_token: page
                 .next_after
-                .map(|id| format!("{PAGE_TOKEN_PREFIX}{id}"))
+                .map(|id| page_token(&filter, &id))
                 .unwrap_or_default(),
         }))
     }
@@ -267,14 +337,14 @@ impl JobQueueService for QueueApi {
         request: Request<pb::CancelJobRequest>,
     ) -> Result<Response<pb::CancelJobResponse>, Status> {
         let request = request.into_inner();
-        let id = convert::job_id(&request.id, "id")?;
+        let id = convert::job_id(&request.job_id, "job_id")?;
         let reason = match convert::bounded_text(&request.reason, "reason", MAX_MESSAGE_BYTES)? {
             reason if reason.is_empty() => "cancelled by a client".to_owned(),
             reason => reason,
         };
         let job = self.queue.cancel(&id, reason).await?;
         Ok(Response::new(pb::CancelJobResponse {
-            job: Some(proto_job(job)),
+            job: Some(proto_job(job, pb::JobView::Basic)),
         }))
     }
 
@@ -282,10 +352,10 @@ impl JobQueueService for QueueApi {
         &self,
         request: Request<pb::RetryJobRequest>,
     ) -> Result<Response<pb::RetryJobResponse>, Status> {
-        let id = convert::job_id(&request.into_inner().id, "id")?;
+        let id = convert::job_id(&request.into_inner().job_id, "job_id")?;
         let job = self.queue.retry(&id).await?;
         Ok(Response::new(pb::RetryJobResponse {
-            job: Some(proto_job(job)),
+            job: Some(proto_job(job, pb::JobView::Basic)),
         }))
     }
 
@@ -293,7 +363,7 @@ impl JobQueueService for QueueApi {
         &self,
         request: Request<pb::DeleteJobRequest>,
     ) -> Result<Response<pb::DeleteJobResponse>, Status> {
-        let id = convert::job_id(&request.into_inner().id, "id")?;
+        let id = convert::job_id(&request.into_inner().job_id, "job_id")?;
         self.queue.delete(&id).await?;
         Ok(Response::new(pb::DeleteJobResponse {}))
     }
@@ -380,12 +450,12 @@ impl JobQueueService for QueueApi {
         }
         let (sender, receiver) = mpsc::channel(STREAM_BUFFER);
         let follow = LogFollow {
-            queue: self.queue.clone(),
-            logs: self.logs.clone(),
+            reader: self.logs.clone(),
             job_id,
             streams,
             after: request.after_position,
             follow: request.follow,
+            presence: self.presence.clone(),
         };
         self.streams.spawn(follow.run(sender));
         Ok(Response::new(ReceiverStream::new(receiver)))
@@ -409,20 +479,19 @@ impl JobQueueService for QueueApi {
                 .into());
             }
         };
-        if self.queue.is_terminal(&job_id).await?.is_none() {
-            return Err(QueueError::JobNotFound(job_id.to_string()).into());
-        }
-        let (lines, end_of_log) = self
+        let page = self
             .logs
-            .read(&job_id, request.after_position, page_size, &streams)
-            .await?;
-        let next_after_position = lines
-            .last()
-            .map_or(request.after_position, |line| line.position);
+            .page(&job_id, request.after_position, page_size, &streams)
+            .await?
+            .ok_or_else(|| QueueError::JobNotFound(job_id.to_string()))?;
         Ok(Response::new(pb::GetJobLogsResponse {
-            lines: lines.into_iter().map(convert::proto_log_line).collect(),
-            next_after_position,
-            end_of_log,
+            lines: page
+                .lines
+                .into_iter()
+                .map(convert::proto_log_line)
+                .collect(),
+            next_after_position: page.next_after,
+            end_of_log: !page.more,
         }))
     }
 
@@ -433,6 +502,7 @@ impl JobQueueService for QueueApi {
         request: Request<pb::WatchJobsRequest>,
     ) -> Result<Response<Self::WatchJobsStream>, Status> {
         let request = request.into_inner();
+        let view = convert::job_view(request.view, "view", pb::JobView::Basic)?;
         let filter = EventFilter {
             queues: request.queues,
             types: request.types,
@@ -447,12 +517,18 @@ impl JobQueueService for QueueApi {
                 .enumerate()
                 .map(|(index, raw)| convert::job_id(raw, &format!("job_ids[{index}]")))
                 .collect::<QueueResult<_>>()?,
+            view,
         };
         let (sender, receiver) = mpsc::channel(STREAM_BUFFER);
         let events = self.queue.subscribe();
         let queue = self.queue.clone();
-        self.streams
-            .spawn(watch_events(queue, events, filter, sender));
+        self.streams.spawn(watch_events(
+            queue,
+            events,
+            filter,
+            sender,
+            self.presence.clone(),
+        ));
         Ok(Response::new(ReceiverStream::new(receiver)))
     }
 
@@ -519,14 +595,16 @@ impl JobQueueService for QueueApi {
             now - STALE_WORKER_MS
         };
         // A worker silent for two lease periods has stopped heartbeating.
-        let lost_before = now - 2 * self.queue.defaults().lease_duration.as_millis() as i64;
+        let default_lease = self.queue.defaults().lease_duration;
         let mut workers: Vec<pb::Worker> = self
             .queue
             .workers(since)
             .await?
             .into_iter()
             .map(|(worker, running)| {
-                let status = if worker.last_seen_at >= lost_before {
+                // Silent for two of its lease periods: it has stopped heartbeating.
+                let lease = worker.lease_duration.unwrap_or(default_lease);
+                let status = if worker.last_seen_at >= now - 2 * lease.as_millis() as i64 {
                     pb::WorkerStatus::Active
                 } else {
                     pb::WorkerStatus::Lost

@@ -1,7 +1,15 @@
 //! The tasks behind the server streams StreamJobLogs and WatchJobs. Each
-//! feeds one client through a small bounded channel; a client that reads too
-//! slowly falls behind the shared broadcast, is told it lagged, and its
-//! stream ends, so it never holds back the writers or other clients.
+//! feeds one client through a small bounded channel and waits for it:
+//!
+//! - a log follower is a cursor over the stored log: it reads a page after
+//!   its position, sends it, and reads again when woken (a line stored, the
+//!   job changed) — a slow client just reads later, it never misses a line;
+//! - a job watcher gets events from a shared buffer of recent events (they
+//!   are not stored); one that falls behind is told how many it missed and
+//!   goes on.
+//!
+//! When the server shuts down both end with UNAVAILABLE, so a client knows
+//! to reconnect rather than take the end for the job's.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,26 +21,64 @@ use tonic::Status;
 
 use super::convert;
 use crate::domain::{JobEvent, JobId, JobQueue, JobState};
-use crate::logs::{LogLine, LogStore, LogStream};
+use crate::logs::LogStream;
+use crate::logs::reader::LogReader;
+use crate::store::peers::PgPeers;
 
 /// Messages buffered per stream before the sender waits for the client.
 pub const STREAM_BUFFER: usize = 16;
-/// Lines per message when replaying stored logs.
-const REPLAY_BATCH: usize = 500;
-/// Most lines per message when following live. Small, so that what one
-/// follower may hold buffered (this times STREAM_BUFFER messages) stays small
-/// and a follower that stops reading falls behind, and is told so, early.
-const LIVE_BATCH: usize = 64;
-/// How often a follower re-checks whether its job finished (in case the
-/// finish happened on another replica).
-const FINISH_CHECK: Duration = Duration::from_secs(1);
+/// Lines per message.
+const PAGE_LINES: usize = 500;
+/// How long a follower waits without a wake-up before it looks anyway (a
+/// change on another replica that was not announced here).
+const PATIENCE: Duration = Duration::from_secs(1);
+
+fn shutting_down(what: &str) -> Status {
+    Status::unavailable(format!(
+        "the server is shutting down; {what} again (on this or another server)"
+    ))
+}
+
+/// Open watchers and followers on this server, announced to other replicas
+/// (on PostgreSQL) so that they send their events here.
+#[derive(Clone, Default)]
+pub struct WatchPresence {
+    peers: Option<Arc<PgPeers>>,
+}
+
+impl WatchPresence {
+    /// Announces through `peers` (none on SQLite).
+    pub fn new(peers: Option<Arc<PgPeers>>) -> Self {
+        Self { peers }
+    }
+
+    fn open(&self) -> PresenceGuard {
+        if let Some(peers) = &self.peers {
+            peers.watcher_opened();
+        }
+        PresenceGuard {
+            peers: self.peers.clone(),
+        }
+    }
+}
+
+/// Counts one open stream until dropped.
+struct PresenceGuard {
+    peers: Option<Arc<PgPeers>>,
+}
+
+impl Drop for PresenceGuard {
+    fn drop(&mut self) {
+        if let Some(peers) = &self.peers {
+            peers.watcher_closed();
+        }
+    }
+}
 
 /// One StreamJobLogs call.
 pub struct LogFollow {
-    /// The queue, for the job's state.
-    pub queue: Arc<JobQueue>,
-    /// The logs.
-    pub logs: Arc<LogStore>,
+    /// Reads the job's log.
+    pub reader: LogReader,
     /// Whose log.
     pub job_id: JobId,
     /// Streams wanted (all if empty).
@@ -41,129 +87,70 @@ pub struct LogFollow {
     pub after: u64,
     /// Stay open until the job is terminal.
     pub follow: bool,
+    /// Announces the follower to other replicas.
+    pub presence: WatchPresence,
 }
 
 type LogSender = mpsc::Sender<Result<pb::StreamJobLogsResponse, Status>>;
 
 impl LogFollow {
-    fn wanted(&self, line: &LogLine) -> bool {
-        self.streams.is_empty() || self.streams.contains(&line.stream)
-    }
-
-    /// Sends every stored line after `self.after`; false when the client is gone.
-    async fn catch_up(&mut self, sender: &LogSender) -> bool {
+    /// Replays, then follows until the job is terminal and its last line
+    /// sent, the client leaves, or the server shuts down.
+    pub async fn run(mut self, sender: LogSender) {
+        let _present = self.follow.then(|| self.presence.open());
+        // Subscribe before the first read, so no wake-up falls in between.
+        let (mut appended, mut events) = self.reader.subscribe();
+        let shutdown = self.reader.queue().shutdown_token().clone();
         loop {
-            let (lines, end) = match self
-                .logs
-                .read(&self.job_id, self.after, REPLAY_BATCH, &self.streams)
+            if shutdown.is_cancelled() {
+                let _ = sender.send(Err(shutting_down("follow the log"))).await;
+                return;
+            }
+            let page = match self
+                .reader
+                .page(&self.job_id, self.after, PAGE_LINES, &self.streams)
                 .await
             {
-                Ok(read) => read,
+                Ok(Some(page)) => page,
+                // Deleted: nothing more will come.
+                Ok(None) => return,
                 Err(error) => {
                     let _ = sender.send(Err(Status::from(error))).await;
-                    return false;
+                    return;
                 }
             };
-            if let Some(last) = lines.last() {
-                self.after = last.position;
-                let lines = lines.into_iter().map(convert::proto_log_line).collect();
-                let message = pb::StreamJobLogsResponse {
-                    lines,
-                    lagged: false,
-                    resume_after_position: 0,
-                };
-                if sender.send(Ok(message)).await.is_err() {
-                    return false;
+            self.after = page.next_after;
+            if !page.lines.is_empty() {
+                let lines = page
+                    .lines
+                    .into_iter()
+                    .map(convert::proto_log_line)
+                    .collect();
+                tokio::select! {
+                    sent = sender.send(Ok(pb::StreamJobLogsResponse { lines })) => {
+                        if sent.is_err() {
+                            return;
+                        }
+                    }
+                    () = shutdown.cancelled() => {
+                        let _ = sender.try_send(Err(shutting_down("follow the log")));
+                        return;
+                    }
                 }
             }
-            if end {
-                return true;
+            if page.complete || (!self.follow && !page.more) {
+                return;
             }
-        }
-    }
-
-    async fn finished(&self) -> bool {
-        // A job that is gone (deleted) has nothing more to say either.
-        !matches!(
-            self.queue.is_terminal(&self.job_id).await,
-            Ok(Some(false)) | Err(_)
-        )
-    }
-
-    /// Replays, then follows until the job is terminal, the client leaves or
-    /// the server shuts down.
-    pub async fn run(mut self, sender: LogSender) {
-        // Subscribe before replaying, so no line falls between the two.
-        let mut live = self.logs.follow(&self.job_id);
-        let mut finished = self.logs.finished_jobs();
-        if !self.catch_up(&sender).await || !self.follow || self.finished().await {
-            // A finished job's last lines are on disk: one more look, then done.
-            if self.follow {
-                self.catch_up(&sender).await;
+            if page.more {
+                continue;
             }
-            return;
-        }
-        let shutdown = self.queue.shutdown_token().clone();
-        let mut finish_check = tokio::time::interval(FINISH_CHECK);
-        loop {
             tokio::select! {
-                line = live.recv() => match line {
-                    Ok(first) => {
-                        // Send what is waiting as one message: a burst costs one send, not one per line.
-                        let mut batch = vec![first];
-                        while batch.len() < LIVE_BATCH {
-                            match live.try_recv() {
-                                Ok(line) => batch.push(line),
-                                Err(_) => break,
-                            }
-                        }
-                        let mut lines = Vec::with_capacity(batch.len());
-                        for line in batch {
-                            if line.position <= self.after {
-                                continue;
-                            }
-                            self.after = line.position;
-                            if self.wanted(&line) {
-                                lines.push(convert::proto_log_line(line));
-                            }
-                        }
-                        if !lines.is_empty() {
-                            let message = pb::StreamJobLogsResponse { lines, lagged: false, resume_after_position: 0 };
-                            if sender.send(Ok(message)).await.is_err() {
-                                return;
-                            }
-                        }
-                    }
-                    Err(RecvError::Lagged(_)) => {
-                        let message = pb::StreamJobLogsResponse {
-                            lines: Vec::new(),
-                            lagged: true,
-                            resume_after_position: self.after,
-                        };
-                        let _ = sender.send(Ok(message)).await;
-                        return;
-                    }
-                    Err(RecvError::Closed) => return,
-                },
-                finished_id = finished.recv() => {
-                    let ours = match finished_id {
-                        Ok(id) => id == self.job_id.as_str(),
-                        Err(RecvError::Lagged(_)) => self.finished().await,
-                        Err(RecvError::Closed) => true,
-                    };
-                    if ours {
-                        self.catch_up(&sender).await;
-                        return;
-                    }
-                }
-                _ = finish_check.tick() => {
-                    if self.finished().await {
-                        self.catch_up(&sender).await;
-                        return;
-                    }
-                }
+                () = self.reader.changed(&self.job_id, &mut appended, &mut events, PATIENCE) => {}
                 () = sender.closed() => return,
-                () = shutdown.cancelled() => return,
+                () = shutdown.cancelled() => {
+                    let _ = sender.send(Err(shutting_down("follow the log"))).await;
+                    return;
+                }
             }
         }
     }
@@ -179,6 +166,8 @@ pub struct EventFilter {
     pub states: Vec<JobState>,
     /// Jobs (any if empty).
     pub job_ids: Vec<JobId>,
+    /// How much of each job to send.
+    pub view: pb::JobView,
 }
 
 impl EventFilter {
@@ -191,32 +180,64 @@ impl EventFilter {
     }
 }
 
-/// Feeds one WatchJobs call until the client leaves, lags, or the server shuts down.
+/// Feeds one WatchJobs call until the client leaves or the server shuts down.
 pub async fn watch_events(
     queue: Arc<JobQueue>,
     mut events: broadcast::Receiver<JobEvent>,
     filter: EventFilter,
     sender: mpsc::Sender<Result<pb::WatchJobsResponse, Status>>,
+    presence: WatchPresence,
 ) {
+    let _present = presence.open();
     let shutdown = queue.shutdown_token().clone();
     loop {
-        tokio::select! {
+        let message = tokio::select! {
             event = events.recv() => match event {
                 Ok(event) if filter.matches(&event) => {
-                    let message = pb::WatchJobsResponse { event: Some(convert::proto_event(event, queue.now())), lagged: false };
-                    if sender.send(Ok(message)).await.is_err() {
-                        return;
+                    let event = if filter.view == pb::JobView::Full {
+                        with_payload(&queue, event).await
+                    } else {
+                        event
+                    };
+                    pb::WatchJobsResponse {
+                        event: Some(convert::proto_event(event, filter.view)),
+                        lagged: false,
+                        dropped_events: 0,
                     }
                 }
-                Ok(_) => {}
-                Err(RecvError::Lagged(_)) => {
-                    let _ = sender.send(Ok(pb::WatchJobsResponse { event: None, lagged: true })).await;
-                    return;
-                }
+                Ok(_) => continue,
+                Err(RecvError::Lagged(dropped)) => pb::WatchJobsResponse {
+                    event: None,
+                    lagged: true,
+                    dropped_events: dropped,
+                },
                 Err(RecvError::Closed) => return,
             },
             () = sender.closed() => return,
-            () = shutdown.cancelled() => return,
+            () = shutdown.cancelled() => {
+                let _ = sender.send(Err(shutting_down("watch"))).await;
+                return;
+            }
+        };
+        tokio::select! {
+            sent = sender.send(Ok(message)) => {
+                if sent.is_err() {
+                    return;
+                }
+            }
+            () = shutdown.cancelled() => {
+                let _ = sender.try_send(Err(shutting_down("watch")));
+                return;
+            }
         }
     }
+}
+
+/// The event with its job's payload and result, read now (events carry none).
+async fn with_payload(queue: &JobQueue, mut event: JobEvent) -> JobEvent {
+    if let Ok(job) = queue.get(&event.job.id, crate::domain::Detail::Full).await {
+        event.job.payload = job.payload;
+        event.job.result = job.result;
+    }
+    event
 }

@@ -1,4 +1,5 @@
-//! `jobq.v1.WorkerService`: leasing, heartbeats and reports from workers.
+//! `jobq.v1.WorkerService`: leasing, heartbeats, reports and log pushes
+//! from workers. Reports of a batch are applied in one transaction.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -8,16 +9,18 @@ use jobq_proto::v1::worker_service_server::WorkerService;
 use tonic::{Request, Response, Status};
 
 use super::convert::{self, DEFAULT_QUEUE, proto_job, timestamp};
+use super::status::{rpc_ok, rpc_status};
 use crate::domain::{
-    CompleteReport, FailReport, HeartbeatLease, HeartbeatOutcome, JobId, JobQueue, LeaseRequest,
-    LeaseToken, MAX_ERROR_BYTES, MAX_MESSAGE_BYTES, MAX_NAME_BYTES, Millis, QueueError,
-    QueueResult, WorkerRecord,
+    CompleteReport, DEFAULT_LEASE_RESPONSE_BYTES, FailReport, HeartbeatLease, HeartbeatOutcome,
+    Job, JobId, JobQueue, JobState, LEASE_RANGE, LeaseRequest, LeaseToken, MAX_ERROR_BYTES,
+    MAX_MESSAGE_BYTES, MAX_NAME_BYTES, MAX_WAIT, Millis, QueueError, QueueResult, WorkerRecord,
 };
 use crate::logs::{LogStore, LogStream, NewLine};
 
-/// Shortest and longest lease a worker may ask for.
-const LEASE_RANGE: std::ops::RangeInclusive<Duration> =
-    Duration::from_secs(1)..=Duration::from_secs(600);
+/// Room kept in a lease answer for everything but the payloads (ids,
+/// tokens, names, times, tags): a job's fields besides its payload fit in
+/// far less, even with the most tags and the longest names.
+const LEASED_JOB_OVERHEAD: u64 = 8 * 1024;
 
 /// The worker API over a [`JobQueue`] and the job logs.
 pub struct WorkerApi {
@@ -48,9 +51,9 @@ fn lease_duration(
     field: &str,
 ) -> QueueResult<Option<Duration>> {
     let Some(raw) = raw else { return Ok(None) };
-    let duration = convert::duration_of(raw, field)?;
+    let duration = convert::duration_of(raw, field, *LEASE_RANGE.end())?;
     if !LEASE_RANGE.contains(&duration) {
-        return Err(QueueError::invalid(field, "must be between 1s and 10m"));
+        return Err(QueueError::invalid(field, "must be between 1s and 1h"));
     }
     Ok(Some(duration))
 }
@@ -58,13 +61,14 @@ fn lease_duration(
 fn job_lease(lease: Option<&pb::JobLease>, field: &str) -> QueueResult<(JobId, LeaseToken)> {
     let lease = lease.ok_or_else(|| QueueError::invalid(field, "is required"))?;
     let job_id = convert::job_id(&lease.job_id, &format!("{field}.job_id"))?;
-    if lease.lease_token.is_empty() {
+    let token = convert::bounded_text(&lease.lease_token, &format!("{field}.lease_token"), 64)?;
+    if token.is_empty() {
         return Err(QueueError::invalid(
             format!("{field}.lease_token"),
             "is required",
         ));
     }
-    Ok((job_id, LeaseToken::from_string(lease.lease_token.clone())))
+    Ok((job_id, LeaseToken::from_string(token)))
 }
 
 fn complete_report(
@@ -72,7 +76,8 @@ fn complete_report(
     queue: &JobQueue,
 ) -> QueueResult<CompleteReport> {
     let (job_id, lease_token) = job_lease(request.lease.as_ref(), "lease")?;
-    let result = convert::json_text(&request.result, "result", queue.limits(), None)?;
+    let result = convert::json_value(request.result.as_ref(), "result", queue.limits())?
+        .map(|(text, _)| text);
     Ok(CompleteReport {
         job_id,
         lease_token,
@@ -86,7 +91,7 @@ fn fail_report(request: pb::FailJobRequest) -> QueueResult<FailReport> {
     let retry_after = request
         .retry_after
         .as_ref()
-        .map(|d| convert::duration_of(d, "retry_after"))
+        .map(|d| convert::duration_of(d, "retry_after", MAX_WAIT))
         .transpose()?;
     Ok(FailReport {
         job_id,
@@ -97,26 +102,41 @@ fn fail_report(request: pb::FailJobRequest) -> QueueResult<FailReport> {
     })
 }
 
-/// The batch entry for one report: accepted, or refused with the code the single RPC would give.
-fn report_result(job_id: String, outcome: Result<(), Status>) -> pb::ReportResult {
-    match outcome {
-        Ok(()) => pb::ReportResult {
+/// Where a report left a job.
+fn outcome(job: &Job) -> pb::ReportOutcome {
+    pb::ReportOutcome {
+        job_id: job.id.to_string(),
+        state: convert::proto_state(job.state).into(),
+        attempt: job.attempt,
+        next_run_at: matches!(job.state, JobState::Retrying | JobState::Queued)
+            .then(|| timestamp(job.run_at)),
+    }
+}
+
+/// The batch entry for one report: accepted, or refused with the status the
+/// single RPC would give.
+fn report_result(job_id: String, applied: Result<Job, Status>) -> pb::ReportResult {
+    match applied {
+        Ok(job) => pb::ReportResult {
             job_id,
-            accepted: true,
-            code: 0,
-            message: String::new(),
+            status: Some(rpc_ok()),
+            outcome: Some(outcome(&job)),
         },
         Err(status) => pb::ReportResult {
             job_id,
-            accepted: false,
-            code: status.code() as i32,
-            message: status.message().to_owned(),
+            status: Some(rpc_status(&status)),
+            outcome: None,
         },
     }
 }
 
 /// A pushed log entry, validated.
-fn log_entry(entry: pb::LogEntry, field: &str, now: Millis) -> QueueResult<NewLine> {
+fn log_entry(
+    entry: pb::LogEntry,
+    field: &str,
+    now: Millis,
+    cseq: Option<u64>,
+) -> QueueResult<NewLine> {
     let stream = convert::log_stream(entry.stream, &format!("{field}.stream"))?;
     let time = entry
         .time
@@ -124,28 +144,19 @@ fn log_entry(entry: pb::LogEntry, field: &str, now: Millis) -> QueueResult<NewLi
         .map(|ts| convert::millis_of(ts, &format!("{field}.time")))
         .transpose()?
         .unwrap_or(now);
-    let mut fields = match entry.fields.as_str() {
-        "" => None,
-        raw => match serde_json::from_str::<serde_json::Value>(raw) {
-            Ok(value @ serde_json::Value::Object(_)) => Some(value),
-            _ => {
-                return Err(QueueError::invalid(
-                    format!("{field}.fields"),
-                    "must be a JSON object",
-                ));
-            }
-        },
-    };
-    if stream == LogStream::Progress && entry.progress_percent >= 0 {
-        if entry.progress_percent > 100 {
+    let mut fields = convert::fields_of(entry.fields.as_ref(), &format!("{field}.fields"))?;
+    if let Some(percent) = entry.progress_percent {
+        if !(0..=100).contains(&percent) {
             return Err(QueueError::invalid(
                 format!("{field}.progress_percent"),
-                "must be within 0..=100 (or -1)",
+                format!("{percent} is outside 0..=100"),
             ));
         }
-        let object = fields.get_or_insert_with(|| serde_json::json!({}));
-        if let Some(map) = object.as_object_mut() {
-            map.insert("percent".to_owned(), entry.progress_percent.into());
+        if stream == LogStream::Progress {
+            let object = fields.get_or_insert_with(|| serde_json::json!({}));
+            if let Some(map) = object.as_object_mut() {
+                map.insert("percent".to_owned(), percent.into());
+            }
         }
     }
     Ok(NewLine {
@@ -153,18 +164,18 @@ fn log_entry(entry: pb::LogEntry, field: &str, now: Millis) -> QueueResult<NewLi
         time,
         message: entry.message,
         fields,
+        cseq,
     })
 }
 
 /// Applies the valid reports of a batch together (one transaction) and
-/// answers every entry in request order: accepted, or refused with the code
-/// the single-job RPC would have given.
+/// answers every entry in request order.
 async fn batch_results<R, Fut>(
     entries: Vec<(String, QueueResult<R>)>,
     apply: impl FnOnce(Vec<R>) -> Fut,
 ) -> Result<Vec<pb::ReportResult>, Status>
 where
-    Fut: std::future::Future<Output = QueueResult<Vec<QueueResult<crate::domain::Job>>>>,
+    Fut: std::future::Future<Output = QueueResult<Vec<QueueResult<Job>>>>,
 {
     let mut valid = Vec::new();
     let mut slots = Vec::with_capacity(entries.len());
@@ -177,24 +188,42 @@ where
             Err(invalid) => slots.push((job_id, Some(Status::from(invalid)))),
         }
     }
-    let mut applied = apply(valid).await?.into_iter();
+    let mut applied = if valid.is_empty() {
+        Vec::new().into_iter()
+    } else {
+        apply(valid).await?.into_iter()
+    };
     Ok(slots
         .into_iter()
         .map(|(job_id, invalid)| {
-            let outcome = match invalid {
+            let result = match invalid {
                 Some(status) => Err(status),
                 None => match applied.next() {
-                    Some(result) => result.map(drop).map_err(Status::from),
+                    Some(result) => result.map_err(Status::from),
                     None => Err(Status::internal("batch answer missing")),
                 },
             };
-            report_result(job_id, outcome)
+            report_result(job_id, result)
         })
         .collect())
 }
 
 fn lease_job_id(lease: Option<&pb::JobLease>) -> String {
-    lease.map(|lease| lease.job_id.clone()).unwrap_or_default()
+    lease
+        .map(|lease| convert::bounded_text(&lease.job_id, "", 64).unwrap_or_default())
+        .unwrap_or_default()
+}
+
+/// The one answer of a batch of one, or the status the single RPC gives.
+fn single(mut results: Vec<QueueResult<Job>>) -> Result<Job, Status> {
+    results
+        .pop()
+        .unwrap_or_else(|| {
+            Err(QueueError::Storage(
+                "a batch of one answered nothing".into(),
+            ))
+        })
+        .map_err(Status::from)
 }
 
 #[tonic::async_trait]
@@ -216,6 +245,12 @@ impl WorkerService for WorkerApi {
                 .map(|(index, queue)| convert::queue_name(queue, &format!("queues[{index}]")))
                 .collect::<QueueResult<_>>()?
         };
+        let types = request
+            .types
+            .iter()
+            .enumerate()
+            .map(|(index, name)| convert::name(name, &format!("types[{index}]")))
+            .collect::<QueueResult<Vec<_>>>()?;
         let max_jobs = request.max_jobs;
         if max_jobs < 1 || max_jobs as usize > limits.max_lease_jobs {
             return Err(QueueError::invalid(
@@ -227,16 +262,28 @@ impl WorkerService for WorkerApi {
         let wait = request
             .wait
             .as_ref()
-            .map(|d| convert::duration_of(d, "wait"))
+            .map(|d| convert::duration_of(d, "wait", limits.max_lease_wait))
             .transpose()?
             .unwrap_or_default();
-        if wait > limits.max_lease_wait {
+        // What the worker can take in, and what the server can send: one
+        // answer never holds more jobs than fit.
+        let answer_bytes = match request.max_response_bytes {
+            0 => DEFAULT_LEASE_RESPONSE_BYTES,
+            bytes => bytes,
+        }
+        .min(limits.max_message_bytes as u64);
+        let max_payload_bytes = answer_bytes.saturating_sub(LEASED_JOB_OVERHEAD * max_jobs as u64);
+        if max_payload_bytes == 0 {
             return Err(QueueError::invalid(
-                "wait",
-                format!("is longer than {:?}", limits.max_lease_wait),
+                "max_response_bytes",
+                format!(
+                    "leaves no room for payloads with max_jobs {max_jobs}: allow at least {} bytes",
+                    LEASED_JOB_OVERHEAD * max_jobs as u64 + 1024
+                ),
             )
             .into());
         }
+        let lease_duration = lease_duration(request.lease_duration.as_ref(), "lease_duration")?;
         let leased = self
             .queue
             .lease(LeaseRequest {
@@ -245,13 +292,15 @@ impl WorkerService for WorkerApi {
                     hostname: convert::bounded_text(&request.hostname, "hostname", MAX_NAME_BYTES)?,
                     version: convert::bounded_text(&request.version, "version", MAX_NAME_BYTES)?,
                     queues,
-                    types: request.types,
+                    types,
+                    lease_duration,
                     first_seen_at: 0,
                     last_seen_at: 0,
                 },
                 max_jobs: max_jobs as u64,
                 wait,
-                lease_duration: lease_duration(request.lease_duration.as_ref(), "lease_duration")?,
+                lease_duration,
+                max_payload_bytes: max_payload_bytes.min(i64::MAX as u64) as i64,
             })
             .await?;
         Ok(Response::new(pb::LeaseJobsResponse {
@@ -261,7 +310,8 @@ impl WorkerService for WorkerApi {
                     lease_token: leased.lease_token.as_str().to_owned(),
                     lease_expires_at: Some(timestamp(leased.lease_expires_at)),
                     attempt_deadline: Some(timestamp(leased.attempt_deadline)),
-                    job: Some(proto_job(leased.job)),
+                    attempt_seq: leased.job.history_seq,
+                    job: Some(proto_job(leased.job, pb::JobView::Full)),
                 })
                 .collect(),
         }))
@@ -288,50 +338,59 @@ impl WorkerService for WorkerApi {
                 let field = format!("leases[{index}]");
                 let (job_id, lease_token) =
                     job_lease(entry.lease.as_ref(), &format!("{field}.lease"))?;
-                let progress_percent = match entry.progress_percent {
-                    -1 => None,
-                    percent @ 0..=100 => Some(percent),
-                    other => {
-                        return Err(QueueError::invalid(
-                            format!("{field}.progress_percent"),
-                            format!("{other} is outside 0..=100 (or -1)"),
-                        ));
-                    }
-                };
-                let message = convert::bounded_text(
-                    &entry.progress_message,
-                    &format!("{field}.progress_message"),
-                    MAX_MESSAGE_BYTES,
-                )?;
-                let progress_message = (!message.is_empty()).then_some(message);
+                if let Some(percent) = entry.progress_percent
+                    && !(0..=100).contains(&percent)
+                {
+                    return Err(QueueError::invalid(
+                        format!("{field}.progress_percent"),
+                        format!("{percent} is outside 0..=100"),
+                    ));
+                }
+                let progress_message = entry
+                    .progress_message
+                    .as_deref()
+                    .map(|message| {
+                        convert::bounded_text(
+                            message,
+                            &format!("{field}.progress_message"),
+                            MAX_MESSAGE_BYTES,
+                        )
+                    })
+                    .transpose()?;
                 Ok(HeartbeatLease {
                     job_id,
                     lease_token,
-                    progress_percent,
+                    progress_percent: entry.progress_percent,
                     progress_message,
                 })
             })
             .collect::<QueueResult<Vec<_>>>()?;
-        self.queue.worker_seen(&worker_id).await;
-        let mut results = Vec::with_capacity(leases.len());
-        for lease in leases {
-            let job_id = lease.job_id.to_string();
-            let result = match self.queue.heartbeat(lease, extend_by).await? {
+        let job_ids: Vec<String> = leases
+            .iter()
+            .map(|lease| lease.job_id.to_string())
+            .collect();
+        let outcomes = self.queue.heartbeat(&worker_id, leases, extend_by).await?;
+        let results = job_ids
+            .into_iter()
+            .zip(outcomes)
+            .map(|(job_id, outcome)| match outcome {
                 HeartbeatOutcome::Continue { lease_expires_at } => pb::HeartbeatResult {
                     job_id,
                     stop: false,
                     reason: pb::StopReason::Unspecified.into(),
                     lease_expires_at: Some(timestamp(lease_expires_at)),
                 },
-                HeartbeatOutcome::Stop(reason) => pb::HeartbeatResult {
+                HeartbeatOutcome::Stop {
+                    reason,
+                    lease_expires_at,
+                } => pb::HeartbeatResult {
                     job_id,
                     stop: true,
                     reason: convert::proto_stop_reason(reason).into(),
-                    lease_expires_at: None,
+                    lease_expires_at: convert::opt_timestamp(lease_expires_at),
                 },
-            };
-            results.push(result);
-        }
+            })
+            .collect();
         Ok(Response::new(pb::HeartbeatResponse { results }))
     }
 
@@ -340,9 +399,9 @@ impl WorkerService for WorkerApi {
         request: Request<pb::CompleteJobRequest>,
     ) -> Result<Response<pb::CompleteJobResponse>, Status> {
         let report = complete_report(request.into_inner(), &self.queue)?;
-        let job = self.queue.complete(report).await?;
+        let job = single(self.queue.complete_many(vec![report]).await?)?;
         Ok(Response::new(pb::CompleteJobResponse {
-            job: Some(proto_job(job)),
+            outcome: Some(outcome(&job)),
         }))
     }
 
@@ -373,9 +432,9 @@ impl WorkerService for WorkerApi {
         request: Request<pb::FailJobRequest>,
     ) -> Result<Response<pb::FailJobResponse>, Status> {
         let report = fail_report(request.into_inner())?;
-        let job = self.queue.fail(report).await?;
+        let job = single(self.queue.fail_many(vec![report]).await?)?;
         Ok(Response::new(pb::FailJobResponse {
-            job: Some(proto_job(job)),
+            outcome: Some(outcome(&job)),
         }))
     }
 
@@ -407,20 +466,18 @@ impl WorkerService for WorkerApi {
         let request = request.into_inner();
         convert::name(&request.worker_id, "worker_id")?;
         self.check_batch(&request.leases, "leases")?;
-        let mut results = Vec::with_capacity(request.leases.len());
-        for (index, lease) in request.leases.iter().enumerate() {
-            let job_id = lease.job_id.clone();
-            let outcome = match job_lease(Some(lease), &format!("leases[{index}]")) {
-                Ok((id, token)) => self
-                    .queue
-                    .release(&id, token)
-                    .await
-                    .map(drop)
-                    .map_err(Status::from),
-                Err(invalid) => Err(Status::from(invalid)),
-            };
-            results.push(report_result(job_id, outcome));
-        }
+        let entries = request
+            .leases
+            .iter()
+            .enumerate()
+            .map(|(index, lease)| {
+                (
+                    lease_job_id(Some(lease)),
+                    job_lease(Some(lease), &format!("leases[{index}]")),
+                )
+            })
+            .collect();
+        let results = batch_results(entries, |valid| self.queue.release_many(valid)).await?;
         Ok(Response::new(pb::ReleaseJobsResponse { results }))
     }
 
@@ -438,19 +495,22 @@ impl WorkerService for WorkerApi {
                 );
             }
             let now = self.queue.now();
+            let first = message.first_sequence;
             let lines = message
                 .entries
                 .into_iter()
                 .enumerate()
-                .map(|(index, entry)| log_entry(entry, &format!("entries[{index}]"), now))
+                .map(|(index, entry)| {
+                    let cseq = (first > 0).then(|| first + index as u64);
+                    log_entry(entry, &format!("entries[{index}]"), now, cseq)
+                })
                 .collect::<QueueResult<Vec<_>>>()?;
-            // Checked per message: a lease lost mid-stream stops the push there.
-            let job = self.queue.check_lease(&job_id, &lease_token).await?;
-            let outcome = self.logs.append(&job_id, job.attempt, lines).await?;
+            // Checked with each message: a lease lost mid-stream stops the push there.
+            let outcome = self.logs.push(&job_id, &lease_token, lines).await?;
             totals.accepted_lines += outcome.accepted;
             totals.truncated_lines += outcome.truncated;
             totals.dropped_lines += outcome.dropped;
-            // A message whose lines were all dropped stores nothing: keep the last stored position.
+            totals.duplicate_lines += outcome.duplicates;
             totals.last_position = totals.last_position.max(outcome.last_position);
         }
         Ok(Response::new(totals))

@@ -1,50 +1,95 @@
 //! The job store over sea-orm: SQLite (embedded default) or PostgreSQL,
-//! chosen by the database URL. Every method is one transaction.
+//! chosen by the database URL. Writes go through the [`writer::Writer`]
+//! (group commit on SQLite); reads go straight to the connection pool.
+//! The store also offers what else depends on the engine: the job log's
+//! record on PostgreSQL and the notifications between replicas.
 
+mod bind;
 mod dialect;
 mod entity;
+mod exec;
+mod jobs;
+pub mod log_table;
+pub mod peers;
 mod rows;
+mod sql;
+mod writer;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use jobq_migration::{Migrator, MigratorTrait};
 use sea_orm::sea_query::OnConflict;
 use sea_orm::{
-    ActiveValue::Set, ColumnTrait, Condition, DatabaseConnection, DatabaseTransaction, DbErr,
-    EntityTrait, QueryFilter, QueryOrder, QuerySelect, TransactionTrait,
+    ColumnTrait, ConnectionTrait, DatabaseConnection, DbErr, EntityTrait, QueryFilter, QueryOrder,
+    QuerySelect, QueryTrait,
 };
 
 use crate::domain::{
-    Applied, AttemptOutcome, DependencyRule, Job, JobChange, JobFilter, JobId, JobSelector,
-    JobState, JobStore, LeaseChange, LeaseQuota, LeaseToken, Millis, QueueControls, QueueError,
-    QueueResult, QueueStats, ScheduleRecord, StatsSnapshot, WorkerRecord,
+    Applied, AttemptOutcome, DependencyRule, Detail, InsertedAndLeased, Job, JobChange, JobFilter,
+    JobId, JobSelector, JobState, JobStore, LeaseChange, LeaseQuery, LeaseToken, Millis, NewJob,
+    QueueControls, QueueError, QueueResult, QueueStats, ScheduleRecord, StatsSnapshot,
+    WorkerRecord,
 };
 use dialect::Dialect;
-pub use dialect::{DatabaseKind, advisory_key};
-use entity::{job_attempts, job_dependencies, jobs, queues, schedules, workers};
+pub use dialect::{DatabaseKind, redacted};
+use entity::{job_attempts, queues, schedules, workers};
+use exec::Row;
 use rows::{
-    TERMINAL, WAITING, attempt_from_row, close_attempt, controls_from_row, corrupt, insert_attempt,
-    job_from_row, row_from_controls, row_from_job, row_from_schedule, row_from_worker, save_job,
-    schedule_from_row, storage, worker_from_row,
+    TERMINAL, controls_from_row, entry_from_row, job_from_row, parse_state, row_from_controls,
+    row_from_schedule, row_from_worker, schedule_from_row, schedule_model, storage,
+    worker_from_row,
 };
+use sql::{CORE_COLUMNS, Sql};
+use writer::{Answer, Op, Writer};
 
 /// How often a PostgreSQL replica retries its start-up migration.
 const MIGRATION_TRIES: u64 = 8;
+/// Longest pause between two attempts to reach the database at start.
+const MAX_CONNECT_PAUSE: Duration = Duration::from_secs(5);
 
 /// Jobs, queues, workers and schedules in a relational database.
 pub struct SqlStore {
     db: DatabaseConnection,
-    dialect: Dialect,
+    dialect: Arc<Dialect>,
+    writer: Writer,
 }
 
 impl SqlStore {
-    /// Connects to `url` and brings the schema up to date.
+    /// Connects to `url` and brings the schema up to date. A database that
+    /// cannot be reached is tried again with growing pauses for up to
+    /// `connect_timeout`, saying where and why each time.
     pub async fn open(
         url: &str,
         durability: crate::config::SqliteDurability,
-    ) -> Result<Self, DbErr> {
-        let (db, dialect) = Dialect::connect(url, durability).await?;
+        connect_timeout: Duration,
+    ) -> anyhow::Result<Self> {
+        let started = tokio::time::Instant::now();
+        let mut pause = Duration::from_millis(250);
+        let (db, dialect) = loop {
+            match Dialect::connect(url, durability).await {
+                Ok(connected) => break connected,
+                Err(error) if started.elapsed() + pause < connect_timeout => {
+                    tracing::warn!(
+                        database = %redacted(url),
+                        %error,
+                        retry_in = ?pause,
+                        "cannot reach the database; retrying"
+                    );
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(MAX_CONNECT_PAUSE);
+                }
+                Err(error) => {
+                    anyhow::bail!(
+                        "cannot reach the database at {} after {:?}: {error}",
+                        redacted(url),
+                        started.elapsed()
+                    )
+                }
+            }
+        };
         // Replicas starting together race to migrate; the loser's transaction
         // fails and rolls back, and by its next try the winner has finished.
         let mut tries = 0;
@@ -56,12 +101,21 @@ impl SqlStore {
                 {
                     tries += 1;
                     tracing::warn!(%error, tries, "migration failed; another replica may be migrating, retrying");
-                    tokio::time::sleep(std::time::Duration::from_millis(300 * tries)).await;
+                    tokio::time::sleep(Duration::from_millis(300 * tries)).await;
                 }
-                Err(error) => return Err(error),
+                Err(error) => {
+                    anyhow::bail!("migrating the database at {}: {error}", redacted(url))
+                }
             }
         }
-        Ok(Self { db, dialect })
+        let dialect = Arc::new(dialect);
+        let writer = Writer::start(db.clone(), dialect.clone())
+            .map_err(|error| anyhow::anyhow!("{error}"))?;
+        Ok(Self {
+            db,
+            dialect,
+            writer,
+        })
     }
 
     /// Which engine this store runs on.
@@ -69,282 +123,204 @@ impl SqlStore {
         self.dialect.kind()
     }
 
-    /// The connection pool (for the PostgreSQL notifier).
+    /// The connection pool (for the PostgreSQL log record and notifier).
     pub fn connection(&self) -> &DatabaseConnection {
         &self.db
     }
 
-    /// Where job logs are recorded: the shared table on PostgreSQL, none
-    /// (the log files) on SQLite.
-    pub fn log_table(&self) -> Option<DatabaseConnection> {
-        (self.kind() == DatabaseKind::Postgres).then(|| self.db.clone())
-    }
-
     /// Closes the connection pool.
     pub async fn close(self) -> Result<(), DbErr> {
+        self.writer.close().await;
         self.db.close().await
     }
 
-    async fn begin_write(
-        &self,
-    ) -> QueueResult<(Option<tokio::sync::MutexGuard<'_, ()>>, DatabaseTransaction)> {
-        let guard = self.dialect.writer().await;
-        let tx = self.db.begin().await.map_err(storage)?;
-        Ok((guard, tx))
+    fn backend(&self) -> sea_orm::DbBackend {
+        self.db.get_database_backend()
     }
 
-    async fn load_for_update(&self, tx: &DatabaseTransaction, id: &JobId) -> QueueResult<Job> {
-        let select = self
-            .dialect
-            .lock_for_update(jobs::Entity::find_by_id(id.as_str()), false);
-        let model = select.one(tx).await.map_err(storage)?;
-        model
-            .map(job_from_row)
-            .transpose()?
-            .ok_or_else(|| QueueError::JobNotFound(id.to_string()))
-    }
-
-    async fn unique_key_holder(
-        &self,
-        tx: &DatabaseTransaction,
-        key: &str,
-    ) -> QueueResult<Option<Job>> {
-        jobs::Entity::find()
-            .filter(jobs::Column::UniqueKey.eq(key))
-            .filter(jobs::Column::State.is_not_in(TERMINAL))
-            .one(tx)
+    async fn query_jobs(&self, statement: sea_orm::Statement) -> QueueResult<Vec<Job>> {
+        self.db
+            .query_all_raw(statement)
             .await
             .map_err(storage)?
-            .map(job_from_row)
-            .transpose()
+            .into_iter()
+            .map(|row| job_from_row(&Row::Orm(row)))
+            .collect()
     }
 
-    async fn insert_job(&self, tx: &DatabaseTransaction, job: &Job) -> QueueResult<()> {
-        jobs::Entity::insert(row_from_job(job))
-            .exec(tx)
-            .await
-            .map_err(storage)?;
-        if !job.depends_on.is_empty() {
-            let edges = job
-                .depends_on
-                .iter()
-                .map(|dependency| job_dependencies::ActiveModel {
-                    job_id: Set(job.id.to_string()),
-                    depends_on_id: Set(dependency.to_string()),
-                });
-            job_dependencies::Entity::insert_many(edges)
-                .exec(tx)
-                .await
-                .map_err(storage)?;
+    async fn query_ids(&self, statement: sea_orm::Statement) -> QueueResult<Vec<JobId>> {
+        let rows = self.db.query_all_raw(statement).await.map_err(storage)?;
+        rows.iter()
+            .map(|row| {
+                row.try_get::<String>("", "id")
+                    .map(JobId::from_stored)
+                    .map_err(storage)
+            })
+            .collect()
+    }
+
+    /// The dependency ids of each of `jobs`, filled in.
+    async fn fill_dependencies(&self, jobs: &mut [Job]) -> QueueResult<()> {
+        if jobs.is_empty() {
+            return Ok(());
+        }
+        let ids: Vec<&str> = jobs.iter().map(|job| job.id.as_str()).collect();
+        let statement = Sql::new(self.backend())
+            .push("SELECT job_id, depends_on_id FROM job_dependencies WHERE job_id IN ")
+            .list(&ids)
+            .build();
+        let rows = self.db.query_all_raw(statement).await.map_err(storage)?;
+        let mut edges: HashMap<String, Vec<JobId>> = HashMap::new();
+        for row in rows {
+            let job_id: String = row.try_get("", "job_id").map_err(storage)?;
+            let dependency: String = row.try_get("", "depends_on_id").map_err(storage)?;
+            edges
+                .entry(job_id)
+                .or_default()
+                .push(JobId::from_stored(dependency));
+        }
+        for job in jobs {
+            job.depends_on = edges.remove(job.id.as_str()).unwrap_or_default();
         }
         Ok(())
     }
+}
 
-    /// Candidates for a lease: queued jobs in lease order, rows held by
-    /// other transactions skipped.
-    async fn lease_candidates(
-        &self,
-        tx: &DatabaseTransaction,
-        queues: &[String],
-        types: &[String],
-        limit: u64,
-    ) -> QueueResult<Vec<jobs::Model>> {
-        let select = self
-            .dialect
-            .lock_for_update(lease_select(queues, types, limit), true);
-        select.all(tx).await.map_err(storage)
-    }
-
-    async fn running_in_queue(&self, tx: &DatabaseTransaction, queue: &str) -> QueueResult<i64> {
-        let count: Option<i64> = jobs::Entity::find()
-            .select_only()
-            .column_as(count_rows(), "running")
-            .filter(jobs::Column::Queue.eq(queue))
-            .filter(jobs::Column::State.eq(JobState::Running.as_str()))
-            .into_tuple()
-            .one(tx)
-            .await
-            .map_err(storage)?;
-        Ok(count.unwrap_or(0))
+/// Columns a read selects for `detail`.
+fn columns(detail: Detail) -> String {
+    match detail {
+        Detail::Basic => CORE_COLUMNS.to_owned(),
+        Detail::Full | Detail::History => format!("{CORE_COLUMNS}, payload, result"),
     }
 }
 
-/// The hot lease query: served by the partial index `jobs_lease_idx`.
-fn lease_select(queues: &[String], types: &[String], limit: u64) -> sea_orm::Select<jobs::Entity> {
-    let mut select = jobs::Entity::find()
-        .filter(jobs::Column::State.eq(JobState::Queued.as_str()))
-        .filter(jobs::Column::Queue.is_in(queues.iter().map(String::as_str)));
-    if !types.is_empty() {
-        select = select.filter(jobs::Column::JobType.is_in(types.iter().map(String::as_str)));
-    }
-    select
-        .order_by_desc(jobs::Column::Priority)
-        .order_by_asc(jobs::Column::RunAt)
-        .order_by_asc(jobs::Column::Id)
-        .limit(limit)
-}
-
-/// The reaper's scan: running jobs past their lease or attempt deadline.
-fn expired_select(
-    now: Millis,
-    limit: u64,
-) -> sea_orm::Selector<sea_orm::SelectGetableTuple<String>> {
-    jobs::Entity::find()
-        .select_only()
-        .column(jobs::Column::Id)
-        .filter(jobs::Column::State.eq(JobState::Running.as_str()))
-        .filter(
-            Condition::any()
-                .add(jobs::Column::LeaseExpiresAt.lte(now))
-                .add(jobs::Column::AttemptDeadline.lte(now)),
-        )
-        .limit(limit)
-        .into_tuple()
-}
-
-/// The hot queries as the given engine runs them, for EXPLAIN in tests and docs.
+/// The SQL that a hot query runs as, for EXPLAIN in tests and docs.
 pub fn hot_queries(kind: DatabaseKind) -> Vec<(&'static str, String)> {
-    use sea_orm::QueryTrait;
     let backend = match kind {
         DatabaseKind::Sqlite => sea_orm::DbBackend::Sqlite,
         DatabaseKind::Postgres => sea_orm::DbBackend::Postgres,
     };
-    let queues = ["default".to_owned()];
-    let mut lease = lease_select(&queues, &[], 10);
-    if kind == DatabaseKind::Postgres {
-        lease = lease.lock_with_behavior(
-            sea_orm::sea_query::LockType::Update,
-            sea_orm::sea_query::LockBehavior::SkipLocked,
-        );
-    }
-    let due = jobs::Entity::find()
-        .select_only()
-        .column(jobs::Column::Id)
-        .filter(jobs::Column::State.is_in(WAITING))
-        .filter(jobs::Column::RunAt.lte(0))
-        .order_by_asc(jobs::Column::RunAt)
-        .limit(1000);
     vec![
-        ("lease", lease.build(backend).to_string()),
-        ("promote", due.build(backend).to_string()),
-        (
-            "reap",
-            expired_select(0, 500).into_statement(backend).to_string(),
-        ),
+        ("lease", jobs::lease_statement(backend).to_string()),
+        ("promote", due_statement(backend, 0, 1000).to_string()),
+        ("reap", expired_statement(backend, 0, 1000).to_string()),
     ]
 }
 
-/// `COUNT(*)`: unlike `COUNT(id)` it can be answered from an index alone.
-fn count_rows() -> sea_orm::sea_query::SimpleExpr {
-    sea_orm::sea_query::Expr::cust("COUNT(*)")
+fn due_statement(backend: sea_orm::DbBackend, now: Millis, limit: u64) -> sea_orm::Statement {
+    Sql::new(backend)
+        .push("SELECT id FROM jobs WHERE state IN ('scheduled', 'retrying') AND run_at <= ")
+        .bind(now)
+        .push(&format!(" ORDER BY run_at LIMIT {limit}"))
+        .build()
 }
 
-fn ids(raw: Vec<String>) -> Vec<JobId> {
-    raw.into_iter().map(JobId::from_stored).collect()
+fn expired_statement(backend: sea_orm::DbBackend, now: Millis, limit: u64) -> sea_orm::Statement {
+    Sql::new(backend)
+        .push("SELECT id FROM jobs WHERE state = 'running' AND lease_expires_at <= ")
+        .bind(now)
+        .push(" UNION SELECT id FROM jobs WHERE state = 'running' AND attempt_deadline <= ")
+        .bind(now)
+        .push(&format!(" LIMIT {limit}"))
+        .build()
 }
 
-fn parse_state(raw: &str, id: &str) -> QueueResult<JobState> {
-    raw.parse::<JobState>().map_err(|e| corrupt("state", id, e))
+fn unexpected(answer: &Answer) -> QueueError {
+    let kind = match answer {
+        Answer::Insert(_) => "insert",
+        Answer::Update(_) => "update",
+        Answer::Lease(_) => "lease",
+        Answer::Other(_) => "other",
+    };
+    QueueError::Storage(format!("a write got an {kind} answer"))
 }
 
 #[async_trait]
 impl JobStore for SqlStore {
     async fn insert_jobs(
         &self,
-        new_jobs: Vec<Job>,
+        jobs: Vec<NewJob>,
         rule: DependencyRule,
-        now: Millis,
     ) -> QueueResult<Vec<(Job, bool)>> {
-        let (_writer, tx) = self.begin_write().await?;
-        let mut stored: Vec<(Job, bool)> = Vec::with_capacity(new_jobs.len());
-        for mut job in new_jobs {
-            if let Some(key) = job.unique_key.clone() {
-                if let Some(holder) = self.unique_key_holder(&tx, &key).await? {
-                    stored.push((holder, true));
-                    continue;
-                }
-                // A job earlier in this same batch may hold the key.
-                let earlier = stored
-                    .iter()
-                    .find(|(other, _)| other.unique_key.as_deref() == Some(key.as_str()));
-                if let Some((earlier, _)) = earlier {
-                    let earlier = earlier.clone();
-                    stored.push((earlier, true));
-                    continue;
-                }
-            }
-            if !job.depends_on.is_empty() {
-                let select = jobs::Entity::find()
-                    .select_only()
-                    .column(jobs::Column::Id)
-                    .column(jobs::Column::State)
-                    .filter(jobs::Column::Id.is_in(job.depends_on.iter().map(JobId::as_str)));
-                let rows: Vec<(String, String)> = self
-                    .dialect
-                    .lock_for_share(select)
-                    .into_tuple()
-                    .all(&tx)
-                    .await
-                    .map_err(storage)?;
-                let states = rows
-                    .into_iter()
-                    .map(|(id, state)| {
-                        Ok((JobId::from_stored(id.clone()), parse_state(&state, &id)?))
-                    })
-                    .collect::<QueueResult<Vec<_>>>()?;
-                rule(&mut job, &states, now);
-            }
-            self.insert_job(&tx, &job).await?;
-            stored.push((job, false));
+        match self.writer.submit(Op::Insert { jobs, rule }).await? {
+            Answer::Insert(result) => result,
+            other => Err(unexpected(&other)),
         }
-        tx.commit().await.map_err(storage)?;
-        Ok(stored)
     }
 
-    async fn get_job(&self, id: &JobId, with_attempts: bool) -> QueueResult<Option<Job>> {
-        let Some(row) = jobs::Entity::find_by_id(id.as_str())
-            .one(&self.db)
-            .await
-            .map_err(storage)?
-        else {
+    async fn insert_and_lease(
+        &self,
+        jobs: Vec<NewJob>,
+        rule: DependencyRule,
+        leases: Vec<(LeaseQuery, LeaseChange)>,
+    ) -> QueueResult<InsertedAndLeased> {
+        let mut ops = vec![Op::Insert { jobs, rule }];
+        ops.extend(
+            leases
+                .into_iter()
+                .map(|(query, start)| Op::Lease { query, start }),
+        );
+        let mut answers = self.writer.submit_all(ops).await?.into_iter();
+        let inserted = match answers.next() {
+            Some(Answer::Insert(result)) => result,
+            Some(other) => return Err(unexpected(&other)),
+            None => return Err(QueueError::Storage("a write got no answer".into())),
+        };
+        let leased = answers
+            .map(|answer| match answer {
+                Answer::Lease(leased) => Ok(leased),
+                other => Err(unexpected(&other)),
+            })
+            .collect::<QueueResult<_>>()?;
+        Ok(InsertedAndLeased { inserted, leased })
+    }
+
+    async fn get_job(&self, id: &JobId, detail: Detail) -> QueueResult<Option<Job>> {
+        let statement = Sql::new(self.backend())
+            .push(&format!("SELECT {} FROM jobs WHERE id = ", columns(detail)))
+            .bind(id.to_string())
+            .build();
+        let Some(mut job) = self.query_jobs(statement).await?.pop() else {
             return Ok(None);
         };
-        let mut job = job_from_row(row)?;
-        let depends_on: Vec<String> = job_dependencies::Entity::find()
-            .select_only()
-            .column(job_dependencies::Column::DependsOnId)
-            .filter(job_dependencies::Column::JobId.eq(id.as_str()))
-            .into_tuple()
-            .all(&self.db)
-            .await
-            .map_err(storage)?;
-        job.depends_on = ids(depends_on);
-        if with_attempts {
-            job.attempts = job_attempts::Entity::find()
+        if detail == Detail::Basic {
+            return Ok(Some(job));
+        }
+        self.fill_dependencies(std::slice::from_mut(&mut job))
+            .await?;
+        if detail == Detail::History {
+            job.history = job_attempts::Entity::find()
                 .filter(job_attempts::Column::JobId.eq(id.as_str()))
+                .order_by_asc(job_attempts::Column::Seq)
                 .order_by_asc(job_attempts::Column::Id)
                 .all(&self.db)
                 .await
                 .map_err(storage)?
                 .into_iter()
-                .map(attempt_from_row)
+                .map(entry_from_row)
                 .collect();
+            job.history.extend(job.running_attempt());
         }
         Ok(Some(job))
     }
 
     async fn job_states(&self, wanted: &[JobId]) -> QueueResult<Vec<(JobId, JobState)>> {
-        let rows: Vec<(String, String)> = jobs::Entity::find()
-            .select_only()
-            .column(jobs::Column::Id)
-            .column(jobs::Column::State)
-            .filter(jobs::Column::Id.is_in(wanted.iter().map(JobId::as_str)))
-            .into_tuple()
-            .all(&self.db)
-            .await
-            .map_err(storage)?;
-        rows.into_iter()
-            .map(|(id, state)| Ok((JobId::from_stored(id.clone()), parse_state(&state, &id)?)))
+        if wanted.is_empty() {
+            return Ok(Vec::new());
+        }
+        let ids: Vec<&str> = wanted.iter().map(JobId::as_str).collect();
+        let statement = Sql::new(self.backend())
+            .push("SELECT id, state FROM jobs WHERE id IN ")
+            .list(&ids)
+            .build();
+        let rows = self.db.query_all_raw(statement).await.map_err(storage)?;
+        rows.iter()
+            .map(|row| {
+                let id: String = row.try_get("", "id").map_err(storage)?;
+                let state: String = row.try_get("", "state").map_err(storage)?;
+                let state = parse_state(&state, &id)?;
+                Ok((JobId::from_stored(id), state))
+            })
             .collect()
     }
 
@@ -353,246 +329,141 @@ impl JobStore for SqlStore {
         filter: &JobFilter,
         before_id: Option<&JobId>,
         limit: u64,
+        detail: Detail,
     ) -> QueueResult<Vec<Job>> {
-        let mut condition = Condition::all();
+        let mut statement = Sql::new(self.backend())
+            .push(&format!("SELECT {} FROM jobs WHERE true", columns(detail)));
         if !filter.states.is_empty() {
-            condition = condition
-                .add(jobs::Column::State.is_in(filter.states.iter().map(|state| state.as_str())));
+            let states: Vec<&str> = filter.states.iter().map(|state| state.as_str()).collect();
+            statement = statement.push(" AND state IN ").list(&states);
         }
         if !filter.types.is_empty() {
-            condition =
-                condition.add(jobs::Column::JobType.is_in(filter.types.iter().map(String::as_str)));
+            statement = statement.push(" AND job_type IN ").list(&filter.types);
         }
         if !filter.queues.is_empty() {
-            condition =
-                condition.add(jobs::Column::Queue.is_in(filter.queues.iter().map(String::as_str)));
+            statement = statement.push(" AND queue IN ").list(&filter.queues);
         }
         if let Some(after) = filter.created_after {
-            condition = condition.add(jobs::Column::CreatedAt.gte(after));
+            statement = statement.push(" AND created_at >= ").bind(after);
         }
         if let Some(before) = filter.created_before {
-            condition = condition.add(jobs::Column::CreatedAt.lt(before));
+            statement = statement.push(" AND created_at < ").bind(before);
         }
         if let Some(parent_id) = &filter.parent_id {
-            condition = condition.add(jobs::Column::ParentId.eq(parent_id.as_str()));
+            statement = statement
+                .push(" AND parent_id = ")
+                .bind(parent_id.to_string());
         }
         if let Some(text) = &filter.search {
-            condition = condition.add(match JobId::parse(text, "search") {
+            statement = match JobId::parse(text, "search") {
                 // A whole id is looked up by key, not by scanning.
-                Ok(id) => Condition::all().add(jobs::Column::Id.eq(id.as_str())),
-                Err(_) => Condition::any()
-                    .add(jobs::Column::Id.contains(text))
-                    .add(jobs::Column::JobType.contains(text))
-                    .add(jobs::Column::UniqueKey.contains(text)),
-            });
+                Ok(id) => statement.push(" AND id = ").bind(id.to_string()),
+                Err(_) => {
+                    let pattern = format!(
+                        "%{}%",
+                        text.replace('\\', "\\\\")
+                            .replace('%', "\\%")
+                            .replace('_', "\\_")
+                    );
+                    statement
+                        .push(" AND (id LIKE ")
+                        .bind(pattern.clone())
+                        .push(" ESCAPE '\\' OR job_type LIKE ")
+                        .bind(pattern.clone())
+                        .push(" ESCAPE '\\' OR unique_key LIKE ")
+                        .bind(pattern)
+                        .push(" ESCAPE '\\')")
+                }
+            };
         }
         if let Some(before_id) = before_id {
-            condition = condition.add(jobs::Column::Id.lt(before_id.as_str()));
+            statement = statement.push(" AND id < ").bind(before_id.to_string());
         }
-        let mut listed = jobs::Entity::find()
-            .filter(condition)
-            .order_by_desc(jobs::Column::Id)
-            .limit(limit)
-            .all(&self.db)
-            .await
-            .map_err(storage)?
-            .into_iter()
-            .map(job_from_row)
-            .collect::<QueueResult<Vec<_>>>()?;
-        // Dependencies of the whole page in one query.
-        let edges: Vec<(String, String)> = job_dependencies::Entity::find()
-            .select_only()
-            .column(job_dependencies::Column::JobId)
-            .column(job_dependencies::Column::DependsOnId)
-            .filter(job_dependencies::Column::JobId.is_in(listed.iter().map(|job| job.id.as_str())))
-            .into_tuple()
-            .all(&self.db)
-            .await
-            .map_err(storage)?;
-        for (job_id, dependency) in edges {
-            if let Some(job) = listed.iter_mut().find(|job| job.id.as_str() == job_id) {
-                job.depends_on.push(JobId::from_stored(dependency));
-            }
-        }
+        let statement = statement
+            .push(" ORDER BY id DESC LIMIT ")
+            .bind(limit as i64)
+            .build();
+        let mut listed = self.query_jobs(statement).await?;
+        self.fill_dependencies(&mut listed).await?;
         Ok(listed)
     }
 
     async fn select_jobs(&self, selector: &JobSelector) -> QueueResult<Vec<JobId>> {
-        let mut select = jobs::Entity::find().select_only().column(jobs::Column::Id);
+        let mut statement = Sql::new(self.backend()).push("SELECT id FROM jobs WHERE ");
         if selector.ids.is_empty() {
-            select = select.filter(
-                jobs::Column::State.is_in(selector.states.iter().map(|state| state.as_str())),
-            );
+            let states: Vec<&str> = selector.states.iter().map(|state| state.as_str()).collect();
+            statement = statement.push("state IN ").list(&states);
             if !selector.queues.is_empty() {
-                select = select
-                    .filter(jobs::Column::Queue.is_in(selector.queues.iter().map(String::as_str)));
+                statement = statement.push(" AND queue IN ").list(&selector.queues);
             }
             if !selector.types.is_empty() {
-                select = select
-                    .filter(jobs::Column::JobType.is_in(selector.types.iter().map(String::as_str)));
+                statement = statement.push(" AND job_type IN ").list(&selector.types);
             }
         } else {
-            select = select.filter(jobs::Column::Id.is_in(selector.ids.iter().map(JobId::as_str)));
+            let ids: Vec<&str> = selector.ids.iter().map(JobId::as_str).collect();
+            statement = statement.push("id IN ").list(&ids);
         }
-        let found: Vec<String> = select
-            .order_by_asc(jobs::Column::Id)
-            .limit(selector.limit)
-            .into_tuple()
-            .all(&self.db)
-            .await
-            .map_err(storage)?;
-        Ok(ids(found))
-    }
-
-    async fn update_job(&self, id: &JobId, change: JobChange<'_>) -> QueueResult<Applied> {
-        let mut outcomes = self.update_jobs(vec![(id.clone(), change)]).await?;
-        outcomes.pop().unwrap_or_else(|| {
-            Err(QueueError::Storage(
-                "a batch of one answered nothing".into(),
-            ))
-        })
+        let statement = statement
+            .push(" ORDER BY id LIMIT ")
+            .bind(selector.limit as i64)
+            .build();
+        self.query_ids(statement).await
     }
 
     async fn update_jobs(
         &self,
-        changes: Vec<(JobId, JobChange<'_>)>,
+        changes: Vec<(JobId, JobChange)>,
     ) -> QueueResult<Vec<QueueResult<Applied>>> {
-        let (_writer, tx) = self.begin_write().await?;
-        let mut outcomes = Vec::with_capacity(changes.len());
-        for (id, change) in changes {
-            let mut job = match self.load_for_update(&tx, &id).await {
-                Ok(job) => job,
-                Err(QueueError::JobNotFound(missing)) => {
-                    outcomes.push(Err(QueueError::JobNotFound(missing)));
-                    continue;
-                }
-                Err(other) => return Err(other),
-            };
-            let before = job.clone();
-            // The change refuses before anything of its job is written.
-            let ended = match change(&mut job) {
-                Ok(ended) => ended,
-                Err(refused) => {
-                    outcomes.push(Err(refused));
-                    continue;
-                }
-            };
-            if job != before {
-                save_job(&tx, &job).await?;
-            }
-            if let Some(end) = &ended {
-                close_attempt(&tx, &id, end).await?;
-            }
-            outcomes.push(Ok(Applied { before, job, ended }));
+        if changes.is_empty() {
+            return Ok(Vec::new());
         }
-        tx.commit().await.map_err(storage)?;
-        Ok(outcomes)
+        match self.writer.submit(Op::Update { changes }).await? {
+            Answer::Update(results) => Ok(results),
+            other => Err(unexpected(&other)),
+        }
     }
 
     async fn lease_jobs(
         &self,
-        quota: &LeaseQuota,
-        types: &[String],
-        limit: u64,
-        lease: LeaseChange<'_>,
+        query: LeaseQuery,
+        start: LeaseChange,
     ) -> QueueResult<Vec<(Job, LeaseToken)>> {
-        let (_writer, tx) = self.begin_write().await?;
-        let mut rows = Vec::new();
-        if !quota.unlimited.is_empty() {
-            rows = self
-                .lease_candidates(&tx, &quota.unlimited, types, limit)
-                .await?;
+        match self.writer.submit(Op::Lease { query, start }).await? {
+            Answer::Lease(leased) => Ok(leased),
+            other => Err(unexpected(&other)),
         }
-        for (queue, concurrency_limit) in &quota.limited {
-            self.dialect.lock_queue(&tx, queue).await.map_err(storage)?;
-            let free = (concurrency_limit - self.running_in_queue(&tx, queue).await?).max(0) as u64;
-            if free > 0 {
-                let queue = std::slice::from_ref(queue);
-                rows.extend(
-                    self.lease_candidates(&tx, queue, types, free.min(limit))
-                        .await?,
-                );
-            }
-        }
-        // Several queries: restore the one lease order across them.
-        rows.sort_by(|a, b| {
-            b.priority
-                .cmp(&a.priority)
-                .then(a.run_at.cmp(&b.run_at))
-                .then(a.id.cmp(&b.id))
-        });
-        rows.truncate(limit as usize);
-        let mut leased = Vec::with_capacity(rows.len());
-        for row in rows {
-            let mut job = job_from_row(row)?;
-            let (token, attempt) = lease(&mut job);
-            save_job(&tx, &job).await?;
-            insert_attempt(&tx, &job.id, &token, &attempt).await?;
-            leased.push((job, token));
-        }
-        tx.commit().await.map_err(storage)?;
-        Ok(leased)
     }
 
-    async fn delete_job(
+    async fn delete_jobs(
         &self,
-        id: &JobId,
+        ids: Vec<JobId>,
         check: for<'j> fn(&'j Job) -> QueueResult<()>,
-    ) -> QueueResult<Job> {
-        let (_writer, tx) = self.begin_write().await?;
-        let job = self.load_for_update(&tx, id).await?;
-        check(&job)?;
-        job_attempts::Entity::delete_many()
-            .filter(job_attempts::Column::JobId.eq(id.as_str()))
-            .exec(&tx)
+    ) -> QueueResult<Vec<QueueResult<Job>>> {
+        let ids = Arc::new(ids);
+        self.writer
+            .run(move |tx| {
+                let ids = ids.clone();
+                Box::pin(async move { jobs::delete(tx, &ids, check).await })
+            })
             .await
-            .map_err(storage)?;
-        job_dependencies::Entity::delete_many()
-            .filter(job_dependencies::Column::JobId.eq(id.as_str()))
-            .exec(&tx)
-            .await
-            .map_err(storage)?;
-        jobs::Entity::delete_by_id(id.as_str())
-            .exec(&tx)
-            .await
-            .map_err(storage)?;
-        tx.commit().await.map_err(storage)?;
-        Ok(job)
     }
 
     async fn expired_jobs(&self, now: Millis, limit: u64) -> QueueResult<Vec<JobId>> {
-        let found = expired_select(now, limit)
-            .all(&self.db)
+        self.query_ids(expired_statement(self.backend(), now, limit))
             .await
-            .map_err(storage)?;
-        Ok(ids(found))
     }
 
     async fn due_jobs(&self, now: Millis, limit: u64) -> QueueResult<Vec<JobId>> {
-        let found: Vec<String> = jobs::Entity::find()
-            .select_only()
-            .column(jobs::Column::Id)
-            .filter(jobs::Column::State.is_in(WAITING))
-            .filter(jobs::Column::RunAt.lte(now))
-            .order_by_asc(jobs::Column::RunAt)
-            .limit(limit)
-            .into_tuple()
-            .all(&self.db)
+        self.query_ids(due_statement(self.backend(), now, limit))
             .await
-            .map_err(storage)?;
-        Ok(ids(found))
     }
 
     async fn next_due_at(&self) -> QueueResult<Option<Millis>> {
-        let next: Option<Option<i64>> = jobs::Entity::find()
-            .select_only()
-            .column_as(jobs::Column::RunAt.min(), "next_run_at")
-            .filter(jobs::Column::State.is_in(WAITING))
-            .into_tuple()
-            .one(&self.db)
-            .await
-            .map_err(storage)?;
-        Ok(next.flatten())
+        let statement = Sql::new(self.backend())
+            .push("SELECT MIN(run_at) AS next_run_at FROM jobs WHERE state IN ('scheduled', 'retrying')")
+            .build();
+        let row = self.db.query_one_raw(statement).await.map_err(storage)?;
+        Ok(row.and_then(|row| row.try_get::<Option<i64>>("", "next_run_at").ok().flatten()))
     }
 
     async fn attempt_outcome(
@@ -609,65 +480,74 @@ impl JobStore for SqlStore {
         Ok(row.and_then(|row| row.outcome.as_deref().and_then(AttemptOutcome::parse)))
     }
 
-    async fn dependency_states(&self, id: &JobId) -> QueueResult<Vec<(JobId, JobState)>> {
-        let dependencies: Vec<String> = job_dependencies::Entity::find()
-            .select_only()
-            .column(job_dependencies::Column::DependsOnId)
-            .filter(job_dependencies::Column::JobId.eq(id.as_str()))
-            .into_tuple()
-            .all(&self.db)
-            .await
-            .map_err(storage)?;
-        self.job_states(&ids(dependencies)).await
+    async fn dependency_states(
+        &self,
+        ids: &[JobId],
+    ) -> QueueResult<HashMap<JobId, Vec<(JobId, JobState)>>> {
+        if ids.is_empty() {
+            return Ok(HashMap::new());
+        }
+        let keys: Vec<&str> = ids.iter().map(JobId::as_str).collect();
+        let statement = Sql::new(self.backend())
+            .push("SELECT d.job_id AS job_id, d.depends_on_id AS depends_on_id, j.state AS state \
+                   FROM job_dependencies d JOIN jobs j ON j.id = d.depends_on_id WHERE d.job_id IN ")
+            .list(&keys)
+            .build();
+        let rows = self.db.query_all_raw(statement).await.map_err(storage)?;
+        let mut states: HashMap<JobId, Vec<(JobId, JobState)>> = HashMap::new();
+        for row in rows {
+            let job_id: String = row.try_get("", "job_id").map_err(storage)?;
+            let dependency: String = row.try_get("", "depends_on_id").map_err(storage)?;
+            let state: String = row.try_get("", "state").map_err(storage)?;
+            let state = parse_state(&state, &dependency)?;
+            states
+                .entry(JobId::from_stored(job_id))
+                .or_default()
+                .push((JobId::from_stored(dependency), state));
+        }
+        Ok(states)
     }
 
-    async fn blocked_dependents(&self, id: &JobId) -> QueueResult<Vec<JobId>> {
-        let dependents: Vec<String> = job_dependencies::Entity::find()
-            .select_only()
-            .column(job_dependencies::Column::JobId)
-            .filter(job_dependencies::Column::DependsOnId.eq(id.as_str()))
-            .into_tuple()
-            .all(&self.db)
-            .await
-            .map_err(storage)?;
-        // Most jobs have no dependents: spare the second query.
-        if dependents.is_empty() {
+    async fn blocked_dependents(&self, ids: &[JobId]) -> QueueResult<Vec<JobId>> {
+        if ids.is_empty() {
             return Ok(Vec::new());
         }
-        let states = self.job_states(&ids(dependents)).await?;
-        Ok(states
-            .into_iter()
-            .filter(|(_, state)| *state == JobState::Blocked)
-            .map(|(id, _)| id)
-            .collect())
+        let keys: Vec<&str> = ids.iter().map(JobId::as_str).collect();
+        let statement = Sql::new(self.backend())
+            .push(
+                "SELECT DISTINCT j.id AS id FROM job_dependencies d JOIN jobs j ON j.id = d.job_id \
+                   WHERE j.state = 'blocked' AND d.depends_on_id IN ",
+            )
+            .list(&keys)
+            .build();
+        self.query_ids(statement).await
     }
 
     async fn stats(&self, queues: &[String], now: Millis) -> QueueResult<StatsSnapshot> {
-        let mut by_queue = jobs::Entity::find()
-            .select_only()
-            .column(jobs::Column::Queue)
-            .column(jobs::Column::State)
-            .column_as(count_rows(), "count")
-            .group_by(jobs::Column::Queue)
-            .group_by(jobs::Column::State);
-        let mut oldest = jobs::Entity::find()
-            .select_only()
-            .column(jobs::Column::Queue)
-            .column_as(jobs::Column::RunAt.min(), "oldest")
-            .filter(jobs::Column::State.eq(JobState::Queued.as_str()))
-            .group_by(jobs::Column::Queue);
-        if !queues.is_empty() {
-            by_queue =
-                by_queue.filter(jobs::Column::Queue.is_in(queues.iter().map(String::as_str)));
-            oldest = oldest.filter(jobs::Column::Queue.is_in(queues.iter().map(String::as_str)));
-        }
-        let counts: Vec<(String, String, i64)> =
-            by_queue.into_tuple().all(&self.db).await.map_err(storage)?;
-        let oldest: Vec<(String, Option<i64>)> =
-            oldest.into_tuple().all(&self.db).await.map_err(storage)?;
-
+        let narrow = |statement: Sql| {
+            if queues.is_empty() {
+                statement
+            } else {
+                statement.push(" AND queue IN ").list(queues)
+            }
+        };
+        let counts = narrow(
+            Sql::new(self.backend())
+                .push("SELECT queue, state, COUNT(*) AS count FROM jobs WHERE true"),
+        )
+        .push(" GROUP BY queue, state")
+        .build();
+        let oldest = narrow(
+            Sql::new(self.backend())
+                .push("SELECT queue, MIN(run_at) AS oldest FROM jobs WHERE state = 'queued'"),
+        )
+        .push(" GROUP BY queue")
+        .build();
         let mut stats: BTreeMap<String, QueueStats> = BTreeMap::new();
-        for (queue, state, count) in counts {
+        for row in self.db.query_all_raw(counts).await.map_err(storage)? {
+            let queue: String = row.try_get("", "queue").map_err(storage)?;
+            let state: String = row.try_get("", "state").map_err(storage)?;
+            let count: i64 = row.try_get("", "count").map_err(storage)?;
             let state = parse_state(&state, &queue)?;
             stats
                 .entry(queue.clone())
@@ -679,7 +559,9 @@ impl JobStore for SqlStore {
                 .counts
                 .push((state, count));
         }
-        for (queue, run_at) in oldest {
+        for row in self.db.query_all_raw(oldest).await.map_err(storage)? {
+            let queue: String = row.try_get("", "queue").map_err(storage)?;
+            let run_at: Option<i64> = row.try_get("", "oldest").map_err(storage)?;
             if let Some(entry) = stats.get_mut(&queue) {
                 entry.oldest_ready_run_at = run_at;
             }
@@ -697,18 +579,16 @@ impl JobStore for SqlStore {
         before: Millis,
         limit: u64,
     ) -> QueueResult<Vec<JobId>> {
-        let found: Vec<String> = jobs::Entity::find()
-            .select_only()
-            .column(jobs::Column::Id)
-            .filter(jobs::Column::State.is_in(states.iter().map(|state| state.as_str())))
-            .filter(jobs::Column::FinishedAt.lt(before))
-            .order_by_asc(jobs::Column::FinishedAt)
-            .limit(limit)
-            .into_tuple()
-            .all(&self.db)
-            .await
-            .map_err(storage)?;
-        Ok(ids(found))
+        let names: Vec<&str> = states.iter().map(|state| state.as_str()).collect();
+        debug_assert!(names.iter().all(|name| TERMINAL.contains(name)));
+        let statement = Sql::new(self.backend())
+            .push("SELECT id FROM jobs WHERE state IN ('succeeded', 'cancelled', 'dead') AND state IN ")
+            .list(&names)
+            .push(" AND finished_at < ")
+            .bind(before)
+            .push(&format!(" ORDER BY finished_at LIMIT {limit}"))
+            .build();
+        self.query_ids(statement).await
     }
 
     async fn queue_controls(&self) -> QueueResult<Vec<QueueControls>> {
@@ -720,68 +600,89 @@ impl JobStore for SqlStore {
     }
 
     async fn queue_names(&self) -> QueueResult<Vec<String>> {
-        jobs::Entity::find()
-            .select_only()
-            .column(jobs::Column::Queue)
-            .distinct()
-            .into_tuple()
-            .all(&self.db)
-            .await
-            .map_err(storage)
+        let statement = Sql::new(self.backend())
+            .push("SELECT DISTINCT queue FROM jobs")
+            .build();
+        let rows = self.db.query_all_raw(statement).await.map_err(storage)?;
+        rows.iter()
+            .map(|row| row.try_get::<String>("", "queue").map_err(storage))
+            .collect()
     }
 
     async fn put_queue_controls(&self, controls: &QueueControls, now: Millis) -> QueueResult<()> {
-        let (_writer, tx) = self.begin_write().await?;
-        queues::Entity::insert(row_from_controls(controls, now))
-            .on_conflict(
-                OnConflict::column(queues::Column::Name)
-                    .update_columns([
-                        queues::Column::Paused,
-                        queues::Column::ConcurrencyLimit,
-                        queues::Column::RateLimitPerSecond,
-                        queues::Column::UpdatedAt,
-                    ])
-                    .to_owned(),
-            )
-            .exec(&tx)
+        let row = row_from_controls(controls, now);
+        self.writer
+            .run(move |tx| {
+                let row = row.clone();
+                Box::pin(async move {
+                    let statement = queues::Entity::insert(row)
+                        .on_conflict(
+                            OnConflict::column(queues::Column::Name)
+                                .update_columns([
+                                    queues::Column::Paused,
+                                    queues::Column::ConcurrencyLimit,
+                                    queues::Column::RateLimitPerSecond,
+                                    queues::Column::UpdatedAt,
+                                ])
+                                .to_owned(),
+                        )
+                        .build(tx.backend());
+                    tx.execute(statement).await?;
+                    Ok(())
+                })
+            })
             .await
-            .map_err(storage)?;
-        tx.commit().await.map_err(storage)
     }
 
-    async fn touch_worker(&self, worker: &WorkerRecord) -> QueueResult<()> {
-        let (_writer, tx) = self.begin_write().await?;
-        workers::Entity::insert(row_from_worker(worker))
-            .on_conflict(
-                // first_seen_at stays as first written.
-                OnConflict::column(workers::Column::WorkerId)
-                    .update_columns([
-                        workers::Column::Hostname,
-                        workers::Column::Version,
-                        workers::Column::Queues,
-                        workers::Column::Types,
-                        workers::Column::LastSeenAt,
-                    ])
-                    .to_owned(),
-            )
-            .exec(&tx)
+    async fn touch_workers(&self, workers: Vec<WorkerRecord>) -> QueueResult<()> {
+        let rows: Vec<_> = workers.iter().map(row_from_worker).collect();
+        let rows = Arc::new(rows);
+        self.writer
+            .run(move |tx| {
+                let rows = rows.clone();
+                Box::pin(async move {
+                    let statement = workers::Entity::insert_many(rows.iter().cloned())
+                        .on_conflict(
+                            // first_seen_at stays as first written.
+                            OnConflict::column(workers::Column::WorkerId)
+                                .update_columns([
+                                    workers::Column::Hostname,
+                                    workers::Column::Version,
+                                    workers::Column::Queues,
+                                    workers::Column::Types,
+                                    workers::Column::LeaseMs,
+                                    workers::Column::LastSeenAt,
+                                ])
+                                .to_owned(),
+                        )
+                        .build(tx.backend());
+                    tx.execute(statement).await?;
+                    Ok(())
+                })
+            })
             .await
-            .map_err(storage)?;
-        tx.commit().await.map_err(storage)
     }
 
-    async fn worker_seen(&self, worker_id: &str, now: Millis) -> QueueResult<()> {
-        let (_writer, tx) = self.begin_write().await?;
-        workers::Entity::update_many()
-            .col_expr(
-                workers::Column::LastSeenAt,
-                sea_orm::sea_query::Expr::value(now),
-            )
-            .filter(workers::Column::WorkerId.eq(worker_id))
-            .exec(&tx)
+    async fn workers_seen(&self, worker_ids: Vec<String>, now: Millis) -> QueueResult<()> {
+        let worker_ids = Arc::new(worker_ids);
+        self.writer
+            .run(move |tx| {
+                let worker_ids = worker_ids.clone();
+                Box::pin(async move {
+                    let statement = workers::Entity::update_many()
+                        .col_expr(
+                            workers::Column::LastSeenAt,
+                            sea_orm::sea_query::Expr::value(now),
+                        )
+                        .filter(
+                            workers::Column::WorkerId.is_in(worker_ids.iter().map(String::as_str)),
+                        )
+                        .build(tx.backend());
+                    tx.execute(statement).await?;
+                    Ok(())
+                })
+            })
             .await
-            .map_err(storage)?;
-        tx.commit().await.map_err(storage)
     }
 
     async fn workers(&self, since: Millis) -> QueueResult<Vec<(WorkerRecord, Vec<JobId>)>> {
@@ -792,50 +693,54 @@ impl JobStore for SqlStore {
             .all(&self.db)
             .await
             .map_err(storage)?;
-        let running: Vec<(String, Option<String>)> = jobs::Entity::find()
-            .select_only()
-            .column(jobs::Column::Id)
-            .column(jobs::Column::WorkerId)
-            .filter(jobs::Column::State.eq(JobState::Running.as_str()))
-            .into_tuple()
-            .all(&self.db)
-            .await
-            .map_err(storage)?;
+        let statement = Sql::new(self.backend())
+            .push("SELECT id, worker_id FROM jobs WHERE state = 'running'")
+            .build();
+        let mut held: HashMap<String, Vec<JobId>> = HashMap::new();
+        for row in self.db.query_all_raw(statement).await.map_err(storage)? {
+            let id: String = row.try_get("", "id").map_err(storage)?;
+            let worker: Option<String> = row.try_get("", "worker_id").map_err(storage)?;
+            if let Some(worker) = worker {
+                held.entry(worker).or_default().push(JobId::from_stored(id));
+            }
+        }
         rows.into_iter()
             .map(|row| {
                 let worker = worker_from_row(row)?;
-                let held = running
-                    .iter()
-                    .filter(|(_, holder)| holder.as_deref() == Some(worker.worker_id.as_str()))
-                    .map(|(id, _)| JobId::from_stored(id.clone()))
-                    .collect();
-                Ok((worker, held))
+                let mut jobs = held.remove(&worker.worker_id).unwrap_or_default();
+                jobs.truncate(1000);
+                Ok((worker, jobs))
             })
             .collect()
     }
 
     async fn put_schedule(&self, schedule: &ScheduleRecord) -> QueueResult<()> {
         let row = row_from_schedule(schedule)?;
-        let (_writer, tx) = self.begin_write().await?;
-        schedules::Entity::insert(row)
-            .on_conflict(
-                OnConflict::column(schedules::Column::Name)
-                    .update_columns([
-                        schedules::Column::Cron,
-                        schedules::Column::TimeZone,
-                        schedules::Column::JobTemplate,
-                        schedules::Column::Paused,
-                        schedules::Column::NextRunAt,
-                        schedules::Column::LastRunAt,
-                        schedules::Column::LastJobId,
-                        schedules::Column::UpdatedAt,
-                    ])
-                    .to_owned(),
-            )
-            .exec(&tx)
+        self.writer
+            .run(move |tx| {
+                let row = row.clone();
+                Box::pin(async move {
+                    let statement = schedules::Entity::insert(row)
+                        .on_conflict(
+                            OnConflict::column(schedules::Column::Name)
+                                .update_columns([
+                                    schedules::Column::Cron,
+                                    schedules::Column::TimeZone,
+                                    schedules::Column::JobTemplate,
+                                    schedules::Column::Paused,
+                                    schedules::Column::NextRunAt,
+                                    schedules::Column::LastRunAt,
+                                    schedules::Column::LastJobId,
+                                    schedules::Column::UpdatedAt,
+                                ])
+                                .to_owned(),
+                        )
+                        .build(tx.backend());
+                    tx.execute(statement).await?;
+                    Ok(())
+                })
+            })
             .await
-            .map_err(storage)?;
-        tx.commit().await.map_err(storage)
     }
 
     async fn schedules(&self) -> QueueResult<Vec<ScheduleRecord>> {
@@ -856,13 +761,18 @@ impl JobStore for SqlStore {
     }
 
     async fn delete_schedule(&self, name: &str) -> QueueResult<bool> {
-        let (_writer, tx) = self.begin_write().await?;
-        let deleted = schedules::Entity::delete_by_id(name)
-            .exec(&tx)
+        let name = name.to_owned();
+        self.writer
+            .run(move |tx| {
+                let name = name.clone();
+                Box::pin(async move {
+                    let statement = schedules::Entity::delete_many()
+                        .filter(schedules::Column::Name.eq(name))
+                        .build(tx.backend());
+                    Ok(tx.execute(statement).await? > 0)
+                })
+            })
             .await
-            .map_err(storage)?;
-        tx.commit().await.map_err(storage)?;
-        Ok(deleted.rows_affected > 0)
     }
 
     async fn due_schedules(&self, now: Millis) -> QueueResult<Vec<String>> {
@@ -882,37 +792,64 @@ impl JobStore for SqlStore {
         &self,
         name: &str,
         now: Millis,
-        fire: &(dyn for<'s> Fn(&'s ScheduleRecord) -> QueueResult<(Job, Millis)> + Send + Sync),
+        fire: Box<dyn for<'s> Fn(&'s ScheduleRecord) -> QueueResult<(Job, Millis)> + Send + Sync>,
     ) -> QueueResult<Option<Job>> {
-        let (_writer, tx) = self.begin_write().await?;
-        // Another replica holding the row is firing this tick: skip it.
-        let select = self
-            .dialect
-            .lock_for_update(schedules::Entity::find_by_id(name), true);
-        let Some(row) = select.one(&tx).await.map_err(storage)? else {
-            return Ok(None);
-        };
-        let mut schedule = schedule_from_row(row)?;
-        if schedule.paused || schedule.next_run_at > now {
-            return Ok(None);
-        }
-        let (job, next_run_at) = fire(&schedule)?;
-        let key_held = match &job.unique_key {
-            Some(key) => self.unique_key_holder(&tx, key).await?.is_some(),
-            None => false,
-        };
-        if !key_held {
-            self.insert_job(&tx, &job).await?;
-            schedule.last_run_at = Some(now);
-            schedule.last_job_id = Some(job.id.clone());
-        }
-        schedule.next_run_at = next_run_at;
-        schedule.updated_at = now;
-        schedules::Entity::update(row_from_schedule(&schedule)?)
-            .exec(&tx)
+        let name = name.to_owned();
+        let fire = Arc::new(fire);
+        self.writer
+            .run(move |tx| {
+                let name = name.clone();
+                let fire = fire.clone();
+                Box::pin(async move {
+                    // Another replica holding the row is firing this tick: skip it.
+                    let statement = Sql::new(tx.backend())
+                        .push("SELECT name FROM schedules WHERE name = ")
+                        .bind(name.clone())
+                        .for_update_skip_locked()
+                        .build();
+                    if tx.row(statement).await?.is_none() {
+                        return Ok(None);
+                    }
+                    let statement =
+                        schedules::Entity::find_by_id(name.as_str()).build(tx.backend());
+                    let Some(row) = tx.row(statement).await? else {
+                        return Ok(None);
+                    };
+                    let mut schedule = schedule_from_row(schedule_model(&row)?)?;
+                    if schedule.paused || schedule.next_run_at > now {
+                        return Ok(None);
+                    }
+                    let (job, next_run_at) = fire(&schedule)?;
+                    let batch = [NewJob {
+                        job: job.clone(),
+                        field: "schedule.job".to_owned(),
+                    }];
+                    let inserted = jobs::insert_batches(tx, &[&batch], |_, _, _| Ok(()))
+                        .await?
+                        .pop()
+                        .unwrap_or_else(|| Ok(Vec::new()))?;
+                    let created = inserted
+                        .into_iter()
+                        .find(|(_, existed)| !existed)
+                        .map(|(job, _)| job);
+                    if let Some(job) = &created {
+                        schedule.last_run_at = Some(now);
+                        schedule.last_job_id = Some(job.id.clone());
+                    }
+                    schedule.next_run_at = next_run_at;
+                    schedule.updated_at = now;
+                    let statement = schedules::Entity::update_many()
+                        .set(row_from_schedule(&schedule)?)
+                        .filter(schedules::Column::Name.eq(schedule.name.as_str()))
+                        .build(tx.backend());
+                    tx.execute(statement).await?;
+                    Ok(created)
+                })
+            })
             .await
-            .map_err(storage)?;
-        tx.commit().await.map_err(storage)?;
-        Ok((!key_held).then_some(job))
+    }
+
+    async fn ping(&self) -> QueueResult<()> {
+        self.db.ping().await.map_err(storage)
     }
 }

@@ -1,0 +1,41 @@
+//! `jobq bench` runs the bench crate under the `jobq` binary: its worker
+//! processes are started as `jobq bench ...` too.
+
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+
+use crate::support::run;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bench_runs_every_job_exactly_once_with_workers_started_as_jobq() -> Result<()> {
+    let output = run(
+        &[
+            "bench",
+            "--in-process",
+            "--quick",
+            "--json",
+            "latency",
+            "drain",
+        ],
+        Duration::from_secs(300),
+    )
+    .await?;
+    assert_eq!(output.code, 0, "{output:?}");
+    let runs: Vec<serde_json::Value> = output
+        .stdout
+        .lines()
+        .map(serde_json::from_str)
+        .collect::<Result<_, _>>()
+        .context("bench --json prints JSON lines")?;
+    for workload in ["latency", "drain"] {
+        let run = runs
+            .iter()
+            .find(|run| run["workload"] == workload && run.get("jobs").is_some())
+            .with_context(|| format!("a {workload} run in {runs:?}"))?;
+        assert!(run["jobs"].as_u64().is_some_and(|jobs| jobs > 0), "{run}");
+        assert_eq!(run["lost"], 0, "{run}");
+        assert_eq!(run["duplicated"], 0, "{run}");
+    }
+    Ok(())
+}

@@ -1,0 +1,702 @@
+//! The writes of jobs, set-based: however many jobs a group of calls
+//! touches, each step is one statement (load the rows, save the changes,
+//! insert the ended history entries). The domain's transition closures run
+//! in between, on the loaded rows; the rules stay in `domain`.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use sea_orm::DbBackend;
+
+use super::bind::row_values;
+use super::exec::Tx;
+
+use super::dialect::Dialect;
+use super::rows::{ChangedRow, HistoryRow, InsertedRow, TERMINAL, job_from_row, parse_state};
+use super::sql::{
+    self, CHANGED_COLUMNS, CORE_COLUMNS, HISTORY_COLUMNS, INSERTED_COLUMNS, Sql, Type,
+    with_records, with_values,
+};
+use crate::domain::{
+    Applied, AttemptOutcome, DependencyRule, EntryKind, HistoryEntry, Job, JobChange, JobId,
+    JobState, LeaseChange, LeaseQuery, LeaseToken, NewJob, QueueError, QueueResult, Refusal,
+    excerpt,
+};
+
+/// Loads jobs by id (payload and result only when `with_payload`); on
+/// PostgreSQL the rows stay locked, in id order, until the transaction ends.
+pub async fn load(
+    tx: &dyn Tx,
+    ids: &[&str],
+    lock: bool,
+    with_payload: bool,
+) -> QueueResult<HashMap<String, Job>> {
+    if ids.is_empty() {
+        return Ok(HashMap::new());
+    }
+    let columns = if with_payload {
+        format!("{CORE_COLUMNS}, payload, result")
+    } else {
+        CORE_COLUMNS.to_owned()
+    };
+    let mut statement = Sql::new(tx.backend())
+        .push(&format!("SELECT {columns} FROM jobs WHERE id IN "))
+        .list(ids);
+    if lock {
+        statement = statement.push(" ORDER BY id").for_update();
+    }
+    let rows = tx.rows(statement.build()).await?;
+    rows.iter()
+        .map(|row| job_from_row(row).map(|job| (job.id.to_string(), job)))
+        .collect()
+}
+
+/// Writes what changed of each job, `(before, after)`: only the columns
+/// whose values differ, so an index over columns that did not change is
+/// left alone. Jobs that changed the same columns share one statement
+/// (a lease, a success, a heartbeat each change their own set).
+async fn save_changed(tx: &dyn Tx, changed: &[(&Job, &Job)]) -> QueueResult<()> {
+    let mut by_columns: BTreeMap<u64, Vec<Vec<sea_orm::Value>>> = BTreeMap::new();
+    for (before, after) in changed {
+        let old =
+            row_values(&ChangedRow::of(before), CHANGED_COLUMNS).map_err(QueueError::Storage)?;
+        let new =
+            row_values(&ChangedRow::of(after), CHANGED_COLUMNS).map_err(QueueError::Storage)?;
+        // Column 0 is the key.
+        let mask = (1..new.len())
+            .filter(|&index| old[index] != new[index])
+            .fold(0u64, |mask, index| mask | (1 << index));
+        if mask == 0 {
+            continue;
+        }
+        let row = new
+            .into_iter()
+            .enumerate()
+            .filter(|(index, _)| *index == 0 || mask & (1 << index) != 0)
+            .map(|(_, value)| value)
+            .collect();
+        by_columns.entry(mask).or_default().push(row);
+    }
+    for (mask, rows) in by_columns {
+        let columns: Vec<(&str, Type)> = CHANGED_COLUMNS
+            .iter()
+            .enumerate()
+            .filter(|(index, _)| *index == 0 || mask & (1 << index) != 0)
+            .map(|(_, column)| *column)
+            .collect();
+        let statements = with_values(
+            tx.backend(),
+            &format!("UPDATE jobs SET {} FROM ", sql::assignments(&columns, "j")),
+            &rows,
+            "j",
+            &columns,
+            " WHERE jobs.id = j.id",
+        );
+        execute_all(tx, statements).await?;
+    }
+    Ok(())
+}
+
+/// Writes results: a success stores its result, a requeue clears it.
+async fn save_results(tx: &dyn Tx, results: &[(&str, Option<&str>)]) -> QueueResult<()> {
+    if results.is_empty() {
+        return Ok(());
+    }
+    #[derive(serde::Serialize)]
+    struct ResultRow<'a> {
+        id: &'a str,
+        result: Option<&'a str>,
+    }
+    let rows: Vec<ResultRow<'_>> = results
+        .iter()
+        .map(|(id, result)| ResultRow {
+            id,
+            result: *result,
+        })
+        .collect();
+    let columns = [("id", Type::Text), ("result", Type::Text)];
+    let statements = with_records(
+        tx.backend(),
+        "UPDATE jobs SET result = j.result FROM ",
+        &rows,
+        "j",
+        &columns,
+        " WHERE jobs.id = j.id",
+    )
+    .map_err(QueueError::Storage)?;
+    execute_all(tx, statements).await
+}
+
+/// Inserts ended history entries (one statement).
+async fn insert_history(tx: &dyn Tx, entries: &[(JobId, HistoryEntry)]) -> QueueResult<()> {
+    if entries.is_empty() {
+        return Ok(());
+    }
+    let rows: Vec<HistoryRow<'_>> = entries
+        .iter()
+        .map(|(id, entry)| HistoryRow::of(id, entry))
+        .collect();
+    let statements = with_records(
+        tx.backend(),
+        &format!(
+            "INSERT INTO job_attempts ({}) SELECT {} FROM ",
+            sql::names(HISTORY_COLUMNS),
+            sql::qualified(HISTORY_COLUMNS, "j")
+        ),
+        &rows,
+        "j",
+        HISTORY_COLUMNS,
+        "",
+    )
+    .map_err(QueueError::Storage)?;
+    execute_all(tx, statements).await
+}
+
+/// Runs statements in order.
+async fn execute_all(tx: &dyn Tx, statements: Vec<sea_orm::Statement>) -> QueueResult<()> {
+    for statement in statements {
+        tx.execute(statement).await?;
+    }
+    Ok(())
+}
+
+/// Applies changes to jobs: one load, the domain's closures, one save.
+/// Several changes of one job apply in order, each to the result of the last.
+pub async fn apply_changes(
+    tx: &dyn Tx,
+    changes: &[(JobId, &JobChange)],
+) -> QueueResult<Vec<QueueResult<Applied>>> {
+    let mut ids: Vec<&str> = changes.iter().map(|(id, _)| id.as_str()).collect();
+    ids.sort_unstable();
+    ids.dedup();
+    let mut current = load(tx, &ids, true, false).await?;
+    let mut outcomes = Vec::with_capacity(changes.len());
+    // Each changed job as loaded, to write only what changed.
+    let mut originals: HashMap<String, Job> = HashMap::new();
+    let mut entries: Vec<(JobId, HistoryEntry)> = Vec::new();
+    let mut results: HashMap<String, Option<String>> = HashMap::new();
+    for (id, change) in changes {
+        let Some(job) = current.get_mut(id.as_str()) else {
+            outcomes.push(Err(QueueError::JobNotFound(id.to_string())));
+            continue;
+        };
+        let mut after = job.clone();
+        match change(&mut after) {
+            Ok(entry) => {
+                if &after != job && !originals.contains_key(id.as_str()) {
+                    originals.insert(id.to_string(), job.clone());
+                }
+                if let Some(entry) = &entry {
+                    if entry.outcome == Some(AttemptOutcome::Succeeded) {
+                        results.insert(id.to_string(), after.result.clone());
+                    } else if entry.kind == EntryKind::Requeued {
+                        results.insert(id.to_string(), None);
+                    }
+                    entries.push((id.clone(), entry.clone()));
+                }
+                let before = std::mem::replace(job, after.clone());
+                outcomes.push(Ok(Applied {
+                    before,
+                    job: after,
+                    entry,
+                }));
+            }
+            Err(refused) => outcomes.push(Err(refused)),
+        }
+    }
+    let mut saved: Vec<(&Job, &Job)> = originals
+        .iter()
+        .filter_map(|(id, before)| Some((before, current.get(id)?)))
+        .collect();
+    // In id order, as the rows were locked (PostgreSQL).
+    saved.sort_unstable_by(|a, b| a.1.id.as_str().cmp(b.1.id.as_str()));
+    save_changed(tx, &saved).await?;
+    let results: Vec<(&str, Option<&str>)> = results
+        .iter()
+        .map(|(id, result)| (id.as_str(), result.as_deref()))
+        .collect();
+    save_results(tx, &results).await?;
+    insert_history(tx, &entries).await?;
+    Ok(outcomes)
+}
+
+/// The smallest power of two at or above `n`: LIMITs are written into the
+/// statement text (a bound LIMIT makes SQLite prepare it again on every
+/// run), and rounding keeps the number of distinct statements small.
+fn limit_bucket(n: u64) -> u64 {
+    n.max(1).next_power_of_two()
+}
+
+/// Queued jobs of `queue` in lease order that fit in `max_payload_bytes`,
+/// with their payloads; on PostgreSQL, rows other transactions hold are
+/// skipped and the rest stay locked.
+async fn lease_candidates(
+    tx: &dyn Tx,
+    queue: &str,
+    types: &[String],
+    max_payload_bytes: i64,
+    limit: u64,
+) -> QueueResult<Vec<Job>> {
+    let mut statement = Sql::new(tx.backend())
+        .push(&format!(
+            "SELECT {CORE_COLUMNS}, payload FROM jobs WHERE state = 'queued' AND queue = "
+        ))
+        .bind(queue.to_owned());
+    if !types.is_empty() {
+        statement = statement.push(" AND job_type IN ").list(types);
+    }
+    let statement = statement
+        .push(" AND payload_bytes <= ")
+        .bind(max_payload_bytes)
+        .push(&format!(
+            " ORDER BY priority DESC, run_at, id LIMIT {}",
+            limit_bucket(limit)
+        ))
+        .for_update_skip_locked()
+        .build();
+    let rows = tx.rows(statement).await?;
+    rows.iter().map(job_from_row).collect()
+}
+
+async fn running_in_queue(tx: &dyn Tx, queue: &str) -> QueueResult<i64> {
+    let statement = Sql::new(tx.backend())
+        .push("SELECT COUNT(*) AS running FROM jobs WHERE state = 'running' AND queue = ")
+        .bind(queue.to_owned())
+        .build();
+    let row = tx.row(statement).await?;
+    Ok(row
+        .and_then(|row| row.get::<i64>("running").ok())
+        .unwrap_or(0))
+}
+
+/// The SQL that picks jobs to lease, as the engine runs it (for EXPLAIN in
+/// tests): one queue, any type, LIMIT 16.
+pub fn lease_statement(backend: DbBackend) -> sea_orm::Statement {
+    Sql::new(backend)
+        .push(&format!(
+            "SELECT {CORE_COLUMNS}, payload FROM jobs WHERE state = 'queued' AND queue = "
+        ))
+        .bind("default")
+        .push(" AND payload_bytes <= ")
+        .bind(4_194_304_i64)
+        .push(" ORDER BY priority DESC, run_at, id LIMIT 16")
+        .for_update_skip_locked()
+        .build()
+}
+
+/// Leases queued jobs: picks them per queue in lease order (counting the
+/// running jobs of limited queues under a lock shared by every replica),
+/// takes those that fit in the answer, starts their attempts and saves them.
+pub async fn lease(
+    tx: &dyn Tx,
+    dialect: &Dialect,
+    query: &LeaseQuery,
+    start: &LeaseChange,
+) -> QueueResult<Vec<(Job, LeaseToken)>> {
+    let mut candidates = Vec::new();
+    for queue in &query.unlimited {
+        candidates.extend(
+            lease_candidates(
+                tx,
+                queue,
+                &query.types,
+                query.max_payload_bytes,
+                query.limit,
+            )
+            .await?,
+        );
+    }
+    for (queue, limit) in &query.limited {
+        dialect.lock_queue(tx, queue).await?;
+        let free = limit - running_in_queue(tx, queue).await?;
+        if free > 0 {
+            let mut picked = lease_candidates(
+                tx,
+                queue,
+                &query.types,
+                query.max_payload_bytes,
+                (free as u64).min(query.limit),
+            )
+            .await?;
+            picked.truncate(free as usize);
+            candidates.extend(picked);
+        }
+    }
+    // Several queries: restore the one lease order across them.
+    candidates.sort_by(|a, b| {
+        b.priority
+            .cmp(&a.priority)
+            .then(a.run_at.cmp(&b.run_at))
+            .then(a.id.cmp(&b.id))
+    });
+    let mut room = query.max_payload_bytes;
+    let mut picked = Vec::new();
+    for job in candidates {
+        if picked.len() as u64 >= query.limit {
+            break;
+        }
+        if job.payload_bytes > room {
+            continue;
+        }
+        room -= job.payload_bytes;
+        picked.push(job);
+    }
+    let leased: Vec<(Job, LeaseToken)> = picked
+        .iter()
+        .map(|job| {
+            let mut started = job.clone();
+            let token = start(&mut started);
+            (started, token)
+        })
+        .collect();
+    let changed: Vec<(&Job, &Job)> = picked
+        .iter()
+        .zip(&leased)
+        .map(|(before, (after, _))| (before, after))
+        .collect();
+    save_changed(tx, &changed).await?;
+    Ok(leased)
+}
+
+/// What the insert of several batches found already stored.
+struct Lookups {
+    by_request_key: HashMap<String, Job>,
+    by_unique_key: HashMap<String, Job>,
+    states: HashMap<JobId, JobState>,
+}
+
+async fn lookups(tx: &dyn Tx, batches: &[&[NewJob]]) -> QueueResult<Lookups> {
+    let jobs = || {
+        batches
+            .iter()
+            .flat_map(|batch| batch.iter().map(|new| &new.job))
+    };
+    let request_keys: Vec<&str> = jobs()
+        .filter_map(|job| job.request_key.as_deref())
+        .collect();
+    let unique_keys: Vec<&str> = jobs().filter_map(|job| job.unique_key.as_deref()).collect();
+    let mut referenced: Vec<&str> = jobs()
+        .flat_map(|job| job.parent_id.iter().chain(&job.depends_on))
+        .map(JobId::as_str)
+        .collect();
+    referenced.sort_unstable();
+    referenced.dedup();
+    let backend = tx.backend();
+    let mut by_request_key = HashMap::new();
+    if !request_keys.is_empty() {
+        let statement = Sql::new(backend)
+            .push(&format!(
+                "SELECT {CORE_COLUMNS} FROM jobs WHERE request_key IN "
+            ))
+            .list(&request_keys)
+            .build();
+        for row in tx.rows(statement).await? {
+            let job = job_from_row(&row)?;
+            if let Some(key) = job.request_key.clone() {
+                by_request_key.insert(key, job);
+            }
+        }
+    }
+    let mut by_unique_key = HashMap::new();
+    if !unique_keys.is_empty() {
+        let statement = Sql::new(backend)
+            .push(&format!(
+                "SELECT {CORE_COLUMNS} FROM jobs WHERE state NOT IN ('succeeded', 'cancelled', 'dead') AND unique_key IN "
+            ))
+            .list(&unique_keys)
+            .build();
+        for row in tx.rows(statement).await? {
+            let job = job_from_row(&row)?;
+            if let Some(key) = job.unique_key.clone() {
+                by_unique_key.insert(key, job);
+            }
+        }
+    }
+    let mut states = HashMap::new();
+    if !referenced.is_empty() {
+        let statement = Sql::new(backend)
+            .push("SELECT id, state FROM jobs WHERE id IN ")
+            .list(&referenced)
+            .for_share()
+            .build();
+        for row in tx.rows(statement).await? {
+            let id: String = row.get("id")?;
+            let state: String = row.get("state")?;
+            let state = parse_state(&state, &id)?;
+            states.insert(JobId::from_stored(id), state);
+        }
+    }
+    Ok(Lookups {
+        by_request_key,
+        by_unique_key,
+        states,
+    })
+}
+
+/// Decides each job of one batch: an existing one to return, or a new one
+/// to insert (its start state set by `rule`). Unique keys the batch claims
+/// are added to `claimed` only if the whole batch is valid.
+fn plan_batch(
+    batch: &[NewJob],
+    found: &Lookups,
+    claimed: &mut HashMap<String, Job>,
+    rule: DependencyRule,
+) -> QueueResult<Vec<(Job, bool)>> {
+    let mut planned: Vec<(Job, bool)> = Vec::with_capacity(batch.len());
+    let mut batch_claims: HashMap<String, Job> = HashMap::new();
+    for NewJob { job, field } in batch {
+        if let Some(key) = &job.request_key
+            && let Some(existing) = found.by_request_key.get(key)
+        {
+            if existing.job_type != job.job_type || existing.queue != job.queue {
+                return Err(QueueError::refused(
+                    Refusal::RequestIdReused,
+                    format!(
+                        "request_id {} was used before for a {} job in queue {}",
+                        excerpt(key),
+                        existing.job_type,
+                        existing.queue
+                    ),
+                ));
+            }
+            planned.push((existing.clone(), true));
+            continue;
+        }
+        if let Some(key) = &job.unique_key {
+            let holder = found
+                .by_unique_key
+                .get(key)
+                .or_else(|| claimed.get(key))
+                .or_else(|| batch_claims.get(key));
+            if let Some(holder) = holder {
+                planned.push((holder.clone(), true));
+                continue;
+            }
+        }
+        if let Some(parent) = &job.parent_id
+            && !found.states.contains_key(parent)
+        {
+            return Err(QueueError::invalid(
+                format!("{field}.parent_id"),
+                format!("job {parent} does not exist"),
+            ));
+        }
+        let mut dependencies = Vec::with_capacity(job.depends_on.len());
+        for (position, dependency) in job.depends_on.iter().enumerate() {
+            let Some(state) = found.states.get(dependency) else {
+                return Err(QueueError::invalid(
+                    format!("{field}.depends_on[{position}]"),
+                    format!("job {dependency} does not exist"),
+                ));
+            };
+            dependencies.push((dependency.clone(), *state));
+        }
+        let mut job = job.clone();
+        if !dependencies.is_empty() {
+            rule(&mut job, &dependencies, field)?;
+        }
+        if let Some(key) = &job.unique_key {
+            batch_claims.insert(key.clone(), job.clone());
+        }
+        planned.push((job, false));
+    }
+    claimed.extend(batch_claims);
+    Ok(planned)
+}
+
+/// Inserts several batches of new jobs; each batch is all or none and gets
+/// its own answer. Lookups, the insert, the dependency edges: one statement each.
+pub async fn insert_batches(
+    tx: &dyn Tx,
+    batches: &[&[NewJob]],
+    rule: DependencyRule,
+) -> QueueResult<Vec<QueueResult<Vec<(Job, bool)>>>> {
+    let found = lookups(tx, batches).await?;
+    let mut claimed = HashMap::new();
+    let mut plans: Vec<QueueResult<Vec<(Job, bool)>>> = batches
+        .iter()
+        .map(|batch| plan_batch(batch, &found, &mut claimed, rule))
+        .collect();
+    let new_jobs: Vec<Job> = plans
+        .iter()
+        .filter_map(|plan| plan.as_ref().ok())
+        .flat_map(|plan| {
+            plan.iter()
+                .filter(|(_, existed)| !existed)
+                .map(|(job, _)| job.clone())
+        })
+        .collect();
+    if new_jobs.is_empty() {
+        return Ok(plans);
+    }
+    let backend = tx.backend();
+    let rows: Vec<InsertedRow<'_>> = new_jobs.iter().map(InsertedRow::of).collect();
+    let statements = with_records(
+        backend,
+        &format!(
+            "INSERT INTO jobs ({}) SELECT {} FROM ",
+            sql::names(INSERTED_COLUMNS),
+            sql::qualified(INSERTED_COLUMNS, "j")
+        ),
+        &rows,
+        "j",
+        INSERTED_COLUMNS,
+        // Another replica may have taken a unique_key or request_key since
+        // the lookup: those rows are skipped here and answered below.
+        " WHERE true ON CONFLICT DO NOTHING RETURNING id",
+    )
+    .map_err(QueueError::Storage)?;
+    let mut inserted: HashSet<String> = HashSet::with_capacity(rows.len());
+    for statement in statements {
+        for row in tx.rows(statement).await? {
+            if let Ok(id) = row.get::<String>("id") {
+                inserted.insert(id);
+            }
+        }
+    }
+    let mut edges: Vec<(&str, &str)> = Vec::new();
+    let mut depended_on: Vec<&str> = Vec::new();
+    for job in &new_jobs {
+        if inserted.contains(job.id.as_str()) {
+            for dependency in &job.depends_on {
+                edges.push((job.id.as_str(), dependency.as_str()));
+                depended_on.push(dependency.as_str());
+            }
+        }
+    }
+    if inserted.len() < new_jobs.len() {
+        let lost: Vec<Job> = new_jobs
+            .iter()
+            .filter(|job| !inserted.contains(job.id.as_str()))
+            .cloned()
+            .collect();
+        resolve_lost_inserts(tx, &mut plans, &inserted, lost).await?;
+    }
+    if !edges.is_empty() {
+        #[derive(serde::Serialize)]
+        struct Edge<'a> {
+            job_id: &'a str,
+            depends_on_id: &'a str,
+        }
+        let rows: Vec<Edge<'_>> = edges
+            .iter()
+            .map(|(job_id, depends_on_id)| Edge {
+                job_id,
+                depends_on_id,
+            })
+            .collect();
+        let columns = [("job_id", Type::Text), ("depends_on_id", Type::Text)];
+        let statements = with_records(
+            backend,
+            "INSERT INTO job_dependencies (job_id, depends_on_id) SELECT j.job_id, j.depends_on_id FROM ",
+            &rows,
+            "j",
+            &columns,
+            " WHERE true ON CONFLICT DO NOTHING",
+        )
+        .map_err(QueueError::Storage)?;
+        execute_all(tx, statements).await?;
+        depended_on.sort_unstable();
+        depended_on.dedup();
+        let statement = Sql::new(backend)
+            .push("UPDATE jobs SET has_dependents = TRUE WHERE has_dependents = FALSE AND id IN ")
+            .list(&depended_on)
+            .build();
+        tx.execute(statement).await?;
+    }
+    Ok(plans)
+}
+
+/// Jobs whose insert was skipped because another writer stored the same
+/// unique_key or request_key first: answered with that writer's job.
+async fn resolve_lost_inserts(
+    tx: &dyn Tx,
+    plans: &mut [QueueResult<Vec<(Job, bool)>>],
+    inserted: &HashSet<String>,
+    lost: Vec<Job>,
+) -> QueueResult<()> {
+    let request_keys: Vec<&str> = lost
+        .iter()
+        .filter_map(|job| job.request_key.as_deref())
+        .collect();
+    let unique_keys: Vec<&str> = lost
+        .iter()
+        .filter_map(|job| job.unique_key.as_deref())
+        .collect();
+    let backend = tx.backend();
+    let statement = Sql::new(backend)
+        .push(&format!(
+            "SELECT {CORE_COLUMNS} FROM jobs WHERE request_key IN "
+        ))
+        .list(&request_keys)
+        .push(" OR (state NOT IN ('succeeded', 'cancelled', 'dead') AND unique_key IN ")
+        .list(&unique_keys)
+        .push(")")
+        .build();
+    let winners: Vec<Job> = tx
+        .rows(statement)
+        .await?
+        .iter()
+        .map(job_from_row)
+        .collect::<QueueResult<_>>()?;
+    for plan in plans.iter_mut().filter_map(|plan| plan.as_mut().ok()) {
+        for (job, existed) in plan.iter_mut() {
+            if *existed || inserted.contains(job.id.as_str()) {
+                continue;
+            }
+            let winner = winners.iter().find(|winner| {
+                (job.request_key.is_some() && winner.request_key == job.request_key)
+                    || (job.unique_key.is_some()
+                        && winner.unique_key == job.unique_key
+                        && !TERMINAL.contains(&winner.state.as_str()))
+            });
+            match winner {
+                Some(winner) => {
+                    *job = winner.clone();
+                    *existed = true;
+                }
+                // The winner finished in the meantime: the caller may retry.
+                None => {
+                    return Err(QueueError::Conflict(format!(
+                        "job {} collided with another writer's insert",
+                        job.id
+                    )));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Deletes the jobs `check` allows, with their history and dependency edges.
+pub async fn delete(
+    tx: &dyn Tx,
+    ids: &[JobId],
+    check: fn(&Job) -> QueueResult<()>,
+) -> QueueResult<Vec<QueueResult<Job>>> {
+    let keys: Vec<&str> = ids.iter().map(JobId::as_str).collect();
+    let current = load(tx, &keys, true, false).await?;
+    let mut outcomes = Vec::with_capacity(ids.len());
+    let mut doomed: Vec<&str> = Vec::new();
+    for id in ids {
+        outcomes.push(match current.get(id.as_str()) {
+            None => Err(QueueError::JobNotFound(id.to_string())),
+            Some(job) => check(job).map(|()| {
+                doomed.push(id.as_str());
+                job.clone()
+            }),
+        });
+    }
+    if doomed.is_empty() {
+        return Ok(outcomes);
+    }
+    let backend = tx.backend();
+    for table_and_key in [
+        "DELETE FROM job_attempts WHERE job_id IN ",
+        "DELETE FROM job_dependencies WHERE job_id IN ",
+        "DELETE FROM jobs WHERE id IN ",
+    ] {
+        let statement = Sql::new(backend).push(table_and_key).list(&doomed).build();
+        tx.execute(statement).await?;
+    }
+    Ok(outcomes)
+}

@@ -1,0 +1,391 @@
+//! Every write of the store goes through the writer.
+//!
+//! SQLite allows one writer at a time and pays a sync per commit, so there
+//! the writer is one task that takes all the writes waiting for it (enqueues,
+//! leases, reports, heartbeats...) and commits them in one transaction
+//! (group commit): one sync for the group, and each caller hears back only
+//! after that commit. The enqueues of a group become one INSERT, the job
+//! changes one load and one UPDATE.
+//!
+//! PostgreSQL locks rows and commits concurrent transactions on its own, so
+//! there each call runs in its own transaction on its own connection, and a
+//! transaction that lost a deadlock or a serialization race is run again.
+
+use std::any::Any;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use sea_orm::{DatabaseConnection, TransactionTrait};
+use tokio::sync::{mpsc, oneshot};
+
+use super::dialect::Dialect;
+use super::exec::{LocalTx, Tx};
+use super::jobs;
+use super::rows::storage;
+use crate::domain::{
+    Applied, DependencyRule, Job, JobChange, JobId, LeaseChange, LeaseQuery, LeaseToken, NewJob,
+    QueueError, QueueResult,
+};
+
+/// A boxed future borrowing from the transaction it runs in.
+pub type BoxFuture<'t, T> = Pin<Box<dyn Future<Output = T> + Send + 't>>;
+
+/// Work run inside a transaction, any number of times (a retried
+/// transaction runs it again); its value is type-erased for the queue.
+pub type Work = Box<
+    dyn for<'t> Fn(&'t dyn Tx) -> BoxFuture<'t, QueueResult<Box<dyn Any + Send>>> + Send + Sync,
+>;
+
+/// One write, as callers submit it.
+pub enum Op {
+    /// New jobs, all or none.
+    Insert {
+        /// The jobs.
+        jobs: Vec<NewJob>,
+        /// Their start state from their dependencies.
+        rule: DependencyRule,
+    },
+    /// Changes of existing jobs.
+    Update {
+        /// The changes, by job.
+        changes: Vec<(JobId, JobChange)>,
+    },
+    /// A lease.
+    Lease {
+        /// What to lease.
+        query: LeaseQuery,
+        /// How to start each attempt.
+        start: LeaseChange,
+    },
+    /// Anything else, in a savepoint of its own: if it fails, it leaves no trace.
+    Other(Work),
+}
+
+/// What one write answers.
+pub enum Answer {
+    /// For [`Op::Insert`].
+    Insert(QueueResult<Vec<(Job, bool)>>),
+    /// For [`Op::Update`].
+    Update(Vec<QueueResult<Applied>>),
+    /// For [`Op::Lease`].
+    Lease(Vec<(Job, LeaseToken)>),
+    /// For [`Op::Other`].
+    Other(QueueResult<Box<dyn Any + Send>>),
+}
+
+/// Most writes committed together.
+const MAX_GROUP_OPS: usize = 512;
+/// Most jobs inserted or changed by one group: a group stays a short transaction.
+const MAX_GROUP_ROWS: usize = 20_000;
+/// Writes waiting for the SQLite writer before callers wait to submit.
+const QUEUE_DEPTH: usize = 4096;
+/// How often a PostgreSQL transaction that collided is tried again.
+const CONFLICT_TRIES: u32 = 5;
+
+fn rows_of(op: &Op) -> usize {
+    match op {
+        Op::Insert { jobs, .. } => jobs.len(),
+        Op::Update { changes } => changes.len(),
+        Op::Lease { query, .. } => query.limit as usize,
+        Op::Other(_) => 1,
+    }
+}
+
+/// Runs `ops` in `tx` in the order: inserts (one statement for all), job
+/// changes (one load, one save for all), leases, the rest. Any order is a
+/// valid one: the callers are concurrent. A storage error fails the group.
+async fn execute(tx: &dyn Tx, dialect: &Dialect, ops: &[&Op]) -> QueueResult<Vec<Answer>> {
+    let mut answers: Vec<Option<Answer>> = ops.iter().map(|_| None).collect();
+
+    let inserts: Vec<(usize, &[NewJob], DependencyRule)> = ops
+        .iter()
+        .enumerate()
+        .filter_map(|(index, op)| match op {
+            Op::Insert { jobs, rule } => Some((index, jobs.as_slice(), *rule)),
+            _ => None,
+        })
+        .collect();
+    if let Some((_, _, rule)) = inserts.first() {
+        let batches: Vec<&[NewJob]> = inserts.iter().map(|(_, jobs, _)| *jobs).collect();
+        let results = jobs::insert_batches(tx, &batches, *rule).await?;
+        for ((index, _, _), result) in inserts.iter().zip(results) {
+            answers[*index] = Some(Answer::Insert(result));
+        }
+    }
+
+    let mut updates: Vec<(usize, usize)> = Vec::new();
+    let mut changes: Vec<(JobId, &JobChange)> = Vec::new();
+    for (index, op) in ops.iter().enumerate() {
+        if let Op::Update { changes: own } = op {
+            updates.push((index, own.len()));
+            changes.extend(own.iter().map(|(id, change)| (id.clone(), change)));
+        }
+    }
+    if !changes.is_empty() {
+        let mut results = jobs::apply_changes(tx, &changes).await?.into_iter();
+        for (index, count) in updates {
+            answers[index] = Some(Answer::Update(results.by_ref().take(count).collect()));
+        }
+    } else {
+        for (index, _) in updates {
+            answers[index] = Some(Answer::Update(Vec::new()));
+        }
+    }
+
+    for (index, op) in ops.iter().enumerate() {
+        match op {
+            Op::Lease { query, start } => {
+                answers[index] = Some(Answer::Lease(jobs::lease(tx, dialect, query, start).await?));
+            }
+            Op::Other(work) => {
+                tx.execute(raw(tx, "SAVEPOINT other_write")).await?;
+                let outcome = work(tx).await;
+                match &outcome {
+                    Ok(_) => {}
+                    Err(error) if error.is_storage() => return Err(error.clone()),
+                    Err(_) => {
+                        tx.execute(raw(tx, "ROLLBACK TO SAVEPOINT other_write"))
+                            .await?;
+                    }
+                }
+                tx.execute(raw(tx, "RELEASE SAVEPOINT other_write")).await?;
+                answers[index] = Some(Answer::Other(outcome));
+            }
+            Op::Insert { .. } | Op::Update { .. } => {}
+        }
+    }
+    answers
+        .into_iter()
+        .map(|answer| answer.ok_or_else(|| QueueError::Storage("a write got no answer".into())))
+        .collect()
+}
+
+fn raw(tx: &dyn Tx, sql: &str) -> sea_orm::Statement {
+    sea_orm::Statement::from_string(tx.backend(), sql)
+}
+
+/// Runs `ops` in one sea-orm transaction and commits it (PostgreSQL).
+async fn commit_pooled(
+    db: &DatabaseConnection,
+    dialect: &Dialect,
+    ops: &[&Op],
+) -> QueueResult<Vec<Answer>> {
+    let tx = db.begin().await.map_err(storage)?;
+    let answers = execute(&tx, dialect, ops).await?;
+    tx.commit().await.map_err(storage)?;
+    Ok(answers)
+}
+
+/// Runs `ops` in one transaction of the SQLite writer's connection and
+/// commits it; rolls back on any error.
+async fn commit_local(tx: &LocalTx, dialect: &Dialect, ops: &[&Op]) -> QueueResult<Vec<Answer>> {
+    // IMMEDIATE: the write lock is taken at once, not at the first write.
+    tx.control("BEGIN IMMEDIATE")?;
+    match execute(tx, dialect, ops).await {
+        Ok(answers) => match tx.control("COMMIT") {
+            Ok(()) => Ok(answers),
+            Err(error) => {
+                let _ = tx.control("ROLLBACK");
+                Err(error)
+            }
+        },
+        Err(error) => {
+            let _ = tx.control("ROLLBACK");
+            Err(error)
+        }
+    }
+}
+
+/// Writes that commit together, as one caller submitted them.
+struct Submitted {
+    ops: Vec<Op>,
+    reply: oneshot::Sender<QueueResult<Vec<Answer>>>,
+}
+
+/// The writer of one store.
+pub struct Writer {
+    route: Route,
+}
+
+enum Route {
+    /// SQLite: the group-commit thread's inbox.
+    Grouped {
+        inbox: mpsc::Sender<Submitted>,
+        /// Says when the thread has committed its last group and ended.
+        ended: std::sync::Mutex<Option<oneshot::Receiver<()>>>,
+    },
+    /// PostgreSQL: each write in a transaction of its own from the pool.
+    Pooled {
+        db: DatabaseConnection,
+        dialect: Arc<Dialect>,
+    },
+}
+
+impl Writer {
+    /// A writer for `dialect`: on SQLite it opens the writer's connection
+    /// and starts the group-commit thread, which ends when the writer is
+    /// closed or dropped; on PostgreSQL it writes through `db`.
+    pub fn start(db: DatabaseConnection, dialect: Arc<Dialect>) -> Result<Self, String> {
+        if !dialect.groups_writes() {
+            return Ok(Self {
+                route: Route::Pooled { db, dialect },
+            });
+        }
+        let connection = dialect.open_sqlite_writer()?;
+        let (inbox, receiver) = mpsc::channel(QUEUE_DEPTH);
+        let (ended_sender, ended) = oneshot::channel();
+        std::thread::Builder::new()
+            .name("jobq-sqlite-writer".into())
+            .spawn(move || {
+                group_commit(LocalTx::new(connection), &dialect, receiver);
+                let _ = ended_sender.send(());
+            })
+            .map_err(|error| format!("starting the SQLite writer thread: {error}"))?;
+        Ok(Self {
+            route: Route::Grouped {
+                inbox,
+                ended: std::sync::Mutex::new(Some(ended)),
+            },
+        })
+    }
+
+    /// Stops taking writes and waits until those taken are committed.
+    pub async fn close(self) {
+        if let Route::Grouped { inbox, ended } = self.route {
+            drop(inbox);
+            let ended = ended
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .take();
+            if let Some(ended) = ended {
+                let _ = ended.await;
+            }
+        }
+    }
+
+    /// Runs one write and returns its answer once it is committed.
+    pub async fn submit(&self, op: Op) -> QueueResult<Answer> {
+        self.submit_all(vec![op])
+            .await?
+            .pop()
+            .ok_or_else(|| QueueError::Storage("a write got no answer".into()))
+    }
+
+    /// Runs writes in one transaction, in the order [`execute`] gives them
+    /// (inserts before leases), and returns their answers once committed.
+    pub async fn submit_all(&self, ops: Vec<Op>) -> QueueResult<Vec<Answer>> {
+        match &self.route {
+            Route::Grouped { inbox, .. } => {
+                let (reply, answer) = oneshot::channel();
+                inbox
+                    .send(Submitted { ops, reply })
+                    .await
+                    .map_err(|_| QueueError::ShuttingDown)?;
+                answer.await.map_err(|_| QueueError::ShuttingDown)?
+            }
+            Route::Pooled { db, dialect } => {
+                let ops: Vec<&Op> = ops.iter().collect();
+                let mut tries = 0;
+                loop {
+                    match commit_pooled(db, dialect, &ops).await {
+                        Ok(answers) => return Ok(answers),
+                        Err(QueueError::Conflict(detail)) if tries + 1 < CONFLICT_TRIES => {
+                            tries += 1;
+                            tracing::debug!(%detail, tries, "write collided with another; running it again");
+                        }
+                        Err(other) => return Err(other),
+                    }
+                }
+            }
+        }
+    }
+
+    /// Runs `work` in a transaction (a savepoint of the group's, on SQLite).
+    pub async fn run<T, F>(&self, work: F) -> QueueResult<T>
+    where
+        T: Send + 'static,
+        F: for<'t> Fn(&'t dyn Tx) -> BoxFuture<'t, QueueResult<T>> + Send + Sync + 'static,
+    {
+        let erased: Work = Box::new(move |tx| {
+            let future = work(tx);
+            Box::pin(async move {
+                future
+                    .await
+                    .map(|value| Box::new(value) as Box<dyn Any + Send>)
+            })
+        });
+        match self.submit(Op::Other(erased)).await? {
+            Answer::Other(outcome) => outcome?
+                .downcast::<T>()
+                .map(|value| *value)
+                .map_err(|_| QueueError::Storage("a write answered the wrong type".into())),
+            _ => Err(QueueError::Storage("a write got the wrong answer".into())),
+        }
+    }
+}
+
+/// The SQLite writer's thread: takes every write waiting, commits them
+/// together, answers each caller after the commit. The statements run on
+/// this thread, one function call each; the futures of a group never wait
+/// on anything but this connection, so a small runtime polls them here.
+fn group_commit(tx: LocalTx, dialect: &Dialect, mut inbox: mpsc::Receiver<Submitted>) {
+    let runtime = match tokio::runtime::Builder::new_current_thread().build() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            tracing::error!(%error, "the SQLite writer cannot start");
+            return;
+        }
+    };
+    let mut carried: Option<Submitted> = None;
+    loop {
+        let first = match carried.take() {
+            Some(first) => first,
+            None => match inbox.blocking_recv() {
+                Some(first) => first,
+                None => return,
+            },
+        };
+        let mut rows: usize = first.ops.iter().map(rows_of).sum();
+        let mut group = vec![first];
+        while group.len() < MAX_GROUP_OPS && rows < MAX_GROUP_ROWS {
+            match inbox.try_recv() {
+                Ok(next) => {
+                    let next_rows: usize = next.ops.iter().map(rows_of).sum();
+                    if rows + next_rows > MAX_GROUP_ROWS {
+                        carried = Some(next);
+                        break;
+                    }
+                    rows += next_rows;
+                    group.push(next);
+                }
+                Err(_) => break,
+            }
+        }
+        let ops: Vec<&Op> = group.iter().flat_map(|submitted| &submitted.ops).collect();
+        let started = std::time::Instant::now();
+        let outcome = runtime.block_on(commit_local(&tx, dialect, &ops));
+        tracing::trace!(
+            writes = ops.len(),
+            rows,
+            micros = started.elapsed().as_micros() as u64,
+            "group committed"
+        );
+        match outcome {
+            Ok(answers) => {
+                let mut answers = answers.into_iter();
+                for submitted in group {
+                    let own = answers.by_ref().take(submitted.ops.len()).collect();
+                    // A caller that gave up is no reason to stop.
+                    let _ = submitted.reply.send(Ok(own));
+                }
+            }
+            Err(error) => {
+                tracing::warn!(%error, writes = group.len(), "a group of writes failed");
+                for submitted in group {
+                    let _ = submitted.reply.send(Err(error.clone()));
+                }
+            }
+        }
+    }
+}
