@@ -80,6 +80,7 @@ pub fn spec(max_attempts: i32) -> JobSpec {
         payload_bytes: 2,
         priority: 0,
         run_at: None,
+        delay: None,
         max_attempts,
         timeout: Duration::from_secs(3600),
         retry_policy: RetryPolicy {

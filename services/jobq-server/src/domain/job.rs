@@ -216,8 +216,13 @@ pub struct JobSpec {
     pub payload: String,
     /// Higher runs first.
     pub priority: i32,
-    /// Not before this time; `None` means now.
+    /// Not before this time; `None` means now (or after `delay`).
     pub run_at: Option<Millis>,
+    /// Not before this long after the job is created (never with `run_at`):
+    /// counted from the creation time itself, and for a schedule's template
+    /// from each firing.
+    #[serde(default)]
+    pub delay: Option<Duration>,
     /// Attempts before dead-lettering.
     pub max_attempts: i32,
     /// Longest run time of one attempt.

@@ -389,6 +389,12 @@ async fn attempt_seqs_never_repeat_across_releases_and_retries() {
         }])
         .await
         .expect("complete");
+    let done = fx.queue.get(&job.id, Detail::History).await.expect("get");
+    assert_eq!(
+        done.result.as_deref(),
+        Some("{\"ok\":true}"),
+        "a success stores its result"
+    );
     fx.queue.retry(&job.id).await.expect("retry");
     let leased = fx
         .queue
@@ -645,4 +651,27 @@ async fn jobs_leased_for_a_call_that_went_away_are_handed_back() {
     assert_eq!(stored.state, JobState::Queued, "released, not left running");
     assert_eq!(stored.attempt, 0, "a release does not count as an attempt");
     assert_eq!(stored.history[0].outcome, Some(AttemptOutcome::Released));
+}
+
+#[tokio::test]
+async fn a_delay_counts_from_the_creation_of_the_job() {
+    let fx = Fixture::new().await;
+    let mut delayed = spec(3);
+    delayed.delay = Some(secs(2));
+    let (job, _) = fx
+        .queue
+        .enqueue(vec![(delayed, "job".into())], None)
+        .await
+        .expect("enqueue")
+        .remove(0);
+    assert_eq!(job.state, JobState::Scheduled);
+    assert_eq!(
+        job.run_at - job.created_at,
+        2_000,
+        "exactly the delay after creation"
+    );
+    fx.advance(Duration::from_millis(1_999));
+    assert_eq!(fx.queue.promote_due().await.expect("promote"), 0);
+    fx.advance(Duration::from_millis(1));
+    assert_eq!(fx.queue.promote_due().await.expect("promote"), 1);
 }

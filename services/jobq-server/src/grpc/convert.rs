@@ -293,12 +293,7 @@ pub fn job_id(raw: &str, field: &str) -> QueueResult<JobId> {
 
 /// Validates a job spec and fills in the server defaults. Field names are
 /// relative to the spec; the caller puts them under `job` or `jobs[i]`.
-pub fn job_spec(
-    spec: pb::JobSpec,
-    defaults: &Defaults,
-    limits: &Limits,
-    now: Millis,
-) -> QueueResult<JobSpec> {
+pub fn job_spec(spec: pb::JobSpec, defaults: &Defaults, limits: &Limits) -> QueueResult<JobSpec> {
     let job_type = name(&spec.r#type, "type")?;
     let queue = queue_name(&spec.queue, "queue")?;
     let (payload, payload_bytes) = json_value(spec.payload.as_ref(), "payload", limits)?
@@ -314,19 +309,16 @@ pub fn job_spec(
             ),
         ));
     }
-    let run_at = match (&spec.run_at, &spec.delay) {
+    let (run_at, delay) = match (&spec.run_at, &spec.delay) {
         (Some(_), Some(_)) => {
             return Err(QueueError::invalid(
                 "delay",
                 "cannot be set together with run_at",
             ));
         }
-        (Some(run_at), None) => Some(millis_of(run_at, "run_at")?),
-        (None, Some(delay)) => {
-            let delay = duration_of(delay, "delay", MAX_DELAY)?;
-            Some(now.saturating_add(delay.as_millis() as Millis))
-        }
-        (None, None) => None,
+        (Some(run_at), None) => (Some(millis_of(run_at, "run_at")?), None),
+        (None, Some(delay)) => (None, Some(duration_of(delay, "delay", MAX_DELAY)?)),
+        (None, None) => (None, None),
     };
     let max_attempts = match spec.max_attempts {
         0 => defaults.max_attempts,
@@ -389,6 +381,7 @@ pub fn job_spec(
         payload_bytes,
         priority: spec.priority,
         run_at,
+        delay,
         max_attempts,
         timeout,
         retry_policy,
@@ -726,7 +719,7 @@ mod tests {
         };
         let defaults = Defaults::default();
         let check = |spec: pb::JobSpec, field: &str| {
-            let error = job_spec(spec, &defaults, &limits, 0).expect_err("invalid spec");
+            let error = job_spec(spec, &defaults, &limits).expect_err("invalid spec");
             assert!(
                 matches!(&error, QueueError::InvalidArgument { field: f, .. } if f == field),
                 "{error:?}"
@@ -798,7 +791,7 @@ mod tests {
             },
             "delay",
         );
-        let spec = job_spec(ok(), &defaults, &limits, 0).expect("valid spec");
+        let spec = job_spec(ok(), &defaults, &limits).expect("valid spec");
         assert_eq!(
             (
                 spec.queue.as_str(),

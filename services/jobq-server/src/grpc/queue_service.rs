@@ -62,7 +62,6 @@ impl QueueApi {
         request_id: &str,
         field_of: impl Fn(usize) -> String,
     ) -> QueueResult<Vec<pb::EnqueueJobResponse>> {
-        let now = self.queue.now();
         let request_id = match request_id {
             "" => None,
             raw => Some(convert::name(raw, "request_id")?),
@@ -72,7 +71,7 @@ impl QueueApi {
             .enumerate()
             .map(|(index, spec)| {
                 let field = field_of(index);
-                convert::job_spec(spec, self.queue.defaults(), self.queue.limits(), now)
+                convert::job_spec(spec, self.queue.defaults(), self.queue.limits())
                     .map_err(|e| e.within(&field))
                     .map(|spec| (spec, field))
             })
@@ -639,13 +638,8 @@ impl JobQueueService for QueueApi {
         let spec = schedule
             .job
             .ok_or_else(|| QueueError::invalid("schedule.job", "is required"))?;
-        let template = convert::job_spec(
-            spec,
-            self.queue.defaults(),
-            self.queue.limits(),
-            self.queue.now(),
-        )
-        .map_err(|e| e.within("schedule.job"))?;
+        let template = convert::job_spec(spec, self.queue.defaults(), self.queue.limits())
+            .map_err(|e| e.within("schedule.job"))?;
         if template.run_at.is_some() {
             return Err(QueueError::invalid(
                 "schedule.job.run_at",

@@ -10,7 +10,10 @@ use crate::domain::transitions;
 
 /// A new job as `spec` asks for it, created at `now`.
 pub(in crate::domain) fn new_job(spec: JobSpec, now: Millis) -> Job {
-    let run_at = spec.run_at.unwrap_or(now);
+    let run_at = spec.run_at.unwrap_or_else(|| {
+        let delay = spec.delay.map_or(0, |delay| delay.as_millis() as Millis);
+        now.saturating_add(delay)
+    });
     Job {
         id: crate::domain::JobId::generate(),
         job_type: spec.job_type,
