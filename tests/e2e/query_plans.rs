@@ -7,19 +7,11 @@ use jobq_tests::{Backend, TestServer};
 use sea_orm::{ConnectionTrait, Database, DbBackend, Statement, TransactionTrait};
 
 /// The indexes that may serve each hot query. The reaper reads only running
-/// jobs: the partial indexes of either deadline, or the state index seeking
-/// 'running', bound it by the number of running jobs.
+/// jobs due: the partial index on the earlier of lease end and deadline.
 const EXPECTED_INDEX: [(&str, &[&str]); 3] = [
     ("lease", &["jobs_lease_idx"]),
     ("promote", &["jobs_waiting_idx"]),
-    (
-        "reap",
-        &[
-            "jobs_running_idx",
-            "jobs_deadline_idx",
-            "jobs_state_id_idx (state=?)",
-        ],
-    ),
+    ("reap", &["jobs_running_due_idx"]),
 ];
 
 fn uses_expected_index(name: &str, plan: &[String]) -> bool {

@@ -17,9 +17,8 @@ use super::sql::{
     with_records, with_values,
 };
 use crate::domain::{
-    Applied, AttemptOutcome, DependencyRule, EntryKind, HistoryEntry, Job, JobChange, JobId,
-    JobState, LeaseChange, LeaseQuery, LeaseToken, NewJob, QueueError, QueueResult, Refusal,
-    excerpt,
+    Applied, DependencyRule, EntryKind, HistoryEntry, Job, JobChange, JobId, JobState, LeaseChange,
+    LeaseQuery, LeaseToken, NewJob, QueueError, QueueResult, Refusal, excerpt,
 };
 
 /// Loads jobs by id (payload and result only when `with_payload`); on
@@ -96,34 +95,17 @@ async fn save_changed(tx: &dyn Tx, changed: &[(&Job, &Job)]) -> QueueResult<()> 
     Ok(())
 }
 
-/// Writes results: a success stores its result, a requeue clears it.
-async fn save_results(tx: &dyn Tx, results: &[(&str, Option<&str>)]) -> QueueResult<()> {
-    if results.is_empty() {
+/// Clears the stored results of `ids` (requeued jobs).
+async fn clear_results(tx: &dyn Tx, ids: &[&str]) -> QueueResult<()> {
+    if ids.is_empty() {
         return Ok(());
     }
-    #[derive(serde::Serialize)]
-    struct ResultRow<'a> {
-        id: &'a str,
-        result: Option<&'a str>,
-    }
-    let rows: Vec<ResultRow<'_>> = results
-        .iter()
-        .map(|(id, result)| ResultRow {
-            id,
-            result: *result,
-        })
-        .collect();
-    let columns = [("id", Type::Text), ("result", Type::Text)];
-    let statements = with_records(
-        tx.backend(),
-        "UPDATE jobs SET result = j.result FROM ",
-        &rows,
-        "j",
-        &columns,
-        " WHERE jobs.id = j.id",
-    )
-    .map_err(QueueError::Storage)?;
-    execute_all(tx, statements).await
+    let statement = Sql::new(tx.backend())
+        .push("UPDATE jobs SET result = NULL WHERE id IN ")
+        .list(ids)
+        .build();
+    tx.execute(statement).await?;
+    Ok(())
 }
 
 /// Inserts ended history entries (one statement).
@@ -173,7 +155,7 @@ pub async fn apply_changes(
     // Each changed job as loaded, to write only what changed.
     let mut originals: HashMap<String, Job> = HashMap::new();
     let mut entries: Vec<(JobId, HistoryEntry)> = Vec::new();
-    let mut results: HashMap<String, Option<String>> = HashMap::new();
+    let mut cleared: HashSet<String> = HashSet::new();
     for (id, change) in changes {
         let Some(job) = current.get_mut(id.as_str()) else {
             outcomes.push(Err(QueueError::JobNotFound(id.to_string())));
@@ -186,10 +168,11 @@ pub async fn apply_changes(
                     originals.insert(id.to_string(), job.clone());
                 }
                 if let Some(entry) = &entry {
-                    if entry.outcome == Some(AttemptOutcome::Succeeded) {
-                        results.insert(id.to_string(), after.result.clone());
-                    } else if entry.kind == EntryKind::Requeued {
-                        results.insert(id.to_string(), None);
+                    // A success's result is written with the rest of the row
+                    // (it differs from the unloaded result); a requeue clears
+                    // whatever result is stored, which was not loaded.
+                    if entry.kind == EntryKind::Requeued {
+                        cleared.insert(id.to_string());
                     }
                     entries.push((id.clone(), entry.clone()));
                 }
@@ -210,11 +193,8 @@ pub async fn apply_changes(
     // In id order, as the rows were locked (PostgreSQL).
     saved.sort_unstable_by(|a, b| a.1.id.as_str().cmp(b.1.id.as_str()));
     save_changed(tx, &saved).await?;
-    let results: Vec<(&str, Option<&str>)> = results
-        .iter()
-        .map(|(id, result)| (id.as_str(), result.as_deref()))
-        .collect();
-    save_results(tx, &results).await?;
+    let cleared: Vec<&str> = cleared.iter().map(String::as_str).collect();
+    clear_results(tx, &cleared).await?;
     insert_history(tx, &entries).await?;
     Ok(outcomes)
 }

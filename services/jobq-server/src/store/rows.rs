@@ -154,6 +154,7 @@ pub struct ChangedRow<'a> {
     started_at: Option<i64>,
     finished_at: Option<i64>,
     updated_at: i64,
+    result: Option<&'a str>,
 }
 
 impl<'a> ChangedRow<'a> {
@@ -178,6 +179,7 @@ impl<'a> ChangedRow<'a> {
             started_at: job.started_at,
             finished_at: job.finished_at,
             updated_at: job.updated_at,
+            result: job.result.as_deref(),
         }
     }
 }

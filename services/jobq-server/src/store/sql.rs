@@ -295,6 +295,9 @@ pub const CHANGED_COLUMNS: &[(&str, Type)] = &[
     ("started_at", Type::BigInt),
     ("finished_at", Type::BigInt),
     ("updated_at", Type::BigInt),
+    // Not loaded with the rest: a job's result is written when a success
+    // sets it (and cleared apart, on a requeue).
+    ("result", Type::Text),
 ];
 
 /// Columns of a new job row, with their types.
