@@ -105,6 +105,11 @@ pub struct BenchArgs {
     #[arg(long, env = "JOBQ_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
 
+    /// Finished jobs written straight into the database before each run's
+    /// server starts (SQL, not the API), to measure on a table with history.
+    #[arg(long, default_value_t = 0)]
+    pub prefill_finished: u64,
+
     /// Jobs counted per window of the burn-down (first and last window compared).
     #[arg(long, default_value_t = 100_000)]
     pub window: u64,
@@ -139,6 +144,7 @@ impl BenchArgs {
             return ServerSetup::InProcess {
                 database_url: self.database_url.clone(),
                 synchronous,
+                prefill_finished: self.prefill_finished,
             };
         }
         let mut flags = vec!["--sqlite-synchronous".to_owned()];
@@ -156,6 +162,7 @@ impl BenchArgs {
                 .unwrap_or_else(|| sibling_binary("jobq-server")),
             database_url: self.database_url.clone(),
             flags,
+            prefill_finished: self.prefill_finished,
         }
     }
 

@@ -6,7 +6,7 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use sea_orm::ConnectionTrait;
@@ -84,6 +84,8 @@ pub enum ServerSetup {
         database_url: Option<String>,
         /// Extra flags (e.g. `--sqlite-synchronous normal`).
         flags: Vec<String>,
+        /// Finished jobs to write into the database first.
+        prefill_finished: u64,
     },
     /// Run the server inside the bench process.
     InProcess {
@@ -91,6 +93,8 @@ pub enum ServerSetup {
         database_url: Option<String>,
         /// SQLite durability.
         synchronous: jobq_server::config::SqliteDurability,
+        /// Finished jobs to write into the database first.
+        prefill_finished: u64,
     },
     /// Use a server already running.
     External {
@@ -129,12 +133,18 @@ impl RunServer {
                 binary,
                 database_url,
                 flags,
+                prefill_finished,
             } => {
                 let data_dir = tempfile::Builder::new().prefix("jobq-bench-").tempdir()?;
                 let database = match database_url {
                     Some(url) => Some(FreshDatabase::create(url).await?),
                     None => None,
                 };
+                prefill(
+                    &storage_url(&data_dir, database.as_ref()),
+                    *prefill_finished,
+                )
+                .await?;
                 let mut command = Command::new(binary);
                 command
                     .arg("--listen")
@@ -167,12 +177,18 @@ impl RunServer {
             ServerSetup::InProcess {
                 database_url,
                 synchronous,
+                prefill_finished,
             } => {
                 let data_dir = tempfile::Builder::new().prefix("jobq-bench-").tempdir()?;
                 let database = match database_url {
                     Some(url) => Some(FreshDatabase::create(url).await?),
                     None => None,
                 };
+                prefill(
+                    &storage_url(&data_dir, database.as_ref()),
+                    *prefill_finished,
+                )
+                .await?;
                 let mut config = jobq_server::Config::for_tests(data_dir.path());
                 config.sqlite_synchronous = *synchronous;
                 config.database_url = database.as_ref().map(|database| database.url.clone());
@@ -204,6 +220,70 @@ impl RunServer {
         }
         Ok(())
     }
+}
+
+/// The database URL the run's server will use (its default SQLite file).
+fn storage_url(data_dir: &tempfile::TempDir, database: Option<&FreshDatabase>) -> String {
+    match database {
+        Some(database) => database.url.clone(),
+        None => format!(
+            "sqlite://{}?mode=rwc",
+            data_dir.path().join("jobq.db").display()
+        ),
+    }
+}
+
+/// Writes `count` succeeded jobs (each with its one attempt) of the bench's
+/// queue straight into the database at `url`, after creating the schema.
+/// Their ids sort before any new job's, as older jobs' do.
+async fn prefill(url: &str, count: u64) -> anyhow::Result<()> {
+    use jobq_migration::MigratorTrait;
+    if count == 0 {
+        return Ok(());
+    }
+    let db = sea_orm::Database::connect(url).await?;
+    jobq_migration::Migrator::up(&db, None).await?;
+    let postgres = db.get_database_backend() == sea_orm::DbBackend::Postgres;
+    let id = if postgres {
+        "'00000000-0000-7000-8000-' || lpad(i::text, 12, '0')"
+    } else {
+        "printf('00000000-0000-7000-8000-%012d', i)"
+    };
+    let at = "1700000000000";
+    let started = Instant::now();
+    // In slices, so neither engine holds one huge transaction.
+    const SLICE: u64 = 500_000;
+    let mut done = 0;
+    while done < count {
+        let (from, to) = (done + 1, (done + SLICE).min(count));
+        db.execute_unprepared(&format!(
+            "WITH RECURSIVE n(i) AS (SELECT {from} UNION ALL SELECT i + 1 FROM n WHERE i < {to}) \
+             INSERT INTO jobs (id, job_type, queue, payload, payload_bytes, priority, run_at, \
+             max_attempts, timeout_ms, backoff_base_ms, backoff_max_ms, tags, state, attempt, \
+             history_seq, progress_percent, progress_message, cancel_requested, created_at, \
+             started_at, finished_at, updated_at, has_dependents) \
+             SELECT {id}, 'bench', 'bench', '{{}}', 2, 0, {at}, 5, 3600000, 1000, 3600000, '[]', \
+             'succeeded', 1, 1, 0, '', FALSE, {at}, {at}, {at}, {at}, FALSE FROM n"
+        ))
+        .await?;
+        db.execute_unprepared(&format!(
+            "WITH RECURSIVE n(i) AS (SELECT {from} UNION ALL SELECT i + 1 FROM n WHERE i < {to}) \
+             INSERT INTO job_attempts (job_id, number, worker_id, lease_token, started_at, \
+             finished_at, outcome, seq, kind, cancel_requested) \
+             SELECT {id}, 1, 'prefill', 'prefill', {at}, {at}, 'succeeded', 1, 'attempt', FALSE FROM n"
+        ))
+        .await?;
+        done = to;
+    }
+    if postgres {
+        db.execute_unprepared("ANALYZE").await?;
+    }
+    db.close().await.ok();
+    eprintln!(
+        "# prefilled {count} finished jobs in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
 }
 
 async fn read_listen_line(child: &mut Child) -> anyhow::Result<SocketAddr> {
