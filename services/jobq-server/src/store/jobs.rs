@@ -38,8 +38,8 @@ pub async fn load(
         CORE_COLUMNS.to_owned()
     };
     let mut statement = Sql::new(tx.backend())
-        .push(&format!("SELECT {columns} FROM jobs WHERE id IN "))
-        .list(ids);
+        .push(&format!("SELECT {columns} FROM jobs WHERE id"))
+        .in_list(ids);
     if lock {
         statement = statement.push(" ORDER BY id").for_update();
     }
@@ -101,8 +101,8 @@ async fn clear_results(tx: &dyn Tx, ids: &[&str]) -> QueueResult<()> {
         return Ok(());
     }
     let statement = Sql::new(tx.backend())
-        .push("UPDATE jobs SET result = NULL WHERE id IN ")
-        .list(ids)
+        .push("UPDATE jobs SET result = NULL WHERE id")
+        .in_list(ids)
         .build();
     tx.execute(statement).await?;
     Ok(())
@@ -222,7 +222,7 @@ async fn lease_candidates(
         ))
         .bind(queue.to_owned());
     if !types.is_empty() {
-        statement = statement.push(" AND job_type IN ").list(types);
+        statement = statement.push(" AND job_type").in_list(types);
     }
     let statement = statement
         .push(" AND payload_bytes <= ")
@@ -365,9 +365,9 @@ async fn lookups(tx: &dyn Tx, batches: &[&[NewJob]]) -> QueueResult<Lookups> {
     if !request_keys.is_empty() {
         let statement = Sql::new(backend)
             .push(&format!(
-                "SELECT {CORE_COLUMNS} FROM jobs WHERE request_key IN "
+                "SELECT {CORE_COLUMNS} FROM jobs WHERE request_key IS NOT NULL AND request_key"
             ))
-            .list(&request_keys)
+            .in_list(&request_keys)
             .build();
         for row in tx.rows(statement).await? {
             let job = job_from_row(&row)?;
@@ -380,9 +380,10 @@ async fn lookups(tx: &dyn Tx, batches: &[&[NewJob]]) -> QueueResult<Lookups> {
     if !unique_keys.is_empty() {
         let statement = Sql::new(backend)
             .push(&format!(
-                "SELECT {CORE_COLUMNS} FROM jobs WHERE state NOT IN ('succeeded', 'cancelled', 'dead') AND unique_key IN "
+                "SELECT {CORE_COLUMNS} FROM jobs WHERE state NOT IN ('succeeded', 'cancelled', 'dead') \
+                 AND unique_key IS NOT NULL AND unique_key"
             ))
-            .list(&unique_keys)
+            .in_list(&unique_keys)
             .build();
         for row in tx.rows(statement).await? {
             let job = job_from_row(&row)?;
@@ -394,8 +395,8 @@ async fn lookups(tx: &dyn Tx, batches: &[&[NewJob]]) -> QueueResult<Lookups> {
     let mut states = HashMap::new();
     if !referenced.is_empty() {
         let statement = Sql::new(backend)
-            .push("SELECT id, state FROM jobs WHERE id IN ")
-            .list(&referenced)
+            .push("SELECT id, state FROM jobs WHERE id")
+            .in_list(&referenced)
             .for_share()
             .build();
         for row in tx.rows(statement).await? {
@@ -578,8 +579,8 @@ pub async fn insert_batches(
         depended_on.sort_unstable();
         depended_on.dedup();
         let statement = Sql::new(backend)
-            .push("UPDATE jobs SET has_dependents = TRUE WHERE has_dependents = FALSE AND id IN ")
-            .list(&depended_on)
+            .push("UPDATE jobs SET has_dependents = TRUE WHERE has_dependents = FALSE AND id")
+            .in_list(&depended_on)
             .build();
         tx.execute(statement).await?;
     }
@@ -605,11 +606,11 @@ async fn resolve_lost_inserts(
     let backend = tx.backend();
     let statement = Sql::new(backend)
         .push(&format!(
-            "SELECT {CORE_COLUMNS} FROM jobs WHERE request_key IN "
+            "SELECT {CORE_COLUMNS} FROM jobs WHERE (request_key IS NOT NULL AND request_key"
         ))
-        .list(&request_keys)
-        .push(" OR (state NOT IN ('succeeded', 'cancelled', 'dead') AND unique_key IN ")
-        .list(&unique_keys)
+        .in_list(&request_keys)
+        .push(") OR (state NOT IN ('succeeded', 'cancelled', 'dead') AND unique_key IS NOT NULL AND unique_key")
+        .in_list(&unique_keys)
         .push(")")
         .build();
     let winners: Vec<Job> = tx
@@ -671,11 +672,14 @@ pub async fn delete(
     }
     let backend = tx.backend();
     for table_and_key in [
-        "DELETE FROM job_attempts WHERE job_id IN ",
-        "DELETE FROM job_dependencies WHERE job_id IN ",
-        "DELETE FROM jobs WHERE id IN ",
+        "DELETE FROM job_attempts WHERE job_id",
+        "DELETE FROM job_dependencies WHERE job_id",
+        "DELETE FROM jobs WHERE id",
     ] {
-        let statement = Sql::new(backend).push(table_and_key).list(&doomed).build();
+        let statement = Sql::new(backend)
+            .push(table_and_key)
+            .in_list(&doomed)
+            .build();
         tx.execute(statement).await?;
     }
     Ok(outcomes)

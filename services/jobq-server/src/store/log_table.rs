@@ -215,8 +215,8 @@ impl LogRecord for TableRecord {
     async fn delete(&self, jobs: &[JobId]) {
         let ids: Vec<&str> = jobs.iter().map(JobId::as_str).collect();
         let statement = Sql::new(self.db.get_database_backend())
-            .push("DELETE FROM job_log_lines WHERE job_id IN ")
-            .list(&ids)
+            .push("DELETE FROM job_log_lines WHERE job_id")
+            .in_list(&ids)
             .build();
         if let Err(error) = self.db.execute_raw(statement).await {
             tracing::warn!(%error, jobs = jobs.len(), "could not delete the log lines of deleted jobs");

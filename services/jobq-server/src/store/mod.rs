@@ -166,8 +166,8 @@ impl SqlStore {
         }
         let ids: Vec<&str> = jobs.iter().map(|job| job.id.as_str()).collect();
         let statement = Sql::new(self.backend())
-            .push("SELECT job_id, depends_on_id FROM job_dependencies WHERE job_id IN ")
-            .list(&ids)
+            .push("SELECT job_id, depends_on_id FROM job_dependencies WHERE job_id")
+            .in_list(&ids)
             .build();
         let rows = self.db.query_all_raw(statement).await.map_err(storage)?;
         let mut edges: HashMap<String, Vec<JobId>> = HashMap::new();
@@ -319,8 +319,8 @@ impl JobStore for SqlStore {
         }
         let ids: Vec<&str> = wanted.iter().map(JobId::as_str).collect();
         let statement = Sql::new(self.backend())
-            .push("SELECT id, state FROM jobs WHERE id IN ")
-            .list(&ids)
+            .push("SELECT id, state FROM jobs WHERE id")
+            .in_list(&ids)
             .build();
         let rows = self.db.query_all_raw(statement).await.map_err(storage)?;
         rows.iter()
@@ -344,13 +344,13 @@ impl JobStore for SqlStore {
             .push(&format!("SELECT {} FROM jobs WHERE true", columns(detail)));
         if !filter.states.is_empty() {
             let states: Vec<&str> = filter.states.iter().map(|state| state.as_str()).collect();
-            statement = statement.push(" AND state IN ").list(&states);
+            statement = statement.push(" AND state").in_list(&states);
         }
         if !filter.types.is_empty() {
-            statement = statement.push(" AND job_type IN ").list(&filter.types);
+            statement = statement.push(" AND job_type").in_list(&filter.types);
         }
         if !filter.queues.is_empty() {
-            statement = statement.push(" AND queue IN ").list(&filter.queues);
+            statement = statement.push(" AND queue").in_list(&filter.queues);
         }
         if let Some(after) = filter.created_after {
             statement = statement.push(" AND created_at >= ").bind(after);
@@ -401,16 +401,16 @@ impl JobStore for SqlStore {
         let mut statement = Sql::new(self.backend()).push("SELECT id FROM jobs WHERE ");
         if selector.ids.is_empty() {
             let states: Vec<&str> = selector.states.iter().map(|state| state.as_str()).collect();
-            statement = statement.push("state IN ").list(&states);
+            statement = statement.push("state").in_list(&states);
             if !selector.queues.is_empty() {
-                statement = statement.push(" AND queue IN ").list(&selector.queues);
+                statement = statement.push(" AND queue").in_list(&selector.queues);
             }
             if !selector.types.is_empty() {
-                statement = statement.push(" AND job_type IN ").list(&selector.types);
+                statement = statement.push(" AND job_type").in_list(&selector.types);
             }
         } else {
             let ids: Vec<&str> = selector.ids.iter().map(JobId::as_str).collect();
-            statement = statement.push("id IN ").list(&ids);
+            statement = statement.push("id").in_list(&ids);
         }
         let statement = statement
             .push(" ORDER BY id LIMIT ")
@@ -498,9 +498,11 @@ impl JobStore for SqlStore {
         }
         let keys: Vec<&str> = ids.iter().map(JobId::as_str).collect();
         let statement = Sql::new(self.backend())
-            .push("SELECT d.job_id AS job_id, d.depends_on_id AS depends_on_id, j.state AS state \
-                   FROM job_dependencies d JOIN jobs j ON j.id = d.depends_on_id WHERE d.job_id IN ")
-            .list(&keys)
+            .push(
+                "SELECT d.job_id AS job_id, d.depends_on_id AS depends_on_id, j.state AS state \
+                   FROM job_dependencies d JOIN jobs j ON j.id = d.depends_on_id WHERE d.job_id",
+            )
+            .in_list(&keys)
             .build();
         let rows = self.db.query_all_raw(statement).await.map_err(storage)?;
         let mut states: HashMap<JobId, Vec<(JobId, JobState)>> = HashMap::new();
@@ -525,9 +527,9 @@ impl JobStore for SqlStore {
         let statement = Sql::new(self.backend())
             .push(
                 "SELECT DISTINCT j.id AS id FROM job_dependencies d JOIN jobs j ON j.id = d.job_id \
-                   WHERE j.state = 'blocked' AND d.depends_on_id IN ",
+                   WHERE j.state = 'blocked' AND d.depends_on_id",
             )
-            .list(&keys)
+            .in_list(&keys)
             .build();
         self.query_ids(statement).await
     }
@@ -537,7 +539,7 @@ impl JobStore for SqlStore {
             if queues.is_empty() {
                 statement
             } else {
-                statement.push(" AND queue IN ").list(queues)
+                statement.push(" AND queue").in_list(queues)
             }
         };
         let counts = narrow(
@@ -591,8 +593,8 @@ impl JobStore for SqlStore {
         let names: Vec<&str> = states.iter().map(|state| state.as_str()).collect();
         debug_assert!(names.iter().all(|name| TERMINAL.contains(name)));
         let statement = Sql::new(self.backend())
-            .push("SELECT id FROM jobs WHERE state IN ('succeeded', 'cancelled', 'dead') AND state IN ")
-            .list(&names)
+            .push("SELECT id FROM jobs WHERE state IN ('succeeded', 'cancelled', 'dead') AND state")
+            .in_list(&names)
             .push(" AND finished_at < ")
             .bind(before)
             .push(&format!(" ORDER BY finished_at LIMIT {limit}"))

@@ -68,9 +68,12 @@ impl Sql {
         self
     }
 
-    /// Appends a sub-query yielding the strings of `items` as rows of one
-    /// column `value`, for `x IN (...)`.
-    pub fn list<S: AsRef<str>>(self, items: &[S]) -> Self {
+    /// Appends ` IN <the strings of items>` for the expression just written:
+    /// on SQLite a `json_each` of one JSON parameter; on PostgreSQL
+    /// `= ANY(array)` of one parameter, which the planner always serves
+    /// by the column's index (an `IN (subquery)` it may turn into a join
+    /// that reads the whole index).
+    pub fn in_list<S: AsRef<str>>(self, items: &[S]) -> Self {
         let json = serde_json::Value::from(
             items
                 .iter()
@@ -80,11 +83,11 @@ impl Sql {
         .to_string();
         match self.backend {
             DbBackend::Postgres => self
-                .push("(SELECT jsonb_array_elements_text(")
+                .push(" = ANY(ARRAY(SELECT jsonb_array_elements_text(")
                 .bind(json)
-                .push("::jsonb))"),
+                .push("::jsonb)))"),
             _ => self
-                .push("(SELECT value FROM json_each(")
+                .push(" IN (SELECT value FROM json_each(")
                 .bind(json)
                 .push("))"),
         }
