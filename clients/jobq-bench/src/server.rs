@@ -152,7 +152,11 @@ impl RunServer {
                     .arg("--data-dir")
                     .arg(data_dir.path())
                     .args(flags)
-                    .env("JOBQ_LOG", "warn")
+                    // Quiet unless the caller asks for the server's log.
+                    .env(
+                        "JOBQ_LOG",
+                        std::env::var("JOBQ_LOG").unwrap_or_else(|_| "warn".into()),
+                    )
                     .stdin(Stdio::null())
                     .stdout(Stdio::piped())
                     .stderr(Stdio::inherit())

@@ -272,6 +272,7 @@ pub async fn lease(
     query: &LeaseQuery,
     start: &LeaseChange,
 ) -> QueueResult<Vec<(Job, LeaseToken)>> {
+    dialect.lease_in_index_order(tx, true).await?;
     let mut candidates = Vec::new();
     for queue in &query.unlimited {
         candidates.extend(
@@ -301,6 +302,7 @@ pub async fn lease(
             candidates.extend(picked);
         }
     }
+    dialect.lease_in_index_order(tx, false).await?;
     // Several queries: restore the one lease order across them.
     candidates.sort_by(|a, b| {
         b.priority
