@@ -539,3 +539,76 @@ async fn concurrent_enqueues_of_one_unique_key_through_two_replicas_get_one_job(
     a.stop().await?;
     b.stop().await
 }
+
+/// An EnqueueJobs whose jobs share a unique_key, while another writer's
+/// insert of that key is not yet committed: the batch's insert waits for
+/// that writer, finds the key taken, and every entry of the batch is
+/// answered with that writer's job (none with the batch's own job that was
+/// never stored).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_sharing_a_unique_key_with_a_concurrent_insert_gets_the_stored_job() -> Result<()> {
+    use sea_orm::{ConnectionTrait, Database, DbBackend, Statement, TransactionTrait};
+    let dir = tempfile::tempdir()?;
+    let database = postgres(dir.path()).await?;
+    let replica = Replica::start(&database).await?;
+    let template = replica.client.enqueue(spec("template")).await?;
+
+    // The other writer: a copy of the template row under the contested key,
+    // inserted in a transaction left open.
+    let db = Database::connect(database.url().context("PostgreSQL has a URL")?).await?;
+    let other = db.begin().await?;
+    other
+        .execute_unprepared(&format!(
+            "CREATE TEMP TABLE contested ON COMMIT DROP AS SELECT * FROM jobs WHERE id = '{}';
+             UPDATE contested SET id = 'other-writer-job', job_type = 'race', unique_key = 'contested', request_key = NULL;
+             INSERT INTO jobs SELECT * FROM contested;",
+            template.id
+        ))
+        .await?;
+
+    let client = replica.client.clone();
+    let batch = tokio::spawn(async move {
+        client
+            .try_enqueue_batch(vec![
+                pb::JobSpec {
+                    unique_key: "contested".into(),
+                    ..spec("race")
+                },
+                pb::JobSpec {
+                    unique_key: "contested".into(),
+                    ..spec("race")
+                },
+            ])
+            .await
+    });
+    // Commit only once the batch's insert waits on the open one.
+    eventually(
+        Duration::from_secs(60),
+        "the batch's insert waiting",
+        || async {
+            let waiting = db
+                .query_one_raw(Statement::from_string(
+                    DbBackend::Postgres,
+                    "SELECT COUNT(*) AS waiting FROM pg_locks WHERE NOT granted",
+                ))
+                .await?
+                .and_then(|row| row.try_get::<i64>("", "waiting").ok())
+                .unwrap_or(0);
+            Ok((waiting > 0).then_some(()))
+        },
+    )
+    .await?;
+    other.commit().await?;
+
+    let results = bounded(Duration::from_secs(60), "the batch", batch).await???;
+    ensure!(results.len() == 2, "{} results for 2 jobs", results.len());
+    for (index, result) in results.iter().enumerate() {
+        let id = result.job.as_ref().map(|job| job.id.as_str());
+        ensure!(
+            id == Some("other-writer-job") && result.already_exists,
+            "entry {index}: job {id:?}, already_exists {}",
+            result.already_exists
+        );
+    }
+    replica.stop().await
+}

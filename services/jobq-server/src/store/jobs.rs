@@ -621,29 +621,38 @@ async fn resolve_lost_inserts(
         .iter()
         .map(job_from_row)
         .collect::<QueueResult<_>>()?;
+    // Each lost job's stand-in. The lost job may also stand in a plan as
+    // the holder of a unique_key another batch of this group claimed first:
+    // those entries get the winner as well.
+    let mut stand_ins: HashMap<&str, &Job> = HashMap::with_capacity(lost.len());
+    for job in &lost {
+        let winner = winners.iter().find(|winner| {
+            (job.request_key.is_some() && winner.request_key == job.request_key)
+                || (job.unique_key.is_some()
+                    && winner.unique_key == job.unique_key
+                    && !TERMINAL.contains(&winner.state.as_str()))
+        });
+        match winner {
+            Some(winner) => {
+                stand_ins.insert(job.id.as_str(), winner);
+            }
+            // The winner finished in the meantime: the caller may retry.
+            None => {
+                return Err(QueueError::Conflict(format!(
+                    "job {} collided with another writer's insert",
+                    job.id
+                )));
+            }
+        }
+    }
     for plan in plans.iter_mut().filter_map(|plan| plan.as_mut().ok()) {
         for (job, existed) in plan.iter_mut() {
-            if *existed || inserted.contains(job.id.as_str()) {
+            if inserted.contains(job.id.as_str()) {
                 continue;
             }
-            let winner = winners.iter().find(|winner| {
-                (job.request_key.is_some() && winner.request_key == job.request_key)
-                    || (job.unique_key.is_some()
-                        && winner.unique_key == job.unique_key
-                        && !TERMINAL.contains(&winner.state.as_str()))
-            });
-            match winner {
-                Some(winner) => {
-                    *job = winner.clone();
-                    *existed = true;
-                }
-                // The winner finished in the meantime: the caller may retry.
-                None => {
-                    return Err(QueueError::Conflict(format!(
-                        "job {} collided with another writer's insert",
-                        job.id
-                    )));
-                }
+            if let Some(winner) = stand_ins.get(job.id.as_str()) {
+                *job = (*winner).clone();
+                *existed = true;
             }
         }
     }
