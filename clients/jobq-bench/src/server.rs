@@ -56,6 +56,13 @@ impl Probe {
         self.status_kib("VmRSS:").map(|kib| kib as f64 / 1024.0)
     }
 
+    /// Resident memory of the process's own (anonymous) pages now, MiB:
+    /// without the database file pages SQLite maps, which the kernel
+    /// counts in the resident set but can drop at any time.
+    pub fn anon_rss_mib(&self) -> Option<f64> {
+        self.status_kib("RssAnon:").map(|kib| kib as f64 / 1024.0)
+    }
+
     /// Highest resident memory so far, MiB.
     pub fn peak_rss_mib(&self) -> Option<f64> {
         self.status_kib("VmHWM:").map(|kib| kib as f64 / 1024.0)
@@ -105,6 +112,21 @@ pub enum ServerSetup {
     },
 }
 
+/// A fresh data directory and, for PostgreSQL, a fresh database, holding
+/// `prefill_finished` finished jobs.
+async fn fresh_storage(
+    database_url: Option<&str>,
+    prefill_finished: u64,
+) -> anyhow::Result<(tempfile::TempDir, Option<FreshDatabase>)> {
+    let data_dir = tempfile::Builder::new().prefix("jobq-bench-").tempdir()?;
+    let database = match database_url {
+        Some(url) => Some(FreshDatabase::create(url).await?),
+        None => None,
+    };
+    prefill(&storage_url(&data_dir, database.as_ref()), prefill_finished).await?;
+    Ok((data_dir, database))
+}
+
 /// A server for one run; stopped when dropped (or by [`RunServer::stop`]).
 pub struct RunServer {
     /// The endpoint clients connect to.
@@ -135,16 +157,8 @@ impl RunServer {
                 flags,
                 prefill_finished,
             } => {
-                let data_dir = tempfile::Builder::new().prefix("jobq-bench-").tempdir()?;
-                let database = match database_url {
-                    Some(url) => Some(FreshDatabase::create(url).await?),
-                    None => None,
-                };
-                prefill(
-                    &storage_url(&data_dir, database.as_ref()),
-                    *prefill_finished,
-                )
-                .await?;
+                let (data_dir, database) =
+                    fresh_storage(database_url.as_deref(), *prefill_finished).await?;
                 let mut command = Command::new(binary);
                 command
                     .arg("--listen")
@@ -183,16 +197,8 @@ impl RunServer {
                 synchronous,
                 prefill_finished,
             } => {
-                let data_dir = tempfile::Builder::new().prefix("jobq-bench-").tempdir()?;
-                let database = match database_url {
-                    Some(url) => Some(FreshDatabase::create(url).await?),
-                    None => None,
-                };
-                prefill(
-                    &storage_url(&data_dir, database.as_ref()),
-                    *prefill_finished,
-                )
-                .await?;
+                let (data_dir, database) =
+                    fresh_storage(database_url.as_deref(), *prefill_finished).await?;
                 let mut config = jobq_server::Config::for_tests(data_dir.path());
                 config.sqlite_synchronous = *synchronous;
                 config.database_url = database.as_ref().map(|database| database.url.clone());
@@ -245,7 +251,10 @@ async fn prefill(url: &str, count: u64) -> anyhow::Result<()> {
     if count == 0 {
         return Ok(());
     }
-    let db = sea_orm::Database::connect(url).await?;
+    // Each slice takes seconds by design: no slow-statement warnings.
+    let mut options = sea_orm::ConnectOptions::new(url);
+    options.sqlx_logging(false);
+    let db = sea_orm::Database::connect(options).await?;
     jobq_migration::Migrator::up(&db, None).await?;
     let postgres = db.get_database_backend() == sea_orm::DbBackend::Postgres;
     let id = if postgres {

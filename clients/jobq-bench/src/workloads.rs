@@ -635,6 +635,7 @@ async fn run_burn_down(
     .await?;
     let enqueue_seconds = enqueue_started.elapsed().as_secs_f64();
     let rss_before = server.probe.and_then(|probe| probe.rss_mib());
+    let anon_before = server.probe.and_then(|probe| probe.anon_rss_mib());
     let mut result = RunResult {
         jobs: n,
         ..RunResult::default()
@@ -643,7 +644,7 @@ async fn run_burn_down(
     let started = Instant::now();
     let workers = Workers::spawn(args, invocation, &server.endpoint)?;
     let (mut first_window_at, mut last_window_from) = (None, None);
-    let mut rss_peak_during: f64 = 0.0;
+    let (mut rss_peak_during, mut anon_peak_during): (f64, f64) = (0.0, 0.0);
     let mut last_sample = Instant::now();
     let probe = server.probe;
     workers
@@ -658,6 +659,9 @@ async fn run_burn_down(
                 last_sample = Instant::now();
                 if let Some(rss) = probe.and_then(|probe| probe.rss_mib()) {
                     rss_peak_during = rss_peak_during.max(rss);
+                }
+                if let Some(anon) = probe.and_then(|probe| probe.anon_rss_mib()) {
+                    anon_peak_during = anon_peak_during.max(anon);
                 }
             }
         })
@@ -689,14 +693,19 @@ async fn run_burn_down(
         "enqueue_jobs_per_s".into(),
         rate(n, enqueue_seconds).round().into(),
     );
-    if let Some(before) = rss_before {
-        result
-            .extra
-            .insert("rss_before_drain_mib".into(), (before.round()).into());
-        result.extra.insert(
-            "rss_growth_during_drain_mib".into(),
-            ((rss_peak_during - before).max(0.0).round()).into(),
-        );
+    for (name, before, peak) in [
+        ("rss", rss_before, rss_peak_during),
+        ("anon_rss", anon_before, anon_peak_during),
+    ] {
+        if let Some(before) = before {
+            result
+                .extra
+                .insert(format!("{name}_before_drain_mib"), before.round().into());
+            result.extra.insert(
+                format!("{name}_growth_during_drain_mib"),
+                (peak - before).max(0.0).round().into(),
+            );
+        }
     }
     Ok(result)
 }
