@@ -1,5 +1,6 @@
 //! The hot queries are served by indexes, on both engines (issue 5): EXPLAIN
-//! of the lease, promotion and reaper queries, exactly as the store builds them.
+//! of the lease, promotion, reaper and retention queries, exactly as the
+//! store builds them.
 
 use anyhow::{Context, Result, ensure};
 use jobq_server::{DatabaseKind, hot_queries};
@@ -8,10 +9,13 @@ use sea_orm::{ConnectionTrait, Database, DbBackend, Statement, TransactionTrait}
 
 /// The indexes that may serve each hot query. The reaper reads only running
 /// jobs due: the partial index on the earlier of lease end and deadline.
-const EXPECTED_INDEX: [(&str, &[&str]); 3] = [
+/// Retention reads finished jobs oldest first: the partial index on
+/// finished_at, never the state index (all finished jobs, then a sort).
+const EXPECTED_INDEX: [(&str, &[&str]); 4] = [
     ("lease", &["jobs_lease_idx"]),
     ("promote", &["jobs_waiting_idx"]),
     ("reap", &["jobs_running_due_idx"]),
+    ("retention", &["jobs_finished_idx"]),
 ];
 
 fn uses_expected_index(name: &str, plan: &[String]) -> bool {

@@ -204,7 +204,37 @@ pub fn hot_queries(kind: DatabaseKind) -> Vec<(&'static str, String)> {
         ("lease", jobs::lease_statement(backend).to_string()),
         ("promote", due_statement(backend, 0, 1000).to_string()),
         ("reap", expired_statement(backend, 0, 1000).to_string()),
+        (
+            "retention",
+            finished_statement(backend, &["succeeded"], 0, 1000).to_string(),
+        ),
     ]
+}
+
+/// Finished jobs in `states` that finished before `before`, oldest first,
+/// by the retention index (`jobs_finished_idx`).
+fn finished_statement(
+    backend: sea_orm::DbBackend,
+    states: &[&str],
+    before: Millis,
+    limit: u64,
+) -> sea_orm::Statement {
+    // SQLite, without statistics, would rather seek the states in the
+    // state index and sort every finished job: 1.4 to 2.8 s a pass on a
+    // table of 10 million, once a minute. It is told which index.
+    let index = match backend {
+        sea_orm::DbBackend::Postgres => "",
+        _ => " INDEXED BY jobs_finished_idx",
+    };
+    Sql::new(backend)
+        .push(&format!(
+            "SELECT id FROM jobs{index} WHERE state IN ('succeeded', 'cancelled', 'dead') AND state"
+        ))
+        .in_list(states)
+        .push(" AND finished_at < ")
+        .bind(before)
+        .push(&format!(" ORDER BY finished_at LIMIT {limit}"))
+        .build()
 }
 
 fn due_statement(backend: sea_orm::DbBackend, now: Millis, limit: u64) -> sea_orm::Statement {
@@ -592,13 +622,7 @@ impl JobStore for SqlStore {
     ) -> QueueResult<Vec<JobId>> {
         let names: Vec<&str> = states.iter().map(|state| state.as_str()).collect();
         debug_assert!(names.iter().all(|name| TERMINAL.contains(name)));
-        let statement = Sql::new(self.backend())
-            .push("SELECT id FROM jobs WHERE state IN ('succeeded', 'cancelled', 'dead') AND state")
-            .in_list(&names)
-            .push(" AND finished_at < ")
-            .bind(before)
-            .push(&format!(" ORDER BY finished_at LIMIT {limit}"))
-            .build();
+        let statement = finished_statement(self.backend(), &names, before, limit);
         self.query_ids(statement).await
     }
 
