@@ -6,7 +6,7 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, bail};
 use sea_orm::ConnectionTrait;
@@ -262,7 +262,12 @@ async fn prefill(url: &str, count: u64) -> anyhow::Result<()> {
     } else {
         "printf('00000000-0000-7000-8000-%012d', i)"
     };
-    let at = "1700000000000";
+    // An hour ago: inside any retention period, so the server keeps these
+    // jobs instead of spending the run purging them.
+    let at = SystemTime::now()
+        .duration_since(UNIX_EPOCH)?
+        .as_millis()
+        .saturating_sub(3_600_000);
     let started = Instant::now();
     // In slices, so neither engine holds one huge transaction.
     const SLICE: u64 = 500_000;
