@@ -146,6 +146,19 @@ async fn state_counts(client: &Client) -> anyhow::Result<HashMap<pb::JobState, i
         .collect())
 }
 
+/// Lost and duplicated jobs of an enqueue run: the queue should hold
+/// exactly `n` queued jobs.
+async fn count_enqueued(client: &Client, n: u64, result: &mut RunResult) -> anyhow::Result<()> {
+    let queued = state_counts(client)
+        .await?
+        .get(&pb::JobState::Queued)
+        .copied()
+        .unwrap_or(0) as u64;
+    result.lost = n.saturating_sub(queued);
+    result.duplicated = queued.saturating_sub(n);
+    Ok(())
+}
+
 /// The server's CPU and memory over the timed part of a run.
 struct Meter {
     probe: Option<crate::Probe>,
@@ -402,13 +415,7 @@ async fn run_enqueue(
     result.seconds = started.elapsed().as_secs_f64();
     meter.finish(&mut result);
     percentiles(&mut result, &latencies);
-    let queued = state_counts(&client)
-        .await?
-        .get(&pb::JobState::Queued)
-        .copied()
-        .unwrap_or(0);
-    result.lost = n.saturating_sub(queued as u64);
-    result.duplicated = (queued as u64).saturating_sub(n);
+    count_enqueued(&client, n, &mut result).await?;
     Ok(result)
 }
 
@@ -436,13 +443,7 @@ async fn run_enqueue_batch(
     .await?;
     result.seconds = started.elapsed().as_secs_f64();
     meter.finish(&mut result);
-    let queued = state_counts(&client)
-        .await?
-        .get(&pb::JobState::Queued)
-        .copied()
-        .unwrap_or(0);
-    result.lost = n.saturating_sub(queued as u64);
-    result.duplicated = (queued as u64).saturating_sub(n);
+    count_enqueued(&client, n, &mut result).await?;
     result.extra.insert("batch".into(), args.batch.into());
     Ok(result)
 }
