@@ -97,6 +97,12 @@ pub struct BenchArgs {
     #[arg(long)]
     pub database_url: Option<String>,
 
+    /// Server processes on the one PostgreSQL database (needs
+    /// `--database-url`): enqueuing clients and worker processes are spread
+    /// over them in turn, and the server CPU figure is their sum.
+    #[arg(long, default_value_t = 1, requires = "database_url")]
+    pub replicas: usize,
+
     /// SQLite durability of the server under test.
     #[arg(long, value_enum, default_value_t = Synchronous::Full)]
     pub sqlite_synchronous: Synchronous,
@@ -145,6 +151,7 @@ impl BenchArgs {
                 database_url: self.database_url.clone(),
                 synchronous,
                 prefill_finished: self.prefill_finished,
+                replicas: self.replicas.max(1),
             };
         }
         let mut flags = vec!["--sqlite-synchronous".to_owned()];
@@ -163,6 +170,7 @@ impl BenchArgs {
             database_url: self.database_url.clone(),
             flags,
             prefill_finished: self.prefill_finished,
+            replicas: self.replicas.max(1),
         }
     }
 
@@ -183,6 +191,7 @@ impl BenchArgs {
                     Workload::Latency,
                     Workload::Mixed,
                     Workload::BurnDown,
+                    Workload::RpcFloor,
                 ];
             }
         }

@@ -93,6 +93,8 @@ pub enum ServerSetup {
         flags: Vec<String>,
         /// Finished jobs to write into the database first.
         prefill_finished: u64,
+        /// Server processes on the one database.
+        replicas: usize,
     },
     /// Run the server inside the bench process.
     InProcess {
@@ -102,6 +104,8 @@ pub enum ServerSetup {
         synchronous: jobq_server::config::SqliteDurability,
         /// Finished jobs to write into the database first.
         prefill_finished: u64,
+        /// Servers on the one database.
+        replicas: usize,
     },
     /// Use a server already running.
     External {
@@ -129,12 +133,16 @@ async fn fresh_storage(
 
 /// A server for one run; stopped when dropped (or by [`RunServer::stop`]).
 pub struct RunServer {
-    /// The endpoint clients connect to.
+    /// The endpoint clients connect to (the first replica's).
     pub endpoint: String,
-    /// The server's process, when it can be measured.
+    /// Every replica's endpoint, the first one first.
+    pub endpoints: Vec<String>,
+    /// The server's process, when it can be measured (the first replica's).
     pub probe: Option<Probe>,
-    child: Option<Child>,
-    in_process: Option<jobq_server::RunningServer>,
+    /// Every replica's process that can be measured.
+    pub probes: Vec<Probe>,
+    children: Vec<Child>,
+    in_process: Vec<jobq_server::RunningServer>,
     database: Option<FreshDatabase>,
     _data_dir: Option<tempfile::TempDir>,
 }
@@ -145,9 +153,11 @@ impl RunServer {
         match setup {
             ServerSetup::External { endpoint, pid } => Ok(Self {
                 endpoint: endpoint.clone(),
+                endpoints: vec![endpoint.clone()],
                 probe: pid.map(Probe::new),
-                child: None,
-                in_process: None,
+                probes: pid.map(Probe::new).into_iter().collect(),
+                children: Vec::new(),
+                in_process: Vec::new(),
                 database: None,
                 _data_dir: None,
             }),
@@ -156,38 +166,58 @@ impl RunServer {
                 database_url,
                 flags,
                 prefill_finished,
+                replicas,
             } => {
                 let (data_dir, database) =
                     fresh_storage(database_url.as_deref(), *prefill_finished).await?;
-                let mut command = Command::new(binary);
-                command
-                    .arg("--listen")
-                    .arg("127.0.0.1:0")
-                    .arg("--data-dir")
-                    .arg(data_dir.path())
-                    .args(flags)
-                    // Quiet unless the caller asks for the server's log.
-                    .env(
-                        "JOBQ_LOG",
-                        std::env::var("JOBQ_LOG").unwrap_or_else(|_| "warn".into()),
-                    )
-                    .stdin(Stdio::null())
-                    .stdout(Stdio::piped())
-                    .stderr(Stdio::inherit())
-                    .kill_on_drop(true);
-                if let Some(database) = &database {
-                    command.arg("--database-url").arg(&database.url);
+                let mut children = Vec::new();
+                let mut endpoints = Vec::new();
+                let mut probes = Vec::new();
+                for replica in 0..(*replicas).max(1) {
+                    // Replicas share the database; each has its own data dir
+                    // (SQLite allows one server, so only PostgreSQL gets here
+                    // with more than one).
+                    let own_dir = data_dir.path().join(format!("replica-{replica}"));
+                    std::fs::create_dir_all(&own_dir)?;
+                    let mut command = Command::new(binary);
+                    command
+                        .arg("--listen")
+                        .arg("127.0.0.1:0")
+                        .arg("--data-dir")
+                        .arg(if replica == 0 {
+                            data_dir.path()
+                        } else {
+                            &own_dir
+                        })
+                        .args(flags)
+                        // Quiet unless the caller asks for the server's log.
+                        .env(
+                            "JOBQ_LOG",
+                            std::env::var("JOBQ_LOG").unwrap_or_else(|_| "warn".into()),
+                        )
+                        .stdin(Stdio::null())
+                        .stdout(Stdio::piped())
+                        .stderr(Stdio::inherit())
+                        .kill_on_drop(true);
+                    if let Some(database) = &database {
+                        command.arg("--database-url").arg(&database.url);
+                    }
+                    let mut child = command
+                        .spawn()
+                        .with_context(|| format!("starting {}", binary.display()))?;
+                    let addr = read_listen_line(&mut child).await?;
+                    let pid = child.id().context("the server exited at once")?;
+                    endpoints.push(format!("http://{addr}"));
+                    probes.push(Probe::new(pid));
+                    children.push(child);
                 }
-                let mut child = command
-                    .spawn()
-                    .with_context(|| format!("starting {}", binary.display()))?;
-                let addr = read_listen_line(&mut child).await?;
-                let pid = child.id().context("the server exited at once")?;
                 Ok(Self {
-                    endpoint: format!("http://{addr}"),
-                    probe: Some(Probe::new(pid)),
-                    child: Some(child),
-                    in_process: None,
+                    endpoint: endpoints[0].clone(),
+                    endpoints,
+                    probe: probes.first().copied(),
+                    probes,
+                    children,
+                    in_process: Vec::new(),
                     database,
                     _data_dir: Some(data_dir),
                 })
@@ -196,19 +226,36 @@ impl RunServer {
                 database_url,
                 synchronous,
                 prefill_finished,
+                replicas,
             } => {
                 let (data_dir, database) =
                     fresh_storage(database_url.as_deref(), *prefill_finished).await?;
-                let mut config = jobq_server::Config::for_tests(data_dir.path());
-                config.sqlite_synchronous = *synchronous;
-                config.database_url = database.as_ref().map(|database| database.url.clone());
-                let listener = tokio::net::TcpListener::bind(config.listen).await?;
-                let running = jobq_server::App::start(config, listener).await?;
+                let mut in_process = Vec::new();
+                for replica in 0..(*replicas).max(1) {
+                    let own_dir = data_dir.path().join(format!("replica-{replica}"));
+                    let mut config = jobq_server::Config::for_tests(if replica == 0 {
+                        data_dir.path()
+                    } else {
+                        &own_dir
+                    });
+                    config.sqlite_synchronous = *synchronous;
+                    config.database_url = database.as_ref().map(|database| database.url.clone());
+                    let listener = tokio::net::TcpListener::bind(config.listen).await?;
+                    in_process.push(jobq_server::App::start(config, listener).await?);
+                }
+                let endpoints: Vec<String> = in_process
+                    .iter()
+                    .map(|running| format!("http://{}", running.local_addr()))
+                    .collect();
+                // One process: its CPU counted once.
+                let probe = Probe::new(std::process::id());
                 Ok(Self {
-                    endpoint: format!("http://{}", running.local_addr()),
-                    probe: Some(Probe::new(std::process::id())),
-                    child: None,
-                    in_process: Some(running),
+                    endpoint: endpoints[0].clone(),
+                    endpoints,
+                    probe: Some(probe),
+                    probes: vec![probe],
+                    children: Vec::new(),
+                    in_process,
                     database,
                     _data_dir: Some(data_dir),
                 })
@@ -218,10 +265,10 @@ impl RunServer {
 
     /// Stops the server and drops its storage.
     pub async fn stop(mut self) -> anyhow::Result<()> {
-        if let Some(running) = self.in_process.take() {
+        for running in std::mem::take(&mut self.in_process) {
             running.shutdown().await?;
         }
-        if let Some(mut child) = self.child.take() {
+        for mut child in std::mem::take(&mut self.children) {
             let _ = child.start_kill();
             let _ = tokio::time::timeout(Duration::from_secs(10), child.wait()).await;
         }
@@ -338,12 +385,18 @@ impl FreshDatabase {
             .execute_unprepared(&format!("CREATE DATABASE {name}"))
             .await?;
         admin.close().await.ok();
-        let (server, _) = admin_url
+        // The run's database in place of the given one; options such as
+        // `?sslmode=disable` stay.
+        let (address, options) = match admin_url.split_once('?') {
+            Some((address, options)) => (address, format!("?{options}")),
+            None => (admin_url, String::new()),
+        };
+        let (server, _) = address
             .rsplit_once('/')
             .context("--database-url is not postgres://host/database")?;
         Ok(Self {
             admin_url: admin_url.to_owned(),
-            url: format!("{server}/{name}"),
+            url: format!("{server}/{name}{options}"),
             name,
         })
     }

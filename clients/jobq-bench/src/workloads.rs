@@ -1,6 +1,7 @@
 //! The workloads, each run against a fresh server, with its checks and figures.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -36,6 +37,10 @@ pub enum Workload {
     BurnDown,
     /// Failures and retries, log lines and long jobs with heartbeats.
     Mixed,
+    /// The transport's floor: `--jobs` unary calls that touch no storage
+    /// (the server's gRPC health check), `--concurrency` in flight — what
+    /// every call costs before jobq does any work of its own.
+    RpcFloor,
 }
 
 impl Workload {
@@ -47,6 +52,7 @@ impl Workload {
             Workload::Latency => "latency",
             Workload::BurnDown => "burn-down",
             Workload::Mixed => "mixed",
+            Workload::RpcFloor => "rpc-floor",
         }
     }
 }
@@ -159,34 +165,55 @@ async fn count_enqueued(client: &Client, n: u64, result: &mut RunResult) -> anyh
     Ok(())
 }
 
-/// The server's CPU and memory over the timed part of a run.
+/// The server's CPU and memory over the timed part of a run (every
+/// replica's CPU summed, the largest replica's memory).
 struct Meter {
-    probe: Option<crate::Probe>,
+    probes: Vec<crate::Probe>,
     cpu_at_start: Option<f64>,
 }
 
 impl Meter {
     fn start(server: &RunServer) -> Self {
+        let probes = server.probes.clone();
         Self {
-            probe: server.probe,
-            cpu_at_start: server.probe.and_then(|probe| probe.cpu_seconds()),
+            cpu_at_start: total_cpu_seconds(&probes),
+            probes,
         }
     }
 
     fn finish(&self, result: &mut RunResult) {
-        let Some(probe) = self.probe else { return };
-        if let (Some(start), Some(end)) = (self.cpu_at_start, probe.cpu_seconds())
+        if let (Some(start), Some(end)) = (self.cpu_at_start, total_cpu_seconds(&self.probes))
             && result.jobs > 0
         {
             result.server_cpu_s_per_1000 = Some((end - start) / result.jobs as f64 * 1000.0);
         }
-        result.server_peak_rss_mib = probe.peak_rss_mib();
+        result.server_peak_rss_mib = self
+            .probes
+            .iter()
+            .filter_map(|probe| probe.peak_rss_mib())
+            .reduce(f64::max);
     }
+}
+
+fn total_cpu_seconds(probes: &[crate::Probe]) -> Option<f64> {
+    if probes.is_empty() {
+        return None;
+    }
+    probes.iter().map(|probe| probe.cpu_seconds()).sum()
+}
+
+/// One client per replica, for callers that spread their calls over them.
+async fn connect_all(server: &RunServer, token: Option<&str>) -> anyhow::Result<Vec<Client>> {
+    let mut clients = Vec::new();
+    for endpoint in &server.endpoints {
+        clients.push(connect(endpoint, token).await?);
+    }
+    Ok(clients)
 }
 
 /// Enqueues `n` jobs in batches (not timed), `in_flight` calls at once.
 async fn fill(
-    client: &Client,
+    clients: &[Client],
     n: u64,
     batch: usize,
     in_flight: usize,
@@ -196,9 +223,9 @@ async fn fill(
     let next = Arc::new(AtomicU64::new(0));
     let more = Arc::new(more);
     let mut tasks = tokio::task::JoinSet::new();
-    for _ in 0..in_flight.max(1) {
+    for task in 0..in_flight.max(1) {
         let (client, next, filler, more) = (
-            client.clone(),
+            clients[task % clients.len()].clone(),
             next.clone(),
             filler.to_owned(),
             more.clone(),
@@ -304,12 +331,17 @@ impl WorkerProcess {
 struct Workers(Vec<WorkerProcess>);
 
 impl Workers {
-    fn spawn(args: &BenchArgs, invocation: &Invocation, endpoint: &str) -> anyhow::Result<Self> {
+    /// Worker processes, spread over `endpoints` in turn.
+    fn spawn(
+        args: &BenchArgs,
+        invocation: &Invocation,
+        endpoints: &[String],
+    ) -> anyhow::Result<Self> {
         (0..args.workers.max(1))
-            .map(|_| {
+            .map(|index| {
                 WorkerProcess::spawn(
                     invocation,
-                    endpoint,
+                    &endpoints[index % endpoints.len()],
                     args.concurrency,
                     args.token.as_deref(),
                 )
@@ -376,6 +408,41 @@ fn nanos_to_seconds(start_ns: u64, end_ns: u64) -> f64 {
     end_ns.saturating_sub(start_ns) as f64 / 1e9
 }
 
+/// Runs `call(seq)` for seq in 0..n, `concurrency` at a time; the latency
+/// of each call.
+async fn calls_in_flight<F, Fut>(
+    n: u64,
+    concurrency: usize,
+    call: F,
+) -> anyhow::Result<Histogram<u64>>
+where
+    F: Fn(u64) -> Fut + Clone + Send + 'static,
+    Fut: Future<Output = anyhow::Result<()>> + Send,
+{
+    let next = Arc::new(AtomicU64::new(0));
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..concurrency.max(1) {
+        let (next, call) = (next.clone(), call.clone());
+        tasks.spawn(async move {
+            let mut latencies = histogram()?;
+            loop {
+                let seq = next.fetch_add(1, Ordering::Relaxed);
+                if seq >= n {
+                    return anyhow::Ok(latencies);
+                }
+                let sent = Instant::now();
+                call(seq).await?;
+                let _ = latencies.record(sent.elapsed().as_micros().max(1) as u64);
+            }
+        });
+    }
+    let mut latencies = histogram()?;
+    while let Some(done) = tasks.join_next().await {
+        let _ = latencies.add(done??);
+    }
+    Ok(latencies)
+}
+
 async fn run_enqueue(
     args: &BenchArgs,
     server: &RunServer,
@@ -388,34 +455,62 @@ async fn run_enqueue(
         ..RunResult::default()
     };
     let meter = Meter::start(server);
-    let next = Arc::new(AtomicU64::new(0));
     let started = Instant::now();
-    let mut tasks = tokio::task::JoinSet::new();
-    for _ in 0..args.concurrency.max(1) {
-        let (client, next, filler) = (client.clone(), next.clone(), filler.to_owned());
-        tasks.spawn(async move {
-            let mut latencies = histogram()?;
-            loop {
-                let seq = next.fetch_add(1, Ordering::Relaxed);
-                if seq >= n {
-                    return anyhow::Ok(latencies);
-                }
-                let sent = Instant::now();
-                client
-                    .enqueue(job(seq, &filler, serde_json::json!({})))
-                    .await?;
-                let _ = latencies.record(sent.elapsed().as_micros().max(1) as u64);
-            }
-        });
-    }
-    let mut latencies = histogram()?;
-    while let Some(done) = tasks.join_next().await {
-        let _ = latencies.add(done??);
-    }
+    // Calls go to the replicas in turn.
+    let (callers, filler) = (
+        Arc::new(connect_all(server, args.token.as_deref()).await?),
+        Arc::<str>::from(filler),
+    );
+    let latencies = calls_in_flight(n, args.concurrency, move |seq| {
+        let (client, filler) = (
+            callers[seq as usize % callers.len()].clone(),
+            filler.clone(),
+        );
+        async move {
+            client
+                .enqueue(job(seq, &filler, serde_json::json!({})))
+                .await?;
+            Ok(())
+        }
+    })
+    .await?;
     result.seconds = started.elapsed().as_secs_f64();
     meter.finish(&mut result);
     percentiles(&mut result, &latencies);
     count_enqueued(&client, n, &mut result).await?;
+    Ok(result)
+}
+
+async fn run_rpc_floor(args: &BenchArgs, server: &RunServer) -> anyhow::Result<RunResult> {
+    let channel = tonic::transport::Endpoint::from_shared(server.endpoint.clone())
+        .context("the server's address")?
+        .connect()
+        .await
+        .context("connecting to the server")?;
+    let health = tonic_health::pb::health_client::HealthClient::new(channel);
+    let n = args.jobs;
+    let mut result = RunResult {
+        jobs: n,
+        ..RunResult::default()
+    };
+    let meter = Meter::start(server);
+    let started = Instant::now();
+    let latencies = calls_in_flight(n, args.concurrency, move |_| {
+        let mut health = health.clone();
+        async move {
+            health
+                .check(tonic_health::pb::HealthCheckRequest::default())
+                .await?;
+            Ok(())
+        }
+    })
+    .await?;
+    result.seconds = started.elapsed().as_secs_f64();
+    meter.finish(&mut result);
+    percentiles(&mut result, &latencies);
+    result
+        .extra
+        .insert("calls".into(), "grpc.health.v1.Health/Check".into());
     Ok(result)
 }
 
@@ -430,10 +525,12 @@ async fn run_enqueue_batch(
         jobs: n,
         ..RunResult::default()
     };
+    // Calls in flight go to the replicas in turn.
+    let clients = connect_all(server, args.token.as_deref()).await?;
     let meter = Meter::start(server);
     let started = Instant::now();
     fill(
-        &client,
+        &clients,
         n,
         args.batch,
         args.batch_concurrency,
@@ -456,9 +553,14 @@ async fn run_drain(
 ) -> anyhow::Result<RunResult> {
     let client = connect(&server.endpoint, args.token.as_deref()).await?;
     let n = args.jobs;
-    fill(&client, n, 1000.min(args.batch.max(1)), 4, filler, |_| {
-        serde_json::json!({})
-    })
+    fill(
+        std::slice::from_ref(&client),
+        n,
+        1000.min(args.batch.max(1)),
+        4,
+        filler,
+        |_| serde_json::json!({}),
+    )
     .await?;
     let mut result = RunResult {
         jobs: n,
@@ -466,7 +568,7 @@ async fn run_drain(
     };
     let meter = Meter::start(server);
     let started_ns = unix_ns();
-    let workers = Workers::spawn(args, invocation, &server.endpoint)?;
+    let workers = Workers::spawn(args, invocation, &server.endpoints)?;
     workers.wait_acked(n, |_| {}).await?;
     result.seconds = nanos_to_seconds(started_ns, workers.last_ack_ns());
     meter.finish(&mut result);
@@ -488,7 +590,7 @@ async fn run_latency(
     filler: &str,
 ) -> anyhow::Result<RunResult> {
     let client = connect(&server.endpoint, args.token.as_deref()).await?;
-    let workers = Workers::spawn(args, invocation, &server.endpoint)?;
+    let workers = Workers::spawn(args, invocation, &server.endpoints)?;
     // Warm up: the workers connected and polling, the server's caches warm.
     let warm_up = 20;
     for seq in 0..warm_up {
@@ -556,14 +658,22 @@ async fn run_mixed(
             "sleep_ms": if seq % 100 == 7 { 1500 } else { 0 },
         })
     };
-    fill(&client, n, 1000.min(args.batch.max(1)), 2, filler, shape).await?;
+    fill(
+        std::slice::from_ref(&client),
+        n,
+        1000.min(args.batch.max(1)),
+        2,
+        filler,
+        shape,
+    )
+    .await?;
     let mut result = RunResult {
         jobs: n,
         ..RunResult::default()
     };
     let meter = Meter::start(server);
     let started_ns = unix_ns();
-    let workers = Workers::spawn(args, invocation, &server.endpoint)?;
+    let workers = Workers::spawn(args, invocation, &server.endpoints)?;
     // Every job is acknowledged once, plus the first attempts that fail.
     let failing = (0..n).filter(|seq| seq % 10 == 3).count() as u64;
     workers.wait_acked(n + failing, |_| {}).await?;
@@ -630,9 +740,14 @@ async fn run_burn_down(
     let n = args.jobs;
     let window = args.window.min(n / 2).max(1);
     let enqueue_started = Instant::now();
-    fill(&client, n, args.batch.max(1), 2, filler, |_| {
-        serde_json::json!({})
-    })
+    fill(
+        std::slice::from_ref(&client),
+        n,
+        args.batch.max(1),
+        2,
+        filler,
+        |_| serde_json::json!({}),
+    )
     .await?;
     let enqueue_seconds = enqueue_started.elapsed().as_secs_f64();
     let rss_before = server.probe.and_then(|probe| probe.rss_mib());
@@ -643,7 +758,7 @@ async fn run_burn_down(
     };
     let meter = Meter::start(server);
     let started = Instant::now();
-    let workers = Workers::spawn(args, invocation, &server.endpoint)?;
+    let workers = Workers::spawn(args, invocation, &server.endpoints)?;
     let (mut first_window_at, mut last_window_from) = (None, None);
     let (mut rss_peak_during, mut anon_peak_during): (f64, f64) = (0.0, 0.0);
     let mut last_sample = Instant::now();
@@ -716,6 +831,7 @@ fn backend_name(args: &BenchArgs) -> String {
         return "external".into();
     }
     match &args.database_url {
+        Some(_) if args.replicas > 1 => format!("postgresql, {} replicas", args.replicas),
         Some(_) => "postgresql".into(),
         None => format!(
             "sqlite synchronous={}",
@@ -743,12 +859,17 @@ async fn run_one(
             Workload::Latency => run_latency(args, &server, invocation, &filler).await,
             Workload::Mixed => run_mixed(args, &server, invocation, &filler).await,
             Workload::BurnDown => run_burn_down(args, &server, invocation, &filler).await,
+            Workload::RpcFloor => run_rpc_floor(args, &server).await,
         }
     };
     let outcome = tokio::time::timeout(RUN_LIMIT, run).await;
+    let replicas = server.endpoints.len();
     server.stop().await?;
     let mut result = outcome
         .with_context(|| format!("{} did not finish within {RUN_LIMIT:?}", workload.name()))??;
+    if replicas > 1 {
+        result.extra.insert("replicas".into(), replicas.into());
+    }
     result.workload = workload.name().into();
     result.backend = backend_name(args);
     result.jobs_per_s = if result.seconds > 0.0 {

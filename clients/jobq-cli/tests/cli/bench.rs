@@ -39,3 +39,52 @@ async fn bench_runs_every_job_exactly_once_with_workers_started_as_jobq() -> Res
     }
     Ok(())
 }
+
+/// Two servers on one PostgreSQL database, calls and worker processes
+/// spread over both: still every job exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bench_spreads_its_load_over_two_replicas_of_one_postgresql_database() -> Result<()> {
+    let postgres = std::env::var("JOBQ_TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned());
+    let output = run(
+        &[
+            "bench",
+            "--in-process",
+            "--quick",
+            "--json",
+            "--database-url",
+            &postgres,
+            "--replicas",
+            "2",
+            "--workers",
+            "2",
+            "enqueue",
+            "enqueue-batch",
+            "drain",
+        ],
+        Duration::from_secs(300),
+    )
+    .await?;
+    assert_eq!(output.code, 0, "{output:?}");
+    let runs: Vec<serde_json::Value> = output
+        .stdout
+        .lines()
+        .map(serde_json::from_str)
+        .collect::<Result<_, _>>()
+        .context("bench --json prints JSON lines")?;
+    for workload in ["enqueue", "enqueue-batch", "drain"] {
+        let run = runs
+            .iter()
+            .find(|run| run["workload"] == workload)
+            .with_context(|| format!("a {workload} run in {runs:?}"))?;
+        assert_eq!(run["backend"], "postgresql, 2 replicas", "{run}");
+        assert_eq!(
+            run["extra"]["replicas"], 2,
+            "servers actually started: {run}"
+        );
+        assert!(run["jobs"].as_u64().is_some_and(|jobs| jobs > 0), "{run}");
+        assert_eq!(run["lost"], 0, "{run}");
+        assert_eq!(run["duplicated"], 0, "{run}");
+    }
+    Ok(())
+}
