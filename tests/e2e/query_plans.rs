@@ -86,3 +86,51 @@ async fn postgres_hot_queries_use_their_indexes() -> Result<()> {
     }
     server.shutdown().await
 }
+
+/// A PostgreSQL on this machine is reached without TLS (it protected
+/// nothing and halved enqueue throughput), though the test server offers it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_on_loopback_is_reached_without_tls() -> Result<()> {
+    let server = TestServer::start_on_backend(Backend::Postgres, |_| {}).await?;
+    let url = server
+        .database()
+        .url()
+        .context("a PostgreSQL database has a URL")?;
+    // The server's own connections, opened by its first writes.
+    server
+        .client()
+        .enqueue(jobq_tests::spec("tls.check"))
+        .await?;
+    let database = url
+        .rsplit('/')
+        .next()
+        .context("the test database's name")?
+        .to_owned();
+    // One connection: the query below leaves out its own.
+    let mut options = sea_orm::ConnectOptions::new(url);
+    options.max_connections(1);
+    let db = Database::connect(options).await?;
+    let offered = db
+        .query_one_raw(Statement::from_string(DbBackend::Postgres, "SHOW ssl"))
+        .await?
+        .and_then(|row| row.try_get::<String>("", "ssl").ok());
+    let rows = db
+        .query_all_raw(Statement::from_sql_and_values(
+            DbBackend::Postgres,
+            "SELECT s.ssl FROM pg_stat_ssl AS s JOIN pg_stat_activity AS a USING (pid) \
+             WHERE a.datname = $1 AND a.pid <> pg_backend_pid()",
+            [database.clone().into()],
+        ))
+        .await?;
+    let tls: Vec<bool> = rows
+        .iter()
+        .filter_map(|row| row.try_get::<bool>("", "ssl").ok())
+        .collect();
+    println!("PostgreSQL offers TLS: {offered:?}; the server's connections to {database}: {tls:?}");
+    ensure!(!tls.is_empty(), "no connection of the server was seen");
+    ensure!(
+        tls.iter().all(|on| !on),
+        "the server reached a loopback PostgreSQL over TLS: {tls:?}"
+    );
+    server.shutdown().await
+}

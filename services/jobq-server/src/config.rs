@@ -39,7 +39,9 @@ pub struct Config {
     #[arg(long, env = "JOBQ_DATA_DIR", default_value = "jobq-data")]
     pub data_dir: PathBuf,
 
-    /// Database URL (sqlite://... or postgres://...). Default: jobq.db in the data dir.
+    /// Database URL (sqlite://... or postgres://...). Default: jobq.db in the
+    /// data dir. A PostgreSQL on this machine is reached without TLS unless
+    /// the URL has an sslmode (or PGSSLMODE is set).
     #[arg(long, env = "JOBQ_DATABASE_URL")]
     pub database_url: Option<String>,
 
@@ -185,10 +187,11 @@ impl Config {
         Ok(())
     }
 
-    /// The database URL in force: the flag, or a SQLite file in the data dir.
+    /// The database URL in force: the flag, or a SQLite file in the data
+    /// dir (a PostgreSQL on this machine without TLS, unless asked for).
     pub fn effective_database_url(&self) -> String {
         match &self.database_url {
-            Some(url) => url.clone(),
+            Some(url) => crate::store::without_loopback_tls(url),
             None => format!(
                 "sqlite://{}?mode=rwc",
                 self.data_dir.join("jobq.db").display()

@@ -34,7 +34,7 @@ use crate::domain::{
     WorkerRecord,
 };
 use dialect::Dialect;
-pub use dialect::{DatabaseKind, redacted};
+pub use dialect::{DatabaseKind, redacted, without_loopback_tls};
 use entity::{job_attempts, queues, schedules, workers};
 use exec::Row;
 use rows::{
