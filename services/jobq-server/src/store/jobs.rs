@@ -272,7 +272,6 @@ pub async fn lease(
     query: &LeaseQuery,
     start: &LeaseChange,
 ) -> QueueResult<Vec<(Job, LeaseToken)>> {
-    dialect.lease_in_index_order(tx, true).await?;
     let mut candidates = Vec::new();
     for queue in &query.unlimited {
         candidates.extend(
@@ -302,7 +301,6 @@ pub async fn lease(
             candidates.extend(picked);
         }
     }
-    dialect.lease_in_index_order(tx, false).await?;
     // Several queries: restore the one lease order across them.
     candidates.sort_by(|a, b| {
         b.priority

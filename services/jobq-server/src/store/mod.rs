@@ -109,7 +109,7 @@ impl SqlStore {
             }
         }
         let dialect = Arc::new(dialect);
-        let writer = Writer::start(db.clone(), dialect.clone())
+        let writer = Writer::start(dialect.committers(&db), dialect.clone())
             .map_err(|error| anyhow::anyhow!("{error}"))?;
         Ok(Self {
             db,

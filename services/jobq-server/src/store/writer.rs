@@ -221,12 +221,6 @@ pub struct Writer {
     ended: std::sync::Mutex<Vec<oneshot::Receiver<()>>>,
 }
 
-/// Group committers on PostgreSQL: while one waits for its statements and
-/// its commit, the others run the next groups. One alone drained 2,000
-/// jobs/s in the benchmark, 2 about 3,300, 4 and 8 about 4,100: 4 leaves
-/// the rest of the pool to reads.
-const POSTGRES_COMMITTERS: usize = 4;
-
 impl Writer {
     /// A writer for `dialect`: on SQLite it opens the writer's connection
     /// and starts the group-commit thread; on PostgreSQL it starts group
@@ -247,7 +241,7 @@ impl Writer {
             ended.push(ended_receiver);
         } else {
             let receiver = Arc::new(tokio::sync::Mutex::new(receiver));
-            for _ in 0..POSTGRES_COMMITTERS {
+            for _ in 0..super::dialect::POSTGRES_COMMITTERS {
                 let (ended_sender, ended_receiver) = oneshot::channel();
                 let (db, dialect, receiver) = (db.clone(), dialect.clone(), receiver.clone());
                 tokio::spawn(async move {
