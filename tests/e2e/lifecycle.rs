@@ -376,6 +376,68 @@ async fn equal_priority_is_leased_by_run_at_then_id() -> Result<()> {
     Ok(())
 }
 
+/// A batch whose new jobs are stored at once unless a key is in the way:
+/// one held key among new ones gets the stored job, the rest are stored
+/// once each (none lost, none twice, when the batch has to look first).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_with_one_held_unique_key_stores_the_rest_once_each() -> Result<()> {
+    let server = TestServer::start().await?;
+    let jobq = server.client();
+    let keyed = |key: &str| JobSpec {
+        unique_key: key.into(),
+        ..spec("channel_download")
+    };
+    let held = jobq.enqueue(keyed("channel:held")).await?;
+
+    let results = jobq
+        .try_enqueue_batch(vec![
+            keyed("channel:a"),
+            keyed("channel:held"),
+            spec("metadata"),
+            keyed("channel:b"),
+        ])
+        .await?;
+    let exists: Vec<bool> = results.iter().map(|result| result.already_exists).collect();
+    assert_eq!(exists, vec![false, true, false, false], "{results:?}");
+    let ids: Vec<String> = results
+        .iter()
+        .map(|result| {
+            result
+                .job
+                .as_ref()
+                .map(|job| job.id.clone())
+                .unwrap_or_default()
+        })
+        .collect();
+    assert_eq!(ids[1], held.id, "the held key answers with the stored job");
+    for (index, id) in ids.iter().enumerate() {
+        let stored = jobq.get(id).await?;
+        assert_eq!(
+            stored.state(),
+            JobState::Queued,
+            "result {index}: {stored:?}"
+        );
+    }
+    assert_eq!(
+        jobq.count_in_state(JobState::Queued).await?,
+        4,
+        "the held job and three new ones, each stored once"
+    );
+
+    // The same batch again: every key is held now, the plain job is new.
+    let again = jobq
+        .try_enqueue_batch(vec![
+            keyed("channel:a"),
+            keyed("channel:b"),
+            spec("metadata"),
+        ])
+        .await?;
+    let exists: Vec<bool> = again.iter().map(|result| result.already_exists).collect();
+    assert_eq!(exists, vec![true, true, false], "{again:?}");
+    assert_eq!(jobq.count_in_state(JobState::Queued).await?, 5);
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unique_key_returns_the_existing_job_until_it_is_terminal() -> Result<()> {
     let server = TestServer::start().await?;

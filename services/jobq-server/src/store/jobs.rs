@@ -338,6 +338,7 @@ pub async fn lease(
 }
 
 /// What the insert of several batches found already stored.
+#[derive(Default)]
 struct Lookups {
     by_request_key: HashMap<String, Job>,
     by_unique_key: HashMap<String, Job>,
@@ -485,55 +486,52 @@ fn plan_batch(
 }
 
 /// Inserts several batches of new jobs; each batch is all or none and gets
-/// its own answer. Lookups, the insert, the dependency edges: one statement each.
+/// its own answer. A group that names no other job (no parent, no
+/// dependency) is inserted first and looked up only if something was in
+/// the way: the usual group (new keys, or none) costs one statement. One
+/// that collided with a stored key has its rows taken back and goes the
+/// careful way: lookups, the insert, the dependency edges.
 pub async fn insert_batches(
     tx: &dyn Tx,
     batches: &[&[NewJob]],
     rule: DependencyRule,
 ) -> QueueResult<Vec<QueueResult<Vec<(Job, bool)>>>> {
+    let names_other_jobs = batches
+        .iter()
+        .flat_map(|batch| batch.iter())
+        .any(|new| new.job.parent_id.is_some() || !new.job.depends_on.is_empty());
+    if !names_other_jobs {
+        let mut claimed = HashMap::new();
+        let plans: Vec<QueueResult<Vec<(Job, bool)>>> = batches
+            .iter()
+            .map(|batch| plan_batch(batch, &Lookups::default(), &mut claimed, rule))
+            .collect();
+        let new_jobs = planned_new_jobs(&plans);
+        let inserted = insert_rows(tx, &new_jobs).await?;
+        if inserted.len() == new_jobs.len() {
+            return Ok(plans);
+        }
+        // Something stored holds one of these keys: undo, and look first.
+        let undone: Vec<&str> = inserted.iter().map(String::as_str).collect();
+        if !undone.is_empty() {
+            let statement = Sql::new(tx.backend())
+                .push("DELETE FROM jobs WHERE id")
+                .in_list(&undone)
+                .build();
+            tx.execute(statement).await?;
+        }
+    }
     let found = lookups(tx, batches).await?;
     let mut claimed = HashMap::new();
     let mut plans: Vec<QueueResult<Vec<(Job, bool)>>> = batches
         .iter()
         .map(|batch| plan_batch(batch, &found, &mut claimed, rule))
         .collect();
-    let new_jobs: Vec<Job> = plans
-        .iter()
-        .filter_map(|plan| plan.as_ref().ok())
-        .flat_map(|plan| {
-            plan.iter()
-                .filter(|(_, existed)| !existed)
-                .map(|(job, _)| job.clone())
-        })
-        .collect();
+    let new_jobs = planned_new_jobs(&plans);
     if new_jobs.is_empty() {
         return Ok(plans);
     }
-    let backend = tx.backend();
-    let rows: Vec<InsertedRow<'_>> = new_jobs.iter().map(InsertedRow::of).collect();
-    let statements = with_records(
-        backend,
-        &format!(
-            "INSERT INTO jobs ({}) SELECT {} FROM ",
-            sql::names(INSERTED_COLUMNS),
-            sql::qualified(INSERTED_COLUMNS, "j")
-        ),
-        &rows,
-        "j",
-        INSERTED_COLUMNS,
-        // Another replica may have taken a unique_key or request_key since
-        // the lookup: those rows are skipped here and answered below.
-        " WHERE true ON CONFLICT DO NOTHING RETURNING id",
-    )
-    .map_err(QueueError::Storage)?;
-    let mut inserted: HashSet<String> = HashSet::with_capacity(rows.len());
-    for statement in statements {
-        for row in tx.rows(statement).await? {
-            if let Ok(id) = row.get::<String>("id") {
-                inserted.insert(id);
-            }
-        }
-    }
+    let inserted = insert_rows(tx, &new_jobs).await?;
     let mut edges: Vec<(&str, &str)> = Vec::new();
     let mut depended_on: Vec<&str> = Vec::new();
     for job in &new_jobs {
@@ -553,38 +551,95 @@ pub async fn insert_batches(
         resolve_lost_inserts(tx, &mut plans, &inserted, lost).await?;
     }
     if !edges.is_empty() {
-        #[derive(serde::Serialize)]
-        struct Edge<'a> {
-            job_id: &'a str,
-            depends_on_id: &'a str,
-        }
-        let rows: Vec<Edge<'_>> = edges
-            .iter()
-            .map(|(job_id, depends_on_id)| Edge {
-                job_id,
-                depends_on_id,
-            })
-            .collect();
-        let columns = [("job_id", Type::Text), ("depends_on_id", Type::Text)];
-        let statements = with_records(
-            backend,
-            "INSERT INTO job_dependencies (job_id, depends_on_id) SELECT j.job_id, j.depends_on_id FROM ",
-            &rows,
-            "j",
-            &columns,
-            " WHERE true ON CONFLICT DO NOTHING",
-        )
-        .map_err(QueueError::Storage)?;
-        execute_all(tx, statements).await?;
-        depended_on.sort_unstable();
-        depended_on.dedup();
-        let statement = Sql::new(backend)
-            .push("UPDATE jobs SET has_dependents = TRUE WHERE has_dependents = FALSE AND id")
-            .in_list(&depended_on)
-            .build();
-        tx.execute(statement).await?;
+        insert_edges(tx, &edges, &mut depended_on).await?;
     }
     Ok(plans)
+}
+
+/// The jobs the plans will store (not those answered with a stored job).
+fn planned_new_jobs(plans: &[QueueResult<Vec<(Job, bool)>>]) -> Vec<Job> {
+    plans
+        .iter()
+        .filter_map(|plan| plan.as_ref().ok())
+        .flat_map(|plan| {
+            plan.iter()
+                .filter(|(_, existed)| !existed)
+                .map(|(job, _)| job.clone())
+        })
+        .collect()
+}
+
+/// Inserts `jobs`, skipping any whose unique_key or request_key is taken;
+/// the ids of those inserted.
+async fn insert_rows(tx: &dyn Tx, jobs: &[Job]) -> QueueResult<HashSet<String>> {
+    let mut inserted: HashSet<String> = HashSet::with_capacity(jobs.len());
+    if jobs.is_empty() {
+        return Ok(inserted);
+    }
+    let rows: Vec<InsertedRow<'_>> = jobs.iter().map(InsertedRow::of).collect();
+    let statements = with_records(
+        tx.backend(),
+        &format!(
+            "INSERT INTO jobs ({}) SELECT {} FROM ",
+            sql::names(INSERTED_COLUMNS),
+            sql::qualified(INSERTED_COLUMNS, "j")
+        ),
+        &rows,
+        "j",
+        INSERTED_COLUMNS,
+        // A key taken since the lookup (another replica), or never looked
+        // up: those rows are skipped here and dealt with by the caller.
+        " WHERE true ON CONFLICT DO NOTHING RETURNING id",
+    )
+    .map_err(QueueError::Storage)?;
+    for statement in statements {
+        for row in tx.rows(statement).await? {
+            if let Ok(id) = row.get::<String>("id") {
+                inserted.insert(id);
+            }
+        }
+    }
+    Ok(inserted)
+}
+
+/// Stores the dependency edges of new jobs and marks the jobs they depend on.
+async fn insert_edges(
+    tx: &dyn Tx,
+    edges: &[(&str, &str)],
+    depended_on: &mut Vec<&str>,
+) -> QueueResult<()> {
+    #[derive(serde::Serialize)]
+    struct Edge<'a> {
+        job_id: &'a str,
+        depends_on_id: &'a str,
+    }
+    let backend = tx.backend();
+    let rows: Vec<Edge<'_>> = edges
+        .iter()
+        .map(|(job_id, depends_on_id)| Edge {
+            job_id,
+            depends_on_id,
+        })
+        .collect();
+    let columns = [("job_id", Type::Text), ("depends_on_id", Type::Text)];
+    let statements = with_records(
+        backend,
+        "INSERT INTO job_dependencies (job_id, depends_on_id) SELECT j.job_id, j.depends_on_id FROM ",
+        &rows,
+        "j",
+        &columns,
+        " WHERE true ON CONFLICT DO NOTHING",
+    )
+    .map_err(QueueError::Storage)?;
+    execute_all(tx, statements).await?;
+    depended_on.sort_unstable();
+    depended_on.dedup();
+    let statement = Sql::new(backend)
+        .push("UPDATE jobs SET has_dependents = TRUE WHERE has_dependents = FALSE AND id")
+        .in_list(depended_on)
+        .build();
+    tx.execute(statement).await?;
+    Ok(())
 }
 
 /// Jobs whose insert was skipped because another writer stored the same
