@@ -454,13 +454,13 @@ async fn run_enqueue(
         jobs: n,
         ..RunResult::default()
     };
-    let meter = Meter::start(server);
-    let started = Instant::now();
     // Calls go to the replicas in turn.
     let (callers, filler) = (
         Arc::new(connect_all(server, args.token.as_deref()).await?),
         Arc::<str>::from(filler),
     );
+    let meter = Meter::start(server);
+    let started = Instant::now();
     let latencies = calls_in_flight(n, args.concurrency, move |seq| {
         let (client, filler) = (
             callers[seq as usize % callers.len()].clone(),

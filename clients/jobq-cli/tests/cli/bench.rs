@@ -7,9 +7,34 @@ use anyhow::{Context, Result};
 
 use crate::support::run;
 
+/// Runs `jobq bench --json` with `args`; the run of each of `workloads`,
+/// checked to have run some jobs, each exactly once.
+async fn clean_runs(args: &[&str], workloads: &[&str]) -> Result<Vec<serde_json::Value>> {
+    let output = run(args, Duration::from_secs(300)).await?;
+    assert_eq!(output.code, 0, "{output:?}");
+    let runs: Vec<serde_json::Value> = output
+        .stdout
+        .lines()
+        .map(serde_json::from_str)
+        .collect::<Result<_, _>>()
+        .context("bench --json prints JSON lines")?;
+    let mut found = Vec::new();
+    for workload in workloads {
+        let run = runs
+            .iter()
+            .find(|run| run["workload"] == *workload && run.get("jobs").is_some())
+            .with_context(|| format!("a {workload} run in {runs:?}"))?;
+        assert!(run["jobs"].as_u64().is_some_and(|jobs| jobs > 0), "{run}");
+        assert_eq!(run["lost"], 0, "{run}");
+        assert_eq!(run["duplicated"], 0, "{run}");
+        found.push(run.clone());
+    }
+    Ok(found)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bench_runs_every_job_exactly_once_with_workers_started_as_jobq() -> Result<()> {
-    let output = run(
+    clean_runs(
         &[
             "bench",
             "--in-process",
@@ -18,25 +43,9 @@ async fn bench_runs_every_job_exactly_once_with_workers_started_as_jobq() -> Res
             "latency",
             "drain",
         ],
-        Duration::from_secs(300),
+        &["latency", "drain"],
     )
     .await?;
-    assert_eq!(output.code, 0, "{output:?}");
-    let runs: Vec<serde_json::Value> = output
-        .stdout
-        .lines()
-        .map(serde_json::from_str)
-        .collect::<Result<_, _>>()
-        .context("bench --json prints JSON lines")?;
-    for workload in ["latency", "drain"] {
-        let run = runs
-            .iter()
-            .find(|run| run["workload"] == workload && run.get("jobs").is_some())
-            .with_context(|| format!("a {workload} run in {runs:?}"))?;
-        assert!(run["jobs"].as_u64().is_some_and(|jobs| jobs > 0), "{run}");
-        assert_eq!(run["lost"], 0, "{run}");
-        assert_eq!(run["duplicated"], 0, "{run}");
-    }
     Ok(())
 }
 
@@ -46,7 +55,8 @@ async fn bench_runs_every_job_exactly_once_with_workers_started_as_jobq() -> Res
 async fn bench_spreads_its_load_over_two_replicas_of_one_postgresql_database() -> Result<()> {
     let postgres = std::env::var("JOBQ_TEST_POSTGRES_URL")
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned());
-    let output = run(
+    let workloads = ["enqueue", "enqueue-batch", "drain"];
+    let runs = clean_runs(
         &[
             "bench",
             "--in-process",
@@ -62,29 +72,15 @@ async fn bench_spreads_its_load_over_two_replicas_of_one_postgresql_database() -
             "enqueue-batch",
             "drain",
         ],
-        Duration::from_secs(300),
+        &workloads,
     )
     .await?;
-    assert_eq!(output.code, 0, "{output:?}");
-    let runs: Vec<serde_json::Value> = output
-        .stdout
-        .lines()
-        .map(serde_json::from_str)
-        .collect::<Result<_, _>>()
-        .context("bench --json prints JSON lines")?;
-    for workload in ["enqueue", "enqueue-batch", "drain"] {
-        let run = runs
-            .iter()
-            .find(|run| run["workload"] == workload)
-            .with_context(|| format!("a {workload} run in {runs:?}"))?;
+    for run in runs {
         assert_eq!(run["backend"], "postgresql, 2 replicas", "{run}");
         assert_eq!(
             run["extra"]["replicas"], 2,
             "servers actually started: {run}"
         );
-        assert!(run["jobs"].as_u64().is_some_and(|jobs| jobs > 0), "{run}");
-        assert_eq!(run["lost"], 0, "{run}");
-        assert_eq!(run["duplicated"], 0, "{run}");
     }
     Ok(())
 }
