@@ -1420,18 +1420,6 @@ async fn a_repeated_request_id_returns_the_first_calls_jobs() -> Result<()> {
 
     let batch_id = uuid::Uuid::new_v4().to_string();
     let specs = || vec![spec("batch-a"), spec("batch-b"), spec("batch-c")];
-    let ids_of = |results: &[EnqueueJobResponse]| {
-        results
-            .iter()
-            .map(|result| {
-                result
-                    .job
-                    .as_ref()
-                    .map(|job| job.id.clone())
-                    .unwrap_or_default()
-            })
-            .collect::<Vec<_>>()
-    };
     let first_batch = try_enqueue_batch_with_id(&jobq, specs(), &batch_id)
         .await
         .context("EnqueueJobs with a new request_id")?;
@@ -1443,10 +1431,10 @@ async fn a_repeated_request_id_returns_the_first_calls_jobs() -> Result<()> {
         "the first EnqueueJobs answered {first_batch:?}"
     );
     ensure!(
-        ids_of(&first_batch) == ids_of(&again),
+        jobq_tests::job_ids(&first_batch) == jobq_tests::job_ids(&again),
         "the repeated EnqueueJobs gave ids {:?}, the first {:?}",
-        ids_of(&again),
-        ids_of(&first_batch)
+        jobq_tests::job_ids(&again),
+        jobq_tests::job_ids(&first_batch)
     );
     ensure!(
         again.iter().all(|result| result.already_exists),

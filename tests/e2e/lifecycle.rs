@@ -399,16 +399,7 @@ async fn a_batch_with_one_held_unique_key_stores_the_rest_once_each() -> Result<
         .await?;
     let exists: Vec<bool> = results.iter().map(|result| result.already_exists).collect();
     assert_eq!(exists, vec![false, true, false, false], "{results:?}");
-    let ids: Vec<String> = results
-        .iter()
-        .map(|result| {
-            result
-                .job
-                .as_ref()
-                .map(|job| job.id.clone())
-                .unwrap_or_default()
-        })
-        .collect();
+    let ids = jobq_tests::job_ids(&results);
     assert_eq!(ids[1], held.id, "the held key answers with the stored job");
     for (index, id) in ids.iter().enumerate() {
         let stored = jobq.get(id).await?;

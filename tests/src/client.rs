@@ -541,3 +541,18 @@ impl JobqClient {
         Ok(results)
     }
 }
+
+/// The ids of the jobs in EnqueueJobs results, in order ("" for a result
+/// without a job).
+pub fn job_ids(results: &[jobq_proto::v1::EnqueueJobResponse]) -> Vec<String> {
+    results
+        .iter()
+        .map(|result| {
+            result
+                .job
+                .as_ref()
+                .map(|job| job.id.clone())
+                .unwrap_or_default()
+        })
+        .collect()
+}

@@ -17,7 +17,7 @@ mod status;
 mod wait;
 pub mod worker_process;
 
-pub use client::{JobqClient, LeasedJobExt, ReportResultExt};
+pub use client::{JobqClient, LeasedJobExt, ReportResultExt, job_ids};
 pub use database::{Backend, TestDatabase};
 pub use process::{ServerCommand, ServerProcess};
 pub use server::{TestServer, settings};

@@ -443,6 +443,31 @@ where
     Ok(latencies)
 }
 
+/// `n` calls, `concurrency` in flight, timed and metered: jobs/s, the
+/// calls' latency percentiles, the server's CPU and memory.
+async fn timed_calls<F, Fut>(
+    server: &RunServer,
+    n: u64,
+    concurrency: usize,
+    call: F,
+) -> anyhow::Result<RunResult>
+where
+    F: Fn(u64) -> Fut + Clone + Send + 'static,
+    Fut: Future<Output = anyhow::Result<()>> + Send,
+{
+    let mut result = RunResult {
+        jobs: n,
+        ..RunResult::default()
+    };
+    let meter = Meter::start(server);
+    let started = Instant::now();
+    let latencies = calls_in_flight(n, concurrency, call).await?;
+    result.seconds = started.elapsed().as_secs_f64();
+    meter.finish(&mut result);
+    percentiles(&mut result, &latencies);
+    Ok(result)
+}
+
 async fn run_enqueue(
     args: &BenchArgs,
     server: &RunServer,
@@ -450,18 +475,12 @@ async fn run_enqueue(
 ) -> anyhow::Result<RunResult> {
     let client = connect(&server.endpoint, args.token.as_deref()).await?;
     let n = args.jobs;
-    let mut result = RunResult {
-        jobs: n,
-        ..RunResult::default()
-    };
     // Calls go to the replicas in turn.
     let (callers, filler) = (
         Arc::new(connect_all(server, args.token.as_deref()).await?),
         Arc::<str>::from(filler),
     );
-    let meter = Meter::start(server);
-    let started = Instant::now();
-    let latencies = calls_in_flight(n, args.concurrency, move |seq| {
+    let mut result = timed_calls(server, n, args.concurrency, move |seq| {
         let (client, filler) = (
             callers[seq as usize % callers.len()].clone(),
             filler.clone(),
@@ -474,9 +493,6 @@ async fn run_enqueue(
         }
     })
     .await?;
-    result.seconds = started.elapsed().as_secs_f64();
-    meter.finish(&mut result);
-    percentiles(&mut result, &latencies);
     count_enqueued(&client, n, &mut result).await?;
     Ok(result)
 }
@@ -488,14 +504,7 @@ async fn run_rpc_floor(args: &BenchArgs, server: &RunServer) -> anyhow::Result<R
         .await
         .context("connecting to the server")?;
     let health = tonic_health::pb::health_client::HealthClient::new(channel);
-    let n = args.jobs;
-    let mut result = RunResult {
-        jobs: n,
-        ..RunResult::default()
-    };
-    let meter = Meter::start(server);
-    let started = Instant::now();
-    let latencies = calls_in_flight(n, args.concurrency, move |_| {
+    let mut result = timed_calls(server, args.jobs, args.concurrency, move |_| {
         let mut health = health.clone();
         async move {
             health
@@ -505,9 +514,6 @@ async fn run_rpc_floor(args: &BenchArgs, server: &RunServer) -> anyhow::Result<R
         }
     })
     .await?;
-    result.seconds = started.elapsed().as_secs_f64();
-    meter.finish(&mut result);
-    percentiles(&mut result, &latencies);
     result
         .extra
         .insert("calls".into(), "grpc.health.v1.Health/Check".into());
