@@ -8,6 +8,7 @@ mod foreign_clients;
 mod grpc_web;
 mod leasing;
 mod lifecycle;
+mod limits;
 mod listing;
 mod logs;
 mod media;

@@ -8,6 +8,7 @@
 //! a long poll is awaited, and every wait has a bound.
 
 mod client;
+mod cluster;
 mod database;
 pub mod media;
 mod process;
@@ -18,6 +19,7 @@ mod wait;
 pub mod worker_process;
 
 pub use client::{JobqClient, LeasedJobExt, ReportResultExt, job_ids};
+pub use cluster::Cluster;
 pub use database::{Backend, TestDatabase};
 pub use process::{ServerCommand, ServerProcess};
 pub use server::{TestServer, settings};

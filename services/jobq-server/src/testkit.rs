@@ -88,6 +88,8 @@ pub fn spec(max_attempts: i32) -> JobSpec {
             max_backoff: Duration::from_secs(60),
         },
         unique_key: None,
+        concurrency_key: None,
+        concurrency_limit: 0,
         tags: Vec::new(),
         parent_id: None,
         traceparent: None,

@@ -4,6 +4,7 @@ use std::str::FromStr;
 
 use chrono::{TimeZone, Utc};
 
+use super::admission::MissedTicks;
 use super::clock::Millis;
 use super::error::{QueueError, QueueResult};
 use super::job::{JobId, JobSpec};
@@ -17,8 +18,10 @@ pub struct QueueControls {
     pub paused: bool,
     /// Most running at once across all workers; 0 = none.
     pub concurrency_limit: i32,
-    /// Most leased per second; 0 = none.
+    /// Most started per second; 0 = none.
     pub rate_limit_per_second: f64,
+    /// Size of the rate limit's bucket; 0 = the rate rounded up.
+    pub rate_burst: f64,
 }
 
 impl QueueControls {
@@ -29,6 +32,7 @@ impl QueueControls {
             paused: false,
             concurrency_limit: 0,
             rate_limit_per_second: 0.0,
+            rate_burst: 0.0,
         }
     }
 }
@@ -67,6 +71,8 @@ pub struct ScheduleRecord {
     pub template: JobSpec,
     /// Enqueues nothing while true.
     pub paused: bool,
+    /// What ticks missed while no scheduler ran do.
+    pub missed_ticks: MissedTicks,
     /// Next tick.
     pub next_run_at: Millis,
     /// Last tick that enqueued a job.

@@ -231,6 +231,12 @@ pub struct JobSpec {
     pub retry_policy: RetryPolicy,
     /// Deduplication key while the job is not terminal.
     pub unique_key: Option<String>,
+    /// Jobs with the same key run at most `concurrency_limit` at once.
+    #[serde(default)]
+    pub concurrency_key: Option<String>,
+    /// Limit of the concurrency key (at least 1 with a key, 0 without).
+    #[serde(default)]
+    pub concurrency_limit: i32,
     /// Labels.
     pub tags: Vec<String>,
     /// The job that spawned this one.
@@ -343,6 +349,10 @@ pub struct Job {
     pub retry_policy: RetryPolicy,
     /// Deduplication key.
     pub unique_key: Option<String>,
+    /// Concurrency key: jobs with it run at most `concurrency_limit` at once.
+    pub concurrency_key: Option<String>,
+    /// Limit of the concurrency key (at least 1 with a key, 0 without).
+    pub concurrency_limit: i32,
     /// Idempotency key of the request that created it.
     pub request_key: Option<String>,
     /// Labels.

@@ -1,6 +1,7 @@
 //! The rules of the queue: job model, state machine, retry policy, schedules
 //! and queue controls. Knows nothing of gRPC, protobuf or the database.
 
+mod admission;
 mod clock;
 mod control;
 mod error;
@@ -14,8 +15,13 @@ mod store;
 mod transitions;
 
 #[cfg(test)]
+mod admission_tests;
+#[cfg(test)]
 mod tests;
 
+pub use admission::{
+    MAX_KEY_LIMIT, MAX_RATE, MissedTicks, QueueGate, RateBucket, tick_missed, within_key_limits,
+};
 pub use clock::{Clock, ManualClock, Millis, SystemClock};
 pub use control::{CronSchedule, QueueControls, ScheduleRecord, WorkerRecord};
 pub use error::{QueueError, QueueResult, Refusal, excerpt};
@@ -37,5 +43,5 @@ pub use retry::RetryPolicy;
 pub use schedules::ScheduleDefinition;
 pub use store::{
     Applied, DependencyRule, Detail, InsertedAndLeased, JobChange, JobLog, JobStore, LeaseChange,
-    LeaseQuery, NewJob, Peers,
+    LeaseQuery, Leased, NewJob, Peers,
 };

@@ -1,6 +1,7 @@
 //! Cron schedules: each tick enqueues one job from the schedule's template,
 //! exactly once however many replicas run the scheduler.
 
+use super::admission::{MissedTicks, tick_missed};
 use super::clock::Millis;
 use super::control::{CronSchedule, ScheduleRecord};
 use super::error::{QueueError, QueueResult};
@@ -20,6 +21,8 @@ pub struct ScheduleDefinition {
     pub template: JobSpec,
     /// Starts paused.
     pub paused: bool,
+    /// What ticks missed while no scheduler ran do.
+    pub missed_ticks: MissedTicks,
 }
 
 impl JobQueue {
@@ -46,6 +49,7 @@ impl JobQueue {
             time_zone: definition.time_zone,
             template: definition.template,
             paused: definition.paused,
+            missed_ticks: definition.missed_ticks,
             next_run_at,
             last_run_at: existing.as_ref().and_then(|old| old.last_run_at),
             last_job_id: existing.as_ref().and_then(|old| old.last_job_id.clone()),
@@ -95,17 +99,23 @@ impl JobQueue {
     /// The scheduler's pass: fires every due schedule once. Returns the jobs enqueued.
     pub async fn fire_due_schedules(&self) -> QueueResult<Vec<Job>> {
         let now = self.now();
+        let started_at = self.started_at;
         let mut fired = Vec::new();
         for name in self.store.due_schedules(now).await? {
             let fire = Box::new(
-                move |record: &ScheduleRecord| -> QueueResult<(Job, Millis)> {
+                move |record: &ScheduleRecord| -> QueueResult<(Option<Job>, Millis)> {
                     let cron = CronSchedule::parse(&record.cron, &record.time_zone)?;
-                    // Missed ticks (server down) are skipped: the next one is after now.
+                    // However many ticks passed, the next one is after now.
                     let next = cron.next_after(now).unwrap_or(i64::MAX);
+                    if record.missed_ticks == MissedTicks::Skip
+                        && tick_missed(record.next_run_at, now, started_at)
+                    {
+                        return Ok((None, next));
+                    }
                     let mut spec = record.template.clone();
                     spec.schedule_name = Some(record.name.clone());
                     spec.run_at = None;
-                    Ok((new_job(spec, now), next))
+                    Ok((Some(new_job(spec, now)), next))
                 },
             );
             match self.store.fire_schedule(&name, now, fire).await {

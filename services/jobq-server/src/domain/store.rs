@@ -48,10 +48,11 @@ pub struct NewJob {
 /// Which queued jobs a lease may take.
 #[derive(Debug, Clone, Default)]
 pub struct LeaseQuery {
-    /// Queues without a concurrency limit.
-    pub unlimited: Vec<String>,
-    /// Queues with a concurrency limit, and the limit.
-    pub limited: Vec<(String, i64)>,
+    /// Queues that hand out jobs freely (no controls).
+    pub open: Vec<String>,
+    /// Queues with controls: the lease reads them afresh under a lock every
+    /// replica shares and lets through what their gate allows.
+    pub gated: Vec<String>,
     /// Job types (any if empty).
     pub types: Vec<String>,
     /// Most jobs.
@@ -59,6 +60,25 @@ pub struct LeaseQuery {
     /// Most payload bytes in all (jobs are taken while they fit; one that
     /// does not fit on its own is skipped).
     pub max_payload_bytes: i64,
+    /// Now, for rate limits.
+    pub now: Millis,
+}
+
+impl LeaseQuery {
+    /// Whether the lease could take any job at all.
+    pub fn may_take_any(&self) -> bool {
+        self.limit > 0 && !(self.open.is_empty() && self.gated.is_empty())
+    }
+}
+
+/// What a lease took.
+#[derive(Debug, Default)]
+pub struct Leased {
+    /// The jobs, each under its new lease token.
+    pub jobs: Vec<(Job, LeaseToken)>,
+    /// When to look again though nothing else changes: a rate limit's next
+    /// token, or soon when another lease held a gate.
+    pub retry_at: Option<Millis>,
 }
 
 /// What [`JobStore::insert_and_lease`] did.
@@ -130,14 +150,13 @@ pub trait JobStore: Send + Sync + 'static {
         changes: Vec<(JobId, JobChange)>,
     ) -> QueueResult<Vec<QueueResult<Applied>>>;
     /// Picks up to `query.limit` queued jobs in lease order (priority desc,
-    /// run_at, id), skipping rows other transactions hold and keeping each
-    /// limited queue under its limit, applies `lease` to each and saves them.
-    /// Returns the jobs with their payloads.
-    async fn lease_jobs(
-        &self,
-        query: LeaseQuery,
-        lease: LeaseChange,
-    ) -> QueueResult<Vec<(Job, LeaseToken)>>;
+    /// run_at, id), skipping rows other transactions hold, keeping each
+    /// gated queue within its gate and each concurrency key within its
+    /// limit, applies `lease` to each and saves them. Returns the jobs with
+    /// their payloads.
+    async fn lease_jobs(&self, query: LeaseQuery, lease: LeaseChange) -> QueueResult<Leased>;
+    /// How many jobs with concurrency key `key` run now.
+    async fn running_with_key(&self, key: &str) -> QueueResult<i64>;
     /// Deletes the jobs that `check` allows, with their history; one result per id.
     async fn delete_jobs(
         &self,
@@ -205,7 +224,9 @@ pub trait JobStore: Send + Sync + 'static {
         &self,
         name: &str,
         now: Millis,
-        fire: Box<dyn for<'s> Fn(&'s ScheduleRecord) -> QueueResult<(Job, Millis)> + Send + Sync>,
+        fire: Box<
+            dyn for<'s> Fn(&'s ScheduleRecord) -> QueueResult<(Option<Job>, Millis)> + Send + Sync,
+        >,
     ) -> QueueResult<Option<Job>>;
 
     /// Whether the database answers now (for the health service).
@@ -226,6 +247,8 @@ pub trait Peers: Send + Sync + 'static {
     fn ready(&self);
     /// A job started waiting for a run_at.
     fn waiting(&self);
+    /// A queue's controls changed.
+    fn controls_changed(&self);
     /// Job events happened here (sent only while some replica watches).
     fn job_events(&self, events: &[JobEvent]);
 }

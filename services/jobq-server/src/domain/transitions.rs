@@ -466,6 +466,8 @@ mod tests {
                 max_backoff: Duration::from_secs(60),
             },
             unique_key: None,
+            concurrency_key: None,
+            concurrency_limit: 0,
             request_key: None,
             tags: vec![],
             parent_id: None,

@@ -11,8 +11,9 @@ use prost_types::value::Kind;
 
 use crate::domain::{
     AttemptOutcome, Defaults, HistoryEntry, Job, JobEvent, JobEventKind, JobId, JobSpec, JobState,
-    Limits, MAX_ATTEMPTS, MAX_DELAY, MAX_JSON_DEPTH, MAX_NAME_BYTES, MAX_TAGS, MAX_TIME_MS,
-    MAX_WAIT, Millis, PRIORITY_RANGE, QueueError, QueueResult, RetryPolicy, StopReason,
+    Limits, MAX_ATTEMPTS, MAX_DELAY, MAX_JSON_DEPTH, MAX_KEY_LIMIT, MAX_NAME_BYTES, MAX_TAGS,
+    MAX_TIME_MS, MAX_WAIT, Millis, PRIORITY_RANGE, QueueError, QueueResult, RetryPolicy,
+    StopReason,
 };
 use crate::logs::{LogLine, LogStream};
 
@@ -339,6 +340,7 @@ pub fn job_spec(spec: pb::JobSpec, defaults: &Defaults, limits: &Limits) -> Queu
         "" => None,
         key => Some(name(key, "unique_key")?),
     };
+    let (concurrency_key, concurrency_limit) = concurrency_key(&spec)?;
     if spec.tags.len() > MAX_TAGS {
         return Err(QueueError::invalid(
             "tags",
@@ -386,12 +388,33 @@ pub fn job_spec(spec: pb::JobSpec, defaults: &Defaults, limits: &Limits) -> Queu
         timeout,
         retry_policy,
         unique_key,
+        concurrency_key,
+        concurrency_limit,
         tags,
         parent_id,
         traceparent,
         depends_on,
         schedule_name: None,
     })
+}
+
+/// A spec's concurrency key and its limit (1 when a key comes without one).
+fn concurrency_key(spec: &pb::JobSpec) -> QueueResult<(Option<String>, i32)> {
+    let limit = spec.concurrency_limit;
+    if !(0..=MAX_KEY_LIMIT).contains(&limit) {
+        return Err(QueueError::invalid(
+            "concurrency_limit",
+            format!("{limit} is outside 0..={MAX_KEY_LIMIT}"),
+        ));
+    }
+    match spec.concurrency_key.as_str() {
+        "" if limit > 0 => Err(QueueError::invalid(
+            "concurrency_limit",
+            "is set without a concurrency_key",
+        )),
+        "" => Ok((None, 0)),
+        key => Ok((Some(name(key, "concurrency_key")?), limit.max(1))),
+    }
 }
 
 fn retry_policy(policy: Option<&pb::RetryPolicy>, defaults: &Defaults) -> QueueResult<RetryPolicy> {
@@ -547,6 +570,9 @@ pub fn proto_job(job: Job, view: pb::JobView) -> pb::Job {
         lease_expires_at: opt_timestamp(job.lease_expires_at),
         depends_on: job.depends_on.iter().map(ToString::to_string).collect(),
         schedule_name: job.schedule_name.unwrap_or_default(),
+        concurrency_key: job.concurrency_key.unwrap_or_default(),
+        concurrency_limit: job.concurrency_limit,
+        concurrency_key_running: 0,
     }
 }
 
@@ -566,6 +592,8 @@ pub fn proto_spec(spec: JobSpec) -> pb::JobSpec {
             max_backoff: Some(proto_duration(spec.retry_policy.max_backoff)),
         }),
         unique_key: spec.unique_key.unwrap_or_default(),
+        concurrency_key: spec.concurrency_key.unwrap_or_default(),
+        concurrency_limit: spec.concurrency_limit,
         tags: spec.tags,
         parent_id: spec.parent_id.map(|id| id.to_string()).unwrap_or_default(),
         traceparent: spec.traceparent.unwrap_or_default(),

@@ -13,8 +13,9 @@ use tonic::{Request, Response, Status};
 use super::convert::{self, proto_job, proto_state, timestamp};
 use super::streams::{EventFilter, LogFollow, STREAM_BUFFER, WatchPresence, watch_events};
 use crate::domain::{
-    Detail, JobFilter, JobId, JobQueue, JobSelector, MAX_MESSAGE_BYTES, MAX_NAME_BYTES,
-    PageRequest, QueueControls, QueueError, QueueResult, ScheduleDefinition, ScheduleRecord,
+    Detail, JobFilter, JobId, JobQueue, JobSelector, MAX_MESSAGE_BYTES, MAX_NAME_BYTES, MAX_RATE,
+    MissedTicks, PageRequest, QueueControls, QueueError, QueueResult, ScheduleDefinition,
+    ScheduleRecord,
 };
 use crate::logs::reader::LogReader;
 
@@ -228,6 +229,7 @@ fn proto_queue(controls: QueueControls) -> pb::Queue {
         paused: controls.paused,
         concurrency_limit: controls.concurrency_limit,
         rate_limit_per_second: controls.rate_limit_per_second,
+        rate_burst: controls.rate_burst,
     }
 }
 
@@ -245,6 +247,11 @@ fn proto_schedule(record: ScheduleRecord) -> pb::Schedule {
             .map(|id| id.to_string())
             .unwrap_or_default(),
         created_at: Some(timestamp(record.created_at)),
+        missed_ticks: match record.missed_ticks {
+            MissedTicks::RunOnce => pb::MissedTicks::RunOnce,
+            MissedTicks::Skip => pb::MissedTicks::Skip,
+        }
+        .into(),
     }
 }
 
@@ -302,9 +309,13 @@ impl JobQueueService for QueueApi {
     ) -> Result<Response<pb::GetJobResponse>, Status> {
         let id = convert::job_id(&request.into_inner().job_id, "job_id")?;
         let job = self.queue.get(&id, Detail::History).await?;
-        Ok(Response::new(pb::GetJobResponse {
-            job: Some(proto_job(job, pb::JobView::Full)),
-        }))
+        let key_running = match &job.concurrency_key {
+            Some(key) => self.queue.running_with_key(key).await?,
+            None => 0,
+        };
+        let mut job = proto_job(job, pb::JobView::Full);
+        job.concurrency_key_running = i32::try_from(key_running).unwrap_or(i32::MAX);
+        Ok(Response::new(pb::GetJobResponse { job: Some(job) }))
     }
 
     async fn list_jobs(
@@ -555,14 +566,19 @@ impl JobQueueService for QueueApi {
                 QueueError::invalid("concurrency_limit", format!("{limit} is negative")).into(),
             );
         }
-        if let Some(rate) = request.rate_limit_per_second
-            && (!rate.is_finite() || rate < 0.0)
-        {
-            return Err(QueueError::invalid(
-                "rate_limit_per_second",
-                "must be a finite number >= 0",
-            )
-            .into());
+        for (field, value) in [
+            ("rate_limit_per_second", request.rate_limit_per_second),
+            ("rate_burst", request.rate_burst),
+        ] {
+            if let Some(value) = value
+                && !(0.0..=MAX_RATE).contains(&value)
+            {
+                return Err(QueueError::invalid(
+                    field,
+                    format!("{value} is outside 0..={MAX_RATE}"),
+                )
+                .into());
+            }
         }
         let controls = self
             .queue
@@ -575,6 +591,9 @@ impl JobQueueService for QueueApi {
                 }
                 if let Some(rate) = request.rate_limit_per_second {
                     controls.rate_limit_per_second = rate;
+                }
+                if let Some(burst) = request.rate_burst {
+                    controls.rate_burst = burst;
                 }
             })
             .await?;
@@ -655,6 +674,19 @@ impl JobQueueService for QueueApi {
                 time_zone: schedule.time_zone,
                 template,
                 paused: schedule.paused,
+                missed_ticks: match pb::MissedTicks::try_from(schedule.missed_ticks) {
+                    Ok(pb::MissedTicks::Skip) => MissedTicks::Skip,
+                    Ok(pb::MissedTicks::RunOnce | pb::MissedTicks::Unspecified) => {
+                        MissedTicks::RunOnce
+                    }
+                    Err(_) => {
+                        return Err(QueueError::invalid(
+                            "schedule.missed_ticks",
+                            format!("{} is not a known policy", schedule.missed_ticks),
+                        )
+                        .into());
+                    }
+                },
             })
             .await?;
         Ok(Response::new(pb::PutScheduleResponse {

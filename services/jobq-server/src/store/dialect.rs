@@ -209,21 +209,26 @@ impl Dialect {
         self.backend != DbBackend::Postgres
     }
 
-    /// Serialises, across replicas, the transactions that count and lease
-    /// the running jobs of one concurrency-limited queue (PostgreSQL; on
-    /// SQLite the one writer already does).
-    pub async fn lock_queue(&self, tx: &dyn Tx, queue: &str) -> QueueResult<()> {
+    /// Takes, until the transaction ends, the lock every replica takes
+    /// before it counts and leases under one gate (`namespace` "queue:" or
+    /// "key:", and its name); false when another transaction holds it. Never
+    /// waits, so transactions that take several never deadlock (PostgreSQL;
+    /// on SQLite the one writer already serialises them).
+    pub async fn try_lock(&self, tx: &dyn Tx, namespace: &str, name: &str) -> QueueResult<bool> {
         if self.backend != DbBackend::Postgres {
-            return Ok(());
+            return Ok(true);
         }
-        let key = advisory_key("jobq-queue:", queue);
-        tx.rows(Statement::from_sql_and_values(
-            DbBackend::Postgres,
-            "SELECT pg_advisory_xact_lock($1)",
-            [key.into()],
-        ))
-        .await?;
-        Ok(())
+        let key = advisory_key(&format!("jobq-{namespace}"), name);
+        let row = tx
+            .row(Statement::from_sql_and_values(
+                DbBackend::Postgres,
+                "SELECT pg_try_advisory_xact_lock($1) AS locked",
+                [key.into()],
+            ))
+            .await?;
+        Ok(row
+            .and_then(|row| row.get::<bool>("locked").ok())
+            .unwrap_or(false))
     }
 }
 

@@ -48,6 +48,10 @@ pub mod queues {
         pub concurrency_limit: i32,
         pub rate_limit_per_second: f64,
         pub updated_at: i64,
+        pub rate_burst: f64,
+        /// The rate limit's bucket, spent by leases under the row's lock.
+        pub rate_tokens: Option<f64>,
+        pub rate_refilled_at: Option<i64>,
     }
 
     /// No relations are navigated through sea-orm.
@@ -102,6 +106,7 @@ pub mod schedules {
         pub last_job_id: Option<String>,
         pub created_at: i64,
         pub updated_at: i64,
+        pub missed_ticks: String,
     }
 
     /// No relations are navigated through sea-orm.

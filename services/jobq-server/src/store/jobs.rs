@@ -18,7 +18,8 @@ use super::sql::{
 };
 use crate::domain::{
     Applied, DependencyRule, EntryKind, HistoryEntry, Job, JobChange, JobId, JobState, LeaseChange,
-    LeaseQuery, LeaseToken, NewJob, QueueError, QueueResult, Refusal, excerpt,
+    LeaseQuery, LeaseToken, Leased, Millis, NewJob, QueueControls, QueueError, QueueGate,
+    QueueResult, RateBucket, Refusal, excerpt, within_key_limits,
 };
 
 /// Loads jobs by id (payload and result only when `with_payload`); on
@@ -216,7 +217,21 @@ async fn lease_candidates(
     max_payload_bytes: i64,
     limit: u64,
 ) -> QueueResult<Vec<Job>> {
-    let mut statement = Sql::new(tx.backend())
+    let statement = candidates_statement(tx.backend(), queue, types, max_payload_bytes, limit);
+    let rows = tx.rows(statement).await?;
+    rows.iter().map(job_from_row).collect()
+}
+
+/// The SQL of [`lease_candidates`]. A job whose concurrency key is at its
+/// limit is passed over here, so it holds back no job behind it.
+fn candidates_statement(
+    backend: DbBackend,
+    queue: &str,
+    types: &[String],
+    max_payload_bytes: i64,
+    limit: u64,
+) -> sea_orm::Statement {
+    let mut statement = Sql::new(backend)
         .push(&format!(
             "SELECT {CORE_COLUMNS}, payload FROM jobs WHERE state = 'queued' AND queue = "
         ))
@@ -224,17 +239,20 @@ async fn lease_candidates(
     if !types.is_empty() {
         statement = statement.push(" AND job_type").in_list(types);
     }
-    let statement = statement
+    statement
         .push(" AND payload_bytes <= ")
         .bind(max_payload_bytes)
+        .push(
+            " AND (concurrency_key IS NULL OR (SELECT COUNT(*) FROM jobs AS running \
+             WHERE running.state = 'running' AND running.concurrency_key = jobs.concurrency_key) \
+             < jobs.concurrency_limit)",
+        )
         .push(&format!(
             " ORDER BY priority DESC, run_at, id LIMIT {}",
             limit_bucket(limit)
         ))
         .for_update_skip_locked()
-        .build();
-    let rows = tx.rows(statement).await?;
-    rows.iter().map(job_from_row).collect()
+        .build()
 }
 
 async fn running_in_queue(tx: &dyn Tx, queue: &str) -> QueueResult<i64> {
@@ -248,32 +266,101 @@ async fn running_in_queue(tx: &dyn Tx, queue: &str) -> QueueResult<i64> {
         .unwrap_or(0))
 }
 
+/// How many jobs of each of `keys` run now.
+pub async fn running_with_keys(tx: &dyn Tx, keys: &[String]) -> QueueResult<HashMap<String, i64>> {
+    if keys.is_empty() {
+        return Ok(HashMap::new());
+    }
+    let statement = Sql::new(tx.backend())
+        .push(
+            "SELECT concurrency_key, COUNT(*) AS running FROM jobs \
+             WHERE state = 'running' AND concurrency_key",
+        )
+        .in_list(keys)
+        .push(" GROUP BY concurrency_key")
+        .build();
+    let mut running = HashMap::new();
+    for row in tx.rows(statement).await? {
+        running.insert(
+            row.get::<String>("concurrency_key")?,
+            row.get::<i64>("running")?,
+        );
+    }
+    Ok(running)
+}
+
+/// A gated queue's controls and rate bucket, read afresh inside the lease.
+async fn read_gate(
+    tx: &dyn Tx,
+    queue: &str,
+) -> QueueResult<Option<(QueueControls, Option<RateBucket>)>> {
+    let statement = Sql::new(tx.backend())
+        .push(
+            "SELECT paused, concurrency_limit, rate_limit_per_second, rate_burst, rate_tokens, \
+             rate_refilled_at FROM queues WHERE name = ",
+        )
+        .bind(queue.to_owned())
+        .build();
+    let Some(row) = tx.row(statement).await? else {
+        return Ok(None);
+    };
+    let controls = QueueControls {
+        name: queue.to_owned(),
+        paused: row.get("paused")?,
+        concurrency_limit: row.get("concurrency_limit")?,
+        rate_limit_per_second: row.get("rate_limit_per_second")?,
+        rate_burst: row.get("rate_burst")?,
+    };
+    let bucket = match (
+        row.get::<Option<f64>>("rate_tokens")?,
+        row.get::<Option<i64>>("rate_refilled_at")?,
+    ) {
+        (Some(tokens), Some(refilled_at)) => Some(RateBucket {
+            tokens,
+            refilled_at,
+        }),
+        _ => None,
+    };
+    Ok(Some((controls, bucket)))
+}
+
+async fn save_bucket(tx: &dyn Tx, queue: &str, bucket: RateBucket) -> QueueResult<()> {
+    let statement = Sql::new(tx.backend())
+        .push("UPDATE queues SET rate_tokens = ")
+        .bind(bucket.tokens)
+        .push(", rate_refilled_at = ")
+        .bind(bucket.refilled_at)
+        .push(" WHERE name = ")
+        .bind(queue.to_owned())
+        .build();
+    tx.execute(statement).await?;
+    Ok(())
+}
+
+/// How soon a lease that found a gate held by another looks again.
+const CONTENDED_RETRY_MS: Millis = 20;
+
 /// The SQL that picks jobs to lease, as the engine runs it (for EXPLAIN in
 /// tests): one queue, any type, LIMIT 16.
 pub fn lease_statement(backend: DbBackend) -> sea_orm::Statement {
-    Sql::new(backend)
-        .push(&format!(
-            "SELECT {CORE_COLUMNS}, payload FROM jobs WHERE state = 'queued' AND queue = "
-        ))
-        .bind("default")
-        .push(" AND payload_bytes <= ")
-        .bind(4_194_304_i64)
-        .push(" ORDER BY priority DESC, run_at, id LIMIT 16")
-        .for_update_skip_locked()
-        .build()
+    candidates_statement(backend, "default", &[], 4_194_304, 16)
 }
 
-/// Leases queued jobs: picks them per queue in lease order (counting the
-/// running jobs of limited queues under a lock shared by every replica),
-/// takes those that fit in the answer, starts their attempts and saves them.
+/// Leases queued jobs: picks them per queue in lease order, each gated
+/// queue within what its gate allows now (its controls read afresh under a
+/// lock every replica shares), then keeps each concurrency key within its
+/// limit (counted under the key's lock), takes what fits in the answer,
+/// starts the attempts, saves them and spends the rate tokens.
 pub async fn lease(
     tx: &dyn Tx,
     dialect: &Dialect,
     query: &LeaseQuery,
     start: &LeaseChange,
-) -> QueueResult<Vec<(Job, LeaseToken)>> {
+) -> QueueResult<Leased> {
+    let mut retry_at: Option<Millis> = None;
+    let mut sooner = |at: Millis| retry_at = Some(retry_at.map_or(at, |old| old.min(at)));
     let mut candidates = Vec::new();
-    for queue in &query.unlimited {
+    for queue in &query.open {
         candidates.extend(
             lease_candidates(
                 tx,
@@ -285,21 +372,33 @@ pub async fn lease(
             .await?,
         );
     }
-    for (queue, limit) in &query.limited {
-        dialect.lock_queue(tx, queue).await?;
-        let free = limit - running_in_queue(tx, queue).await?;
-        if free > 0 {
-            let mut picked = lease_candidates(
-                tx,
-                queue,
-                &query.types,
-                query.max_payload_bytes,
-                (free as u64).min(query.limit),
-            )
-            .await?;
-            picked.truncate(free as usize);
+    let mut gated = query.gated.clone();
+    gated.sort_unstable();
+    let mut gates = Vec::new();
+    for queue in &gated {
+        if !dialect.try_lock(tx, "queue:", queue).await? {
+            sooner(query.now + CONTENDED_RETRY_MS);
+            continue;
+        }
+        let gate = match read_gate(tx, queue).await? {
+            Some((controls, bucket)) => {
+                let running = if controls.concurrency_limit > 0 {
+                    running_in_queue(tx, queue).await?
+                } else {
+                    0
+                };
+                QueueGate::new(controls, running, bucket, query.now)
+            }
+            None => QueueGate::new(QueueControls::open(queue.clone()), 0, None, query.now),
+        };
+        let allowed = gate.allowance().min(query.limit);
+        if allowed > 0 {
+            let mut picked =
+                lease_candidates(tx, queue, &query.types, query.max_payload_bytes, allowed).await?;
+            picked.truncate(allowed as usize);
             candidates.extend(picked);
         }
+        gates.push((queue, gate));
     }
     // Several queries: restore the one lease order across them.
     candidates.sort_by(|a, b| {
@@ -308,6 +407,7 @@ pub async fn lease(
             .then(a.run_at.cmp(&b.run_at))
             .then(a.id.cmp(&b.id))
     });
+    let candidates = within_keys(tx, dialect, candidates, &mut sooner, query.now).await?;
     let mut room = query.max_payload_bytes;
     let mut picked = Vec::new();
     for job in candidates {
@@ -319,6 +419,18 @@ pub async fn lease(
         }
         room -= job.payload_bytes;
         picked.push(job);
+    }
+    for (queue, gate) in &mut gates {
+        let started = picked.iter().filter(|job| &job.queue == *queue).count() as u64;
+        gate.start(started);
+        if let Some(bucket) = gate.bucket()
+            && started > 0
+        {
+            save_bucket(tx, queue, bucket).await?;
+        }
+        if let Some(at) = gate.capacity_at() {
+            sooner(at);
+        }
     }
     let leased: Vec<(Job, LeaseToken)> = picked
         .iter()
@@ -334,7 +446,48 @@ pub async fn lease(
         .map(|(before, (after, _))| (before, after))
         .collect();
     save_changed(tx, &changed).await?;
-    Ok(leased)
+    Ok(Leased {
+        jobs: leased,
+        retry_at,
+    })
+}
+
+/// The candidates whose concurrency key has room, each key counted under
+/// its lock (a key another lease holds is left for now).
+async fn within_keys(
+    tx: &dyn Tx,
+    dialect: &Dialect,
+    candidates: Vec<Job>,
+    sooner: &mut impl FnMut(Millis),
+    now: Millis,
+) -> QueueResult<Vec<Job>> {
+    let mut keys: Vec<String> = candidates
+        .iter()
+        .filter_map(|job| job.concurrency_key.clone())
+        .collect();
+    if keys.is_empty() {
+        return Ok(candidates);
+    }
+    keys.sort_unstable();
+    keys.dedup();
+    let mut locked = Vec::with_capacity(keys.len());
+    for key in keys {
+        if dialect.try_lock(tx, "key:", &key).await? {
+            locked.push(key);
+        } else {
+            sooner(now + CONTENDED_RETRY_MS);
+        }
+    }
+    let running = running_with_keys(tx, &locked).await?;
+    let candidates = candidates
+        .into_iter()
+        .filter(|job| {
+            job.concurrency_key
+                .as_ref()
+                .is_none_or(|key| locked.binary_search(key).is_ok())
+        })
+        .collect();
+    Ok(within_key_limits(candidates, &running))
 }
 
 /// What the insert of several batches found already stored.

@@ -55,6 +55,10 @@ struct EventJob {
     backoff_base_ms: u64,
     backoff_max_ms: u64,
     unique_key: Option<String>,
+    #[serde(default)]
+    concurrency_key: Option<String>,
+    #[serde(default)]
+    concurrency_limit: i32,
     tags: Vec<String>,
     parent_id: Option<String>,
     traceparent: Option<String>,
@@ -96,6 +100,8 @@ impl EventJob {
             backoff_base_ms: job.retry_policy.base_backoff.as_millis() as u64,
             backoff_max_ms: job.retry_policy.max_backoff.as_millis() as u64,
             unique_key: job.unique_key.clone(),
+            concurrency_key: job.concurrency_key.clone(),
+            concurrency_limit: job.concurrency_limit,
             tags: job.tags.clone(),
             parent_id: job.parent_id.as_ref().map(ToString::to_string),
             traceparent: job.traceparent.clone(),
@@ -135,6 +141,8 @@ impl EventJob {
                 max_backoff: Duration::from_millis(self.backoff_max_ms),
             },
             unique_key: self.unique_key,
+            concurrency_key: self.concurrency_key,
+            concurrency_limit: self.concurrency_limit,
             request_key: None,
             tags: self.tags,
             parent_id: self.parent_id.map(JobId::from_stored),
@@ -224,8 +232,14 @@ enum Notice {
     Ready,
     Waiting,
     Watching,
-    Events { events: Vec<EventNotice> },
-    LogAppended { ids: Vec<String> },
+    /// A queue's controls changed: forget the cached ones.
+    Controls,
+    Events {
+        events: Vec<EventNotice>,
+    },
+    LogAppended {
+        ids: Vec<String>,
+    },
 }
 
 /// A batch of notices from one replica (which ignores its own).
@@ -240,6 +254,7 @@ enum Outgoing {
     Ready,
     Waiting,
     Watching,
+    Controls,
     Event(Box<JobEvent>),
     LogAppended(JobId),
 }
@@ -282,6 +297,10 @@ impl Peers for PgPeers {
 
     fn waiting(&self) {
         let _ = self.outbox.send(Outgoing::Waiting);
+    }
+
+    fn controls_changed(&self) {
+        let _ = self.outbox.send(Outgoing::Controls);
     }
 
     fn job_events(&self, events: &[JobEvent]) {
@@ -405,13 +424,14 @@ async fn publish(
             },
         };
         // Whatever piled up goes in this batch; repeats of a wake-up say no more than one.
-        let (mut ready, mut waiting, mut watching) = (false, false, false);
+        let (mut ready, mut waiting, mut watching, mut controls) = (false, false, false, false);
         let mut events = Vec::new();
         let mut appended: Vec<String> = Vec::new();
         let mut take = |outgoing: Outgoing| match outgoing {
             Outgoing::Ready => ready = true,
             Outgoing::Waiting => waiting = true,
             Outgoing::Watching => watching = true,
+            Outgoing::Controls => controls = true,
             Outgoing::Event(event) => events.push(EventNotice::of(&event)),
             Outgoing::LogAppended(id) => {
                 let id = id.to_string();
@@ -433,6 +453,9 @@ async fn publish(
         }
         if watching {
             notices.push(Notice::Watching);
+        }
+        if controls {
+            notices.push(Notice::Controls);
         }
         if !events.is_empty() {
             notices.push(Notice::Events { events });
@@ -525,6 +548,7 @@ fn deliver(notice: Notice, queue: &JobQueue, logs: &LogStore, peers: &PgPeers) {
     match notice {
         Notice::Ready => queue.wake_pollers(),
         Notice::Waiting => queue.wake_promoter(),
+        Notice::Controls => queue.controls_changed(),
         Notice::Watching => peers
             .remote_watching_until
             .store(now_ms() + WATCHING_TTL_MS, Ordering::Relaxed),

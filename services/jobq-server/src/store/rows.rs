@@ -10,7 +10,7 @@ use serde::Serialize;
 use super::entity::{job_attempts, queues, schedules, workers};
 use crate::domain::{
     AttemptOutcome, EntryKind, HistoryEntry, Job, JobId, JobSpec, JobState, LeaseToken,
-    QueueControls, QueueError, QueueResult, RetryPolicy, ScheduleRecord, WorkerRecord,
+    MissedTicks, QueueControls, QueueError, QueueResult, RetryPolicy, ScheduleRecord, WorkerRecord,
 };
 use sea_orm::ActiveValue::Set;
 
@@ -103,6 +103,8 @@ pub fn job_from_row(row: &Row) -> QueueResult<Job> {
             max_backoff: duration(column(row, "backoff_max_ms")?),
         },
         unique_key: column(row, "unique_key")?,
+        concurrency_key: column(row, "concurrency_key")?,
+        concurrency_limit: column(row, "concurrency_limit")?,
         request_key: column(row, "request_key")?,
         tags,
         parent_id: column::<Option<String>>(row, "parent_id")?.map(JobId::from_stored),
@@ -199,6 +201,8 @@ pub struct InsertedRow<'a> {
     backoff_base_ms: i64,
     backoff_max_ms: i64,
     unique_key: Option<&'a str>,
+    concurrency_key: Option<&'a str>,
+    concurrency_limit: i32,
     request_key: Option<&'a str>,
     tags: String,
     parent_id: Option<&'a str>,
@@ -232,6 +236,8 @@ impl<'a> InsertedRow<'a> {
             backoff_base_ms: millis(job.retry_policy.base_backoff),
             backoff_max_ms: millis(job.retry_policy.max_backoff),
             unique_key: job.unique_key.as_deref(),
+            concurrency_key: job.concurrency_key.as_deref(),
+            concurrency_limit: job.concurrency_limit,
             request_key: job.request_key.as_deref(),
             tags: json_list(&job.tags),
             parent_id: job.parent_id.as_ref().map(JobId::as_str),
@@ -326,16 +332,6 @@ fn parse_list(raw: &str, what: &str, key: &str) -> QueueResult<Vec<String>> {
     serde_json::from_str(raw).map_err(|e| corrupt(what, key, e))
 }
 
-/// A queue-controls row as domain controls.
-pub fn controls_from_row(row: queues::Model) -> QueueControls {
-    QueueControls {
-        name: row.name,
-        paused: row.paused,
-        concurrency_limit: row.concurrency_limit,
-        rate_limit_per_second: row.rate_limit_per_second,
-    }
-}
-
 /// Domain controls as a row.
 pub fn row_from_controls(controls: &QueueControls, now: i64) -> queues::ActiveModel {
     queues::ActiveModel {
@@ -343,7 +339,9 @@ pub fn row_from_controls(controls: &QueueControls, now: i64) -> queues::ActiveMo
         paused: Set(controls.paused),
         concurrency_limit: Set(controls.concurrency_limit),
         rate_limit_per_second: Set(controls.rate_limit_per_second),
+        rate_burst: Set(controls.rate_burst),
         updated_at: Set(now),
+        ..Default::default()
     }
 }
 
@@ -388,6 +386,7 @@ pub fn schedule_model(row: &Row) -> QueueResult<schedules::Model> {
         last_run_at: row.get("last_run_at")?,
         last_job_id: row.get("last_job_id")?,
         created_at: row.get("created_at")?,
+        missed_ticks: row.get("missed_ticks")?,
         updated_at: row.get("updated_at")?,
     })
 }
@@ -395,12 +394,15 @@ pub fn schedule_model(row: &Row) -> QueueResult<schedules::Model> {
 pub fn schedule_from_row(row: schedules::Model) -> QueueResult<ScheduleRecord> {
     let template: JobSpec = serde_json::from_str(&row.job_template)
         .map_err(|e| corrupt("schedule template", &row.name, e))?;
+    let missed_ticks = MissedTicks::parse(&row.missed_ticks)
+        .ok_or_else(|| corrupt("missed_ticks", &row.name, &row.missed_ticks))?;
     Ok(ScheduleRecord {
         name: row.name,
         cron: row.cron,
         time_zone: row.time_zone,
         template,
         paused: row.paused,
+        missed_ticks,
         next_run_at: row.next_run_at,
         last_run_at: row.last_run_at,
         last_job_id: row.last_job_id.map(JobId::from_stored),
@@ -428,5 +430,6 @@ pub fn row_from_schedule(schedule: &ScheduleRecord) -> QueueResult<schedules::Ac
         last_job_id: Set(schedule.last_job_id.as_ref().map(ToString::to_string)),
         created_at: Set(schedule.created_at),
         updated_at: Set(schedule.updated_at),
+        missed_ticks: Set(schedule.missed_ticks.as_str().to_owned()),
     })
 }

@@ -275,7 +275,7 @@ pub const CORE_COLUMNS: &str = "id, job_type, queue, payload_bytes, priority, ru
     parent_id, traceparent, state, attempt, history_seq, progress_percent, progress_message, \
     last_error, cancel_requested, lease_token, worker_id, lease_expires_at, lease_ms, \
     attempt_deadline, attempt_started_at, created_at, started_at, finished_at, updated_at, \
-    schedule_name, has_dependents";
+    schedule_name, has_dependents, concurrency_key, concurrency_limit";
 
 /// The columns a state change may write, with their types: the rest of a
 /// job's row is written once, at enqueue.
@@ -317,6 +317,8 @@ pub const INSERTED_COLUMNS: &[(&str, Type)] = &[
     ("backoff_base_ms", Type::BigInt),
     ("backoff_max_ms", Type::BigInt),
     ("unique_key", Type::Text),
+    ("concurrency_key", Type::Text),
+    ("concurrency_limit", Type::Int),
     ("request_key", Type::Text),
     ("tags", Type::Text),
     ("parent_id", Type::Text),

@@ -26,7 +26,7 @@ use super::exec::{LocalTx, Tx};
 use super::jobs;
 use super::rows::storage;
 use crate::domain::{
-    Applied, DependencyRule, Job, JobChange, JobId, LeaseChange, LeaseQuery, LeaseToken, NewJob,
+    Applied, DependencyRule, Job, JobChange, JobId, LeaseChange, LeaseQuery, Leased, NewJob,
     QueueError, QueueResult,
 };
 
@@ -71,7 +71,7 @@ pub enum Answer {
     /// For [`Op::Update`].
     Update(Vec<QueueResult<Applied>>),
     /// For [`Op::Lease`].
-    Lease(Vec<(Job, LeaseToken)>),
+    Lease(Leased),
     /// For [`Op::Other`].
     Other(QueueResult<Box<dyn Any + Send>>),
 }

@@ -37,6 +37,11 @@ impl JobQueue {
             .ok_or_else(|| QueueError::JobNotFound(id.to_string()))
     }
 
+    /// How many jobs with the concurrency key `key` run now.
+    pub async fn running_with_key(&self, key: &str) -> QueueResult<i64> {
+        self.store.running_with_key(key).await
+    }
+
     /// Whether the job exists and is terminal; `None` if it does not exist.
     pub async fn is_terminal(&self, id: &JobId) -> QueueResult<Option<bool>> {
         let states = self.store.job_states(std::slice::from_ref(id)).await?;
@@ -218,8 +223,9 @@ impl JobQueue {
         edit(&mut controls);
         self.store.put_queue_controls(&controls, self.now()).await?;
         self.controls_changed();
-        // A resumed queue or a raised limit may free jobs for waiting workers.
-        self.signal_states([crate::domain::JobState::Queued]);
+        if let Some(peers) = self.peers.get() {
+            peers.controls_changed();
+        }
         Ok(controls)
     }
 }

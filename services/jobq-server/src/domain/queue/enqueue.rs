@@ -26,6 +26,8 @@ pub(in crate::domain) fn new_job(spec: JobSpec, now: Millis) -> Job {
         timeout: spec.timeout,
         retry_policy: spec.retry_policy,
         unique_key: spec.unique_key,
+        concurrency_key: spec.concurrency_key,
+        concurrency_limit: spec.concurrency_limit,
         request_key: None,
         tags: spec.tags,
         parent_id: spec.parent_id,

@@ -1,7 +1,6 @@
 //! Leasing: long-polled LeaseJobs within the queues' controls, heartbeats,
 //! and the worker registry.
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -62,13 +61,6 @@ pub enum HeartbeatOutcome {
     },
 }
 
-/// A per-queue token bucket for rate limits (per server replica).
-#[derive(Debug, Clone, Copy)]
-struct RateBucket {
-    tokens: f64,
-    refilled_at: Millis,
-}
-
 /// How long queue controls read from the store are trusted before they are
 /// read again (changes made through this server apply at once).
 const CONTROLS_TTL_MS: Millis = 1000;
@@ -76,7 +68,6 @@ const CONTROLS_TTL_MS: Millis = 1000;
 /// What leasing keeps between calls.
 #[derive(Default)]
 pub(super) struct LeaseState {
-    rate_buckets: Mutex<HashMap<String, RateBucket>>,
     controls: Mutex<Option<(Millis, Arc<Vec<QueueControls>>)>>,
     /// LeaseJobs calls waiting for a job, oldest first.
     parked: Mutex<Vec<Parked>>,
@@ -162,9 +153,24 @@ impl JobQueue {
         Ok(controls)
     }
 
-    /// Forgets cached queue controls (they just changed).
-    pub(super) fn controls_changed(&self) {
+    /// Forgets cached queue controls (they just changed, here or on
+    /// another replica) and wakes waiting calls: a resumed queue or a
+    /// raised limit may free jobs for them.
+    pub fn controls_changed(&self) {
         *lock(&self.leasing.controls) = None;
+        self.wake_pollers();
+    }
+
+    /// Whether `queue` has a concurrency limit, as last read: a job of it
+    /// that stops running frees room for waiting calls.
+    pub(super) fn queue_has_concurrency_limit(&self, queue: &str) -> bool {
+        lock(&self.leasing.controls)
+            .as_ref()
+            .is_some_and(|(_, controls)| {
+                controls
+                    .iter()
+                    .any(|control| control.name == queue && control.concurrency_limit > 0)
+            })
     }
 
     /// Leases up to `max_jobs` ready jobs, waiting up to `wait` for the first.
@@ -181,15 +187,22 @@ impl JobQueue {
             // Mark the current generation seen before looking, so an enqueue
             // that lands after the query still wakes us.
             ready.borrow_and_update();
-            let leased = self.lease_now(&request, lease_duration).await?;
+            let (leased, retry_at) = self.lease_now(&request, lease_duration).await?;
             if !leased.is_empty() || tokio::time::Instant::now() >= deadline {
                 return Ok(leased);
             }
+            // A rate limit's next token comes without any other event.
+            let look_again = retry_at.map_or(deadline, |at| {
+                let wait = Duration::from_millis((at - self.now()).max(0) as u64);
+                deadline.min(tokio::time::Instant::now() + wait)
+            });
             let (guard, mut handed) = self.park(request.clone(), lease_duration);
             let woke = tokio::select! {
                 jobs = &mut handed => Woke::Handed(jobs.unwrap_or_default()),
                 changed = ready.changed() => if changed.is_err() { Woke::Over } else { Woke::Changed },
-                () = tokio::time::sleep_until(deadline) => Woke::Over,
+                () = tokio::time::sleep_until(look_again) => {
+                    if look_again < deadline { Woke::Changed } else { Woke::Over }
+                }
                 () = self.shutdown.cancelled() => Woke::Over,
             };
             let over = match woke {
@@ -272,17 +285,11 @@ impl JobQueue {
         let mut leases = Vec::with_capacity(taken.len());
         for call in taken {
             let query = self.lease_query(&call.request).await?;
-            leases.push(
-                (query.limit > 0 && !(query.unlimited.is_empty() && query.limited.is_empty()))
-                    .then(|| {
-                        let start = self.attempt_start(
-                            &call.request.worker.worker_id,
-                            now,
-                            call.lease_duration,
-                        );
-                        (query, start)
-                    }),
-            );
+            leases.push(query.may_take_any().then(|| {
+                let start =
+                    self.attempt_start(&call.request.worker.worker_id, now, call.lease_duration);
+                (query, start)
+            }));
         }
         Ok(leases)
     }
@@ -305,77 +312,42 @@ impl JobQueue {
         }
     }
 
-    /// Which of the requested queues may hand out jobs now, and how many:
-    /// paused ones are left out, rate limits spend their tokens here.
+    /// The lease of `request`: queues without controls are read freely, the
+    /// others through their gates, which the store applies under its locks.
     async fn lease_query(&self, request: &LeaseRequest) -> QueueResult<LeaseQuery> {
         let controls = self.cached_controls().await?;
-        let now = self.now();
         let mut query = LeaseQuery {
             types: request.worker.types.clone(),
+            limit: request.max_jobs,
             max_payload_bytes: request.max_payload_bytes,
+            now: self.now(),
             ..LeaseQuery::default()
         };
-        let mut budget = 0u64;
-        let mut buckets = lock(&self.leasing.rate_buckets);
         for queue in &request.worker.queues {
-            let Some(control) = controls.iter().find(|control| &control.name == queue) else {
-                query.unlimited.push(queue.clone());
-                budget = request.max_jobs;
-                continue;
-            };
-            if control.paused {
-                continue;
-            }
-            let mut allowed = request.max_jobs;
-            if control.rate_limit_per_second > 0.0 {
-                let rate = control.rate_limit_per_second;
-                let bucket = buckets.entry(queue.clone()).or_insert(RateBucket {
-                    tokens: rate.max(1.0),
-                    refilled_at: now,
-                });
-                let elapsed = (now - bucket.refilled_at).max(0) as f64 / 1000.0;
-                bucket.tokens = (bucket.tokens + elapsed * rate).min(rate.max(1.0));
-                bucket.refilled_at = now;
-                allowed = allowed.min(bucket.tokens.floor() as u64);
-                if allowed == 0 {
-                    continue;
-                }
-            }
-            budget = budget.max(allowed);
-            if control.concurrency_limit > 0 {
-                query
-                    .limited
-                    .push((queue.clone(), i64::from(control.concurrency_limit)));
-            } else {
-                query.unlimited.push(queue.clone());
+            match controls.iter().find(|control| &control.name == queue) {
+                Some(control) if !control.is_open() => query.gated.push(queue.clone()),
+                _ => query.open.push(queue.clone()),
             }
         }
-        query.limit = budget.min(request.max_jobs);
         Ok(query)
     }
 
-    fn spend_rate_tokens(&self, leased: &[LeasedJob]) {
-        let mut buckets = lock(&self.leasing.rate_buckets);
-        for job in leased {
-            if let Some(bucket) = buckets.get_mut(&job.job.queue) {
-                bucket.tokens = (bucket.tokens - 1.0).max(0.0);
-            }
-        }
-    }
-
+    /// Leases what the request's queues give now; also says when to look
+    /// again if a rate limit holds jobs back.
     async fn lease_now(
         &self,
         request: &LeaseRequest,
         lease_duration: Duration,
-    ) -> QueueResult<Vec<LeasedJob>> {
+    ) -> QueueResult<(Vec<LeasedJob>, Option<Millis>)> {
         let query = self.lease_query(request).await?;
-        if query.limit == 0 || (query.unlimited.is_empty() && query.limited.is_empty()) {
-            return Ok(Vec::new());
+        if !query.may_take_any() {
+            return Ok((Vec::new(), None));
         }
-        let now = self.now();
+        // The attempts start when the rate buckets are counted.
+        let now = query.now;
         let start = self.attempt_start(&request.worker.worker_id, now, lease_duration);
         let leased = self.store.lease_jobs(query, start).await?;
-        Ok(self.grant(leased, now).await)
+        Ok((self.grant(leased.jobs, now).await, leased.retry_at))
     }
 
     /// How each leased job's attempt starts.
@@ -406,7 +378,7 @@ impl JobQueue {
             })
             .collect();
         self.after_changes(&applied).await;
-        let granted: Vec<LeasedJob> = leased
+        leased
             .into_iter()
             .map(|(job, lease_token)| LeasedJob {
                 lease_expires_at: job.lease_expires_at.unwrap_or(now),
@@ -414,9 +386,7 @@ impl JobQueue {
                 lease_token,
                 job,
             })
-            .collect();
-        self.spend_rate_tokens(&granted);
-        granted
+            .collect()
     }
 
     /// True when the worker was not written to the registry within the last second.

@@ -47,6 +47,9 @@ pub struct JobQueue {
     /// Other replicas, on PostgreSQL.
     peers: std::sync::OnceLock<Arc<dyn Peers>>,
     shutdown: CancellationToken,
+    /// When this queue was made: ticks due before then came while this
+    /// server's scheduler did not run.
+    pub(super) started_at: Millis,
 }
 
 /// How many job events a slow subscriber may fall behind before it is told it lagged.
@@ -69,6 +72,7 @@ impl JobQueue {
         shutdown: CancellationToken,
     ) -> Self {
         Self {
+            started_at: clock.now(),
             store,
             clock,
             log,
@@ -217,6 +221,12 @@ impl JobQueue {
     /// Events and wake-ups of committed changes; returns the jobs that just
     /// finished and have dependents.
     pub(super) fn announce(&self, applied: &[Applied]) -> Vec<crate::domain::JobId> {
+        if applied.iter().any(|change| self.frees_room(change)) {
+            self.wake_pollers();
+            if let Some(peers) = self.peers.get() {
+                peers.ready();
+            }
+        }
         self.signal_states(
             applied
                 .iter()
@@ -245,6 +255,18 @@ impl JobQueue {
             })
             .map(|change| change.job.id.clone())
             .collect()
+    }
+}
+
+impl JobQueue {
+    /// Whether a change ended a run that counted against a limit (its
+    /// concurrency key, or its queue's concurrency limit): a waiting call
+    /// may now lease what that limit held back.
+    fn frees_room(&self, change: &Applied) -> bool {
+        change.before.state == JobState::Running
+            && change.job.state != JobState::Running
+            && (change.job.concurrency_key.is_some()
+                || self.queue_has_concurrency_limit(&change.job.queue))
     }
 }
 

@@ -14,7 +14,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file jobq/v1/admin.proto.
  */
 export const file_jobq_v1_admin: GenFile = /*@__PURE__*/
-  fileDesc("ChNqb2JxL3YxL2FkbWluLnByb3RvEgdqb2JxLnYxIl8KBVF1ZXVlEgwKBG5hbWUYASABKAkSDgoGcGF1c2VkGAIgASgIEhkKEWNvbmN1cnJlbmN5X2xpbWl0GAMgASgFEh0KFXJhdGVfbGltaXRfcGVyX3NlY29uZBgEIAEoASKCAgoGV29ya2VyEhEKCXdvcmtlcl9pZBgBIAEoCRIQCghob3N0bmFtZRgCIAEoCRIOCgZxdWV1ZXMYAyADKAkSDQoFdHlwZXMYBCADKAkSFwoPcnVubmluZ19qb2JfaWRzGAUgAygJEjEKDWZpcnN0X3NlZW5fYXQYBiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEjAKDGxhc3Rfc2Vlbl9hdBgHIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASJQoGc3RhdHVzGAggASgOMhUuam9icS52MS5Xb3JrZXJTdGF0dXMSDwoHdmVyc2lvbhgJIAEoCSKPAgoIU2NoZWR1bGUSDAoEbmFtZRgBIAEoCRIMCgRjcm9uGAIgASgJEhEKCXRpbWVfem9uZRgDIAEoCRIdCgNqb2IYBCABKAsyEC5qb2JxLnYxLkpvYlNwZWMSDgoGcGF1c2VkGAUgASgIEi8KC25leHRfcnVuX2F0GAYgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIvCgtsYXN0X3J1bl9hdBgHIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASEwoLbGFzdF9qb2JfaWQYCCABKAkSLgoKY3JlYXRlZF9hdBgJIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAqXwoMV29ya2VyU3RhdHVzEh0KGVdPUktFUl9TVEFUVVNfVU5TUEVDSUZJRUQQABIYChRXT1JLRVJfU1RBVFVTX0FDVElWRRABEhYKEldPUktFUl9TVEFUVVNfTE9TVBACYgZwcm90bzM", [file_google_protobuf_timestamp, file_jobq_v1_job]);
+  fileDesc("ChNqb2JxL3YxL2FkbWluLnByb3RvEgdqb2JxLnYxInMKBVF1ZXVlEgwKBG5hbWUYASABKAkSDgoGcGF1c2VkGAIgASgIEhkKEWNvbmN1cnJlbmN5X2xpbWl0GAMgASgFEh0KFXJhdGVfbGltaXRfcGVyX3NlY29uZBgEIAEoARISCgpyYXRlX2J1cnN0GAUgASgBIoICCgZXb3JrZXISEQoJd29ya2VyX2lkGAEgASgJEhAKCGhvc3RuYW1lGAIgASgJEg4KBnF1ZXVlcxgDIAMoCRINCgV0eXBlcxgEIAMoCRIXCg9ydW5uaW5nX2pvYl9pZHMYBSADKAkSMQoNZmlyc3Rfc2Vlbl9hdBgGIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASMAoMbGFzdF9zZWVuX2F0GAcgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIlCgZzdGF0dXMYCCABKA4yFS5qb2JxLnYxLldvcmtlclN0YXR1cxIPCgd2ZXJzaW9uGAkgASgJIrsCCghTY2hlZHVsZRIMCgRuYW1lGAEgASgJEgwKBGNyb24YAiABKAkSEQoJdGltZV96b25lGAMgASgJEh0KA2pvYhgEIAEoCzIQLmpvYnEudjEuSm9iU3BlYxIOCgZwYXVzZWQYBSABKAgSLwoLbmV4dF9ydW5fYXQYBiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi8KC2xhc3RfcnVuX2F0GAcgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBITCgtsYXN0X2pvYl9pZBgIIAEoCRIuCgpjcmVhdGVkX2F0GAkgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIqCgxtaXNzZWRfdGlja3MYCiABKA4yFC5qb2JxLnYxLk1pc3NlZFRpY2tzKl0KC01pc3NlZFRpY2tzEhwKGE1JU1NFRF9USUNLU19VTlNQRUNJRklFRBAAEhkKFU1JU1NFRF9USUNLU19SVU5fT05DRRABEhUKEU1JU1NFRF9USUNLU19TS0lQEAIqXwoMV29ya2VyU3RhdHVzEh0KGVdPUktFUl9TVEFUVVNfVU5TUEVDSUZJRUQQABIYChRXT1JLRVJfU1RBVFVTX0FDVElWRRABEhYKEldPUktFUl9TVEFUVVNfTE9TVBACYgZwcm90bzM", [file_google_protobuf_timestamp, file_jobq_v1_job]);
 
 /**
  * Queue is a named queue and its controls.
@@ -44,11 +44,20 @@ export type Queue = Message<"jobq.v1.Queue"> & {
   concurrencyLimit: number;
 
   /**
-   * Most jobs leased per second from this queue; 0 = no limit.
+   * Most jobs started per second from this queue, across all replicas;
+   * 0 = no limit.
    *
    * @generated from field: double rate_limit_per_second = 4;
    */
   rateLimitPerSecond: number;
+
+  /**
+   * Most jobs the rate limit lets start at once after a quiet spell (the
+   * token bucket's size); 0 = the rate rounded up, at least 1.
+   *
+   * @generated from field: double rate_burst = 5;
+   */
+  rateBurst: number;
 };
 
 /**
@@ -204,6 +213,13 @@ export type Schedule = Message<"jobq.v1.Schedule"> & {
    * @generated from field: google.protobuf.Timestamp created_at = 9;
    */
   createdAt?: Timestamp | undefined;
+
+  /**
+   * What to do about ticks missed while no scheduler ran; unset: run once.
+   *
+   * @generated from field: jobq.v1.MissedTicks missed_ticks = 10;
+   */
+  missedTicks: MissedTicks;
 };
 
 /**
@@ -212,6 +228,43 @@ export type Schedule = Message<"jobq.v1.Schedule"> & {
  */
 export const ScheduleSchema: GenMessage<Schedule> = /*@__PURE__*/
   messageDesc(file_jobq_v1_admin, 2);
+
+/**
+ * MissedTicks says what a schedule does about ticks that passed while no
+ * server ran a scheduler: a tick is missed when it came more than 2 s before
+ * the server that reaches it started, or when it is reached more than 60 s
+ * late.
+ *
+ * @generated from enum jobq.v1.MissedTicks
+ */
+export enum MissedTicks {
+  /**
+   * Same as MISSED_TICKS_RUN_ONCE.
+   *
+   * @generated from enum value: MISSED_TICKS_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * One job for all the ticks missed, as soon as a scheduler runs again.
+   *
+   * @generated from enum value: MISSED_TICKS_RUN_ONCE = 1;
+   */
+  RUN_ONCE = 1,
+
+  /**
+   * Missed ticks enqueue nothing; the schedule waits for its next tick.
+   *
+   * @generated from enum value: MISSED_TICKS_SKIP = 2;
+   */
+  SKIP = 2,
+}
+
+/**
+ * Describes the enum jobq.v1.MissedTicks.
+ */
+export const MissedTicksSchema: GenEnum<MissedTicks> = /*@__PURE__*/
+  enumDesc(file_jobq_v1_admin, 0);
 
 /**
  * WorkerStatus says whether a worker is alive.
@@ -248,5 +301,5 @@ export enum WorkerStatus {
  * Describes the enum jobq.v1.WorkerStatus.
  */
 export const WorkerStatusSchema: GenEnum<WorkerStatus> = /*@__PURE__*/
-  enumDesc(file_jobq_v1_admin, 0);
+  enumDesc(file_jobq_v1_admin, 1);
 
