@@ -98,6 +98,104 @@ async fn cli_enqueue_get_list_json_and_exit_codes() -> Result<()> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cli_sets_queue_limits_concurrency_keys_and_missed_tick_policies() -> Result<()> {
+    let server = TestServer::start().await?;
+    let cli = Cli::new(cli_binary(), server.addr());
+
+    let set = cli
+        .run(
+            &[
+                "queues",
+                "--json",
+                "set",
+                "downloads",
+                "--concurrency",
+                "3",
+                "--rate",
+                "2",
+                "--burst",
+                "6",
+                "--pause",
+            ],
+            WITHIN,
+        )
+        .await?;
+    let set = set.expect_code(0)?.json()?;
+    assert_eq!(
+        set[0],
+        json!({ "name": "downloads", "paused": true, "concurrency_limit": 3,
+                "rate_limit_per_second": 2.0, "rate_burst": 6.0 })
+    );
+    let table = cli.run(&["queues", "list"], WITHIN).await?;
+    let table = table.expect_code(0)?.stdout.clone();
+    ensure!(
+        table.contains("BURST")
+            && table.lines().any(|line| line.starts_with("downloads")
+                && line.contains("paused")
+                && line.split_whitespace().last() == Some("6")),
+        "{table}"
+    );
+    cli.run(&["queues", "set", "downloads"], WITHIN)
+        .await?
+        .expect_code(2)?;
+
+    let enqueued = cli
+        .run(
+            &[
+                "enqueue",
+                "channel_download",
+                "{}",
+                "--concurrency-key",
+                "channel:UCxyz",
+            ],
+            WITHIN,
+        )
+        .await?;
+    let id = enqueued.expect_code(0)?.stdout.trim().to_owned();
+    let got = cli.run(&["--json", "get", &id], WITHIN).await?;
+    let got = got.expect_code(0)?.json()?;
+    assert_eq!(
+        (
+            &got["concurrency_key"],
+            &got["concurrency_limit"],
+            &got["concurrency_key_running"]
+        ),
+        (&json!("channel:UCxyz"), &json!(1), &json!(0))
+    );
+    let shown = cli.run(&["get", &id], WITHIN).await?;
+    ensure!(
+        shown
+            .expect_code(0)?
+            .stdout
+            .contains("channel:UCxyz (0 of 1 running)"),
+        "{}",
+        shown.stdout
+    );
+    cli.run(&["enqueue", "x", "--concurrency-limit", "2"], WITHIN)
+        .await?
+        .expect_code(2)?;
+
+    let put = cli
+        .run(
+            &[
+                "schedules",
+                "--json",
+                "put",
+                "nightly",
+                "0 0 3 * * *",
+                "cleanup",
+                "--missed-ticks",
+                "skip",
+            ],
+            WITHIN,
+        )
+        .await?;
+    let put = put.expect_code(0)?.json()?;
+    assert_eq!(put[0]["missed_ticks"], json!("skip"));
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cli_logs_follow_watch_and_wait_track_a_running_job() -> Result<()> {
     let server = TestServer::start().await?;
     let client = sdk_client(&server)?;

@@ -229,6 +229,20 @@ async fn channel_fan_out_enqueues_downloads_and_metadata_with_duration_and_forma
         .filter(|job| job.r#type == "metadata_extraction")
         .collect();
     assert_eq!(metadata.len(), 3);
+    // The downloads of one channel share its concurrency key, limit 1 (the
+    // worker's default): they run one at a time across all workers.
+    let keys: std::collections::BTreeSet<(String, i32)> = children
+        .iter()
+        .filter(|job| job.r#type == "channel_download")
+        .map(|job| (job.concurrency_key.clone(), job.concurrency_limit))
+        .collect();
+    ensure!(
+        keys.len() == 1
+            && keys
+                .iter()
+                .all(|(key, limit)| key.starts_with("channel:") && *limit == 1),
+        "download children's concurrency keys: {keys:?}"
+    );
     for job in metadata {
         let job = jobq.get(&job.id).await?;
         assert_eq!(

@@ -7,6 +7,7 @@ import { fromBinary, fromJson, toJson } from "@bufbuild/protobuf";
 import { ValueSchema } from "@bufbuild/protobuf/wkt";
 import type { BrowserContext, Page } from "playwright-core";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { MissedTicks } from "../src/gen/jobq/v1/admin_pb";
 import { AttemptOutcome, JobState } from "../src/gen/jobq/v1/job_pb";
 import { EnqueueJobRequestSchema } from "../src/gen/jobq/v1/queue_service_pb";
 import {
@@ -343,6 +344,43 @@ describe.sequential("dashboard", () => {
     await overview.locator(".chart-svg rect[fill]").first().waitFor();
     await screenshot(overview, "11-overview");
     await overview.close();
+  });
+
+  it("sets a queue's rate and burst, and shows concurrency keys and missed-tick policies", async () => {
+    // A queue no worker takes from, so nothing here races the other tests.
+    const limited = await api.enqueueJob({ job: { type: "e2e.keyed", queue: "limits-ui", concurrencyKey: "channel:UCxyz" } });
+    const queues = await open("#/queues");
+    const row = queues.locator('tr[data-queue="limits-ui"]');
+    await row.waitFor();
+    await row.getByRole("button", { name: "Limits…" }).click();
+    const editing = queues.locator("tr.editing");
+    await editing.getByLabel("Rate (jobs/s)").fill("4");
+    await editing.getByLabel("Burst").fill("8");
+    await editing.getByRole("button", { name: "Save" }).click();
+    await row.locator("td", { hasText: "burst 8" }).waitFor();
+    await screenshot(queues, "16-queue-rate-and-burst");
+    const saved = (await api.listQueues({})).queues.find((q) => q.name === "limits-ui");
+    expect([saved?.rateLimitPerSecond, saved?.rateBurst]).toEqual([4, 8]);
+    await queues.close();
+
+    const detail = await open(`#/jobs/${limited.job?.id}`);
+    await detail.locator('[data-testid="concurrency-key"]', { hasText: "channel:UCxyz" }).waitFor();
+    await detail.locator('[data-testid="concurrency-key"]', { hasText: "0 of 1 running" }).waitFor();
+    await screenshot(detail, "17-job-concurrency-key");
+    await detail.close();
+
+    const schedules = await open("#/schedules");
+    await schedules.getByRole("button", { name: "New schedule" }).click();
+    await schedules.getByLabel("Name").fill("hourly-skip");
+    await schedules.getByLabel("Cron").fill("0 0 * * * *");
+    await schedules.getByLabel("Job type").fill("cleanup");
+    await schedules.locator('[data-testid="missed-ticks"]').selectOption("skip");
+    await schedules.getByRole("button", { name: "Save schedule" }).click();
+    await schedules.locator('[data-testid="schedules-table"] tr', { hasText: "hourly-skip" }).locator("td", { hasText: "skips missed ticks" }).waitFor();
+    const stored = (await api.listSchedules({})).schedules.find((sch) => sch.name === "hourly-skip");
+    expect(stored?.missedTicks).toBe(MissedTicks.SKIP);
+    await api.deleteSchedule({ name: "hourly-skip" });
+    await schedules.close();
   });
 
   it("had no errors in the browser console", () => {

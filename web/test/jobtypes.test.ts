@@ -4,7 +4,8 @@ import { describe, expect, it } from "vitest";
 import { JobSpecSchema } from "../src/gen/jobq/v1/job_pb";
 import { EnqueueJobRequestSchema } from "../src/gen/jobq/v1/queue_service_pb";
 import { buildSpec, DEFAULT_FORM, parseSize, type EnqueueForm, type JobSpecInit } from "../src/lib/jobtypes";
-import { parseLimit } from "../src/views/Queues";
+import { MissedTicks } from "../src/gen/jobq/v1/admin_pb";
+import { effectiveBurst, parseLimit } from "../src/views/Queues";
 import { scheduleFromForm } from "../src/views/Schedules";
 
 const form = (f: Partial<EnqueueForm>): EnqueueForm => ({ ...DEFAULT_FORM, ...f });
@@ -112,6 +113,13 @@ describe("enqueue form → JobSpec", () => {
     expect(buildSpec(form({ type: "cleanup" })).spec).toMatchObject({ queue: "", priority: 0, maxAttempts: 0 });
   });
 
+  it("sends a concurrency key with its limit, 1 unless given", () => {
+    expect(buildSpec(form({ type: "cleanup", concurrencyKey: " channel:UCxyz " })).spec).toMatchObject({ concurrencyKey: "channel:UCxyz", concurrencyLimit: 1 });
+    expect(buildSpec(form({ type: "cleanup", concurrencyKey: "host:a", concurrencyLimit: "3" })).spec).toMatchObject({ concurrencyLimit: 3 });
+    expect(buildSpec(form({ type: "cleanup", concurrencyLimit: "3" })).errors.concurrencyLimit).toBeDefined();
+    expect(buildSpec(form({ type: "cleanup", concurrencyKey: "k", concurrencyLimit: "0" })).errors.concurrencyLimit).toBeDefined();
+  });
+
   it("parses sizes", () => {
     expect(parseSize("12345")).toBe(12345);
     expect(parseSize("500M")).toBe(500 * 1024 ** 2);
@@ -122,6 +130,12 @@ describe("enqueue form → JobSpec", () => {
 });
 
 describe("queue limits and schedule form", () => {
+  it("shows the burst the server applies", () => {
+    expect(effectiveBurst({ rateLimitPerSecond: 2.5, rateBurst: 0 })).toBe(3);
+    expect(effectiveBurst({ rateLimitPerSecond: 0.2, rateBurst: 0 })).toBe(1);
+    expect(effectiveBurst({ rateLimitPerSecond: 5, rateBurst: 20 })).toBe(20);
+  });
+
   it("parses limits", () => {
     expect(parseLimit("", true)).toEqual({ value: 0 });
     expect(parseLimit("5", true)).toEqual({ value: 5 });
@@ -131,13 +145,21 @@ describe("queue limits and schedule form", () => {
   });
 
   it("maps the schedule form to a PutSchedule body", () => {
-    const r = scheduleFromForm({ name: "nightly", cron: " 0  0 3 * * * ", timeZone: "Europe/Berlin", type: "cleanup", queue: "", payload: '{ "root": "/d" }' });
+    const r = scheduleFromForm({
+      name: "nightly",
+      cron: " 0  0 3 * * * ",
+      timeZone: "Europe/Berlin",
+      type: "cleanup",
+      queue: "",
+      payload: '{ "root": "/d" }',
+      missedTicks: "skip",
+    });
     expect(r.errors).toEqual({});
     const { job: spec, ...schedule } = r.schedule ?? {};
-    expect(schedule).toEqual({ name: "nightly", cron: "0 0 3 * * *", timeZone: "Europe/Berlin" });
+    expect(schedule).toEqual({ name: "nightly", cron: "0 0 3 * * *", timeZone: "Europe/Berlin", missedTicks: MissedTicks.SKIP });
     // The template's payload is a JSON value too.
     expect({ ...spec, payload: toJson(ValueSchema, spec?.payload as Value) }).toEqual({ type: "cleanup", queue: "", payload: { root: "/d" } });
-    const bad = scheduleFromForm({ name: "a b", cron: "* *", timeZone: "", type: "", queue: "", payload: "[]" });
+    const bad = scheduleFromForm({ name: "a b", cron: "* *", timeZone: "", type: "", queue: "", payload: "[]", missedTicks: "run_once" });
     expect(Object.keys(bad.errors).sort()).toEqual(["cron", "name", "payload", "type"]);
   });
 });

@@ -69,6 +69,19 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 0)]
     pub payload_bytes: usize,
 
+    /// Give the bench queue this concurrency limit first (0: none), to
+    /// measure what the gate costs when it does not bind.
+    #[arg(long, default_value_t = 0)]
+    pub queue_concurrency_limit: i32,
+
+    /// Spread the jobs over this many concurrency keys (0: none).
+    #[arg(long, default_value_t = 0)]
+    pub concurrency_keys: u64,
+
+    /// Limit of each concurrency key.
+    #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(i32).range(1..=10_000))]
+    pub key_limit: i32,
+
     /// Worker processes (drain, latency, mixed, burn-down).
     #[arg(long, default_value_t = 1)]
     pub workers: usize,

@@ -20,6 +20,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// The job type of the bench.
 pub const JOB_TYPE: &str = "bench";
+/// The queue the bench's jobs go to.
+pub const BENCH_QUEUE: &str = "bench";
 
 /// What one worker process did.
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -96,7 +98,7 @@ pub async fn run(endpoint: &str, concurrency: usize, token: Option<&str>) -> any
     }
     let client = Client::connect(config.build()?)?;
     let worker_config = WorkerConfig::builder()
-        .queues(["bench"])
+        .queues([BENCH_QUEUE])
         .concurrency(concurrency)
         .poll_wait(Duration::from_secs(5))
         .build()?;

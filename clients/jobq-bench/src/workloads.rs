@@ -17,7 +17,7 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
 use crate::server::{RunServer, ServerSetup};
-use crate::worker::{JOB_TYPE, WorkerReport, unix_ns};
+use crate::worker::{BENCH_QUEUE, JOB_TYPE, WorkerReport, unix_ns};
 use crate::{BenchArgs, RUN_LIMIT};
 
 /// What a run measures.
@@ -127,11 +127,36 @@ fn payload(seq: u64, filler: &str, more: serde_json::Value) -> serde_json::Value
     payload
 }
 
-fn job(seq: u64, filler: &str, more: serde_json::Value) -> pb::JobSpec {
-    NewJob::new(JOB_TYPE, payload(seq, filler, more))
-        .queue("bench")
-        .max_attempts(5)
-        .into_spec()
+/// What every job of a run looks like besides its payload fields.
+#[derive(Debug, Clone)]
+struct JobShape {
+    /// Filler text in each payload.
+    filler: String,
+    /// Jobs spread over this many concurrency keys (0: none).
+    keys: u64,
+    /// Limit of each key.
+    key_limit: i32,
+}
+
+impl JobShape {
+    fn of(args: &BenchArgs) -> Self {
+        Self {
+            filler: "x".repeat(args.payload_bytes),
+            keys: args.concurrency_keys,
+            key_limit: args.key_limit,
+        }
+    }
+}
+
+fn job(seq: u64, shape: &JobShape, more: serde_json::Value) -> pb::JobSpec {
+    let job = NewJob::new(JOB_TYPE, payload(seq, &shape.filler, more))
+        .queue(BENCH_QUEUE)
+        .max_attempts(5);
+    match shape.keys {
+        0 => job,
+        keys => job.concurrency_key(format!("bench:{}", seq % keys), shape.key_limit),
+    }
+    .into_spec()
 }
 
 async fn connect(endpoint: &str, token: Option<&str>) -> anyhow::Result<Client> {
@@ -217,7 +242,7 @@ async fn fill(
     n: u64,
     batch: usize,
     in_flight: usize,
-    filler: &str,
+    filler: &JobShape,
     more: impl Fn(u64) -> serde_json::Value + Send + Sync + 'static,
 ) -> anyhow::Result<()> {
     let next = Arc::new(AtomicU64::new(0));
@@ -227,7 +252,7 @@ async fn fill(
         let (client, next, filler, more) = (
             clients[task % clients.len()].clone(),
             next.clone(),
-            filler.to_owned(),
+            filler.clone(),
             more.clone(),
         );
         tasks.spawn(async move {
@@ -471,14 +496,14 @@ where
 async fn run_enqueue(
     args: &BenchArgs,
     server: &RunServer,
-    filler: &str,
+    filler: &JobShape,
 ) -> anyhow::Result<RunResult> {
     let client = connect(&server.endpoint, args.token.as_deref()).await?;
     let n = args.jobs;
     // Calls go to the replicas in turn.
     let (callers, filler) = (
         Arc::new(connect_all(server, args.token.as_deref()).await?),
-        Arc::<str>::from(filler),
+        Arc::new(filler.clone()),
     );
     let mut result = timed_calls(server, n, args.concurrency, move |seq| {
         let (client, filler) = (
@@ -523,7 +548,7 @@ async fn run_rpc_floor(args: &BenchArgs, server: &RunServer) -> anyhow::Result<R
 async fn run_enqueue_batch(
     args: &BenchArgs,
     server: &RunServer,
-    filler: &str,
+    filler: &JobShape,
 ) -> anyhow::Result<RunResult> {
     let client = connect(&server.endpoint, args.token.as_deref()).await?;
     let n = args.jobs;
@@ -555,7 +580,7 @@ async fn run_drain(
     args: &BenchArgs,
     server: &RunServer,
     invocation: &Invocation,
-    filler: &str,
+    filler: &JobShape,
 ) -> anyhow::Result<RunResult> {
     let client = connect(&server.endpoint, args.token.as_deref()).await?;
     let n = args.jobs;
@@ -593,7 +618,7 @@ async fn run_latency(
     args: &BenchArgs,
     server: &RunServer,
     invocation: &Invocation,
-    filler: &str,
+    filler: &JobShape,
 ) -> anyhow::Result<RunResult> {
     let client = connect(&server.endpoint, args.token.as_deref()).await?;
     let workers = Workers::spawn(args, invocation, &server.endpoints)?;
@@ -618,7 +643,7 @@ async fn run_latency(
     let mut sends = tokio::task::JoinSet::new();
     for seq in 0..n {
         ticker.tick().await;
-        let (client, filler) = (client.clone(), filler.to_owned());
+        let (client, filler) = (client.clone(), filler.clone());
         sends.spawn(async move {
             let spec = job(
                 seq,
@@ -651,7 +676,7 @@ async fn run_mixed(
     args: &BenchArgs,
     server: &RunServer,
     invocation: &Invocation,
-    filler: &str,
+    filler: &JobShape,
 ) -> anyhow::Result<RunResult> {
     let client = connect(&server.endpoint, args.token.as_deref()).await?;
     let n = args.jobs;
@@ -740,7 +765,7 @@ async fn run_burn_down(
     args: &BenchArgs,
     server: &RunServer,
     invocation: &Invocation,
-    filler: &str,
+    filler: &JobShape,
 ) -> anyhow::Result<RunResult> {
     let client = connect(&server.endpoint, args.token.as_deref()).await?;
     let n = args.jobs;
@@ -856,7 +881,18 @@ async fn run_one(
     workload: Workload,
 ) -> anyhow::Result<RunResult> {
     let server = RunServer::start(setup).await?;
-    let filler = "x".repeat(args.payload_bytes);
+    let filler = JobShape::of(args);
+    if args.queue_concurrency_limit > 0 {
+        // Set before the clock starts: the run pays for the gate, not for this.
+        connect(&server.endpoint, args.token.as_deref())
+            .await?
+            .update_queue(pb::UpdateQueueRequest {
+                name: BENCH_QUEUE.into(),
+                concurrency_limit: Some(args.queue_concurrency_limit),
+                ..pb::UpdateQueueRequest::default()
+            })
+            .await?;
+    }
     let run = async {
         match workload {
             Workload::Enqueue => run_enqueue(args, &server, &filler).await,
@@ -875,6 +911,20 @@ async fn run_one(
         .with_context(|| format!("{} did not finish within {RUN_LIMIT:?}", workload.name()))??;
     if replicas > 1 {
         result.extra.insert("replicas".into(), replicas.into());
+    }
+    if args.queue_concurrency_limit > 0 {
+        result.extra.insert(
+            "queue_concurrency_limit".into(),
+            args.queue_concurrency_limit.into(),
+        );
+    }
+    if args.concurrency_keys > 0 {
+        result
+            .extra
+            .insert("concurrency_keys".into(), args.concurrency_keys.into());
+        result
+            .extra
+            .insert("key_limit".into(), args.key_limit.into());
     }
     result.workload = workload.name().into();
     result.backend = backend_name(args);

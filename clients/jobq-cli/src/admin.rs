@@ -231,6 +231,16 @@ pub enum QueuesCommand {
         /// Most jobs started per second (0 = no limit).
         #[arg(long)]
         rate: Option<f64>,
+        /// Most jobs the rate lets start at once after a quiet spell (0 = the
+        /// rate rounded up).
+        #[arg(long)]
+        burst: Option<f64>,
+        /// Pause the queue too.
+        #[arg(long, conflicts_with = "resume")]
+        pause: bool,
+        /// Resume the queue too.
+        #[arg(long)]
+        resume: bool,
     },
 }
 
@@ -240,6 +250,7 @@ fn queue_json(queue: &pb::Queue) -> serde_json::Value {
         "paused": queue.paused,
         "concurrency_limit": queue.concurrency_limit,
         "rate_limit_per_second": queue.rate_limit_per_second,
+        "rate_burst": queue.rate_burst,
     })
 }
 
@@ -274,15 +285,21 @@ pub async fn queues(ctx: &Ctx, command: QueuesCommand) -> CmdResult {
             name,
             concurrency,
             rate,
+            burst,
+            pause,
+            resume,
         } => {
-            if concurrency.is_none() && rate.is_none() {
+            let paused = (pause || resume).then_some(pause);
+            if concurrency.is_none() && rate.is_none() && burst.is_none() && paused.is_none() {
                 return Err(Failure::usage(
-                    "nothing to set: pass --concurrency and/or --rate",
+                    "nothing to set: pass --concurrency, --rate, --burst, --pause or --resume",
                 ));
             }
             let request = pb::UpdateQueueRequest {
+                paused,
                 concurrency_limit: concurrency,
                 rate_limit_per_second: rate,
+                rate_burst: burst,
                 ..update(name)
             };
             vec![client.update_queue(request).await?]
@@ -300,12 +317,20 @@ pub async fn queues(ctx: &Ctx, command: QueuesCommand) -> CmdResult {
                     if queue.paused { "paused" } else { "active" }.to_owned(),
                     limit(queue.concurrency_limit.to_string()),
                     limit(queue.rate_limit_per_second.to_string()),
+                    if queue.rate_limit_per_second > 0.0 {
+                        limit(queue.rate_burst.to_string())
+                    } else {
+                        "-".to_owned()
+                    },
                 ]
             })
             .collect();
         print!(
             "{}",
-            table(&["QUEUE", "STATUS", "CONCURRENCY", "RATE/S"], &rows)
+            table(
+                &["QUEUE", "STATUS", "CONCURRENCY", "RATE/S", "BURST"],
+                &rows
+            )
         );
     }
     Ok(exit::OK)
@@ -375,6 +400,22 @@ pub async fn workers(ctx: &Ctx, args: WorkersArgs) -> CmdResult {
     Ok(exit::OK)
 }
 
+/// `jobq schedules put --missed-ticks`.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum MissedTicksArg {
+    /// One job for all the ticks missed.
+    RunOnce,
+    /// No job for missed ticks.
+    Skip,
+}
+
+fn missed_ticks_name(raw: i32) -> &'static str {
+    match pb::MissedTicks::try_from(raw) {
+        Ok(pb::MissedTicks::Skip) => "skip",
+        _ => "run-once",
+    }
+}
+
 /// `jobq schedules ...`.
 #[derive(Debug, Subcommand)]
 pub enum SchedulesCommand {
@@ -400,6 +441,10 @@ pub enum SchedulesCommand {
         /// Create it paused.
         #[arg(long)]
         paused: bool,
+        /// What ticks missed while no server ran do: one job for them all,
+        /// or none.
+        #[arg(long, value_enum, default_value_t = MissedTicksArg::RunOnce)]
+        missed_ticks: MissedTicksArg,
     },
     /// Stop a schedule from enqueuing.
     Pause {
@@ -424,6 +469,7 @@ fn schedule_json(schedule: &pb::Schedule) -> serde_json::Value {
         "cron": schedule.cron,
         "time_zone": schedule.time_zone,
         "paused": schedule.paused,
+        "missed_ticks": missed_ticks_name(schedule.missed_ticks),
         "job": schedule.job.as_ref().map(|job| json!({
             "type": job.r#type,
             "queue": job.queue,
@@ -448,6 +494,7 @@ pub async fn schedules(ctx: &Ctx, command: SchedulesCommand) -> CmdResult {
             time_zone,
             queue,
             paused,
+            missed_ticks,
         } => {
             let mut job = NewJob::new(job_type, read_payload(payload.as_deref())?);
             if let Some(queue) = queue {
@@ -459,6 +506,11 @@ pub async fn schedules(ctx: &Ctx, command: SchedulesCommand) -> CmdResult {
                 time_zone: time_zone.unwrap_or_default(),
                 job: Some(job.into_spec()),
                 paused,
+                missed_ticks: match missed_ticks {
+                    MissedTicksArg::RunOnce => pb::MissedTicks::RunOnce,
+                    MissedTicksArg::Skip => pb::MissedTicks::Skip,
+                }
+                .into(),
                 ..pb::Schedule::default()
             };
             vec![client.put_schedule(schedule).await?]
@@ -497,6 +549,7 @@ pub async fn schedules(ctx: &Ctx, command: SchedulesCommand) -> CmdResult {
                         .map(|job| job.r#type.clone())
                         .unwrap_or_default(),
                     if schedule.paused { "paused" } else { "active" }.to_owned(),
+                    missed_ticks_name(schedule.missed_ticks).to_owned(),
                     time_text(schedule.next_run_at.as_ref()),
                 ]
             })
@@ -504,7 +557,15 @@ pub async fn schedules(ctx: &Ctx, command: SchedulesCommand) -> CmdResult {
         print!(
             "{}",
             table(
-                &["NAME", "CRON", "TIME ZONE", "TYPE", "STATUS", "NEXT RUN"],
+                &[
+                    "NAME",
+                    "CRON",
+                    "TIME ZONE",
+                    "TYPE",
+                    "STATUS",
+                    "MISSED TICKS",
+                    "NEXT RUN"
+                ],
                 &rows
             )
         );

@@ -53,6 +53,13 @@ pub struct EnqueueArgs {
     /// While a job with this key is unfinished, return it instead of a new one.
     #[arg(long)]
     pub unique_key: Option<String>,
+    /// Run at most `--concurrency-limit` jobs with this key at once, across
+    /// all workers (e.g. `channel:UCxyz`).
+    #[arg(long)]
+    pub concurrency_key: Option<String>,
+    /// Limit of the concurrency key (default 1).
+    #[arg(long, requires = "concurrency_key")]
+    pub concurrency_limit: Option<i32>,
     /// A job that must succeed first (repeat for more).
     #[arg(long = "depends-on", value_name = "JOB_ID")]
     pub depends_on: Vec<String>,
@@ -121,6 +128,9 @@ pub async fn enqueue(ctx: &Ctx, args: EnqueueArgs) -> CmdResult {
     let has_unique_key = args.unique_key.is_some();
     if let Some(key) = args.unique_key {
         job = job.unique_key(key);
+    }
+    if let Some(key) = args.concurrency_key {
+        job = job.concurrency_key(key, args.concurrency_limit.unwrap_or(1));
     }
     if let Some(parent) = args.parent {
         job = job.parent(parent);

@@ -215,6 +215,9 @@ pub fn job_json(job: &pb::Job) -> Value {
         "result": value_json(job.result.as_ref()),
         "last_error": job.last_error,
         "unique_key": job.unique_key,
+        "concurrency_key": job.concurrency_key,
+        "concurrency_limit": job.concurrency_limit,
+        "concurrency_key_running": job.concurrency_key_running,
         "tags": job.tags,
         "parent_id": job.parent_id,
         "depends_on": job.depends_on,
@@ -266,6 +269,17 @@ pub fn job_text(job: &pb::Job) -> String {
         ("result", value_text(job.result.as_ref())),
         ("last error", job.last_error.clone()),
         ("unique key", job.unique_key.clone()),
+        (
+            "concurrency key",
+            if job.concurrency_key.is_empty() {
+                String::new()
+            } else {
+                format!(
+                    "{} ({} of {} running)",
+                    job.concurrency_key, job.concurrency_key_running, job.concurrency_limit
+                )
+            },
+        ),
         ("tags", job.tags.join(", ")),
         ("parent", job.parent_id.clone()),
         ("depends on", job.depends_on.join(", ")),

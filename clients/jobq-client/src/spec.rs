@@ -94,6 +94,14 @@ impl NewJob {
         self
     }
 
+    /// Runs the job under a concurrency key: at most `limit` jobs with the
+    /// key run at once, across all workers and servers.
+    pub fn concurrency_key(mut self, key: impl Into<String>, limit: i32) -> Self {
+        self.spec.concurrency_key = key.into();
+        self.spec.concurrency_limit = limit;
+        self
+    }
+
     /// Adds a tag.
     pub fn tag(mut self, tag: impl Into<String>) -> Self {
         self.spec.tags.push(tag.into());

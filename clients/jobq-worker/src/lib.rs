@@ -84,6 +84,14 @@ pub struct WorkerOptions {
     /// The ffprobe executable.
     #[arg(long, env = "JOBQ_FFPROBE", default_value = "ffprobe")]
     pub ffprobe: PathBuf,
+
+    /// How many downloads of one channel or playlist run at once, across all
+    /// workers, when a download fans out (each child gets the concurrency
+    /// key `channel:<id>` with this limit; a payload's `channel_concurrency`
+    /// overrides it). 0: no key.
+    #[arg(long, env = "JOBQ_CHANNEL_CONCURRENCY", default_value_t = jobs::DEFAULT_CHANNEL_CONCURRENCY,
+          value_parser = clap::value_parser!(i32).range(0..=10_000))]
+    pub channel_concurrency: i32,
 }
 
 /// How the worker binary writes its own log.
@@ -135,13 +143,14 @@ pub fn build_worker(
         );
     }
     let media_root = options.media_root.clone().unwrap_or(default_media_root);
-    let settings = jobs::Settings::prepare(
+    let mut settings = jobs::Settings::prepare(
         &media_root,
         &options.cleanup_roots,
         options.yt_dlp.clone(),
         options.ffprobe.clone(),
     )
     .with_context(|| format!("preparing the media root {}", media_root.display()))?;
+    settings.channel_concurrency = options.channel_concurrency;
     check_tool(&settings.yt_dlp, "--version");
     check_tool(&settings.ffprobe, "-version");
     tracing::info!(media_root = %settings.media_root.display(), cleanup_roots = ?settings.cleanup_roots, "built-in job settings");
@@ -258,6 +267,7 @@ mod tests {
             poll_wait: Duration::from_secs(1),
             yt_dlp: PathBuf::from("jobq-test-no-such-tool"),
             ffprobe: PathBuf::from("jobq-test-no-such-tool"),
+            channel_concurrency: 1,
         };
         // The connection is lazy: no server is needed to build the worker.
         let client = Client::connect(ClientConfig::builder("http://127.0.0.1:9").build()?)?;

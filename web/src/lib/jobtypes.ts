@@ -57,6 +57,9 @@ export interface EnqueueForm {
   priority: string;
   maxAttempts: string;
   uniqueKey: string;
+  /** Jobs sharing it run at most `concurrencyLimit` at once. */
+  concurrencyKey: string;
+  concurrencyLimit: string;
   tags: string;
   delaySeconds: string;
 }
@@ -83,6 +86,8 @@ export const DEFAULT_FORM: EnqueueForm = {
   priority: "0",
   maxAttempts: "",
   uniqueKey: "",
+  concurrencyKey: "",
+  concurrencyLimit: "",
   tags: "",
   delaySeconds: "",
 };
@@ -229,6 +234,10 @@ export function buildSpec(f: EnqueueForm): BuildResult {
   const priority = intField(f.priority, "priority", errors, { min: -1000, max: 1000, label: "Priority" });
   const maxAttempts = intField(f.maxAttempts, "maxAttempts", errors, { min: 1, max: 1000, label: "Attempts" });
   const delay = intField(f.delaySeconds, "delaySeconds", errors, { min: 0, max: 365 * 86400, label: "Delay" });
+  const concurrencyKey = f.concurrencyKey.trim();
+  const concurrencyLimit = intField(f.concurrencyLimit, "concurrencyLimit", errors, { min: 1, max: 10000, label: "Limit" });
+  if (concurrencyLimit && !concurrencyKey) errors.concurrencyLimit = "Give a concurrency key too";
+  if (concurrencyKey.length > 128) errors.concurrencyKey = "At most 128 characters";
   const tags = f.tags
     .split(",")
     .map((t) => t.trim())
@@ -242,6 +251,8 @@ export function buildSpec(f: EnqueueForm): BuildResult {
     priority: priority ?? 0,
     maxAttempts: maxAttempts ?? 0,
     uniqueKey: f.uniqueKey.trim(),
+    concurrencyKey,
+    concurrencyLimit: concurrencyKey ? (concurrencyLimit ?? 1) : 0,
     tags,
   };
   if (delay) spec.delay = { seconds: BigInt(delay), nanos: 0 };

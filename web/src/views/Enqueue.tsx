@@ -233,6 +233,16 @@ export function Enqueue() {
                   <input {...text("uniqueKey")} placeholder="optional" />
                 </label>
                 <label class="field">
+                  <span>Concurrency key</span>
+                  <input {...text("concurrencyKey")} placeholder="e.g. channel:UCxyz" data-testid="concurrency-key-input" />
+                  {err("concurrencyKey")}
+                </label>
+                <label class="field">
+                  <span>Key limit</span>
+                  <input {...text("concurrencyLimit")} inputMode="numeric" placeholder="1" />
+                  {err("concurrencyLimit")}
+                </label>
+                <label class="field">
                   <span>Tags</span>
                   <input {...text("tags")} placeholder="comma, separated" />
                 </label>

@@ -204,6 +204,18 @@ export function JobDetail({ id }: { id: string }) {
                 <dd class="mono">{job.uniqueKey}</dd>
               </>
             ) : null}
+            {job.concurrencyKey ? (
+              <>
+                <dt>Concurrency key</dt>
+                <dd data-testid="concurrency-key">
+                  <span class="mono">{job.concurrencyKey}</span>
+                  <span class="muted small">
+                    {" "}
+                    · {job.concurrencyKeyRunning} of {job.concurrencyLimit} running
+                  </span>
+                </dd>
+              </>
+            ) : null}
             {job.tags.length ? (
               <>
                 <dt>Tags</dt>

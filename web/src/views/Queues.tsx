@@ -45,7 +45,7 @@ export function Queues() {
     stats: stats.data?.queues.find((q) => q.queue === name),
   }));
 
-  const update = async (name: string, change: { paused?: boolean; concurrencyLimit?: number; rateLimitPerSecond?: number }) => {
+  const update = async (name: string, change: { paused?: boolean; concurrencyLimit?: number; rateLimitPerSecond?: number; rateBurst?: number }) => {
     try {
       await api().updateQueue({ name, ...change });
       toast(change.paused === undefined ? `Limits of ${name} saved` : change.paused ? `Queue ${name} paused` : `Queue ${name} resumed`);
@@ -60,7 +60,7 @@ export function Queues() {
   const unimplemented = queues.code === Code.Unimplemented;
   return (
     <div>
-      <PageHeader title="Queues" sub="A paused queue keeps its jobs but hands none out. Limits apply across all workers." />
+      <PageHeader title="Queues" sub="A paused queue keeps its jobs but hands none out. Limits apply across all workers and server replicas; the burst is how many jobs the rate lets start at once after a quiet spell." />
       {unimplemented ? (
         <div class="notice notice-warn">This server cannot list queue settings yet; the counts below come from the queue stats.</div>
       ) : queues.error ? (
@@ -156,7 +156,16 @@ function QueueRow({ row, onEdit, onPause }: { row: Row; onEdit: () => void; onPa
       <td>{paused ? <Badge tone="amber">Paused</Badge> : <Badge tone="green">Active</Badge>}</td>
       <Counts row={row} />
       <td class="num">{row.queue?.concurrencyLimit ? formatCount(row.queue.concurrencyLimit) : <span class="muted">none</span>}</td>
-      <td class="num">{row.queue?.rateLimitPerSecond ? row.queue.rateLimitPerSecond : <span class="muted">none</span>}</td>
+      <td class="num">
+        {row.queue?.rateLimitPerSecond ? (
+          <>
+            {row.queue.rateLimitPerSecond}
+            <span class="muted small"> · burst {effectiveBurst(row.queue)}</span>
+          </>
+        ) : (
+          <span class="muted">none</span>
+        )}
+      </td>
       <td class="actions">
         <button class="btn btn-sm" onClick={() => onPause(!paused)} data-testid={`pause-${row.name}`}>
           {paused ? "Resume" : "Pause"}
@@ -169,11 +178,26 @@ function QueueRow({ row, onEdit, onPause }: { row: Row; onEdit: () => void; onPa
   );
 }
 
-function EditRow({ row, onCancel, onSave }: { row: Row; onCancel: () => void; onSave: (c: { concurrencyLimit: number; rateLimitPerSecond: number }) => void }) {
+/** The rate limit's bucket size as the server applies it: the burst set, else the rate rounded up. */
+export function effectiveBurst(queue: Pick<Queue, "rateLimitPerSecond" | "rateBurst">): number {
+  return queue.rateBurst > 0 ? queue.rateBurst : Math.max(1, Math.ceil(queue.rateLimitPerSecond));
+}
+
+function EditRow({
+  row,
+  onCancel,
+  onSave,
+}: {
+  row: Row;
+  onCancel: () => void;
+  onSave: (c: { concurrencyLimit: number; rateLimitPerSecond: number; rateBurst: number }) => void;
+}) {
   const [conc, setConc] = useState(row.queue?.concurrencyLimit ? String(row.queue.concurrencyLimit) : "");
   const [rate, setRate] = useState(row.queue?.rateLimitPerSecond ? String(row.queue.rateLimitPerSecond) : "");
+  const [burst, setBurst] = useState(row.queue?.rateBurst ? String(row.queue.rateBurst) : "");
   const c = parseLimit(conc, true);
   const r = parseLimit(rate, false);
+  const b = parseLimit(burst, false);
   const paused = row.queue?.paused ?? false;
   return (
     <tr class="editing">
@@ -184,13 +208,22 @@ function EditRow({ row, onCancel, onSave }: { row: Row; onCancel: () => void; on
         <input class={`input input-sm num ${c.error ? "invalid" : ""}`} placeholder="none" title={c.error ?? "Most jobs running at once; empty or 0 for no limit"} value={conc} onInput={(e) => setConc(e.currentTarget.value)} />
       </td>
       <td class="num">
-        <input class={`input input-sm num ${r.error ? "invalid" : ""}`} placeholder="none" title={r.error ?? "Most jobs started per second; empty or 0 for no limit"} value={rate} onInput={(e) => setRate(e.currentTarget.value)} />
+        <input class={`input input-sm num ${r.error ? "invalid" : ""}`} placeholder="none" aria-label="Rate (jobs/s)" title={r.error ?? "Most jobs started per second; empty or 0 for no limit"} value={rate} onInput={(e) => setRate(e.currentTarget.value)} />
+        <input
+          class={`input input-sm num ${b.error ? "invalid" : ""}`}
+          placeholder="burst"
+          aria-label="Burst"
+          data-testid="burst-input"
+          title={b.error ?? "Most jobs the rate lets start at once; empty or 0 for the rate rounded up"}
+          value={burst}
+          onInput={(e) => setBurst(e.currentTarget.value)}
+        />
       </td>
       <td class="actions">
         <button
           class="btn btn-sm btn-primary"
-          disabled={!!c.error || !!r.error}
-          onClick={() => onSave({ concurrencyLimit: c.value ?? 0, rateLimitPerSecond: r.value ?? 0 })}
+          disabled={!!c.error || !!r.error || !!b.error}
+          onClick={() => onSave({ concurrencyLimit: c.value ?? 0, rateLimitPerSecond: r.value ?? 0, rateBurst: b.value ?? 0 })}
         >
           Save
         </button>

@@ -2,7 +2,7 @@
 import { fromJson, type JsonObject } from "@bufbuild/protobuf";
 import { ValueSchema } from "@bufbuild/protobuf/wkt";
 import { useState } from "preact/hooks";
-import type { Schedule } from "../gen/jobq/v1/admin_pb";
+import { MissedTicks, type Schedule } from "../gen/jobq/v1/admin_pb";
 import { api, errorMessage } from "../lib/api";
 import { prettyValue, tsMillis } from "../lib/format";
 import { useAsync, useInterval, useNow } from "../lib/hooks";
@@ -17,9 +17,11 @@ export interface ScheduleForm {
   type: string;
   queue: string;
   payload: string;
+  /** "run_once" or "skip". */
+  missedTicks: string;
 }
 
-const EMPTY: ScheduleForm = { name: "", cron: "0 0 * * * *", timeZone: "", type: "", queue: "", payload: "{}" };
+const EMPTY: ScheduleForm = { name: "", cron: "0 0 * * * *", timeZone: "", type: "", queue: "", payload: "{}", missedTicks: "run_once" };
 
 /** The form as a PutSchedule request body, or errors by field. */
 export function scheduleFromForm(f: ScheduleForm): { schedule?: Parameters<ReturnType<typeof api>["putSchedule"]>[0]["schedule"]; errors: Partial<Record<keyof ScheduleForm, string>> } {
@@ -45,6 +47,7 @@ export function scheduleFromForm(f: ScheduleForm): { schedule?: Parameters<Retur
       cron: fields.join(" "),
       timeZone: f.timeZone.trim(),
       job: { type: f.type.trim(), queue: f.queue.trim(), payload: fromJson(ValueSchema, payload) },
+      missedTicks: f.missedTicks === "skip" ? MissedTicks.SKIP : MissedTicks.RUN_ONCE,
     },
   };
 }
@@ -88,6 +91,7 @@ export function Schedules() {
       type: s.job?.type ?? "",
       queue: s.job?.queue ?? "",
       payload: prettyValue(s.job?.payload) || "{}",
+      missedTicks: s.missedTicks === MissedTicks.SKIP ? "skip" : "run_once",
     });
 
   const schedules = list.data?.schedules ?? [];
@@ -127,7 +131,10 @@ export function Schedules() {
                     </td>
                     <td>
                       <code>{s.cron}</code>
-                      <div class="muted small">{s.timeZone || "UTC"}</div>
+                      <div class="muted small">
+                        {s.timeZone || "UTC"}
+                        {s.missedTicks === MissedTicks.SKIP ? " · skips missed ticks" : ""}
+                      </div>
                     </td>
                     <td>
                       <a href={href("/jobs", { type: s.job?.type })}>
@@ -213,6 +220,14 @@ function ScheduleEditor({ initial, onClose, onSaved }: { initial: ScheduleForm; 
         <label class="field">
           <span>Time zone</span>
           <input {...field("timeZone")} placeholder="UTC" />
+        </label>
+        <label class="field">
+          <span>Missed ticks</span>
+          <select {...field("missedTicks")} data-testid="missed-ticks">
+            <option value="run_once">Run once for all missed</option>
+            <option value="skip">Skip</option>
+          </select>
+          <small class="muted">Ticks that passed while no server ran</small>
         </label>
         <label class="field">
           <span>Job type</span>

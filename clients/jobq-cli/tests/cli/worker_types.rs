@@ -25,6 +25,7 @@ fn options(media_root: &Path, yt_dlp: &Path) -> jobq_worker::WorkerOptions {
         poll_wait: Duration::from_secs(5),
         yt_dlp: yt_dlp.to_path_buf(),
         ffprobe: PathBuf::from("true"),
+        channel_concurrency: 1,
     }
 }
 

@@ -15,6 +15,10 @@
 //!   job per child that depends on it.
 //! - `no_playlist` (default false): download just the video of a URL that is
 //!   both a video and a playlist (what fan-out children use).
+//! - `channel_concurrency` (default: the worker's `--channel-concurrency`,
+//!   1): with `fan_out`, how many of the children run at once across all
+//!   workers: each gets the concurrency key `channel:<channel or playlist
+//!   id>` with this limit; 0 gives them no key.
 
 use std::ffi::OsString;
 use std::path::PathBuf;
@@ -68,6 +72,8 @@ pub struct DownloadPayload {
     /// Only the video of a video-and-playlist URL.
     #[serde(default)]
     pub no_playlist: bool,
+    /// With `fan_out`: children of one channel running at once (0: no limit).
+    pub channel_concurrency: Option<i32>,
 }
 
 /// A checked download: what yt-dlp will be told.
@@ -93,6 +99,8 @@ pub struct DownloadPlan {
     pub extract_metadata: bool,
     /// `--no-playlist`.
     pub no_playlist: bool,
+    /// Limit of the fanned-out children's channel key (0: no key).
+    pub channel_concurrency: i32,
 }
 
 impl DownloadPlan {
@@ -112,6 +120,14 @@ impl DownloadPlan {
             Some(subdir) => check_relative("subdir", subdir)?,
             None => PathBuf::new(),
         };
+        let channel_concurrency = payload
+            .channel_concurrency
+            .unwrap_or(settings.channel_concurrency);
+        if !(0..=10_000).contains(&channel_concurrency) {
+            return Err(JobError::fatal(
+                "payload.channel_concurrency: must be within 0..=10000",
+            ));
+        }
         if payload.max_entries == Some(0) {
             return Err(JobError::fatal("payload.max_entries: must be at least 1"));
         }
@@ -137,6 +153,7 @@ impl DownloadPlan {
             fan_out: payload.fan_out,
             extract_metadata: payload.extract_metadata.unwrap_or(true),
             no_playlist: payload.no_playlist,
+            channel_concurrency,
         })
     }
 
@@ -335,11 +352,12 @@ impl DownloadHandler {
         ctx.log()
             .system(format!("{} entries listed in {title:?}", urls.len()));
         let child_subdir = plan.subdir.join(safe_dir_name(&title));
+        let channel_key = (plan.channel_concurrency > 0).then(|| channel_key(&listing, &plan.url));
 
         let downloads: Vec<JobSpec> = urls
             .iter()
             .map(|url| {
-                NewJob::new(
+                let job = NewJob::new(
                     self.job_type,
                     json!({
                         "url": url,
@@ -353,7 +371,11 @@ impl DownloadHandler {
                 .queue(ctx.job().queue.clone())
                 .priority(ctx.job().priority)
                 .parent(ctx.id())
-                .unique_key(format!("download:{url}"))
+                .unique_key(format!("download:{url}"));
+                match &channel_key {
+                    Some(key) => job.concurrency_key(key.clone(), plan.channel_concurrency),
+                    None => job,
+                }
                 .into_spec()
             })
             .collect();
@@ -436,6 +458,23 @@ fn percent_of(index: u32, count: u32) -> i32 {
     }
 }
 
+/// The concurrency key of a listing's downloads: its channel, else its
+/// uploader, else the playlist itself, else the URL listed; at most 128 bytes.
+pub fn channel_key(listing: &serde_json::Value, url: &str) -> String {
+    let id = ["channel_id", "uploader_id", "id"]
+        .iter()
+        .find_map(|key| listing.get(*key).and_then(|value| value.as_str()))
+        .filter(|id| !id.trim().is_empty())
+        .unwrap_or(url);
+    let mut key = format!("channel:{id}");
+    let mut end = key.len().min(128);
+    while !key.is_char_boundary(end) {
+        end -= 1;
+    }
+    key.truncate(end);
+    key
+}
+
 /// The http(s) URLs of a flat playlist's entries, in order, without duplicates.
 pub fn entry_urls(listing: &serde_json::Value) -> Vec<String> {
     let mut urls: Vec<String> = Vec::new();
@@ -494,6 +533,7 @@ mod tests {
             yt_dlp: "yt-dlp".into(),
             ffprobe: "ffprobe".into(),
             kill_grace: std::time::Duration::from_secs(1),
+            channel_concurrency: 1,
         }
     }
 
@@ -559,6 +599,42 @@ mod tests {
             entry_urls(&listing),
             vec!["http://127.0.0.1/a.mp4", "https://example.com/watch?v=2"]
         );
+    }
+
+    #[test]
+    fn a_listing_keys_its_downloads_by_channel_then_uploader_then_itself() {
+        let url = "http://127.0.0.1:1/channel";
+        assert_eq!(
+            channel_key(
+                &json!({ "channel_id": "UCxyz", "uploader_id": "@a", "id": "p" }),
+                url
+            ),
+            "channel:UCxyz"
+        );
+        assert_eq!(
+            channel_key(&json!({ "uploader_id": "@a", "id": "p" }), url),
+            "channel:@a"
+        );
+        assert_eq!(channel_key(&json!({ "id": "PL1" }), url), "channel:PL1");
+        assert_eq!(
+            channel_key(&json!({ "id": " " }), url),
+            format!("channel:{url}")
+        );
+        let long = "é".repeat(100);
+        let key = channel_key(&json!({ "id": long }), url);
+        assert!(key.len() <= 128 && key.starts_with("channel:é"), "{key}");
+    }
+
+    #[test]
+    fn the_channel_limit_comes_from_the_payload_or_the_worker() -> Result<(), JobError> {
+        let url = "http://127.0.0.1:1/channel";
+        assert_eq!(plan(json!({ "url": url }))?.channel_concurrency, 1);
+        assert_eq!(
+            plan(json!({ "url": url, "channel_concurrency": 0 }))?.channel_concurrency,
+            0
+        );
+        assert!(plan(json!({ "url": url, "channel_concurrency": -1 })).is_err());
+        Ok(())
     }
 
     #[test]

@@ -370,6 +370,7 @@ mod tests {
             yt_dlp: "yt-dlp".into(),
             ffprobe: "ffprobe".into(),
             kill_grace: Duration::from_secs(1),
+            channel_concurrency: 1,
         }
     }
 

@@ -48,7 +48,13 @@ pub struct Settings {
     pub ffprobe: PathBuf,
     /// How long a tool gets to exit after SIGTERM before SIGKILL.
     pub kill_grace: Duration,
+    /// How many fanned-out downloads of one channel run at once (their
+    /// concurrency key's limit), unless the payload says; 0: no key.
+    pub channel_concurrency: i32,
 }
+
+/// Fanned-out downloads of one channel run one at a time unless configured.
+pub const DEFAULT_CHANNEL_CONCURRENCY: i32 = 1;
 
 impl Settings {
     /// Settings with the media root made absolute and free of symlinks
@@ -83,6 +89,7 @@ impl Settings {
             yt_dlp,
             ffprobe,
             kill_grace: Duration::from_secs(5),
+            channel_concurrency: DEFAULT_CHANNEL_CONCURRENCY,
         })
     }
 }
