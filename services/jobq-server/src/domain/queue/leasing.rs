@@ -161,12 +161,13 @@ impl JobQueue {
         self.wake_pollers();
     }
 
-    /// Whether `queue` has a concurrency limit, as last read: a job of it
-    /// that stops running frees room for waiting calls.
+    /// Whether `queue` may have a concurrency limit, as last read (when the
+    /// controls were just forgotten, it may): a job of it that stops running
+    /// frees room for waiting calls.
     pub(super) fn queue_has_concurrency_limit(&self, queue: &str) -> bool {
         lock(&self.leasing.controls)
             .as_ref()
-            .is_some_and(|(_, controls)| {
+            .is_none_or(|(_, controls)| {
                 controls
                     .iter()
                     .any(|control| control.name == queue && control.concurrency_limit > 0)
