@@ -1,10 +1,11 @@
 //! Queue controls and concurrency keys through the queue and the real store,
 //! with a manual clock: what a lease may take, and what it spends.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::domain::{
-    CompleteReport, Detail, JobSpec, JobState, LeasedJob, MissedTicks, QueueControls,
+    CompleteReport, Detail, JobSpec, JobState, LeasedJob, MissedTicks, QueueControls, QueueEdit,
     ScheduleDefinition,
 };
 use crate::testkit::{Fixture, lease_request, spec};
@@ -32,7 +33,7 @@ async fn enqueue(fx: &Fixture, specs: Vec<JobSpec>) {
     fx.queue.enqueue(specs, None).await.expect("enqueue");
 }
 
-async fn set(fx: &Fixture, queue: &str, edit: impl FnOnce(&mut QueueControls)) {
+async fn set(fx: &Fixture, queue: &str, edit: impl Fn(&mut QueueControls) + Send + Sync + 'static) {
     fx.queue
         .update_queue(queue.into(), edit)
         .await
@@ -222,4 +223,44 @@ async fn a_skipping_schedule_enqueues_nothing_for_ticks_reached_far_too_late() {
     }
     fx.advance(Duration::from_secs(60));
     assert_eq!(fx.queue.fire_due_schedules().await.expect("fire").len(), 2);
+}
+
+#[tokio::test]
+async fn concurrent_changes_of_different_controls_all_apply() {
+    let fx = Fixture::new().await;
+    for round in 0..10 {
+        let queue = format!("q{round}");
+        let edits: Vec<QueueEdit> = vec![
+            Arc::new(|q| q.paused = true),
+            Arc::new(|q| q.concurrency_limit = 3),
+            Arc::new(|q| q.rate_limit_per_second = 2.0),
+            Arc::new(|q| q.rate_burst = 4.0),
+        ];
+        let mut tasks = tokio::task::JoinSet::new();
+        for edit in edits {
+            let (queue_handle, name) = (fx.queue.clone(), queue.clone());
+            tasks.spawn(async move { queue_handle.update_queue(name, move |q| edit(q)).await });
+        }
+        while let Some(done) = tasks.join_next().await {
+            done.expect("task").expect("update");
+        }
+        let stored = fx
+            .queue
+            .queues()
+            .await
+            .expect("queues")
+            .into_iter()
+            .find(|q| q.name == queue)
+            .expect("the queue");
+        assert_eq!(
+            (
+                stored.paused,
+                stored.concurrency_limit,
+                stored.rate_limit_per_second,
+                stored.rate_burst
+            ),
+            (true, 3, 2.0, 4.0),
+            "round {round}"
+        );
+    }
 }

@@ -43,5 +43,5 @@ pub use retry::RetryPolicy;
 pub use schedules::ScheduleDefinition;
 pub use store::{
     Applied, DependencyRule, Detail, InsertedAndLeased, JobChange, JobLog, JobStore, LeaseChange,
-    LeaseQuery, Leased, NewJob, Peers,
+    LeaseQuery, Leased, NewJob, Peers, QueueEdit,
 };

@@ -3,6 +3,7 @@
 //! commit); each write method still succeeds or fails as one unit.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -103,6 +104,9 @@ pub enum Detail {
 /// What leasing does to each picked job: starts an attempt under a fresh token.
 pub type LeaseChange = Box<dyn Fn(&mut Job) -> LeaseToken + Send + Sync + 'static>;
 
+/// A change of a queue's controls.
+pub type QueueEdit = Arc<dyn Fn(&mut QueueControls) + Send + Sync + 'static>;
+
 /// Where jobs, queues, workers and schedules are kept.
 #[async_trait]
 pub trait JobStore: Send + Sync + 'static {
@@ -196,8 +200,15 @@ pub trait JobStore: Send + Sync + 'static {
     async fn queue_controls(&self) -> QueueResult<Vec<QueueControls>>;
     /// Names of the queues that have jobs.
     async fn queue_names(&self) -> QueueResult<Vec<String>>;
-    /// Stores a queue's controls.
-    async fn put_queue_controls(&self, controls: &QueueControls, now: Millis) -> QueueResult<()>;
+    /// Changes a queue's controls with `edit` in one transaction, the row
+    /// locked (created open if new), so concurrent changes through several
+    /// replicas all apply; returns the controls as stored.
+    async fn update_queue_controls(
+        &self,
+        name: &str,
+        now: Millis,
+        edit: QueueEdit,
+    ) -> QueueResult<QueueControls>;
 
     /// Records workers that asked for jobs (new ones are added).
     async fn touch_workers(&self, workers: Vec<WorkerRecord>) -> QueueResult<()>;

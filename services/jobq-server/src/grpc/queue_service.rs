@@ -582,7 +582,7 @@ impl JobQueueService for QueueApi {
         }
         let controls = self
             .queue
-            .update_queue(name, |controls| {
+            .update_queue(name, move |controls| {
                 if let Some(paused) = request.paused {
                     controls.paused = paused;
                 }

@@ -289,19 +289,23 @@ pub async fn running_with_keys(tx: &dyn Tx, keys: &[String]) -> QueueResult<Hash
     Ok(running)
 }
 
-/// A gated queue's controls and rate bucket, read afresh inside the lease.
-async fn read_gate(
+/// A queue's stored controls and rate bucket, read inside a write (on
+/// PostgreSQL with the row locked when `lock`).
+pub async fn read_queue_controls(
     tx: &dyn Tx,
     queue: &str,
+    lock: bool,
 ) -> QueueResult<Option<(QueueControls, Option<RateBucket>)>> {
-    let statement = Sql::new(tx.backend())
+    let mut statement = Sql::new(tx.backend())
         .push(
             "SELECT paused, concurrency_limit, rate_limit_per_second, rate_burst, rate_tokens, \
              rate_refilled_at FROM queues WHERE name = ",
         )
-        .bind(queue.to_owned())
-        .build();
-    let Some(row) = tx.row(statement).await? else {
+        .bind(queue.to_owned());
+    if lock {
+        statement = statement.for_update();
+    }
+    let Some(row) = tx.row(statement.build()).await? else {
         return Ok(None);
     };
     let controls = QueueControls {
@@ -380,7 +384,7 @@ pub async fn lease(
             sooner(query.now + CONTENDED_RETRY_MS);
             continue;
         }
-        let gate = match read_gate(tx, queue).await? {
+        let gate = match read_queue_controls(tx, queue, false).await? {
             Some((controls, bucket)) => {
                 let running = if controls.concurrency_limit > 0 {
                     running_in_queue(tx, queue).await?

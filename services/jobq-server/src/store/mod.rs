@@ -30,8 +30,8 @@ use sea_orm::{
 use crate::domain::{
     Applied, AttemptOutcome, DependencyRule, Detail, InsertedAndLeased, Job, JobChange, JobFilter,
     JobId, JobSelector, JobState, JobStore, LeaseChange, LeaseQuery, LeaseToken, Leased, Millis,
-    NewJob, QueueControls, QueueError, QueueResult, QueueStats, ScheduleRecord, StatsSnapshot,
-    WorkerRecord,
+    NewJob, QueueControls, QueueEdit, QueueError, QueueResult, QueueStats, ScheduleRecord,
+    StatsSnapshot, WorkerRecord,
 };
 use dialect::Dialect;
 pub use dialect::{DatabaseKind, redacted, without_loopback_tls};
@@ -671,27 +671,46 @@ impl JobStore for SqlStore {
             .collect()
     }
 
-    async fn put_queue_controls(&self, controls: &QueueControls, now: Millis) -> QueueResult<()> {
-        let row = row_from_controls(controls, now);
+    async fn update_queue_controls(
+        &self,
+        name: &str,
+        now: Millis,
+        edit: QueueEdit,
+    ) -> QueueResult<QueueControls> {
+        let name = name.to_owned();
         self.writer
             .run(move |tx| {
-                let row = row.clone();
+                let (name, edit) = (name.clone(), edit.clone());
                 Box::pin(async move {
-                    let statement = queues::Entity::insert(row)
+                    let open = QueueControls::open(name.clone());
+                    let insert = queues::Entity::insert(row_from_controls(&open, now))
                         .on_conflict(
                             OnConflict::column(queues::Column::Name)
-                                .update_columns([
-                                    queues::Column::Paused,
-                                    queues::Column::ConcurrencyLimit,
-                                    queues::Column::RateLimitPerSecond,
-                                    queues::Column::RateBurst,
-                                    queues::Column::UpdatedAt,
-                                ])
+                                .do_nothing()
                                 .to_owned(),
                         )
                         .build(tx.backend());
-                    tx.execute(statement).await?;
-                    Ok(())
+                    tx.execute(insert).await?;
+                    let mut controls = jobs::read_queue_controls(tx, &name, true)
+                        .await?
+                        .map_or(open, |(controls, _)| controls);
+                    edit(&mut controls);
+                    let update = Sql::new(tx.backend())
+                        .push("UPDATE queues SET paused = ")
+                        .bind(controls.paused)
+                        .push(", concurrency_limit = ")
+                        .bind(controls.concurrency_limit)
+                        .push(", rate_limit_per_second = ")
+                        .bind(controls.rate_limit_per_second)
+                        .push(", rate_burst = ")
+                        .bind(controls.rate_burst)
+                        .push(", updated_at = ")
+                        .bind(now)
+                        .push(" WHERE name = ")
+                        .bind(name.clone())
+                        .build();
+                    tx.execute(update).await?;
+                    Ok(controls)
                 })
             })
             .await

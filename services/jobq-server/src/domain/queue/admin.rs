@@ -211,17 +211,12 @@ impl JobQueue {
     pub async fn update_queue(
         &self,
         name: String,
-        edit: impl FnOnce(&mut QueueControls),
+        edit: impl Fn(&mut QueueControls) + Send + Sync + 'static,
     ) -> QueueResult<QueueControls> {
-        let mut controls = self
+        let controls = self
             .store
-            .queue_controls()
-            .await?
-            .into_iter()
-            .find(|control| control.name == name)
-            .unwrap_or_else(|| QueueControls::open(name));
-        edit(&mut controls);
-        self.store.put_queue_controls(&controls, self.now()).await?;
+            .update_queue_controls(&name, self.now(), std::sync::Arc::new(edit))
+            .await?;
         self.controls_changed();
         if let Some(peers) = self.peers.get() {
             peers.controls_changed();
