@@ -211,26 +211,41 @@ impl Dialect {
 
     /// Takes, until the transaction ends, the lock every replica takes
     /// before it counts and leases under one gate (`namespace` "queue:" or
-    /// "key:", and its name); false when another transaction holds it. Never
-    /// waits, so transactions that take several never deadlock (PostgreSQL;
-    /// on SQLite the one writer already serialises them).
+    /// "key:", and its name); false when another transaction held it all
+    /// along. It never waits on the lock itself, so transactions that take
+    /// several cannot deadlock; it tries again for a few milliseconds (the
+    /// holder's lease commits within them), so concurrent leases of one
+    /// queue take turns instead of coming back empty (PostgreSQL; on SQLite
+    /// the one writer already serialises them).
     pub async fn try_lock(&self, tx: &dyn Tx, namespace: &str, name: &str) -> QueueResult<bool> {
         if self.backend != DbBackend::Postgres {
             return Ok(true);
         }
         let key = advisory_key(&format!("jobq-{namespace}"), name);
-        let row = tx
-            .row(Statement::from_sql_and_values(
-                DbBackend::Postgres,
-                "SELECT pg_try_advisory_xact_lock($1) AS locked",
-                [key.into()],
-            ))
-            .await?;
-        Ok(row
-            .and_then(|row| row.get::<bool>("locked").ok())
-            .unwrap_or(false))
+        for attempt in 0..GATE_LOCK_TRIES {
+            if attempt > 0 {
+                tokio::time::sleep(GATE_LOCK_PAUSE).await;
+            }
+            let row = tx
+                .row(Statement::from_sql_and_values(
+                    DbBackend::Postgres,
+                    "SELECT pg_try_advisory_xact_lock($1) AS locked",
+                    [key.into()],
+                ))
+                .await?;
+            if row.and_then(|row| row.get::<bool>("locked").ok()) == Some(true) {
+                return Ok(true);
+            }
+        }
+        Ok(false)
     }
 }
+
+/// How often a gate's lock is tried, [`GATE_LOCK_PAUSE`] apart, before the
+/// lease leaves that gate for its next look.
+const GATE_LOCK_TRIES: u32 = 20;
+/// Pause between tries of a gate's lock.
+const GATE_LOCK_PAUSE: Duration = Duration::from_millis(1);
 
 /// A stable 64-bit key for a PostgreSQL advisory lock on `name` within
 /// `namespace`: FNV-1a, so every replica computes the same key.

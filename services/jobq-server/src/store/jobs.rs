@@ -255,17 +255,6 @@ fn candidates_statement(
         .build()
 }
 
-async fn running_in_queue(tx: &dyn Tx, queue: &str) -> QueueResult<i64> {
-    let statement = Sql::new(tx.backend())
-        .push("SELECT COUNT(*) AS running FROM jobs WHERE state = 'running' AND queue = ")
-        .bind(queue.to_owned())
-        .build();
-    let row = tx.row(statement).await?;
-    Ok(row
-        .and_then(|row| row.get::<i64>("running").ok())
-        .unwrap_or(0))
-}
-
 /// How many jobs of each of `keys` run now.
 pub async fn running_with_keys(tx: &dyn Tx, keys: &[String]) -> QueueResult<HashMap<String, i64>> {
     if keys.is_empty() {
@@ -290,17 +279,26 @@ pub async fn running_with_keys(tx: &dyn Tx, keys: &[String]) -> QueueResult<Hash
 }
 
 /// A queue's stored controls and rate bucket, read inside a write (on
-/// PostgreSQL with the row locked when `lock`).
+/// PostgreSQL with the row locked when `lock`), and how many of its jobs
+/// run now when `count_running` (one statement for both).
 pub async fn read_queue_controls(
     tx: &dyn Tx,
     queue: &str,
     lock: bool,
-) -> QueueResult<Option<(QueueControls, Option<RateBucket>)>> {
+    count_running: bool,
+) -> QueueResult<Option<(QueueControls, Option<RateBucket>, i64)>> {
+    // Counted only for a queue with a concurrency limit.
+    let running = if count_running {
+        "CASE WHEN concurrency_limit > 0 THEN (SELECT COUNT(*) FROM jobs \
+         WHERE state = 'running' AND jobs.queue = queues.name) ELSE CAST(0 AS BIGINT) END"
+    } else {
+        "CAST(0 AS BIGINT)"
+    };
     let mut statement = Sql::new(tx.backend())
-        .push(
+        .push(&format!(
             "SELECT paused, concurrency_limit, rate_limit_per_second, rate_burst, rate_tokens, \
-             rate_refilled_at FROM queues WHERE name = ",
-        )
+             rate_refilled_at, {running} AS running FROM queues WHERE name = "
+        ))
         .bind(queue.to_owned());
     if lock {
         statement = statement.for_update();
@@ -325,7 +323,7 @@ pub async fn read_queue_controls(
         }),
         _ => None,
     };
-    Ok(Some((controls, bucket)))
+    Ok(Some((controls, bucket, row.get::<i64>("running")?)))
 }
 
 async fn save_bucket(tx: &dyn Tx, queue: &str, bucket: RateBucket) -> QueueResult<()> {
@@ -384,13 +382,8 @@ pub async fn lease(
             sooner(query.now + CONTENDED_RETRY_MS);
             continue;
         }
-        let gate = match read_queue_controls(tx, queue, false).await? {
-            Some((controls, bucket)) => {
-                let running = if controls.concurrency_limit > 0 {
-                    running_in_queue(tx, queue).await?
-                } else {
-                    0
-                };
+        let gate = match read_queue_controls(tx, queue, false, true).await? {
+            Some((controls, bucket, running)) => {
                 QueueGate::new(controls, running, bucket, query.now)
             }
             None => QueueGate::new(QueueControls::open(queue.clone()), 0, None, query.now),

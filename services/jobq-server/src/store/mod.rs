@@ -691,9 +691,9 @@ impl JobStore for SqlStore {
                         )
                         .build(tx.backend());
                     tx.execute(insert).await?;
-                    let mut controls = jobs::read_queue_controls(tx, &name, true)
+                    let mut controls = jobs::read_queue_controls(tx, &name, true, false)
                         .await?
-                        .map_or(open, |(controls, _)| controls);
+                        .map_or(open, |(controls, _, _)| controls);
                     edit(&mut controls);
                     let update = Sql::new(tx.backend())
                         .push("UPDATE queues SET paused = ")
