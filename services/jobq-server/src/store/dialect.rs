@@ -209,35 +209,64 @@ impl Dialect {
         self.backend != DbBackend::Postgres
     }
 
-    /// Takes, until the transaction ends, the lock every replica takes
-    /// before it counts and leases under one gate (`namespace` "queue:" or
-    /// "key:", and its name); false when another transaction held it all
-    /// along. It never waits on the lock itself, so transactions that take
-    /// several cannot deadlock; it tries again for a few milliseconds (the
-    /// holder's lease commits within them), so concurrent leases of one
-    /// queue take turns instead of coming back empty (PostgreSQL; on SQLite
-    /// the one writer already serialises them).
-    pub async fn try_lock(&self, tx: &dyn Tx, namespace: &str, name: &str) -> QueueResult<bool> {
-        if self.backend != DbBackend::Postgres {
-            return Ok(true);
+    /// Takes, until the transaction ends, the locks every replica takes
+    /// before it counts and leases under a gate (`namespace` "queue:" or
+    /// "key:", and each name), all in one statement; says per name whether
+    /// it got it (false: another transaction held it all along). It never
+    /// waits on a lock itself, so transactions that take several cannot
+    /// deadlock; it tries the missing ones again for a few milliseconds (the
+    /// holder's lease commits within them), so concurrent leases take turns
+    /// instead of coming back empty (PostgreSQL; on SQLite the one writer
+    /// already serialises them).
+    pub async fn try_lock_all(
+        &self,
+        tx: &dyn Tx,
+        namespace: &str,
+        names: &[&str],
+    ) -> QueueResult<Vec<bool>> {
+        let mut locked = vec![true; names.len()];
+        if self.backend != DbBackend::Postgres || names.is_empty() {
+            return Ok(locked);
         }
-        let key = advisory_key(&format!("jobq-{namespace}"), name);
+        let namespace = format!("jobq-{namespace}");
+        let mut missing: Vec<usize> = (0..names.len()).collect();
         for attempt in 0..GATE_LOCK_TRIES {
             if attempt > 0 {
                 tokio::time::sleep(GATE_LOCK_PAUSE).await;
             }
-            let row = tx
-                .row(Statement::from_sql_and_values(
+            let keys: Vec<i64> = missing
+                .iter()
+                .map(|&index| advisory_key(&namespace, names[index]))
+                .collect();
+            let keys = serde_json::to_string(&keys).unwrap_or_else(|_| "[]".into());
+            let rows = tx
+                .rows(Statement::from_sql_and_values(
                     DbBackend::Postgres,
-                    "SELECT pg_try_advisory_xact_lock($1) AS locked",
-                    [key.into()],
+                    "SELECT pg_try_advisory_xact_lock(CAST(key AS BIGINT)) AS locked \
+                     FROM jsonb_array_elements_text($1::jsonb) WITH ORDINALITY AS k(key, n) \
+                     ORDER BY n",
+                    [keys.into()],
                 ))
                 .await?;
-            if row.and_then(|row| row.get::<bool>("locked").ok()) == Some(true) {
-                return Ok(true);
+            let got: Vec<bool> = rows
+                .iter()
+                .map(|row| row.get::<bool>("locked").unwrap_or(false))
+                .collect();
+            let mut still = Vec::new();
+            for (position, &index) in missing.iter().enumerate() {
+                if got.get(position).copied() != Some(true) {
+                    still.push(index);
+                }
+            }
+            missing = still;
+            if missing.is_empty() {
+                return Ok(locked);
             }
         }
-        Ok(false)
+        for index in missing {
+            locked[index] = false;
+        }
+        Ok(locked)
     }
 }
 

@@ -339,6 +339,11 @@ async fn save_bucket(tx: &dyn Tx, queue: &str, bucket: RateBucket) -> QueueResul
     Ok(())
 }
 
+/// The gates a transaction has locked and read, by queue: the leases of
+/// one group share them (the lock is held until the commit, so what was
+/// read stays true, and each lease counts what it started).
+pub type HeldGates = HashMap<String, QueueGate>;
+
 /// How soon a lease that found a gate held by another looks again.
 const CONTENDED_RETRY_MS: Millis = 20;
 
@@ -358,6 +363,7 @@ pub async fn lease(
     dialect: &Dialect,
     query: &LeaseQuery,
     start: &LeaseChange,
+    held: &mut HeldGates,
 ) -> QueueResult<Leased> {
     let mut retry_at: Option<Millis> = None;
     let mut sooner = |at: Millis| retry_at = Some(retry_at.map_or(at, |old| old.min(at)));
@@ -378,24 +384,30 @@ pub async fn lease(
     gated.sort_unstable();
     let mut gates = Vec::new();
     for queue in &gated {
-        if !dialect.try_lock(tx, "queue:", queue).await? {
-            sooner(query.now + CONTENDED_RETRY_MS);
-            continue;
-        }
-        let gate = match read_queue_controls(tx, queue, false, true).await? {
-            Some((controls, bucket, running)) => {
-                QueueGate::new(controls, running, bucket, query.now)
+        if !held.contains_key(queue) {
+            if dialect.try_lock_all(tx, "queue:", &[queue.as_str()]).await? != [true] {
+                sooner(query.now + CONTENDED_RETRY_MS);
+                continue;
             }
-            None => QueueGate::new(QueueControls::open(queue.clone()), 0, None, query.now),
-        };
-        let allowed = gate.allowance().min(query.limit);
+            let gate = match read_queue_controls(tx, queue, false, true).await? {
+                Some((controls, bucket, running)) => {
+                    QueueGate::new(controls, running, bucket, query.now)
+                }
+                None => QueueGate::new(QueueControls::open(queue.clone()), 0, None, query.now),
+            };
+            held.insert(queue.clone(), gate);
+        }
+        let allowed = held
+            .get(queue)
+            .map_or(0, QueueGate::allowance)
+            .min(query.limit);
         if allowed > 0 {
             let mut picked =
                 lease_candidates(tx, queue, &query.types, query.max_payload_bytes, allowed).await?;
             picked.truncate(allowed as usize);
             candidates.extend(picked);
         }
-        gates.push((queue, gate));
+        gates.push(queue);
     }
     // Several queries: restore the one lease order across them.
     candidates.sort_by(|a, b| {
@@ -417,8 +429,11 @@ pub async fn lease(
         room -= job.payload_bytes;
         picked.push(job);
     }
-    for (queue, gate) in &mut gates {
-        let started = picked.iter().filter(|job| &job.queue == *queue).count() as u64;
+    for queue in gates {
+        let Some(gate) = held.get_mut(queue) else {
+            continue;
+        };
+        let started = picked.iter().filter(|job| &job.queue == queue).count() as u64;
         gate.start(started);
         if let Some(bucket) = gate.bucket()
             && started > 0
@@ -467,10 +482,12 @@ async fn within_keys(
     }
     keys.sort_unstable();
     keys.dedup();
+    let names: Vec<&str> = keys.iter().map(String::as_str).collect();
+    let got = dialect.try_lock_all(tx, "key:", &names).await?;
     let mut locked = Vec::with_capacity(keys.len());
-    for key in keys {
-        if dialect.try_lock(tx, "key:", &key).await? {
-            locked.push(key);
+    for (key, got) in keys.iter().zip(got) {
+        if got {
+            locked.push(key.clone());
         } else {
             sooner(now + CONTENDED_RETRY_MS);
         }

@@ -135,10 +135,12 @@ async fn execute(tx: &dyn Tx, dialect: &Dialect, ops: &[&Op]) -> QueueResult<Vec
         }
     }
 
+    let mut gates = jobs::HeldGates::new();
     for (index, op) in ops.iter().enumerate() {
         match op {
             Op::Lease { query, start } => {
-                answers[index] = Some(Answer::Lease(jobs::lease(tx, dialect, query, start).await?));
+                let leased = jobs::lease(tx, dialect, query, start, &mut gates).await?;
+                answers[index] = Some(Answer::Lease(leased));
             }
             Op::Other(work) => {
                 tx.execute(raw(tx, "SAVEPOINT other_write")).await?;
