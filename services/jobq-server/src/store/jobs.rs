@@ -385,7 +385,11 @@ pub async fn lease(
     let mut gates = Vec::new();
     for queue in &gated {
         if !held.contains_key(queue) {
-            if dialect.try_lock_all(tx, "queue:", &[queue.as_str()]).await? != [true] {
+            if dialect
+                .try_lock_all(tx, "queue:", &[queue.as_str()])
+                .await?
+                != [true]
+            {
                 sooner(query.now + CONTENDED_RETRY_MS);
                 continue;
             }
