@@ -12,6 +12,7 @@ mod up;
 
 use std::process::ExitCode;
 use std::time::Duration;
+use tracing::Instrument;
 
 use clap::{ArgMatches, Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 use jobq_client::{Client, ClientConfig, ClientError};
@@ -474,11 +475,12 @@ fn invocation(matches: &ArgMatches) -> Result<Invocation, clap::Error> {
 
 /// Runs the `jobq` binary and returns its exit code.
 pub fn run_cli() -> ExitCode {
-    let parsed = Cli::command()
-        .try_get_matches()
-        .and_then(|matches| invocation(&matches));
-    let invocation = match parsed {
-        Ok(invocation) => invocation,
+    let parsed = Cli::command().try_get_matches().and_then(|matches| {
+        let name = matches.subcommand_name().unwrap_or("jobq").to_owned();
+        invocation(&matches).map(|invocation| (invocation, name))
+    });
+    let (invocation, name) = match parsed {
+        Ok(parsed) => parsed,
         Err(error) => {
             let _ = error.print();
             return ExitCode::from(if error.use_stderr() {
@@ -493,10 +495,29 @@ pub fn run_cli() -> ExitCode {
         Invocation::Bench(args) => jobq_bench::run_cli(&["bench"], args),
         Invocation::Up(args) => run_async(up::up(args)),
         Invocation::Client(ctx, command) => run_async(async move {
-            command
+            // Only when traces are exported: the CLI's own output stays clean otherwise.
+            let telemetry = jobq_telemetry::otlp_endpoint(None).map(|endpoint| {
+                jobq_telemetry::init(jobq_telemetry::Settings {
+                    service_name: "jobq-cli",
+                    log_format: jobq_telemetry::LogFormat::Human,
+                    default_log_filter: "warn",
+                    otlp_endpoint: Some(endpoint),
+                })
+            });
+            let span = tracing::info_span!(
+                "cli",
+                otel.name = format!("jobq {name}"),
+                otel.kind = "client"
+            );
+            let outcome = command
                 .run(&ctx)
+                .instrument(span)
                 .await
-                .map_err(|failure| failure.at_server(&ctx.endpoint()))
+                .map_err(|failure| failure.at_server(&ctx.endpoint()));
+            if let Some(telemetry) = telemetry {
+                telemetry.shutdown();
+            }
+            outcome
         }),
     }
 }

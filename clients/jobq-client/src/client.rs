@@ -18,7 +18,8 @@ use crate::error::ClientError;
 /// The transport every generated client runs on: a channel that adds the token.
 pub(crate) type AuthChannel = InterceptedService<Channel, BearerToken>;
 
-/// Adds `authorization: Bearer <token>` to every call when a token is configured.
+/// Adds `authorization: Bearer <token>` to every call when a token is
+/// configured, and the caller's W3C trace context when spans are exported.
 #[derive(Clone, Debug)]
 pub struct BearerToken {
     header: Option<MetadataValue<tonic::metadata::Ascii>>,
@@ -33,6 +34,10 @@ impl Interceptor for BearerToken {
             request
                 .metadata_mut()
                 .insert("authorization", header.clone());
+        }
+        // The caller's span goes along, so the server's span continues its trace.
+        if jobq_telemetry::exporting() {
+            jobq_telemetry::propagation::inject_current(request.metadata_mut());
         }
         Ok(request)
     }

@@ -22,11 +22,15 @@ use crate::auth;
 use crate::background;
 use crate::config::Config;
 use crate::dashboard;
-use crate::domain::{JobQueue, SystemClock};
+use crate::domain::{JobObserver, JobQueue, SystemClock};
 use crate::grpc::{QueueApi, WatchPresence, WorkerApi, limits};
 use crate::logs::LogStore;
 use crate::logs::reader::LogReader;
 use crate::store::{DatabaseKind, SqlStore, peers};
+use crate::telemetry;
+use crate::telemetry::lifecycle::{LifecycleSpans, Observers};
+use crate::telemetry::metrics::ServerMetrics;
+use crate::telemetry::rpc::RpcLayer;
 
 /// The server, assembled.
 pub struct App;
@@ -34,6 +38,7 @@ pub struct App;
 /// A started server: its address and how to stop it.
 pub struct RunningServer {
     local_addr: SocketAddr,
+    metrics_addr: Option<SocketAddr>,
     health: HealthReporter,
     /// Fires first on shutdown: long polls return, background loops stop.
     stop: CancellationToken,
@@ -80,6 +85,38 @@ impl App {
         ));
 
         let background = TaskTracker::new();
+        let metrics = config.metrics_listen.map(|_| {
+            let metrics = ServerMetrics::new(
+                &queue,
+                &logs,
+                store.connection().clone(),
+                store.sqlite_file(),
+            );
+            store.time_statements(metrics.statement_histogram());
+            background.spawn(telemetry::metrics::recount(
+                queue.clone(),
+                metrics.depth().clone(),
+                config.metrics_recount,
+                stop.child_token(),
+            ));
+            metrics
+        });
+        let mut observers: Vec<Arc<dyn JobObserver>> = vec![Arc::new(LifecycleSpans)];
+        if let Some(metrics) = &metrics {
+            observers.push(metrics.clone());
+        }
+        queue.set_observer(Arc::new(Observers(observers)));
+        let metrics_addr = match (config.metrics_listen, &metrics) {
+            (Some(address), Some(metrics)) => Some(
+                jobq_telemetry::metrics::spawn(
+                    address,
+                    metrics.registry(),
+                    stop.clone().cancelled_owned(),
+                )
+                .await?,
+            ),
+            _ => None,
+        };
         let presence = if store.kind() == DatabaseKind::Postgres {
             let peers = peers::start(
                 &config.effective_database_url(),
@@ -168,6 +205,8 @@ impl App {
         let routes = grpc
             .routes()
             .into_axum_router()
+            // Inside grpc-web: the layer sees gRPC's own status trailers.
+            .route_layer(RpcLayer::new(metrics))
             .route_layer(tonic_web::GrpcWebLayer::new())
             .fallback(dashboard::serve)
             .layer(tower::util::MapResponseLayer::new(move |response| {
@@ -192,6 +231,7 @@ impl App {
         tracing::info!(%local_addr, "jobq server started");
         Ok(RunningServer {
             local_addr,
+            metrics_addr,
             health,
             stop,
             stop_serving,
@@ -208,6 +248,11 @@ impl RunningServer {
     /// The address the server listens on.
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// Where Prometheus metrics are served, when they are.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_addr
     }
 
     /// Stops gracefully: health turns NOT_SERVING, waiting long polls return,

@@ -6,7 +6,6 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::Parser;
-use tracing_subscriber::EnvFilter;
 
 use crate::app::App;
 use crate::config::{Config, LogFormat};
@@ -14,7 +13,6 @@ use crate::config::{Config, LogFormat};
 /// Runs the server as the `jobq-server` binary does; returns its exit code.
 pub fn run_cli() -> ExitCode {
     let config = Config::parse();
-    init_logging(config.log_format);
     if let Err(problem) = config.validate() {
         eprintln!("jobq-server: {problem}");
         return ExitCode::from(2);
@@ -29,26 +27,27 @@ pub fn run_cli() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(serve(config)) {
+    let served = runtime.block_on(async {
+        // Inside the runtime: the span exporter's channel needs it.
+        let telemetry = jobq_telemetry::init(jobq_telemetry::Settings {
+            service_name: "jobq-server",
+            log_format: match config.log_format {
+                LogFormat::Human => jobq_telemetry::LogFormat::Human,
+                LogFormat::Json => jobq_telemetry::LogFormat::Json,
+            },
+            default_log_filter: "info",
+            otlp_endpoint: jobq_telemetry::otlp_endpoint(config.otlp_endpoint.as_deref()),
+        });
+        let served = serve(config).await;
+        telemetry.shutdown();
+        served
+    });
+    match served {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("jobq-server: {error:#}");
             ExitCode::FAILURE
         }
-    }
-}
-
-fn init_logging(format: LogFormat) {
-    let filter = EnvFilter::try_from_env("JOBQ_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
-    // Colour codes only for a person at a terminal, never in a file or a pipe.
-    let colours = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(colours)
-        .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Human => builder.init(),
-        LogFormat::Json => builder.json().init(),
     }
 }
 

@@ -133,6 +133,20 @@ pub struct Config {
     /// Log format of the server's own log (stderr).
     #[arg(long, env = "JOBQ_LOG_FORMAT", value_enum, default_value = "human")]
     pub log_format: LogFormat,
+
+    /// Serve Prometheus metrics at http://ADDR/metrics (off unless given).
+    #[arg(long, env = "JOBQ_METRICS_LISTEN")]
+    pub metrics_listen: Option<SocketAddr>,
+
+    /// How often the metrics recount jobs per queue and state in the
+    /// database (between counts they follow this server's own changes).
+    #[arg(long, env = "JOBQ_METRICS_RECOUNT", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub metrics_recount: Duration,
+
+    /// Export traces over OTLP/gRPC to this endpoint (default: the
+    /// standard OTEL_EXPORTER_OTLP_ENDPOINT; neither: no export).
+    #[arg(long, env = "JOBQ_OTLP_ENDPOINT")]
+    pub otlp_endpoint: Option<String>,
 }
 
 impl Config {
@@ -183,6 +197,9 @@ impl Config {
         }
         if self.reaper_interval.is_zero() {
             return Err("--reaper-interval must be greater than zero".into());
+        }
+        if self.metrics_recount < Duration::from_secs(1) {
+            return Err("--metrics-recount must be at least 1s".into());
         }
         Ok(())
     }

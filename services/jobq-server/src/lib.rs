@@ -11,6 +11,7 @@ pub mod domain;
 mod grpc;
 mod logs;
 mod store;
+mod telemetry;
 #[cfg(test)]
 mod testkit;
 

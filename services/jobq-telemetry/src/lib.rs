@@ -15,3 +15,11 @@ mod subscriber;
 
 pub use export::{ExportCounts, export_counts};
 pub use subscriber::{LogFormat, Settings, TelemetryGuard, init, otlp_endpoint};
+
+static EXPORTING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Whether this process exports spans: code that makes spans only for a
+/// trace (one per job, say) checks it first and costs nothing when off.
+pub fn exporting() -> bool {
+    EXPORTING.load(std::sync::atomic::Ordering::Relaxed)
+}

@@ -71,6 +71,15 @@ pub fn extract_headers(headers: &axum::http::HeaderMap) -> Context {
     TraceContextPropagator::new().extract(&HeaderExtractor(headers))
 }
 
+/// Makes `span` a child of the context incoming headers carry, when they
+/// carry one (before the span is first entered).
+pub fn adopt_headers(span: &tracing::Span, headers: &axum::http::HeaderMap) {
+    let parent = extract_headers(headers);
+    if parent.span().span_context().is_valid() {
+        let _ = span.set_parent(parent);
+    }
+}
+
 /// Writes `span`'s context into outgoing HTTP headers (a response's, say).
 pub fn inject_headers(span: &tracing::Span, headers: &mut axum::http::HeaderMap) {
     let context = span.context();

@@ -50,7 +50,11 @@ const DEFAULT_MAX_QUEUED_SPANS: usize = 2048;
 /// `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` or `OTEL_EXPORTER_OTLP_ENDPOINT`;
 /// none when `OTEL_SDK_DISABLED=true` or `OTEL_TRACES_EXPORTER=none`.
 pub fn otlp_endpoint(flag: Option<&str>) -> Option<String> {
-    let set = |name: &str| std::env::var(name).ok().filter(|value| !value.trim().is_empty());
+    let set = |name: &str| {
+        std::env::var(name)
+            .ok()
+            .filter(|value| !value.trim().is_empty())
+    };
     if let Some(endpoint) = flag.filter(|value| !value.trim().is_empty()) {
         return Some(endpoint.to_owned());
     }
@@ -82,9 +86,11 @@ impl TelemetryGuard {
     }
 
     fn stop(&mut self) {
-        if let Some(provider) = self.provider.take()
-            && let Err(error) = provider.shutdown_with_timeout(std::time::Duration::from_secs(3))
-        {
+        let Some(provider) = self.provider.take() else {
+            return;
+        };
+        crate::EXPORTING.store(false, std::sync::atomic::Ordering::Relaxed);
+        if let Err(error) = provider.shutdown_with_timeout(std::time::Duration::from_secs(3)) {
             tracing::debug!(%error, "flushing spans at exit");
         }
     }
@@ -104,16 +110,18 @@ pub fn init(settings: Settings) -> TelemetryGuard {
     let log_filter = EnvFilter::try_from_env("JOBQ_LOG")
         .unwrap_or_else(|_| EnvFilter::new(settings.default_log_filter));
     let log_lines = log_layer(settings.log_format).with_filter(log_filter);
-    let provider = settings
-        .otlp_endpoint
-        .as_deref()
-        .and_then(|endpoint| match tracer_provider(&settings, endpoint) {
+    let provider = settings.otlp_endpoint.as_deref().and_then(|endpoint| {
+        match tracer_provider(&settings, endpoint) {
             Ok(provider) => Some(provider),
             Err(error) => {
-                eprintln!("{}: not exporting traces to {endpoint}: {error:#}", settings.service_name);
+                eprintln!(
+                    "{}: not exporting traces to {endpoint}: {error:#}",
+                    settings.service_name
+                );
                 None
             }
-        });
+        }
+    });
     let spans = provider.as_ref().map(|provider| {
         let trace_filter = EnvFilter::try_from_env("JOBQ_TRACE")
             .unwrap_or_else(|_| EnvFilter::new(DEFAULT_TRACE_FILTER));
@@ -130,6 +138,7 @@ pub fn init(settings: Settings) -> TelemetryGuard {
         .try_init()
         .is_ok();
     if installed {
+        crate::EXPORTING.store(provider.is_some(), std::sync::atomic::Ordering::Relaxed);
         TelemetryGuard { provider }
     } else {
         TelemetryGuard::default()
@@ -172,7 +181,9 @@ fn tracer_provider(settings: &Settings, endpoint: &str) -> anyhow::Result<SdkTra
     let mut resource = Resource::builder();
     let named_by_env = std::env::var("OTEL_SERVICE_NAME").is_ok_and(|name| !name.is_empty())
         || std::env::var("OTEL_RESOURCE_ATTRIBUTES").is_ok_and(|attributes| {
-            attributes.split(',').any(|pair| pair.trim_start().starts_with("service.name="))
+            attributes
+                .split(',')
+                .any(|pair| pair.trim_start().starts_with("service.name="))
         });
     if !named_by_env {
         resource = resource.with_service_name(settings.service_name);

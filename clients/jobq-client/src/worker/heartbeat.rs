@@ -4,6 +4,7 @@
 
 use std::sync::Arc;
 use std::time::Duration;
+use tracing::Instrument;
 
 use jobq_proto::v1 as pb;
 use tokio::time::Instant;
@@ -50,7 +51,12 @@ pub(crate) async fn heartbeat_loop(shared: Arc<Shared>, stop: CancellationToken)
         }
         let mut all_ok = true;
         for chunk in jobs.chunks(MAX_LEASES_PER_CALL) {
-            if !beat(&shared, chunk).await {
+            let span = tracing::info_span!(
+                "heartbeat",
+                otel.name = "jobq.heartbeat",
+                jobs = chunk.len()
+            );
+            if !beat(&shared, chunk).instrument(span).await {
                 all_ok = false;
             }
         }

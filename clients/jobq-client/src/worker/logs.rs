@@ -8,6 +8,7 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
+use tracing::Instrument;
 
 use jobq_proto::v1 as pb;
 use jobq_proto::v1::worker_service_client::WorkerServiceClient;
@@ -273,7 +274,8 @@ impl LogPusher {
             if wake_at.is_some_and(|at| at <= now) {
                 retry_at = None;
                 flush_at = None;
-                match self.push().await {
+                let span = tracing::info_span!("push_logs", otel.name = "jobq.push_logs");
+                match self.push().instrument(span).await {
                     Ok(()) => self.backoff.reset(),
                     Err(delay) => retry_at = Some(Instant::now() + delay),
                 }

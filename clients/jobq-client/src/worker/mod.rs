@@ -335,15 +335,19 @@ async fn lease_loop(
                 Err(_) => break,
             }
         }
-        in_flight.spawn(lease_call(
-            shared.clone(),
-            types.clone(),
-            jobs.clone(),
-            permits,
-            call,
-            shutdown.clone(),
-            backoff.clone(),
-        ));
+        let span = tracing::info_span!("lease", otel.name = "jobq.lease", max_jobs = permits.len());
+        in_flight.spawn(
+            lease_call(
+                shared.clone(),
+                types.clone(),
+                jobs.clone(),
+                permits,
+                call,
+                shutdown.clone(),
+                backoff.clone(),
+            )
+            .instrument(span),
+        );
     };
     // Calls still out hand back whatever they bring.
     while in_flight.join_next().await.is_some() {}
@@ -498,13 +502,7 @@ fn start_job(
         .and_then(until)
         .map(|left| Instant::now() + left);
     let attempt_deadline = leased.attempt_deadline.as_ref().and_then(system_time);
-    let span = tracing::info_span!(
-        "job",
-        job_id = %job.id,
-        job_type = %job.r#type,
-        attempt = job.attempt,
-        attempt_seq = leased.attempt_seq
-    );
+    let span = attempt_span(&job, leased.attempt_seq);
     let shared = shared.clone();
     jobs.spawn(
         async move {
@@ -512,6 +510,32 @@ fn start_job(
         }
         .instrument(span),
     );
+}
+
+/// The span of one attempt: it continues the trace the job's enqueue
+/// started (its child on the first attempt; on a retry, a child of the
+/// enqueue too, linked to it as the message it retries), so one trace holds
+/// the enqueue, every attempt and the handler's own spans.
+fn attempt_span(job: &pb::Job, attempt_seq: i32) -> tracing::Span {
+    let trace_id = jobq_telemetry::propagation::trace_id_of(&job.traceparent).unwrap_or_default();
+    let span = tracing::info_span!(
+        "job",
+        otel.name = "job.attempt",
+        otel.kind = "consumer",
+        job_id = %job.id,
+        job_type = %job.r#type,
+        queue = %job.queue,
+        attempt = job.attempt,
+        attempt_seq,
+        trace_id,
+    );
+    if jobq_telemetry::exporting() {
+        jobq_telemetry::propagation::set_parent(&span, &job.traceparent);
+        if job.attempt > 1 {
+            jobq_telemetry::propagation::add_link(&span, &job.traceparent);
+        }
+    }
+    span
 }
 
 /// How a handler's task ended.
@@ -555,7 +579,8 @@ async fn supervise(
         config.worker_id.clone(),
         shared.progress_wake.clone(),
     );
-    let mut task = tokio::spawn(async move { handler.run(ctx).await });
+    // The handler's own spans nest under the attempt's.
+    let mut task = tokio::spawn(async move { handler.run(ctx).await }.in_current_span());
 
     let joined = tokio::select! {
         biased;

@@ -7,6 +7,7 @@
 
 use std::sync::Arc;
 use std::time::Duration;
+use tracing::Instrument;
 
 use jobq_proto::v1 as pb;
 use tokio::sync::mpsc;
@@ -83,7 +84,8 @@ pub(crate) async fn run(shared: Arc<Shared>, mut inbox: mpsc::UnboundedReceiver<
                 },
             }
         }
-        deliver(&shared, batch).await;
+        let span = tracing::info_span!("report", otel.name = "jobq.report", jobs = batch.len());
+        deliver(&shared, batch).instrument(span).await;
     }
 }
 

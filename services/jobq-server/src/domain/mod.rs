@@ -8,6 +8,7 @@ mod error;
 mod job;
 mod limits;
 mod narrate;
+mod observe;
 mod queue;
 mod retry;
 mod schedules;
@@ -35,6 +36,7 @@ pub use limits::{
     MAX_WAIT, PRIORITY_RANGE,
 };
 pub use narrate::{CLOSING_LINE, Narration, narrate};
+pub use observe::JobObserver;
 pub use queue::{
     CompleteReport, FailReport, HeartbeatLease, HeartbeatOutcome, JobQueue, LeaseRequest, Page,
     PageRequest,

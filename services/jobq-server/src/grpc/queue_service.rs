@@ -13,8 +13,8 @@ use tonic::{Request, Response, Status};
 use super::convert::{self, proto_job, proto_state, timestamp};
 use super::streams::{EventFilter, LogFollow, STREAM_BUFFER, WatchPresence, watch_events};
 use crate::domain::{
-    Detail, JobFilter, JobId, JobQueue, JobSelector, MAX_MESSAGE_BYTES, MAX_NAME_BYTES, MAX_RATE,
-    MissedTicks, PageRequest, QueueControls, QueueError, QueueResult, ScheduleDefinition,
+    Detail, JobFilter, JobId, JobQueue, JobSelector, JobSpec, MAX_MESSAGE_BYTES, MAX_NAME_BYTES,
+    MAX_RATE, MissedTicks, PageRequest, QueueControls, QueueError, QueueResult, ScheduleDefinition,
     ScheduleRecord,
 };
 use crate::logs::reader::LogReader;
@@ -77,6 +77,7 @@ impl QueueApi {
                     .map(|spec| (spec, field))
             })
             .collect::<QueueResult<Vec<_>>>()?;
+        let (specs, spans) = trace_enqueues(specs);
         // Once started, an enqueue runs to its end even if the caller goes
         // away: it may have leased jobs for waiting workers in its commit,
         // and only it can hand them over.
@@ -84,6 +85,11 @@ impl QueueApi {
         let stored = tokio::spawn(async move { queue.enqueue(specs, request_id.as_deref()).await })
             .await
             .map_err(|error| QueueError::Storage(format!("the enqueue stopped: {error}")))??;
+        for (span, (job, already_exists)) in spans.iter().zip(&stored) {
+            span.record("job_id", job.id.as_str());
+            span.record("already_exists", *already_exists);
+        }
+        drop(spans);
         Ok(stored
             .into_iter()
             .map(|(job, already_exists)| pb::EnqueueJobResponse {
@@ -92,6 +98,40 @@ impl QueueApi {
             })
             .collect())
     }
+}
+
+/// One span per job while spans are exported, the start of the job's
+/// trace: a child of the caller's context the job spec names, or else of
+/// the call's. The job keeps the span's context as its `traceparent`, so
+/// its attempts continue the trace.
+fn trace_enqueues(specs: Vec<(JobSpec, String)>) -> (Vec<(JobSpec, String)>, Vec<tracing::Span>) {
+    if !jobq_telemetry::exporting() {
+        return (specs, Vec::new());
+    }
+    let mut spans = Vec::with_capacity(specs.len());
+    let specs = specs
+        .into_iter()
+        .map(|(mut spec, field)| {
+            let span = tracing::info_span!(
+                "job",
+                otel.name = "job.enqueue",
+                otel.kind = "producer",
+                job_id = tracing::field::Empty,
+                job_type = %spec.job_type,
+                queue = %spec.queue,
+                already_exists = tracing::field::Empty,
+            );
+            if let Some(parent) = &spec.traceparent {
+                jobq_telemetry::propagation::set_parent(&span, parent);
+            }
+            if let Some(traceparent) = jobq_telemetry::propagation::traceparent_of(&span) {
+                spec.traceparent = Some(traceparent);
+            }
+            spans.push(span);
+            (spec, field)
+        })
+        .collect();
+    (specs, spans)
 }
 
 fn job_filter(request: &pb::ListJobsRequest) -> QueueResult<JobFilter> {

@@ -271,6 +271,25 @@ pub struct LogStore {
     appended: broadcast::Sender<JobId>,
     /// Told of every append, so other replicas can wake their readers.
     notifier: std::sync::OnceLock<AppendNotifier>,
+    totals: LogTotalsCounter,
+}
+
+/// What this server stored and dropped of workers' lines since it started.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LogTotals {
+    /// Lines stored.
+    pub lines: u64,
+    /// Bytes of the stored lines' messages.
+    pub bytes: u64,
+    /// Lines dropped because their job's log was full.
+    pub dropped_lines: u64,
+}
+
+#[derive(Debug, Default)]
+struct LogTotalsCounter {
+    lines: std::sync::atomic::AtomicU64,
+    bytes: std::sync::atomic::AtomicU64,
+    dropped_lines: std::sync::atomic::AtomicU64,
 }
 
 impl LogStore {
@@ -285,6 +304,17 @@ impl LogStore {
             in_flight: InFlight::default(),
             appended: broadcast::Sender::new(WAKE_BUFFER),
             notifier: std::sync::OnceLock::new(),
+            totals: LogTotalsCounter::default(),
+        }
+    }
+
+    /// Lines and bytes stored and dropped so far.
+    pub fn totals(&self) -> LogTotals {
+        use std::sync::atomic::Ordering::Relaxed;
+        LogTotals {
+            lines: self.totals.lines.load(Relaxed),
+            bytes: self.totals.bytes.load(Relaxed),
+            dropped_lines: self.totals.dropped_lines.load(Relaxed),
         }
     }
 
@@ -392,6 +422,15 @@ impl LogStore {
         let from_worker = (admitted.len() - notices) as u64;
         let (_, stored) = self.record.append(job, lease, admitted).await?;
         let stored_from_worker = (stored.len() - notices.min(stored.len())) as u64;
+        {
+            use std::sync::atomic::Ordering::Relaxed;
+            let bytes: usize = stored.iter().map(|line| line.message.len()).sum();
+            self.totals.lines.fetch_add(stored.len() as u64, Relaxed);
+            self.totals.bytes.fetch_add(bytes as u64, Relaxed);
+            self.totals
+                .dropped_lines
+                .fetch_add(outcome.dropped, Relaxed);
+        }
         outcome.accepted = stored_from_worker;
         outcome.duplicates = from_worker.saturating_sub(stored_from_worker);
         outcome.last_position = stored.last().map_or(0, |line| line.position);

@@ -34,6 +34,9 @@ pub struct Dialect {
     /// PostgreSQL: the group committers' own connections (see
     /// [`Dialect::committers`]).
     committers: Option<DatabaseConnection>,
+    /// Where the durations of write statements go, once metrics are on.
+    pub(super) statement_timer:
+        std::sync::OnceLock<prometheus_client::metrics::histogram::Histogram>,
 }
 
 /// Group committers on PostgreSQL, each with its own connection: while one
@@ -132,8 +135,14 @@ impl Dialect {
                 backend,
                 sqlite,
                 committers,
+                statement_timer: std::sync::OnceLock::new(),
             },
         ))
+    }
+
+    /// The SQLite database file, on SQLite.
+    pub fn sqlite_file(&self) -> Option<&std::path::Path> {
+        self.sqlite.as_ref().map(|(file, _)| file.as_path())
     }
 
     /// The PostgreSQL group committers' connections. Every query of a

@@ -122,6 +122,16 @@ impl SqlStore {
         self.dialect.kind()
     }
 
+    /// The SQLite database file, on SQLite.
+    pub fn sqlite_file(&self) -> Option<std::path::PathBuf> {
+        self.dialect.sqlite_file().map(std::path::Path::to_path_buf)
+    }
+
+    /// Times every statement of write transactions into `histogram` from now on.
+    pub fn time_statements(&self, histogram: prometheus_client::metrics::histogram::Histogram) {
+        let _ = self.dialect.statement_timer.set(histogram);
+    }
+
     /// The connection pool (for the PostgreSQL log record and notifier).
     pub fn connection(&self) -> &DatabaseConnection {
         &self.db

@@ -98,6 +98,40 @@ fn rows_of(op: &Op) -> usize {
 /// changes (one load, one save for all), leases, the rest. Any order is a
 /// valid one: the callers are concurrent. A storage error fails the group.
 async fn execute(tx: &dyn Tx, dialect: &Dialect, ops: &[&Op]) -> QueueResult<Vec<Answer>> {
+    match dialect.statement_timer.get() {
+        Some(histogram) => execute_ops(&TimedTx { tx, histogram }, dialect, ops).await,
+        None => execute_ops(tx, dialect, ops).await,
+    }
+}
+
+/// A transaction whose statements are timed.
+struct TimedTx<'a> {
+    tx: &'a dyn Tx,
+    histogram: &'a prometheus_client::metrics::histogram::Histogram,
+}
+
+#[async_trait::async_trait]
+impl Tx for TimedTx<'_> {
+    fn backend(&self) -> sea_orm::DbBackend {
+        self.tx.backend()
+    }
+
+    async fn rows(&self, statement: sea_orm::Statement) -> QueueResult<Vec<super::exec::Row>> {
+        let started = std::time::Instant::now();
+        let rows = self.tx.rows(statement).await;
+        self.histogram.observe(started.elapsed().as_secs_f64());
+        rows
+    }
+
+    async fn execute(&self, statement: sea_orm::Statement) -> QueueResult<u64> {
+        let started = std::time::Instant::now();
+        let changed = self.tx.execute(statement).await;
+        self.histogram.observe(started.elapsed().as_secs_f64());
+        changed
+    }
+}
+
+async fn execute_ops(tx: &dyn Tx, dialect: &Dialect, ops: &[&Op]) -> QueueResult<Vec<Answer>> {
     let mut answers: Vec<Option<Answer>> = ops.iter().map(|_| None).collect();
 
     let inserts: Vec<(usize, &[NewJob], DependencyRule)> = ops

@@ -143,6 +143,9 @@ impl JobQueue {
             let ids: Vec<JobId> = deleted.iter().map(|job| job.id.clone()).collect();
             self.log.deleted(&ids).await;
             let now = self.now();
+            if let Some(observer) = self.observer.get() {
+                observer.deleted(&deleted, now);
+            }
             self.emit(
                 deleted
                     .iter()

@@ -20,6 +20,7 @@ use super::clock::{Clock, Millis};
 use super::error::{QueueError, QueueResult};
 use super::job::{AttemptOutcome, Job, JobEvent, JobEventKind, JobState};
 use super::limits::{Defaults, Limits};
+use super::observe::JobObserver;
 use super::store::{Applied, JobLog, JobStore, Peers};
 
 pub use admin::{Page, PageRequest};
@@ -46,6 +47,8 @@ pub struct JobQueue {
     worker_touched: Mutex<HashMap<String, Millis>>,
     /// Other replicas, on PostgreSQL.
     peers: std::sync::OnceLock<Arc<dyn Peers>>,
+    /// Metrics and traces, when the server keeps them.
+    observer: std::sync::OnceLock<Arc<dyn JobObserver>>,
     shutdown: CancellationToken,
     /// When this queue was made: ticks due before then came while this
     /// server's scheduler did not run.
@@ -84,6 +87,7 @@ impl JobQueue {
             leasing: leasing::LeaseState::default(),
             worker_touched: Mutex::new(HashMap::new()),
             peers: std::sync::OnceLock::new(),
+            observer: std::sync::OnceLock::new(),
             shutdown,
         }
     }
@@ -91,6 +95,20 @@ impl JobQueue {
     /// Tells other replicas of changes made here from now on (set once).
     pub fn set_peers(&self, peers: Arc<dyn Peers>) {
         let _ = self.peers.set(peers);
+    }
+
+    /// Tells `observer` of changes made here from now on (set once).
+    pub fn set_observer(&self, observer: Arc<dyn JobObserver>) {
+        let _ = self.observer.set(observer);
+    }
+
+    /// How many workers asked this server for jobs or renewed a lease within `window`.
+    pub fn workers_heard_within(&self, window: std::time::Duration) -> usize {
+        let since = self.now() - window.as_millis() as Millis;
+        lock(&self.worker_touched)
+            .values()
+            .filter(|at| **at >= since)
+            .count()
     }
 
     /// Server defaults for jobs.
@@ -197,6 +215,9 @@ impl JobQueue {
     pub(super) async fn after_created(&self, jobs: &[&Job]) {
         self.signal_states(jobs.iter().map(|job| job.state));
         let now = self.now();
+        if let Some(observer) = self.observer.get() {
+            observer.created(jobs, now);
+        }
         self.emit(
             jobs.iter()
                 .map(|job| JobEvent {
@@ -234,6 +255,9 @@ impl JobQueue {
                 .map(|change| change.job.state),
         );
         let now = self.now();
+        if let Some(observer) = self.observer.get() {
+            observer.changed(applied, now);
+        }
         self.emit(
             applied
                 .iter()
