@@ -12,6 +12,7 @@ mod limits;
 mod listing;
 mod logs;
 mod media;
+mod observability;
 mod pg_restart;
 mod process;
 mod query_plans;

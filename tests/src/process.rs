@@ -84,7 +84,9 @@ impl ServerCommand {
         command.kill_on_drop(true);
         // The test runner's own JOBQ_* settings must not leak into the server.
         for (key, _) in std::env::vars_os() {
-            if key.to_string_lossy().starts_with("JOBQ_") {
+            if key.to_string_lossy().starts_with("JOBQ_")
+                || key.to_string_lossy().starts_with("OTEL_")
+            {
                 command.env_remove(key);
             }
         }
@@ -214,6 +216,13 @@ impl ServerProcess {
     /// The end of what the server wrote on stderr (its log), for failure messages.
     pub fn stderr_tail(&self) -> String {
         read_tail(&self.stderr_path)
+    }
+
+    /// Everything the server wrote on stderr so far (its log).
+    pub fn stderr_all(&self) -> String {
+        std::fs::read(&self.stderr_path)
+            .map(|bytes| String::from_utf8_lossy(&bytes).into_owned())
+            .unwrap_or_default()
     }
 
     /// Lines the server printed on stdout after its `listening on` line.

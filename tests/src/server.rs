@@ -137,6 +137,11 @@ impl TestServer {
         self.addr
     }
 
+    /// Where the server serves Prometheus metrics (with `metrics_listen` set).
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.running.as_ref().and_then(RunningServer::metrics_addr)
+    }
+
     /// Clients on the server's shared connection (cheap to clone).
     pub fn client(&self) -> JobqClient {
         self.client.clone()

@@ -18,7 +18,8 @@ const STDERR_TAIL_BYTES: usize = 6000;
 fn clean_env(command: &mut Command) {
     // The test runner's own JOBQ_* settings must not leak into the process.
     for (key, _) in std::env::vars_os() {
-        if key.to_string_lossy().starts_with("JOBQ_") {
+        let key_text = key.to_string_lossy();
+        if key_text.starts_with("JOBQ_") || key_text.starts_with("OTEL_") {
             command.env_remove(key);
         }
     }

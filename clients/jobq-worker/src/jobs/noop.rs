@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use jobq_client::{Handler, JobContext, JobError, JobResult, async_trait};
 use serde::Deserialize;
+use tracing::Instrument;
 
 /// Longest sleep accepted.
 const MAX_SLEEP_MS: u64 = 24 * 3600 * 1000;
@@ -38,6 +39,14 @@ pub struct NoopHandler;
 #[async_trait]
 impl Handler for NoopHandler {
     async fn run(&self, ctx: JobContext) -> JobResult {
+        // A handler's own span, nested under the attempt's (and in its trace).
+        let span = tracing::info_span!("noop", job_id = ctx.id());
+        self.run_in(ctx).instrument(span).await
+    }
+}
+
+impl NoopHandler {
+    async fn run_in(&self, ctx: JobContext) -> JobResult {
         let payload: NoopPayload = ctx.payload()?;
         if payload.sleep_ms > MAX_SLEEP_MS {
             return Err(JobError::fatal("payload.sleep_ms: at most 86400000 (24 h)"));

@@ -1,6 +1,7 @@
 //! A job's life as spans in the trace its enqueue started: each lease, each
-//! attempt's end, the retry, the dead letter, the cancel. Only for jobs that
-//! carry a trace context, and only while spans are exported.
+//! attempt's end, the retry, the dead letter, the cancel — and, at debug
+//! level, as log lines carrying the job's id, type, queue, attempt and trace
+//! id. Costs nothing unless spans are exported or debug lines are on.
 
 use crate::domain::{Applied, Job, JobObserver, JobState, Millis};
 
@@ -50,13 +51,15 @@ impl JobObserver for LifecycleSpans {
     fn created(&self, _jobs: &[&Job], _now: Millis) {}
 
     fn changed(&self, applied: &[Applied], _now: Millis) {
-        if !jobq_telemetry::exporting() {
+        let exporting = jobq_telemetry::exporting();
+        if !exporting && !tracing::enabled!(tracing::Level::DEBUG) {
             return;
         }
         for change in applied {
-            let Some(traceparent) = change.job.traceparent.as_deref() else {
+            let traceparent = change.job.traceparent.as_deref().unwrap_or_default();
+            if traceparent.is_empty() && !tracing::enabled!(tracing::Level::DEBUG) {
                 continue;
-            };
+            }
             let Some(name) = event_name(change) else {
                 continue;
             };
@@ -69,6 +72,7 @@ impl JobObserver for LifecycleSpans {
                     span.record("error", error.as_str());
                 }
             }
+            span.in_scope(|| tracing::debug!(event = name, "job {}", change.job.state.as_str()));
         }
     }
 
