@@ -11,7 +11,6 @@ mod client;
 mod cluster;
 mod database;
 pub mod media;
-pub mod otlp;
 mod process;
 pub mod scrape;
 mod server;
@@ -34,3 +33,6 @@ pub use wait::{POLL_INTERVAL, bounded, eventually};
 
 /// The generated API, `jobq.v1`.
 pub use jobq_proto::v1 as pb;
+
+/// The test OTLP collector.
+pub use jobq_telemetry::collector as otlp;

@@ -4,53 +4,17 @@
 use std::net::SocketAddr;
 
 use anyhow::{Context, ensure};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-/// The body of `GET http://addr/metrics`.
+/// The body of `GET http://addr/metrics`, checked to be an OpenMetrics answer.
 pub async fn scrape(addr: SocketAddr) -> anyhow::Result<String> {
-    let mut stream = tokio::net::TcpStream::connect(addr)
-        .await
-        .with_context(|| format!("connecting to {addr}"))?;
-    stream
-        .write_all(
-            format!("GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n")
-                .as_bytes(),
-        )
-        .await?;
-    let mut response = Vec::new();
-    stream.read_to_end(&mut response).await?;
-    let response = String::from_utf8(response).context("the response is not UTF-8")?;
-    let (head, body) = response
-        .split_once("\r\n\r\n")
-        .context("no end of headers")?;
+    let (head, body) = jobq_telemetry::metrics::get(addr).await?;
     ensure!(head.starts_with("HTTP/1.1 200"), "answered {head}");
     ensure!(
         head.to_ascii_lowercase()
             .contains("content-type: application/openmetrics-text"),
         "content type in {head}"
     );
-    // Small bodies come whole; a chunked one is joined here.
-    if head
-        .to_ascii_lowercase()
-        .contains("transfer-encoding: chunked")
-    {
-        return dechunk(body);
-    }
-    Ok(body.to_owned())
-}
-
-fn dechunk(mut body: &str) -> anyhow::Result<String> {
-    let mut joined = String::new();
-    loop {
-        let (size, rest) = body.split_once("\r\n").context("a chunk without a size")?;
-        let size = usize::from_str_radix(size.trim(), 16).context("a chunk size")?;
-        if size == 0 {
-            return Ok(joined);
-        }
-        ensure!(rest.len() >= size, "a chunk shorter than its size");
-        joined.push_str(&rest[..size]);
-        body = rest[size..].trim_start_matches("\r\n");
-    }
+    Ok(body)
 }
 
 /// The exposition, parsed; fails on anything Prometheus would refuse.

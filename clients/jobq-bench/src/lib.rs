@@ -133,6 +133,16 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 100_000)]
     pub window: u64,
 
+    /// Spawned servers keep Prometheus metrics (`--metrics-listen`): what
+    /// keeping them costs; the `scrape` workload needs it.
+    #[arg(long)]
+    pub metrics: bool,
+
+    /// Spawned servers export their spans over OTLP to a collector the
+    /// bench runs: what tracing costs.
+    #[arg(long)]
+    pub otlp: bool,
+
     /// Print JSON lines only (one per run, then one summary per workload).
     #[arg(long)]
     pub json: bool,
@@ -148,7 +158,7 @@ pub struct BenchArgs {
 }
 
 impl BenchArgs {
-    fn setup(&self) -> ServerSetup {
+    fn setup(&self, otlp_endpoint: Option<&str>) -> ServerSetup {
         if let Some(endpoint) = &self.server {
             return ServerSetup::External {
                 endpoint: endpoint.clone(),
@@ -175,6 +185,12 @@ impl BenchArgs {
             }
             .to_owned(),
         );
+        if self.metrics {
+            flags.extend(["--metrics-listen".to_owned(), "127.0.0.1:0".to_owned()]);
+        }
+        if let Some(endpoint) = otlp_endpoint {
+            flags.extend(["--otlp-endpoint".to_owned(), endpoint.to_owned()]);
+        }
         ServerSetup::Spawn {
             binary: self
                 .server_bin
@@ -251,7 +267,19 @@ pub fn run_cli(prefix: &[&str], args: BenchArgs) -> ExitCode {
         program: std::env::current_exe().unwrap_or_else(|_| PathBuf::from("jobq-bench")),
         prefix: prefix.iter().map(|part| (*part).to_owned()).collect(),
     };
-    match runtime.block_on(workloads::run_all(&args, &args.setup(), &invocation)) {
+    let ran = runtime.block_on(async {
+        let collector = match args.otlp {
+            true => Some(jobq_telemetry::collector::TestCollector::start().await?),
+            false => None,
+        };
+        let endpoint = collector.as_ref().map(|collector| collector.endpoint());
+        let clean = workloads::run_all(&args, &args.setup(endpoint.as_deref()), &invocation).await?;
+        if let Some(collector) = collector {
+            println!("# the OTLP collector received {} spans", collector.count());
+        }
+        anyhow::Ok(clean)
+    });
+    match ran {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => {
             eprintln!("jobq bench: some jobs were lost or ran twice (see above)");

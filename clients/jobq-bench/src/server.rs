@@ -137,6 +137,8 @@ pub struct RunServer {
     pub endpoint: String,
     /// Every replica's endpoint, the first one first.
     pub endpoints: Vec<String>,
+    /// Where the first replica serves metrics (with `--metrics`).
+    pub metrics: Option<SocketAddr>,
     /// The server's process, when it can be measured (the first replica's).
     pub probe: Option<Probe>,
     /// Every replica's process that can be measured.
@@ -154,6 +156,7 @@ impl RunServer {
             ServerSetup::External { endpoint, pid } => Ok(Self {
                 endpoint: endpoint.clone(),
                 endpoints: vec![endpoint.clone()],
+                metrics: None,
                 probe: pid.map(Probe::new),
                 probes: pid.map(Probe::new).into_iter().collect(),
                 children: Vec::new(),
@@ -171,6 +174,7 @@ impl RunServer {
                 let (data_dir, database) =
                     fresh_storage(database_url.as_deref(), *prefill_finished).await?;
                 let mut children = Vec::new();
+                let mut metrics = None;
                 let mut endpoints = Vec::new();
                 let mut probes = Vec::new();
                 for replica in 0..(*replicas).max(1) {
@@ -205,7 +209,10 @@ impl RunServer {
                     let mut child = command
                         .spawn()
                         .with_context(|| format!("starting {}", binary.display()))?;
-                    let addr = read_listen_line(&mut child).await?;
+                    let (addr, metrics_addr) =
+                        read_listen_line(&mut child, flags.iter().any(|flag| flag == "--metrics-listen"))
+                            .await?;
+                    metrics.get_or_insert(metrics_addr);
                     let pid = child.id().context("the server exited at once")?;
                     endpoints.push(format!("http://{addr}"));
                     probes.push(Probe::new(pid));
@@ -214,6 +221,7 @@ impl RunServer {
                 Ok(Self {
                     endpoint: endpoints[0].clone(),
                     endpoints,
+                    metrics: metrics.flatten(),
                     probe: probes.first().copied(),
                     probes,
                     children,
@@ -252,6 +260,7 @@ impl RunServer {
                 Ok(Self {
                     endpoint: endpoints[0].clone(),
                     endpoints,
+                    metrics: None,
                     probe: Some(probe),
                     probes: vec![probe],
                     children: Vec::new(),
@@ -351,20 +360,32 @@ async fn prefill(url: &str, count: u64) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn read_listen_line(child: &mut Child) -> anyhow::Result<SocketAddr> {
+/// The server's gRPC address, and its metrics address when it serves them.
+async fn read_listen_line(
+    child: &mut Child,
+    metrics: bool,
+) -> anyhow::Result<(SocketAddr, Option<SocketAddr>)> {
     let stdout = child.stdout.take().context("no stdout from the server")?;
     let mut lines = BufReader::new(stdout).lines();
-    let line = tokio::time::timeout(Duration::from_secs(60), lines.next_line())
-        .await
-        .context("the server did not say where it listens within 60 s")??
-        .context("the server exited before it listened")?;
-    let addr = line
-        .strip_prefix("listening on ")
-        .with_context(|| format!("unexpected first line from the server: {line:?}"))?;
+    let mut next = async |prefix: &str| -> anyhow::Result<SocketAddr> {
+        let line = tokio::time::timeout(Duration::from_secs(60), lines.next_line())
+            .await
+            .context("the server did not say where it listens within 60 s")??
+            .context("the server exited before it listened")?;
+        let addr = line
+            .strip_prefix(prefix)
+            .with_context(|| format!("expected {prefix:?} from the server: {line:?}"))?;
+        addr.parse()
+            .with_context(|| format!("the server's address {addr:?}"))
+    };
+    let addr = next("listening on ").await?;
+    let metrics = match metrics {
+        true => Some(next("metrics on ").await?),
+        false => None,
+    };
     // Keep reading stdout so the server never blocks on a full pipe.
     tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    addr.parse()
-        .with_context(|| format!("the server's address {addr:?}"))
+    Ok((addr, metrics))
 }
 
 /// A PostgreSQL database of one run, dropped afterwards.

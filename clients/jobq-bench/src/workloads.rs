@@ -41,6 +41,10 @@ pub enum Workload {
     /// (the server's gRPC health check), `--concurrency` in flight — what
     /// every call costs before jobq does any work of its own.
     RpcFloor,
+    /// What a Prometheus scrape of the server costs on a full table
+    /// (`--metrics`, with `--prefill-finished` jobs): 50 scrapes, and the
+    /// stats query the metrics' background recount runs.
+    Scrape,
 }
 
 impl Workload {
@@ -53,6 +57,7 @@ impl Workload {
             Workload::BurnDown => "burn-down",
             Workload::Mixed => "mixed",
             Workload::RpcFloor => "rpc-floor",
+            Workload::Scrape => "scrape",
         }
     }
 }
@@ -545,6 +550,44 @@ async fn run_rpc_floor(args: &BenchArgs, server: &RunServer) -> anyhow::Result<R
     Ok(result)
 }
 
+async fn run_scrape(args: &BenchArgs, server: &RunServer) -> anyhow::Result<RunResult> {
+    const SCRAPES: u32 = 50;
+    let metrics = server
+        .metrics
+        .context("the scrape workload needs --metrics (and a spawned server)")?;
+    let client = connect(&server.endpoint, args.token.as_deref()).await?;
+    // The same count the metrics' background recount runs.
+    let mut recount = histogram()?;
+    for _ in 0..5 {
+        let started = Instant::now();
+        client.queue_stats(Vec::new()).await?;
+        recount.record(started.elapsed().as_micros() as u64)?;
+    }
+    let mut scrapes = histogram()?;
+    let mut bytes = 0;
+    let started = Instant::now();
+    for _ in 0..SCRAPES {
+        let call = Instant::now();
+        let (head, body) = jobq_telemetry::metrics::get(metrics).await?;
+        anyhow::ensure!(head.starts_with("HTTP/1.1 200"), "the scrape answered {head}");
+        scrapes.record(call.elapsed().as_micros() as u64)?;
+        bytes = body.len();
+    }
+    let mut result = RunResult {
+        jobs: args.prefill_finished,
+        seconds: started.elapsed().as_secs_f64(),
+        ..RunResult::default()
+    };
+    percentiles(&mut result, &scrapes);
+    result.extra.insert("scrapes".into(), SCRAPES.into());
+    result.extra.insert("exposition_bytes".into(), bytes.into());
+    result.extra.insert(
+        "recount_query_p50_ms".into(),
+        (recount.value_at_quantile(0.5) as f64 / 1000.0).into(),
+    );
+    Ok(result)
+}
+
 async fn run_enqueue_batch(
     args: &BenchArgs,
     server: &RunServer,
@@ -902,6 +945,7 @@ async fn run_one(
             Workload::Mixed => run_mixed(args, &server, invocation, &filler).await,
             Workload::BurnDown => run_burn_down(args, &server, invocation, &filler).await,
             Workload::RpcFloor => run_rpc_floor(args, &server).await,
+            Workload::Scrape => run_scrape(args, &server).await,
         }
     };
     let outcome = tokio::time::timeout(RUN_LIMIT, run).await;

@@ -35,9 +35,20 @@ pub struct UpArgs {
 /// Runs until SIGTERM/SIGINT: the worker drains (grace period), then the server stops.
 /// A second signal stops at once.
 pub async fn up(args: UpArgs) -> CmdResult {
-    let config = args.server;
-    jobq_worker::init_logging(config.log_format == jobq_server::config::LogFormat::Json);
+    let mut config = args.server;
+    let telemetry = jobq_telemetry::init(jobq_telemetry::Settings {
+        service_name: "jobq",
+        log_format: match config.log_format {
+            jobq_server::config::LogFormat::Human => jobq_telemetry::LogFormat::Human,
+            jobq_server::config::LogFormat::Json => jobq_telemetry::LogFormat::Json,
+        },
+        default_log_filter: "info",
+        otlp_endpoint: jobq_telemetry::otlp_endpoint(config.otlp_endpoint.as_deref()),
+    });
     config.validate().map_err(Failure::usage)?;
+    if config.metrics_listen.is_none() {
+        config.metrics_listen = default_metrics_address();
+    }
     // Checked before the server starts: a worker that cannot get in is a usage error.
     let worker_token = if args.no_worker {
         None
@@ -63,6 +74,9 @@ pub async fn up(args: UpArgs) -> CmdResult {
     let addr = server.local_addr();
     // Like jobq-server: scripts read the bound port from this line.
     println!("listening on {addr}");
+    if let Some(metrics) = server.metrics_addr() {
+        println!("metrics on {metrics}");
+    }
     let _ = std::io::stdout().flush();
 
     let shutdown = Shutdown::on_signals()?;
@@ -88,6 +102,7 @@ pub async fn up(args: UpArgs) -> CmdResult {
         stopped = server.shutdown() => stopped,
         () = shutdown.forced() => Ok(()),
     };
+    telemetry.shutdown();
     if let Err(error) = stopped {
         return Err(Failure::new(
             exit::ERROR,
@@ -95,6 +110,19 @@ pub async fn up(args: UpArgs) -> CmdResult {
         ));
     }
     outcome
+}
+
+/// Where `jobq up` serves metrics unless told: the port Prometheus
+/// exporters use by convention, when it is free (else none, said once).
+fn default_metrics_address() -> Option<std::net::SocketAddr> {
+    let address = std::net::SocketAddr::from(([127, 0, 0, 1], 9464));
+    match std::net::TcpListener::bind(address) {
+        Ok(_) => Some(address),
+        Err(error) => {
+            eprintln!("metrics off: {address} is taken ({error}); choose one with --metrics-listen");
+            None
+        }
+    }
 }
 
 /// The role names of `--auth-token` entries the local worker may use, in the

@@ -59,6 +59,9 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     // Scripts and tests read the bound port from this one stdout line.
     let mut stdout = std::io::stdout();
     writeln!(stdout, "listening on {}", server.local_addr())?;
+    if let Some(metrics) = server.metrics_addr() {
+        writeln!(stdout, "metrics on {metrics}")?;
+    }
     stdout.flush()?;
 
     tokio::select! {

@@ -8,6 +8,8 @@
 //!   headers and the `traceparent` a job keeps;
 //! - [`metrics`]: the Prometheus text endpoint.
 
+#[cfg(feature = "collector")]
+pub mod collector;
 mod export;
 pub mod metrics;
 pub mod propagation;

@@ -60,3 +60,51 @@ fn exposition(registry: &Registry) -> axum::response::Response {
             .into_response(),
     }
 }
+
+/// `GET http://addr/metrics` as Prometheus sends it: the response's head
+/// (status line and headers) and its body, de-chunked.
+pub async fn get(addr: std::net::SocketAddr) -> anyhow::Result<(String, String)> {
+    use anyhow::Context;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr)
+        .await
+        .with_context(|| format!("connecting to {addr}"))?;
+    stream
+        .write_all(
+            format!("GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n")
+                .as_bytes(),
+        )
+        .await?;
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response).await?;
+    let response = String::from_utf8(response).context("the response is not UTF-8")?;
+    let (head, body) = response
+        .split_once("\r\n\r\n")
+        .context("no end of headers")?;
+    let body = if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        dechunk(body)?
+    } else {
+        body.to_owned()
+    };
+    Ok((head.to_owned(), body))
+}
+
+fn dechunk(mut body: &str) -> anyhow::Result<String> {
+    use anyhow::Context;
+    let mut joined = String::new();
+    loop {
+        let (size, rest) = body
+            .split_once("\r\n")
+            .context("a chunk without a size")?;
+        let size = usize::from_str_radix(size.trim(), 16).context("a chunk size")?;
+        if size == 0 {
+            return Ok(joined);
+        }
+        anyhow::ensure!(rest.len() >= size, "a chunk shorter than its size");
+        joined.push_str(&rest[..size]);
+        body = rest[size..].trim_start_matches("\r\n");
+    }
+}

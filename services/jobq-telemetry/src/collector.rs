@@ -1,11 +1,11 @@
-//! A test OTLP collector: an in-process tonic server of the OTLP trace
-//! service on loopback that keeps every span it is sent.
+//! An OTLP collector for tests and benchmarks: an in-process tonic server
+//! of the OTLP trace service on loopback that keeps every span it is sent
+//! (feature `collector`).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, PoisonError};
 
-use anyhow::Context;
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
     TraceService, TraceServiceServer,
 };
@@ -123,9 +123,7 @@ impl TraceService for Keeper {
 impl TestCollector {
     /// Listens on a free loopback port.
     pub async fn start() -> anyhow::Result<Self> {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .context("binding the collector")?;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
         let spans = Arc::new(Mutex::new(Vec::new()));
         let service = TraceServiceServer::new(Keeper(spans.clone()));
@@ -141,6 +139,14 @@ impl TestCollector {
     /// The endpoint to give an exporter.
     pub fn endpoint(&self) -> String {
         format!("http://{}", self.addr)
+    }
+
+    /// How many spans were received so far.
+    pub fn count(&self) -> usize {
+        self.spans
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .len()
     }
 
     /// Every span received so far.
