@@ -183,13 +183,16 @@ async fn one_trace_runs_from_the_enqueue_through_every_attempt_in_a_real_worker(
         "traceparent",
         format!("00-{caller_trace}-00f067aa0ba902b7-01").parse()?,
     );
-    let good = jobq
-        .queue()
-        .enqueue_job(request)
-        .await?
-        .into_inner()
-        .job
-        .context("no job")?;
+    let response = jobq.queue().enqueue_job(request).await?;
+    // The answer carries the server's span context back, in the caller's trace.
+    let answered = response
+        .metadata()
+        .get("traceparent")
+        .context("no traceparent in the response")?
+        .to_str()?
+        .to_owned();
+    ensure!(answered.contains(caller_trace), "answered {answered}");
+    let good = response.into_inner().job.context("no job")?;
     let flaky = jobq
         .enqueue(JobSpec {
             payload: Some(json(json!({ "fail": "retryable" }))),

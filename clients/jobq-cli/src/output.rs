@@ -285,6 +285,12 @@ pub fn job_text(job: &pb::Job) -> String {
         ("depends on", job.depends_on.join(", ")),
         ("schedule", job.schedule_name.clone()),
         ("worker", job.worker_id.clone()),
+        (
+            "trace",
+            jobq_telemetry::propagation::trace_id_of(&job.traceparent)
+                .unwrap_or_default()
+                .to_owned(),
+        ),
     ];
     lines.extend(optional.into_iter().filter(|(_, value)| !value.is_empty()));
     lines.push(("created", time_text(job.created_at.as_ref())));
