@@ -19,7 +19,6 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Args, Parser, ValueEnum};
 use jobq_client::{Client, ClientConfig, Shutdown, Worker, WorkerConfig};
-use tracing_subscriber::EnvFilter;
 
 /// How the worker is run: everything but the server connection.
 #[derive(Debug, Clone, Args)]
@@ -99,8 +98,17 @@ pub struct WorkerOptions {
 pub enum LogFormat {
     /// Readable lines.
     Human,
-    /// One JSON object per line.
+    /// One JSON object per line (with the fields of the job's span inside a job).
     Json,
+}
+
+impl From<LogFormat> for jobq_telemetry::LogFormat {
+    fn from(format: LogFormat) -> Self {
+        match format {
+            LogFormat::Human => jobq_telemetry::LogFormat::Human,
+            LogFormat::Json => jobq_telemetry::LogFormat::Json,
+        }
+    }
 }
 
 /// The `jobq-worker` command line.
@@ -122,6 +130,12 @@ pub struct WorkerCli {
     /// Log format (stderr); the level comes from JOBQ_LOG (default `info`).
     #[arg(long, env = "JOBQ_LOG_FORMAT", value_enum, default_value = "human")]
     pub log_format: LogFormat,
+
+    /// Export traces over OTLP/gRPC to this collector (e.g.
+    /// `http://127.0.0.1:4317`); without it, OTEL_EXPORTER_OTLP_ENDPOINT
+    /// (or _TRACES_ENDPOINT) applies, and with neither nothing is exported.
+    #[arg(long, env = "JOBQ_OTLP_ENDPOINT")]
+    pub otlp_endpoint: Option<String>,
 
     /// Everything else.
     #[command(flatten)]
@@ -196,24 +210,34 @@ fn check_tool(program: &std::path::Path, version_flag: &str) {
     }
 }
 
-/// Sets up the tracing subscriber on stderr (level from `JOBQ_LOG`, default `info`).
+/// Sets up logging on stderr (level from `JOBQ_LOG`, default `info`), without
+/// trace export: for `jobq up`, which runs the worker in-process.
 pub fn init_logging(json: bool) {
-    let filter = EnvFilter::try_from_env("JOBQ_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    let _ = if json {
-        builder.json().try_init()
+    let format = if json {
+        LogFormat::Json
     } else {
-        builder.try_init()
+        LogFormat::Human
     };
+    // Without an exporter the guard holds nothing: dropping it stops nothing.
+    let _ = jobq_telemetry::init(telemetry_settings(format, None));
+}
+
+fn telemetry_settings(
+    log_format: LogFormat,
+    otlp_endpoint: Option<String>,
+) -> jobq_telemetry::Settings {
+    jobq_telemetry::Settings {
+        service_name: "jobq-worker",
+        log_format: log_format.into(),
+        default_log_filter: "info",
+        otlp_endpoint,
+    }
 }
 
 /// Runs the `jobq-worker` binary: exit 0 after a clean stop, 1 on an error,
 /// 2 on bad flags.
 pub fn run_cli() -> ExitCode {
     let cli = WorkerCli::parse();
-    init_logging(cli.log_format == LogFormat::Json);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -224,12 +248,20 @@ pub fn run_cli() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(serve(cli)) {
+    // The OTLP exporter's channel needs the runtime, so telemetry starts in it.
+    let (served, telemetry) = runtime.block_on(async {
+        let endpoint = jobq_telemetry::otlp_endpoint(cli.otlp_endpoint.as_deref());
+        let telemetry = jobq_telemetry::init(telemetry_settings(cli.log_format, endpoint));
+        (serve(cli).await, telemetry)
+    });
+    if let Err(error) = &served {
+        eprintln!("jobq-worker: {error:#}");
+    }
+    // Flushes the spans still queued while the runtime still runs the exporter.
+    telemetry.shutdown();
+    match served {
         Ok(()) => ExitCode::SUCCESS,
-        Err(error) => {
-            eprintln!("jobq-worker: {error:#}");
-            ExitCode::FAILURE
-        }
+        Err(_) => ExitCode::FAILURE,
     }
 }
 
