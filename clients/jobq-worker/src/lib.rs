@@ -6,19 +6,25 @@
 //!
 //! [`run_cli`] is the `jobq-worker` binary; [`WorkerOptions`] and
 //! [`build_worker`] let `jobq up` run the same worker in-process.
+//! [`metrics`] is the binary's Prometheus endpoint (`--metrics-listen`).
 
 pub mod jobs;
+pub mod metrics;
 pub mod process;
 pub mod progress;
 pub mod validate;
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Args, Parser, ValueEnum};
 use jobq_client::{Client, ClientConfig, Shutdown, Worker, WorkerConfig};
+
+use crate::metrics::WorkerMetrics;
 
 /// How the worker is run: everything but the server connection.
 #[derive(Debug, Clone, Args)]
@@ -137,6 +143,11 @@ pub struct WorkerCli {
     #[arg(long, env = "JOBQ_OTLP_ENDPOINT")]
     pub otlp_endpoint: Option<String>,
 
+    /// Serve the worker's Prometheus metrics at http://ADDR/metrics (port 0
+    /// picks one; the bound address is logged). Off by default.
+    #[arg(long, env = "JOBQ_WORKER_METRICS_LISTEN", value_name = "ADDR")]
+    pub metrics_listen: Option<SocketAddr>,
+
     /// Everything else.
     #[command(flatten)]
     pub options: WorkerOptions,
@@ -148,6 +159,16 @@ pub fn build_worker(
     client: Client,
     options: &WorkerOptions,
     default_media_root: PathBuf,
+) -> anyhow::Result<Worker> {
+    build_measured_worker(client, options, default_media_root, None)
+}
+
+/// [`build_worker`], with its handlers and tools measured in `metrics` when given.
+pub fn build_measured_worker(
+    client: Client,
+    options: &WorkerOptions,
+    default_media_root: PathBuf,
+    metrics: Option<Arc<WorkerMetrics>>,
 ) -> anyhow::Result<Worker> {
     for job_type in &options.types {
         anyhow::ensure!(
@@ -165,6 +186,7 @@ pub fn build_worker(
     )
     .with_context(|| format!("preparing the media root {}", media_root.display()))?;
     settings.channel_concurrency = options.channel_concurrency;
+    settings.metrics = metrics;
     check_tool(&settings.yt_dlp, "--version");
     check_tool(&settings.ffprobe, "-version");
     tracing::info!(media_root = %settings.media_root.display(), cleanup_roots = ?settings.cleanup_roots, "built-in job settings");
@@ -271,9 +293,25 @@ async fn serve(cli: WorkerCli) -> anyhow::Result<()> {
         config = config.token(token.clone());
     }
     let client = Client::connect(config.build()?)?;
-    let worker = build_worker(client, &cli.options, PathBuf::from("jobq-media"))?;
-    tracing::info!(server = %cli.server, worker_id = worker.config().worker_id(), "connecting");
+    let metrics = cli.metrics_listen.map(|_| WorkerMetrics::new());
+    let worker = build_measured_worker(
+        client,
+        &cli.options,
+        PathBuf::from("jobq-media"),
+        metrics.clone(),
+    )?;
     let shutdown = Shutdown::on_signals().context("installing signal handlers")?;
+    // The endpoint stays up while the worker drains, and stops with it.
+    let endpoint_stop = tokio_util::sync::CancellationToken::new();
+    if let (Some(address), Some(metrics)) = (cli.metrics_listen, &metrics) {
+        let stop = endpoint_stop.clone();
+        jobq_telemetry::metrics::spawn(address, metrics.registry(), async move {
+            stop.cancelled().await;
+        })
+        .await?;
+    }
+    let _stop_endpoint = endpoint_stop.drop_guard();
+    tracing::info!(server = %cli.server, worker_id = worker.config().worker_id(), "connecting");
     worker.run(shutdown).await?;
     Ok(())
 }
