@@ -6,20 +6,25 @@
 //!
 //! [`run_cli`] is the `jobq-worker` binary; [`WorkerOptions`] and
 //! [`build_worker`] let `jobq up` run the same worker in-process.
+//! [`metrics`] is the binary's Prometheus endpoint (`--metrics-listen`).
 
 pub mod jobs;
+pub mod metrics;
 pub mod process;
 pub mod progress;
 pub mod validate;
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Args, Parser, ValueEnum};
 use jobq_client::{Client, ClientConfig, Shutdown, Worker, WorkerConfig};
-use tracing_subscriber::EnvFilter;
+
+use crate::metrics::WorkerMetrics;
 
 /// How the worker is run: everything but the server connection.
 #[derive(Debug, Clone, Args)]
@@ -99,8 +104,17 @@ pub struct WorkerOptions {
 pub enum LogFormat {
     /// Readable lines.
     Human,
-    /// One JSON object per line.
+    /// One JSON object per line (with the fields of the job's span inside a job).
     Json,
+}
+
+impl From<LogFormat> for jobq_telemetry::LogFormat {
+    fn from(format: LogFormat) -> Self {
+        match format {
+            LogFormat::Human => jobq_telemetry::LogFormat::Human,
+            LogFormat::Json => jobq_telemetry::LogFormat::Json,
+        }
+    }
 }
 
 /// The `jobq-worker` command line.
@@ -123,6 +137,17 @@ pub struct WorkerCli {
     #[arg(long, env = "JOBQ_LOG_FORMAT", value_enum, default_value = "human")]
     pub log_format: LogFormat,
 
+    /// Export traces over OTLP/gRPC to this collector (e.g.
+    /// `http://127.0.0.1:4317`); without it, OTEL_EXPORTER_OTLP_ENDPOINT
+    /// (or _TRACES_ENDPOINT) applies, and with neither nothing is exported.
+    #[arg(long, env = "JOBQ_OTLP_ENDPOINT")]
+    pub otlp_endpoint: Option<String>,
+
+    /// Serve the worker's Prometheus metrics at http://ADDR/metrics (port 0
+    /// picks one; the bound address is logged). Off by default.
+    #[arg(long, env = "JOBQ_WORKER_METRICS_LISTEN", value_name = "ADDR")]
+    pub metrics_listen: Option<SocketAddr>,
+
     /// Everything else.
     #[command(flatten)]
     pub options: WorkerOptions,
@@ -134,6 +159,16 @@ pub fn build_worker(
     client: Client,
     options: &WorkerOptions,
     default_media_root: PathBuf,
+) -> anyhow::Result<Worker> {
+    build_measured_worker(client, options, default_media_root, None)
+}
+
+/// [`build_worker`], with its handlers and tools measured in `metrics` when given.
+pub fn build_measured_worker(
+    client: Client,
+    options: &WorkerOptions,
+    default_media_root: PathBuf,
+    metrics: Option<Arc<WorkerMetrics>>,
 ) -> anyhow::Result<Worker> {
     for job_type in &options.types {
         anyhow::ensure!(
@@ -151,6 +186,7 @@ pub fn build_worker(
     )
     .with_context(|| format!("preparing the media root {}", media_root.display()))?;
     settings.channel_concurrency = options.channel_concurrency;
+    settings.metrics = metrics;
     check_tool(&settings.yt_dlp, "--version");
     check_tool(&settings.ffprobe, "-version");
     tracing::info!(media_root = %settings.media_root.display(), cleanup_roots = ?settings.cleanup_roots, "built-in job settings");
@@ -196,24 +232,34 @@ fn check_tool(program: &std::path::Path, version_flag: &str) {
     }
 }
 
-/// Sets up the tracing subscriber on stderr (level from `JOBQ_LOG`, default `info`).
+/// Sets up logging on stderr (level from `JOBQ_LOG`, default `info`), without
+/// trace export: for `jobq up`, which runs the worker in-process.
 pub fn init_logging(json: bool) {
-    let filter = EnvFilter::try_from_env("JOBQ_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    let _ = if json {
-        builder.json().try_init()
+    let format = if json {
+        LogFormat::Json
     } else {
-        builder.try_init()
+        LogFormat::Human
     };
+    // Without an exporter the guard holds nothing: dropping it stops nothing.
+    let _ = jobq_telemetry::init(telemetry_settings(format, None));
+}
+
+fn telemetry_settings(
+    log_format: LogFormat,
+    otlp_endpoint: Option<String>,
+) -> jobq_telemetry::Settings {
+    jobq_telemetry::Settings {
+        service_name: "jobq-worker",
+        log_format: log_format.into(),
+        default_log_filter: "info",
+        otlp_endpoint,
+    }
 }
 
 /// Runs the `jobq-worker` binary: exit 0 after a clean stop, 1 on an error,
 /// 2 on bad flags.
 pub fn run_cli() -> ExitCode {
     let cli = WorkerCli::parse();
-    init_logging(cli.log_format == LogFormat::Json);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -224,12 +270,20 @@ pub fn run_cli() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(serve(cli)) {
+    // The OTLP exporter's channel needs the runtime, so telemetry starts in it.
+    let (served, telemetry) = runtime.block_on(async {
+        let endpoint = jobq_telemetry::otlp_endpoint(cli.otlp_endpoint.as_deref());
+        let telemetry = jobq_telemetry::init(telemetry_settings(cli.log_format, endpoint));
+        (serve(cli).await, telemetry)
+    });
+    if let Err(error) = &served {
+        eprintln!("jobq-worker: {error:#}");
+    }
+    // Flushes the spans still queued while the runtime still runs the exporter.
+    telemetry.shutdown();
+    match served {
         Ok(()) => ExitCode::SUCCESS,
-        Err(error) => {
-            eprintln!("jobq-worker: {error:#}");
-            ExitCode::FAILURE
-        }
+        Err(_) => ExitCode::FAILURE,
     }
 }
 
@@ -239,9 +293,25 @@ async fn serve(cli: WorkerCli) -> anyhow::Result<()> {
         config = config.token(token.clone());
     }
     let client = Client::connect(config.build()?)?;
-    let worker = build_worker(client, &cli.options, PathBuf::from("jobq-media"))?;
-    tracing::info!(server = %cli.server, worker_id = worker.config().worker_id(), "connecting");
+    let metrics = cli.metrics_listen.map(|_| WorkerMetrics::new());
+    let worker = build_measured_worker(
+        client,
+        &cli.options,
+        PathBuf::from("jobq-media"),
+        metrics.clone(),
+    )?;
     let shutdown = Shutdown::on_signals().context("installing signal handlers")?;
+    // The endpoint stays up while the worker drains, and stops with it.
+    let endpoint_stop = tokio_util::sync::CancellationToken::new();
+    if let (Some(address), Some(metrics)) = (cli.metrics_listen, &metrics) {
+        let stop = endpoint_stop.clone();
+        jobq_telemetry::metrics::spawn(address, metrics.registry(), async move {
+            stop.cancelled().await;
+        })
+        .await?;
+    }
+    let _stop_endpoint = endpoint_stop.drop_guard();
+    tracing::info!(server = %cli.server, worker_id = worker.config().worker_id(), "connecting");
     worker.run(shutdown).await?;
     Ok(())
 }

@@ -4,11 +4,14 @@
 use std::ffi::OsString;
 use std::path::Path;
 use std::process::{ExitStatus, Stdio};
+use std::sync::Arc;
 use std::time::Duration;
 
 use jobq_client::{JobContext, JobError};
 use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
-use tokio::process::Command;
+use tokio::process::{Child, Command};
+
+use crate::metrics::WorkerMetrics;
 
 /// Longest line kept from a tool; the rest of it is cut.
 const MAX_LINE_BYTES: usize = 16 * 1024;
@@ -31,6 +34,7 @@ pub struct ToolCommand {
     args: Vec<OsString>,
     capture_stdout: bool,
     kill_grace: Duration,
+    metrics: Option<Arc<WorkerMetrics>>,
 }
 
 /// What a finished tool left.
@@ -65,6 +69,7 @@ impl ToolCommand {
             args: Vec::new(),
             capture_stdout: false,
             kill_grace: Duration::from_secs(5),
+            metrics: None,
         }
     }
 
@@ -93,6 +98,12 @@ impl ToolCommand {
     /// How long the tool gets to exit after SIGTERM before SIGKILL (default 5 s).
     pub fn kill_grace(mut self, grace: Duration) -> Self {
         self.kill_grace = grace;
+        self
+    }
+
+    /// Counts the tool's exit (code or signal) in `metrics`, when there are.
+    pub fn measured_by(mut self, metrics: Option<Arc<WorkerMetrics>>) -> Self {
+        self.metrics = metrics;
         self
     }
 
@@ -166,7 +177,7 @@ impl ToolCommand {
                         ctx.log().system(format!("{name} did not exit within {:?}; sending SIGKILL", self.kill_grace));
                     }
                     group.signal("KILL").await;
-                    let _ = child.wait().await;
+                    self.reap(&mut child, &name).await;
                     return Err(ctx.stopped_error());
                 }
                 line = read_line(&mut stdout, &mut out_buf, stdout_max), if stdout_open => match line {
@@ -200,10 +211,11 @@ impl ToolCommand {
             status = child.wait() => status.map_err(|error| JobError::retryable(format!("waiting for {name}: {error}")))?,
             () = ctx.cancelled() => {
                 group.signal("KILL").await;
-                let _ = child.wait().await;
+                self.reap(&mut child, &name).await;
                 return Err(ctx.stopped_error());
             }
         };
+        self.exited(&name, status);
         // Anything it left running in its group goes too.
         group.signal("KILL").await;
         ctx.log().system(format!("{name} exited: {status}"));
@@ -212,6 +224,21 @@ impl ToolCommand {
             stdout: captured,
             stderr_tail,
         })
+    }
+}
+
+impl ToolCommand {
+    /// Waits for a tool that was told to stop, and counts how it ended.
+    async fn reap(&self, child: &mut Child, name: &str) {
+        if let Ok(status) = child.wait().await {
+            self.exited(name, status);
+        }
+    }
+
+    fn exited(&self, name: &str, status: ExitStatus) {
+        if let Some(metrics) = &self.metrics {
+            metrics.tool_exited(name, status);
+        }
     }
 }
 

@@ -272,6 +272,7 @@ impl DownloadHandler {
         let output = ToolCommand::new(&self.settings.yt_dlp)
             .args(plan.download_args())
             .kill_grace(self.settings.kill_grace)
+            .measured_by(self.settings.metrics.clone())
             .run(ctx, |stream, line| {
                 if stream == Stream::Stderr {
                     return true;
@@ -330,6 +331,7 @@ impl DownloadHandler {
             .args(plan.list_args())
             .capture_stdout()
             .kill_grace(self.settings.kill_grace)
+            .measured_by(self.settings.metrics.clone())
             .run(ctx, |_, _| true)
             .await?;
         if !output.status.success() {
@@ -534,6 +536,7 @@ mod tests {
             ffprobe: "ffprobe".into(),
             kill_grace: std::time::Duration::from_secs(1),
             channel_concurrency: 1,
+            metrics: None,
         }
     }
 

@@ -110,6 +110,7 @@ impl MetadataHandler {
             .args(["--dump-json", "--no-playlist", "--", url])
             .capture_stdout()
             .kill_grace(self.settings.kill_grace)
+            .measured_by(self.settings.metrics.clone())
             .run(ctx, |_, _| true)
             .await?;
         if !output.status.success() {
@@ -151,6 +152,7 @@ impl MetadataHandler {
             .arg(path)
             .capture_stdout()
             .kill_grace(self.settings.kill_grace)
+            .measured_by(self.settings.metrics.clone())
             .run(ctx, |_, _| true)
             .await?;
         if !output.status.success() {
@@ -371,6 +373,7 @@ mod tests {
             ffprobe: "ffprobe".into(),
             kill_grace: Duration::from_secs(1),
             channel_concurrency: 1,
+            metrics: None,
         }
     }
 

@@ -9,7 +9,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use jobq_client::Worker;
+use jobq_client::{Handler, Worker};
+
+use crate::metrics::WorkerMetrics;
 
 /// Job type names, as producers enqueue them.
 pub mod types {
@@ -51,6 +53,9 @@ pub struct Settings {
     /// How many fanned-out downloads of one channel run at once (their
     /// concurrency key's limit), unless the payload says; 0: no key.
     pub channel_concurrency: i32,
+    /// Where handlers and tools are measured (`--metrics-listen`); `None`:
+    /// nowhere, and the handlers run unwrapped.
+    pub metrics: Option<Arc<WorkerMetrics>>,
 }
 
 /// Fanned-out downloads of one channel run one at a time unless configured.
@@ -90,6 +95,7 @@ impl Settings {
             ffprobe,
             kill_grace: Duration::from_secs(5),
             channel_concurrency: DEFAULT_CHANNEL_CONCURRENCY,
+            metrics: None,
         })
     }
 }
@@ -126,38 +132,62 @@ pub fn canonical_maybe_missing(path: &Path) -> std::io::Result<PathBuf> {
     }
 }
 
-/// Registers the built-in handlers of `job_types` (all of them when empty) on `worker`.
+/// Registers the built-in handlers of `job_types` (all of them when empty)
+/// on `worker`, measured when `settings.metrics` is set.
 pub fn register(mut worker: Worker, settings: Settings, job_types: &[String]) -> Worker {
     let settings = Arc::new(settings);
+    let metrics = settings.metrics.clone();
+    let metrics = metrics.as_ref();
     let wanted = |name: &str| job_types.is_empty() || job_types.iter().any(|wanted| wanted == name);
     if wanted(types::CHANNEL_DOWNLOAD) {
-        worker = worker.handler(
+        worker = add(
+            worker,
+            metrics,
             types::CHANNEL_DOWNLOAD,
             download::DownloadHandler::channel(settings.clone()),
         );
     }
     if wanted(types::PLAYLIST_DOWNLOAD) {
-        worker = worker.handler(
+        worker = add(
+            worker,
+            metrics,
             types::PLAYLIST_DOWNLOAD,
             download::DownloadHandler::playlist(settings.clone()),
         );
     }
     if wanted(types::METADATA_EXTRACTION) {
-        worker = worker.handler(
+        worker = add(
+            worker,
+            metrics,
             types::METADATA_EXTRACTION,
             metadata::MetadataHandler::new(settings.clone()),
         );
     }
     if wanted(types::CLEANUP) {
-        worker = worker.handler(
+        worker = add(
+            worker,
+            metrics,
             types::CLEANUP,
             cleanup::CleanupHandler::new(settings.clone()),
         );
     }
     if wanted(types::NOOP) {
-        worker = worker.handler(types::NOOP, noop::NoopHandler);
+        worker = add(worker, metrics, types::NOOP, noop::NoopHandler);
     }
     worker
+}
+
+/// Registers `handler`, wrapped in a measurement when there are metrics.
+fn add(
+    worker: Worker,
+    metrics: Option<&Arc<WorkerMetrics>>,
+    job_type: &str,
+    handler: impl Handler,
+) -> Worker {
+    match metrics {
+        Some(metrics) => worker.handler(job_type, metrics.measure(job_type, handler)),
+        None => worker.handler(job_type, handler),
+    }
 }
 
 #[cfg(test)]
