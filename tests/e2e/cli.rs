@@ -337,7 +337,9 @@ async fn cli_up_runs_a_server_and_a_worker_in_one_process() -> Result<()> {
         .await?;
     let addr: std::net::SocketAddr = line.trim_start_matches("listening on ").trim().parse()?;
     let line = up
-        .line_matching(Duration::from_secs(10), |line| line.starts_with("metrics on "))
+        .line_matching(Duration::from_secs(10), |line| {
+            line.starts_with("metrics on ")
+        })
         .await?;
     let metrics: std::net::SocketAddr = line.trim_start_matches("metrics on ").trim().parse()?;
     let cli = Cli::new(cli_binary(), addr);
@@ -366,8 +368,14 @@ async fn cli_up_runs_a_server_and_a_worker_in_one_process() -> Result<()> {
     // The server's metrics count what the local worker did.
     let exposition = jobq_tests::scrape::parse(&jobq_tests::scrape::scrape(metrics).await?)?;
     let noop = [("queue", "default"), ("type", "noop")];
-    assert_eq!(jobq_tests::scrape::value(&exposition, "jobq_jobs_succeeded_total", &noop), 1.0);
-    assert_eq!(jobq_tests::scrape::value(&exposition, "jobq_jobs_dead_total", &noop), 1.0);
+    assert_eq!(
+        jobq_tests::scrape::value(&exposition, "jobq_jobs_succeeded_total", &noop),
+        1.0
+    );
+    assert_eq!(
+        jobq_tests::scrape::value(&exposition, "jobq_jobs_dead_total", &noop),
+        1.0
+    );
     up.sigterm().await?;
     let (code, _) = up.finish(Duration::from_secs(30)).await?;
     assert_eq!(code, 0, "jobq up stops cleanly on SIGTERM");

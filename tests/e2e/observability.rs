@@ -228,7 +228,23 @@ async fn one_trace_runs_from_the_enqueue_through_every_attempt_in_a_real_worker(
             .is_some();
         Ok(complete.then_some(spans))
     })
-    .await?;
+    .await
+    .with_context(|| {
+        let seen: std::collections::BTreeSet<String> = collector
+            .spans()
+            .iter()
+            .map(|span| {
+                format!(
+                    "{}/{} job_id={:?} attempt={:?}",
+                    span.service,
+                    span.name,
+                    span.attribute("job_id"),
+                    span.attribute("attempt")
+                )
+            })
+            .collect();
+        format!("spans seen: {seen:#?}\nworker: {}", worker.stderr_tail())
+    })?;
 
     // The enqueue continues the caller's trace, through the server's RPC span.
     let enqueue =

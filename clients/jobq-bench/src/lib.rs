@@ -273,7 +273,8 @@ pub fn run_cli(prefix: &[&str], args: BenchArgs) -> ExitCode {
             false => None,
         };
         let endpoint = collector.as_ref().map(|collector| collector.endpoint());
-        let clean = workloads::run_all(&args, &args.setup(endpoint.as_deref()), &invocation).await?;
+        let clean =
+            workloads::run_all(&args, &args.setup(endpoint.as_deref()), &invocation).await?;
         if let Some(collector) = collector {
             println!("# the OTLP collector received {} spans", collector.count());
         }

@@ -209,9 +209,11 @@ impl RunServer {
                     let mut child = command
                         .spawn()
                         .with_context(|| format!("starting {}", binary.display()))?;
-                    let (addr, metrics_addr) =
-                        read_listen_line(&mut child, flags.iter().any(|flag| flag == "--metrics-listen"))
-                            .await?;
+                    let (addr, metrics_addr) = read_listen_line(
+                        &mut child,
+                        flags.iter().any(|flag| flag == "--metrics-listen"),
+                    )
+                    .await?;
                     metrics.get_or_insert(metrics_addr);
                     let pid = child.id().context("the server exited at once")?;
                     endpoints.push(format!("http://{addr}"));

@@ -569,7 +569,10 @@ async fn run_scrape(args: &BenchArgs, server: &RunServer) -> anyhow::Result<RunR
     for _ in 0..SCRAPES {
         let call = Instant::now();
         let (head, body) = jobq_telemetry::metrics::get(metrics).await?;
-        anyhow::ensure!(head.starts_with("HTTP/1.1 200"), "the scrape answered {head}");
+        anyhow::ensure!(
+            head.starts_with("HTTP/1.1 200"),
+            "the scrape answered {head}"
+        );
         scrapes.record(call.elapsed().as_micros() as u64)?;
         bytes = body.len();
     }

@@ -119,7 +119,9 @@ fn default_metrics_address() -> Option<std::net::SocketAddr> {
     match std::net::TcpListener::bind(address) {
         Ok(_) => Some(address),
         Err(error) => {
-            eprintln!("metrics off: {address} is taken ({error}); choose one with --metrics-listen");
+            eprintln!(
+                "metrics off: {address} is taken ({error}); choose one with --metrics-listen"
+            );
             None
         }
     }

@@ -70,6 +70,10 @@ impl SpanProcessor for BoundedProcessor {
     fn shutdown_with_timeout(&self, timeout: Duration) -> OTelSdkResult {
         self.inner.shutdown_with_timeout(timeout)
     }
+
+    fn set_resource(&mut self, resource: &opentelemetry_sdk::Resource) {
+        self.inner.set_resource(resource);
+    }
 }
 
 /// Wraps the OTLP exporter: counts what each batch became.

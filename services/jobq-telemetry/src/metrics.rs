@@ -96,9 +96,7 @@ fn dechunk(mut body: &str) -> anyhow::Result<String> {
     use anyhow::Context;
     let mut joined = String::new();
     loop {
-        let (size, rest) = body
-            .split_once("\r\n")
-            .context("a chunk without a size")?;
+        let (size, rest) = body.split_once("\r\n").context("a chunk without a size")?;
         let size = usize::from_str_radix(size.trim(), 16).context("a chunk size")?;
         if size == 0 {
             return Ok(joined);
