@@ -50,7 +50,11 @@ const DEFAULT_MAX_QUEUED_SPANS: usize = 2048;
 /// `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` or `OTEL_EXPORTER_OTLP_ENDPOINT`;
 /// none when `OTEL_SDK_DISABLED=true` or `OTEL_TRACES_EXPORTER=none`.
 pub fn otlp_endpoint(flag: Option<&str>) -> Option<String> {
-    let set = |name: &str| std::env::var(name).ok().filter(|value| !value.trim().is_empty());
+    let set = |name: &str| {
+        std::env::var(name)
+            .ok()
+            .filter(|value| !value.trim().is_empty())
+    };
     if let Some(endpoint) = flag.filter(|value| !value.trim().is_empty()) {
         return Some(endpoint.to_owned());
     }
@@ -104,16 +108,18 @@ pub fn init(settings: Settings) -> TelemetryGuard {
     let log_filter = EnvFilter::try_from_env("JOBQ_LOG")
         .unwrap_or_else(|_| EnvFilter::new(settings.default_log_filter));
     let log_lines = log_layer(settings.log_format).with_filter(log_filter);
-    let provider = settings
-        .otlp_endpoint
-        .as_deref()
-        .and_then(|endpoint| match tracer_provider(&settings, endpoint) {
+    let provider = settings.otlp_endpoint.as_deref().and_then(|endpoint| {
+        match tracer_provider(&settings, endpoint) {
             Ok(provider) => Some(provider),
             Err(error) => {
-                eprintln!("{}: not exporting traces to {endpoint}: {error:#}", settings.service_name);
+                eprintln!(
+                    "{}: not exporting traces to {endpoint}: {error:#}",
+                    settings.service_name
+                );
                 None
             }
-        });
+        }
+    });
     let spans = provider.as_ref().map(|provider| {
         let trace_filter = EnvFilter::try_from_env("JOBQ_TRACE")
             .unwrap_or_else(|_| EnvFilter::new(DEFAULT_TRACE_FILTER));
@@ -172,7 +178,9 @@ fn tracer_provider(settings: &Settings, endpoint: &str) -> anyhow::Result<SdkTra
     let mut resource = Resource::builder();
     let named_by_env = std::env::var("OTEL_SERVICE_NAME").is_ok_and(|name| !name.is_empty())
         || std::env::var("OTEL_RESOURCE_ATTRIBUTES").is_ok_and(|attributes| {
-            attributes.split(',').any(|pair| pair.trim_start().starts_with("service.name="))
+            attributes
+                .split(',')
+                .any(|pair| pair.trim_start().starts_with("service.name="))
         });
     if !named_by_env {
         resource = resource.with_service_name(settings.service_name);
