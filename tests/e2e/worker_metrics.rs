@@ -287,3 +287,81 @@ async fn worker_json_log_lines_carry_the_job_they_were_logged_in() -> Result<()>
     assert!(in_job["level"].is_string(), "{in_job:?}");
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn worker_metrics_count_tool_exits_by_code_and_signal() -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+
+    let server = TestServer::start().await?;
+    let jobq = server.client();
+    let media = tempfile::tempdir()?;
+    let tools = tempfile::tempdir()?;
+    // A stand-in for ffprobe: killed by SIGKILL for `signal.mp4`, else exit 3.
+    let fake = tools.path().join("fake-ffprobe");
+    std::fs::write(
+        &fake,
+        "#!/bin/sh\ncase \"$*\" in *signal.mp4*) kill -KILL $$ ;; esac\nexit 3\n",
+    )?;
+    std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755))?;
+    for name in ["exit.mp4", "signal.mp4"] {
+        std::fs::write(media.path().join(name), b"not media")?;
+    }
+    let fake = fake.display().to_string();
+    let worker = WorkerProcess::spawn(
+        worker_binary(),
+        server.addr(),
+        &[
+            "--worker-id",
+            "tools",
+            "--types",
+            "metadata_extraction",
+            "--media-root",
+            &media.path().display().to_string(),
+            "--ffprobe",
+            &fake,
+            "--poll-wait",
+            "2s",
+            "--metrics-listen",
+            "127.0.0.1:0",
+        ],
+    )?;
+    let metrics = worker.metrics_addr(DEADLINE).await?;
+    for name in ["exit.mp4", "signal.mp4"] {
+        let job = jobq
+            .enqueue(JobSpec {
+                payload: Some(jobq_tests::json(json!({ "path": name }))),
+                ..spec("metadata_extraction")
+            })
+            .await?;
+        // A tool that cannot read the file is fatal: one attempt.
+        jobq.wait_for_state(&job.id, JobState::Dead, DEADLINE)
+            .await
+            .with_context(|| worker.stderr_tail())?;
+    }
+
+    let text = bounded(DEADLINE, "scraping the worker", scrape(metrics)).await??;
+    let scrape = parse_exposition(&text)?;
+    let exits = |code, signal| {
+        value(
+            &scrape,
+            "jobq_worker_subprocess_exits_total",
+            &[
+                ("program", "fake-ffprobe"),
+                ("code", code),
+                ("signal", signal),
+            ],
+        )
+    };
+    assert_eq!(exits("3", ""), Some(1.0), "{text}");
+    assert_eq!(exits("", "9"), Some(1.0), "{text}");
+    assert_eq!(
+        value(
+            &scrape,
+            "jobq_worker_jobs_total",
+            &[("type", "metadata_extraction"), ("outcome", "failed_fatal")]
+        ),
+        Some(2.0),
+        "{text}"
+    );
+    Ok(())
+}
