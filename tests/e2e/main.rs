@@ -25,6 +25,7 @@ mod throughput;
 mod validation;
 mod watch;
 mod worker;
+mod worker_metrics;
 mod worker_processes;
 
 use std::path::Path;

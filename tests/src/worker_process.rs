@@ -86,6 +86,35 @@ impl WorkerProcess {
         tail(&self.stderr_path)
     }
 
+    /// The worker's whole log so far (for tests that read it line by line).
+    pub fn stderr(&self) -> anyhow::Result<String> {
+        let bytes = std::fs::read(&self.stderr_path)
+            .with_context(|| format!("reading {}", self.stderr_path.display()))?;
+        Ok(String::from_utf8_lossy(&bytes).into_owned())
+    }
+
+    /// The address of the worker's metrics endpoint (`--metrics-listen`), read
+    /// from the line it logs once bound (so port 0 works); at most `within`.
+    pub async fn metrics_addr(&self, within: Duration) -> anyhow::Result<SocketAddr> {
+        const MARK: &str = "metrics at http://";
+        crate::eventually(within, "the worker to log its metrics address", || async {
+            let log = self.stderr()?;
+            let Some((_, after)) = log.split_once(MARK) else {
+                return Ok(None);
+            };
+            let address = after
+                .split_once("/metrics")
+                .map(|(address, _)| address)
+                .with_context(|| format!("a metrics line without /metrics: {after:.200}"))?;
+            let address = address
+                .parse()
+                .with_context(|| format!("a metrics address: {address:?}"))?;
+            Ok(Some(address))
+        })
+        .await
+        .with_context(|| self.stderr_tail())
+    }
+
     /// SIGKILL, and reap it.
     pub async fn kill_9(mut self) -> anyhow::Result<ExitStatus> {
         self.child

@@ -323,12 +323,12 @@ impl Collector for SpanExports {
         for (name, help, value) in [
             (
                 "spans_exported",
-                "Spans the OTLP collector accepted",
+                "Spans the OTLP collector accepted.",
                 counts.exported,
             ),
             (
                 "spans_dropped",
-                "Spans lost: the export queue was full, or the collector refused or did not answer",
+                "Spans lost: the export queue was full, or the collector refused or did not answer.",
                 counts.dropped,
             ),
         ] {
