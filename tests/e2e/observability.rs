@@ -167,6 +167,8 @@ async fn one_trace_runs_from_the_enqueue_through_every_attempt_in_a_real_worker(
             "2s",
             "--otlp-endpoint",
             &collector_endpoint,
+            "--metrics-listen",
+            "127.0.0.1:0",
         ],
     )?;
 
@@ -354,6 +356,15 @@ async fn one_trace_runs_from_the_enqueue_through_every_attempt_in_a_real_worker(
             "line {line}"
         );
     }
+    // The worker counts what it exported.
+    let worker_metrics = worker.metrics_addr(LONG).await?;
+    let exported = eventually(LONG, "the worker to count its exported spans", || async {
+        let exposition = parse(&scrape(worker_metrics).await?)?;
+        let exported = value(&exposition, "jobq_worker_spans_exported_total", &[]);
+        Ok((exported > 0.0).then_some(exported))
+    })
+    .await?;
+    ensure!(exported > 0.0);
     let unparsed = log
         .lines()
         .filter(|line| serde_json::from_str::<serde_json::Value>(line).is_err())

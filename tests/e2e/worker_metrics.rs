@@ -1,16 +1,15 @@
 //! The `jobq-worker` process observed from outside: its Prometheus endpoint
 //! after a known workload, and its JSON log lines.
 
-use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
-use anyhow::{Context, Result, bail, ensure};
+use anyhow::{Context, Result, bail};
 use jobq_tests::pb::{JobSpec, JobState};
+use jobq_tests::scrape::{parse, sample, scrape};
 use jobq_tests::worker_process::WorkerProcess;
 use jobq_tests::{TestServer, bounded, eventually, spec};
 use serde_json::{Value, json};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// Generous: the suite must pass on a busy two-core machine.
 const DEADLINE: Duration = Duration::from_secs(60);
@@ -39,112 +38,6 @@ fn spawn_worker(server: &TestServer, media: &Path, extra: &[&str]) -> Result<Wor
     ];
     args.extend_from_slice(extra);
     WorkerProcess::spawn(worker_binary(), server.addr(), &args)
-}
-
-/// `GET /metrics` over a plain HTTP/1.1 connection; the body.
-async fn scrape(addr: SocketAddr) -> Result<String> {
-    let mut stream = tokio::net::TcpStream::connect(addr)
-        .await
-        .with_context(|| format!("connecting to {addr}"))?;
-    let request = format!("GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
-    stream.write_all(request.as_bytes()).await?;
-    let mut response = Vec::new();
-    stream.read_to_end(&mut response).await?;
-    let response = String::from_utf8(response).context("the response is not UTF-8")?;
-    let (head, body) = response
-        .split_once("\r\n\r\n")
-        .context("a response without the end of its headers")?;
-    let head_lower = head.to_ascii_lowercase();
-    ensure!(head.starts_with("HTTP/1.1 200"), "answered:\n{head}");
-    ensure!(
-        head_lower.contains("content-type: application/openmetrics-text"),
-        "content type in:\n{head}"
-    );
-    if head_lower.contains("transfer-encoding: chunked") {
-        dechunk(body)
-    } else {
-        Ok(body.to_owned())
-    }
-}
-
-fn dechunk(mut body: &str) -> Result<String> {
-    let mut joined = String::new();
-    loop {
-        let (size, rest) = body.split_once("\r\n").context("a chunk without a size")?;
-        let size = usize::from_str_radix(size.trim(), 16).context("a chunk size")?;
-        if size == 0 {
-            return Ok(joined);
-        }
-        let chunk = rest.get(..size).context("a chunk shorter than its size")?;
-        joined.push_str(chunk);
-        body = rest[size..].trim_start_matches("\r\n");
-    }
-}
-
-/// Checks the text line by line, then parses it with `prometheus-parse`.
-///
-/// That parser skips what it does not understand instead of failing, and
-/// knows neither OpenMetrics' `# UNIT` nor `# EOF`; so each line must be one
-/// it recognises (help, type, sample), or one of those two, with `# EOF` last;
-/// and every sample must belong to a declared family (`_total`, `_bucket`,
-/// `_count`, `_sum` suffixes included).
-fn parse_exposition(text: &str) -> Result<prometheus_parse::Scrape> {
-    use prometheus_parse::LineInfo;
-
-    let mut families = Vec::new();
-    let lines: Vec<&str> = text.lines().collect();
-    ensure!(
-        lines.last() == Some(&"# EOF"),
-        "no `# EOF` at the end:\n{text}"
-    );
-    for (number, line) in lines.iter().enumerate() {
-        match LineInfo::parse(line) {
-            LineInfo::Doc { .. } => {}
-            LineInfo::Type {
-                metric_name,
-                metric_alias,
-                ..
-            } => families.push(metric_alias.unwrap_or(metric_name)),
-            LineInfo::Sample { metric_name, .. } => {
-                let declared = families.iter().any(|family| {
-                    ["", "_total", "_bucket", "_count", "_sum", "_created"]
-                        .iter()
-                        .any(|suffix| metric_name == format!("{family}{suffix}"))
-                });
-                ensure!(
-                    declared,
-                    "line {}: a sample of no declared family: {line}",
-                    number + 1
-                );
-            }
-            LineInfo::Empty => bail!("line {}: empty", number + 1),
-            LineInfo::Ignored if line.starts_with("# UNIT ") => {}
-            LineInfo::Ignored if *line == "# EOF" && number + 1 == lines.len() => {}
-            LineInfo::Ignored => bail!("line {}: not exposition: {line}", number + 1),
-        }
-    }
-    let lines = text.lines().map(|line| Ok(line.to_owned()));
-    prometheus_parse::Scrape::parse(lines).context("parsing the exposition")
-}
-
-/// The value of the sample `name` with exactly `labels` (`None` when absent).
-fn value(scrape: &prometheus_parse::Scrape, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
-    scrape
-        .samples
-        .iter()
-        .find(|sample| {
-            sample.metric == name
-                && sample.labels.len() == labels.len()
-                && labels
-                    .iter()
-                    .all(|(key, value)| sample.labels.get(key) == Some(*value))
-        })
-        .and_then(|sample| match sample.value {
-            prometheus_parse::Value::Counter(value)
-            | prometheus_parse::Value::Gauge(value)
-            | prometheus_parse::Value::Untyped(value) => Some(value),
-            _ => None,
-        })
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -176,9 +69,9 @@ async fn worker_metrics_count_a_known_workload() -> Result<()> {
     // A handler's end is counted before the SDK reports it, so a job the
     // server calls terminal is already counted.
     let text = bounded(DEADLINE, "scraping the worker", scrape(metrics)).await??;
-    let scrape = parse_exposition(&text)?;
+    let scrape = parse(&text)?;
     let jobs_total = |outcome| {
-        value(
+        sample(
             &scrape,
             "jobq_worker_jobs_total",
             &[("type", "noop"), ("outcome", outcome)],
@@ -199,12 +92,12 @@ async fn worker_metrics_count_a_known_workload() -> Result<()> {
         .sum();
     assert_eq!(outcomes, 5.0, "no other outcome, no other type:\n{text}");
     assert_eq!(
-        value(&scrape, "jobq_worker_jobs_running", &[("type", "noop")]),
+        sample(&scrape, "jobq_worker_jobs_running", &[("type", "noop")]),
         Some(0.0),
         "{text}"
     );
     assert_eq!(
-        value(
+        sample(
             &scrape,
             "jobq_worker_handler_duration_seconds_count",
             &[("type", "noop")]
@@ -230,12 +123,12 @@ async fn worker_metrics_count_a_known_workload() -> Result<()> {
     assert_eq!(all, Some(5.0), "{text}");
     // Nothing is exported without an OTLP endpoint; the counters are there.
     assert_eq!(
-        value(&scrape, "jobq_worker_spans_exported_total", &[]),
+        sample(&scrape, "jobq_worker_spans_exported_total", &[]),
         Some(0.0),
         "{text}"
     );
     assert_eq!(
-        value(&scrape, "jobq_worker_spans_dropped_total", &[]),
+        sample(&scrape, "jobq_worker_spans_dropped_total", &[]),
         Some(0.0),
         "{text}"
     );
@@ -340,9 +233,9 @@ async fn worker_metrics_count_tool_exits_by_code_and_signal() -> Result<()> {
     }
 
     let text = bounded(DEADLINE, "scraping the worker", scrape(metrics)).await??;
-    let scrape = parse_exposition(&text)?;
+    let scrape = parse(&text)?;
     let exits = |code, signal| {
-        value(
+        sample(
             &scrape,
             "jobq_worker_subprocess_exits_total",
             &[
@@ -355,7 +248,7 @@ async fn worker_metrics_count_tool_exits_by_code_and_signal() -> Result<()> {
     assert_eq!(exits("3", ""), Some(1.0), "{text}");
     assert_eq!(exits("", "9"), Some(1.0), "{text}");
     assert_eq!(
-        value(
+        sample(
             &scrape,
             "jobq_worker_jobs_total",
             &[("type", "metadata_extraction"), ("outcome", "failed_fatal")]

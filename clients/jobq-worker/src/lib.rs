@@ -232,18 +232,6 @@ fn check_tool(program: &std::path::Path, version_flag: &str) {
     }
 }
 
-/// Sets up logging on stderr (level from `JOBQ_LOG`, default `info`), without
-/// trace export: for `jobq up`, which runs the worker in-process.
-pub fn init_logging(json: bool) {
-    let format = if json {
-        LogFormat::Json
-    } else {
-        LogFormat::Human
-    };
-    // Without an exporter the guard holds nothing: dropping it stops nothing.
-    let _ = jobq_telemetry::init(telemetry_settings(format, None));
-}
-
 fn telemetry_settings(
     log_format: LogFormat,
     otlp_endpoint: Option<String>,
