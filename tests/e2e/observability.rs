@@ -119,6 +119,24 @@ async fn metrics_count_a_known_workload_exactly() -> Result<()> {
         value(&exposition, "jobq_db_statement_seconds_count", &[]) > 0.0,
         "no write statement timed\n{text}"
     );
+
+    // An open stream is counted while it is open, and no longer once the client leaves.
+    let watch = [("method", "/jobq.v1.JobQueueService/WatchJobs")];
+    let stream = jobq
+        .queue()
+        .watch_jobs(jobq_tests::pb::WatchJobsRequest::default())
+        .await?;
+    eventually(LONG, "the open stream to be counted", || async {
+        let exposition = parse(&scrape(metrics).await?)?;
+        Ok((value(&exposition, "jobq_streams_open", &watch) == 1.0).then_some(()))
+    })
+    .await?;
+    drop(stream);
+    eventually(LONG, "the closed stream to be uncounted", || async {
+        let exposition = parse(&scrape(metrics).await?)?;
+        Ok((value(&exposition, "jobq_streams_open", &watch) == 0.0).then_some(()))
+    })
+    .await?;
     server.shutdown().await
 }
 
