@@ -397,7 +397,9 @@ fn encode_family<M: EncodeMetric>(
     unit: Option<&Unit>,
     metric: &M,
 ) -> Result<(), std::fmt::Error> {
-    let metric_encoder = encoder.encode_descriptor(name, help, unit, metric.metric_type())?;
+    // Registered metrics get their full stop from the registry; these are encoded by hand.
+    let help = format!("{help}.");
+    let metric_encoder = encoder.encode_descriptor(name, &help, unit, metric.metric_type())?;
     metric.encode(metric_encoder)
 }
 
