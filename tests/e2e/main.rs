@@ -1,6 +1,7 @@
 //! End-to-end tests of jobq: real servers on 127.0.0.1:0, driven through the
 //! public gRPC API only. One test binary, one module per area.
 
+mod auth;
 mod cancellation;
 mod cli;
 mod contract;

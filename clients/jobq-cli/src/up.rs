@@ -139,9 +139,11 @@ fn worker_token(auth_tokens: &[String]) -> Result<Option<String>, String> {
     if auth_tokens.is_empty() {
         return Ok(None);
     }
+    // A token given only as its digest cannot be presented.
     let entries: Vec<(&str, &str)> = auth_tokens
         .iter()
         .filter_map(|entry| entry.split_once(':'))
+        .filter(|(_, token)| !token.starts_with("sha256:"))
         .collect();
     WORKER_ROLES
         .iter()
@@ -152,7 +154,7 @@ fn worker_token(auth_tokens: &[String]) -> Result<Option<String>, String> {
                 .map(|(_, token)| Some((*token).to_owned()))
         })
         .ok_or_else(|| {
-            "--auth-token has no worker or admin token for the local worker: add one \
+            "--auth-token has no worker or admin token (in clear) for the local worker: add one \
              (worker:TOKEN), or run the server alone with --no-worker"
                 .to_owned()
         })

@@ -178,6 +178,14 @@ impl App {
         let serving_stopped = stop_serving.clone();
         let tokens =
             Arc::new(auth::Tokens::parse(&config.auth_tokens).map_err(anyhow::Error::msg)?);
+        if tokens.is_empty() && !local_addr.ip().is_loopback() {
+            tracing::warn!(
+                %local_addr,
+                "SERVING WITHOUT AUTHENTICATION on a non-loopback address (--insecure): \
+                 anyone who can reach it can read, change and delete every job; \
+                 give --auth-token role:token entries"
+            );
+        }
         let message_limit = config.max_message_bytes;
         let mut grpc = Routes::builder();
         grpc.add_service(health_service)
