@@ -8,6 +8,8 @@ mod cli;
 pub mod config;
 mod dashboard;
 pub mod domain;
+#[cfg(test)]
+mod fuzz;
 mod grpc;
 mod logs;
 mod store;

@@ -219,6 +219,51 @@ fn page_request(request: &pb::ListJobsRequest, filter: &JobFilter) -> QueueResul
     Ok(PageRequest { limit, after })
 }
 
+#[cfg(test)]
+pub(super) fn fuzz_page_token(token: &str) -> Result<(), proptest::test_runner::TestCaseError> {
+    use proptest::prop_assert;
+    let filter = JobFilter::default();
+    let request = pb::ListJobsRequest {
+        page_token: token.to_owned(),
+        ..pb::ListJobsRequest::default()
+    };
+    match page_request(&request, &filter) {
+        Ok(page) => {
+            if let Some(after) = page.after {
+                // A token that parses is one this filter's listing would make.
+                prop_assert!(page_token(&filter, &after) == token);
+            }
+        }
+        Err(QueueError::InvalidArgument { field, .. }) => prop_assert!(field == "page_token"),
+        Err(other) => prop_assert!(false, "not INVALID_ARGUMENT: {other}"),
+    }
+    // And a token made for one filter is refused under another.
+    let id = JobId::generate();
+    let made = page_token(&filter, &id);
+    let other = JobFilter {
+        queues: vec![token.to_owned()],
+        ..JobFilter::default()
+    };
+    let back = page_request(
+        &pb::ListJobsRequest {
+            page_token: made.clone(),
+            ..pb::ListJobsRequest::default()
+        },
+        &filter,
+    );
+    let came_back = matches!(back, Ok(PageRequest { after: Some(ref after), .. }) if *after == id);
+    prop_assert!(came_back, "a token made here was not taken back");
+    let elsewhere = page_request(
+        &pb::ListJobsRequest {
+            page_token: made,
+            ..pb::ListJobsRequest::default()
+        },
+        &other,
+    );
+    prop_assert!(elsewhere.is_err());
+    Ok(())
+}
+
 fn job_selector(selector: Option<pb::JobSelector>) -> QueueResult<JobSelector> {
     let selector = selector.ok_or_else(|| QueueError::invalid("selector", "is required"))?;
     let limit = match selector.limit {

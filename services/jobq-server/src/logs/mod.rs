@@ -257,6 +257,29 @@ fn cut(message: String, max: usize) -> (String, bool) {
     )
 }
 
+/// For the fuzz tests: any line cut to any limit keeps a prefix of the
+/// line whole-charactered, marks the cut, and leaves short lines alone.
+#[cfg(test)]
+pub(crate) fn fuzz_cut(
+    message: String,
+    max: usize,
+) -> Result<(), proptest::test_runner::TestCaseError> {
+    use proptest::prop_assert;
+    let (kept, was_cut) = cut(message.clone(), max);
+    if message.len() <= max {
+        prop_assert!(!was_cut && kept == message);
+    } else {
+        prop_assert!(was_cut);
+        let (prefix, marker) = kept
+            .rsplit_once(" [line cut: ")
+            .ok_or_else(|| proptest::test_runner::TestCaseError::fail("no marker"))?;
+        prop_assert!(prefix.len() <= max && message.starts_with(prefix));
+        let expected = format!("{} more bytes dropped]", message.len() - prefix.len());
+        prop_assert!(marker == expected, "marker {marker:?}");
+    }
+    Ok(())
+}
+
 /// Told of every append, so other replicas can wake their readers.
 pub type AppendNotifier = Arc<dyn Fn(&JobId) + Send + Sync>;
 
