@@ -1,6 +1,8 @@
 //! Running a tool (yt-dlp, ffprobe) as a job: in its own process group, its
-//! output read line by line, and the whole group killed when the job must stop.
+//! output read line by line with bounded memory, and the whole group killed
+//! when the job must stop.
 
+use std::collections::VecDeque;
 use std::ffi::OsString;
 use std::path::Path;
 use std::process::{ExitStatus, Stdio};
@@ -8,15 +10,24 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use jobq_client::{JobContext, JobError};
-use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
 use tokio::process::{Child, Command};
+use tokio_stream::StreamExt;
+use tokio_util::codec::FramedRead;
 
 use crate::metrics::WorkerMetrics;
 
-/// Longest line kept from a tool; the rest of it is cut.
+use self::lines::LineDecoder;
+
+mod lines;
+
+/// Longest line kept whole from a tool; a longer one is cut to this many
+/// bytes, mark included (the server's default line limit, so it is not cut
+/// twice).
 const MAX_LINE_BYTES: usize = 16 * 1024;
 /// Most stdout kept when it is captured (JSON output).
 const MAX_CAPTURE_BYTES: usize = 64 * 1024 * 1024;
+/// How many of the last stderr lines are kept for error messages.
+const STDERR_TAIL_LINES: usize = 20;
 
 /// Which of the tool's streams a line came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -154,18 +165,16 @@ impl ToolCommand {
             .stderr
             .take()
             .ok_or_else(|| JobError::retryable("the tool's stderr is not piped"))?;
-        let mut stdout = BufReader::new(stdout);
-        let mut stderr = BufReader::new(stderr);
-        let mut captured = String::new();
-        let mut stderr_tail: Vec<String> = Vec::new();
-        let (mut stdout_open, mut stderr_open) = (true, true);
-        let mut out_buf = Vec::new();
-        let mut err_buf = Vec::new();
         let stdout_max = if self.capture_stdout {
             MAX_CAPTURE_BYTES
         } else {
             MAX_LINE_BYTES
         };
+        let mut stdout = FramedRead::new(stdout, LineDecoder::new(stdout_max));
+        let mut stderr = FramedRead::new(stderr, LineDecoder::new(MAX_LINE_BYTES));
+        let mut captured = String::new();
+        let mut stderr_tail: VecDeque<String> = VecDeque::new();
+        let (mut stdout_open, mut stderr_open) = (true, true);
 
         while stdout_open || stderr_open {
             tokio::select! {
@@ -180,30 +189,37 @@ impl ToolCommand {
                     self.reap(&mut child, &name).await;
                     return Err(ctx.stopped_error());
                 }
-                line = read_line(&mut stdout, &mut out_buf, stdout_max), if stdout_open => match line {
-                    Some(line) => {
+                // A read error ends the stream like its end does.
+                line = stdout.next(), if stdout_open => match line {
+                    Some(Ok(line)) => {
                         if self.capture_stdout {
-                            if captured.len() + line.len() < MAX_CAPTURE_BYTES {
-                                captured.push_str(&line);
+                            if line.dropped > 0 {
+                                ctx.log().system(format!(
+                                    "{name}'s stdout line cut: {} more bytes dropped",
+                                    line.dropped
+                                ));
+                            }
+                            if captured.len() + line.text.len() < MAX_CAPTURE_BYTES {
+                                captured.push_str(&line.text);
                                 captured.push('\n');
                             }
-                        } else if on_line(Stream::Stdout, &line) {
-                            ctx.log().stdout(line);
+                        } else if on_line(Stream::Stdout, &line.text) {
+                            ctx.log().stdout(line.text);
                         }
                     }
-                    None => stdout_open = false,
+                    Some(Err(_)) | None => stdout_open = false,
                 },
-                line = read_line(&mut stderr, &mut err_buf, MAX_LINE_BYTES), if stderr_open => match line {
-                    Some(line) => {
-                        if stderr_tail.len() >= 20 {
-                            stderr_tail.remove(0);
+                line = stderr.next(), if stderr_open => match line {
+                    Some(Ok(line)) => {
+                        if stderr_tail.len() >= STDERR_TAIL_LINES {
+                            stderr_tail.pop_front();
                         }
-                        stderr_tail.push(line.clone());
-                        if on_line(Stream::Stderr, &line) {
-                            ctx.log().stderr(line);
+                        stderr_tail.push_back(line.text.clone());
+                        if on_line(Stream::Stderr, &line.text) {
+                            ctx.log().stderr(line.text);
                         }
                     }
-                    None => stderr_open = false,
+                    Some(Err(_)) | None => stderr_open = false,
                 },
             }
         }
@@ -222,7 +238,7 @@ impl ToolCommand {
         Ok(ToolOutput {
             status,
             stdout: captured,
-            stderr_tail,
+            stderr_tail: stderr_tail.into(),
         })
     }
 }
@@ -274,28 +290,98 @@ impl Drop for ProcessGroup {
     }
 }
 
-/// One line (lossy UTF-8, without the line end, cut at `max` bytes); `None`
-/// at the end of the stream. Cancel-safe: bytes read by a call that lost a
-/// `select!` stay in `buf` and the next call goes on from them.
-async fn read_line<R: AsyncRead + Unpin>(
-    reader: &mut BufReader<R>,
-    buf: &mut Vec<u8>,
-    max: usize,
-) -> Option<String> {
-    let read = reader.read_until(b'\n', buf).await;
-    if matches!(read, Ok(0) | Err(_)) && buf.is_empty() {
-        return None;
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::lines::OutputLine;
+    use super::*;
+
+    /// Every stdout line of `sh -c script`, read as `run` reads them.
+    async fn stdout_lines(script: &str, max: usize) -> Vec<OutputLine> {
+        let mut command = Command::new("sh");
+        command
+            .args(["-c", script])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null());
+        let mut child = command.spawn().expect("sh starts");
+        let stdout = child.stdout.take().expect("piped stdout");
+        let mut reader = FramedRead::new(stdout, LineDecoder::new(max));
+        let read_all = async {
+            let mut lines = Vec::new();
+            while let Some(line) = reader.next().await {
+                lines.push(line.expect("reads"));
+            }
+            lines
+        };
+        // Generous: the machine may be busy.
+        let deadline = Duration::from_secs(120);
+        let lines = tokio::time::timeout(deadline, read_all)
+            .await
+            .expect("the reader finishes");
+        let status = child.wait().await.expect("sh is reaped");
+        assert!(status.success(), "{status}");
+        lines
     }
-    while matches!(buf.last(), Some(b'\n' | b'\r')) {
-        buf.pop();
+
+    /// This process's peak resident memory, in KiB (Linux).
+    fn peak_rss_kib() -> Option<u64> {
+        let status = std::fs::read_to_string("/proc/self/status").ok()?;
+        let line = status.lines().find(|line| line.starts_with("VmHWM:"))?;
+        line.split_whitespace().nth(1)?.parse().ok()
     }
-    // Progress bars redraw with \r: keep the last state.
-    let start = buf
-        .iter()
-        .rposition(|byte| *byte == b'\r')
-        .map_or(0, |at| at + 1);
-    let line = &buf[start..];
-    let line = String::from_utf8_lossy(&line[..line.len().min(max)]).into_owned();
-    buf.clear();
-    Some(line)
+
+    #[tokio::test]
+    async fn fifty_megabytes_without_a_newline_are_read_in_bounded_memory() {
+        const PRINTED: usize = 50_000_000;
+        let peak_before = peak_rss_kib();
+        let lines = stdout_lines(
+            &format!("head -c {PRINTED} /dev/zero | tr '\\0' x; echo; echo after"),
+            MAX_LINE_BYTES,
+        )
+        .await;
+        let [cut, after] = lines.as_slice() else {
+            panic!("two lines: {:?}", lines.len());
+        };
+        assert!(cut.text.len() <= MAX_LINE_BYTES, "{}", cut.text.len());
+        let kept = cut.text.find(' ').expect("a cut mark");
+        assert!(cut.text[..kept].bytes().all(|byte| byte == b'x'));
+        assert_eq!(kept + cut.dropped, PRINTED);
+        assert!(
+            cut.text
+                .ends_with(&format!("[line cut: {} more bytes dropped]", cut.dropped))
+        );
+        assert_eq!(after.text, "after");
+        // The peak only grows; the tests alongside allocate far less than
+        // the 50 MB that holding the line would take.
+        if let (Some(before), Some(after)) = (peak_before, peak_rss_kib()) {
+            assert!(
+                after - before < 20 * 1024,
+                "peak RSS grew {} KiB",
+                after - before
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn lines_from_a_tool_keep_the_limit_and_survive_bad_utf8() {
+        let lines = stdout_lines(
+            "printf 'caf\\351 \\377\\n'; head -c 100 /dev/zero | tr '\\0' a; echo; \
+             head -c 101 /dev/zero | tr '\\0' b; echo; printf 'last'",
+            100,
+        )
+        .await;
+        let texts: Vec<&str> = lines.iter().map(|line| line.text.as_str()).collect();
+        assert_eq!(texts[0], "caf\u{fffd} \u{fffd}");
+        assert_eq!(texts[1], "a".repeat(100), "a line at the limit is whole");
+        assert!(
+            texts[2].len() <= 100 && texts[2].starts_with('b'),
+            "{}",
+            texts[2]
+        );
+        assert!(texts[2].contains("[line cut: "), "{}", texts[2]);
+        assert_eq!(texts[3], "last");
+        assert_eq!(texts.len(), 4);
+    }
 }
