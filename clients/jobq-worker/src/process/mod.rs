@@ -10,14 +10,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use jobq_client::{JobContext, JobError};
-use tokio::process::{Child, Command};
+use tokio::process::Command;
 use tokio_stream::StreamExt;
 use tokio_util::codec::FramedRead;
 
 use crate::metrics::WorkerMetrics;
 
+use self::group::ProcessGroup;
 use self::lines::LineDecoder;
 
+mod group;
 mod lines;
 
 /// Longest line kept whole from a tool; a longer one is cut to this many
@@ -138,32 +140,23 @@ impl ToolCommand {
             .args(&self.args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            // Its own process group, so a stop reaches everything it started.
-            .process_group(0)
-            .kill_on_drop(true);
-        let mut child = command.spawn().map_err(|error| {
+            .stderr(Stdio::piped());
+        let mut group = ProcessGroup::spawn(&mut command).map_err(|error| {
             JobError::retryable(format!(
                 "cannot start {}: {error}",
                 self.program.to_string_lossy()
             ))
         })?;
-        let pid = child.id().ok_or_else(|| {
-            JobError::retryable(format!("{name} exited before it could be watched"))
-        })?;
-        // The group leader's pid is the group id.
-        let group = ProcessGroup { pgid: pid };
+        let pid = group.pid();
         ctx.log()
             .system(format!("started {name} (pid {pid}, process group {pid})"));
         tracing::debug!(pid, "started {name}");
 
-        let stdout = child
-            .stdout
-            .take()
+        let stdout = group
+            .take_stdout()
             .ok_or_else(|| JobError::retryable("the tool's stdout is not piped"))?;
-        let stderr = child
-            .stderr
-            .take()
+        let stderr = group
+            .take_stderr()
             .ok_or_else(|| JobError::retryable("the tool's stderr is not piped"))?;
         let stdout_max = if self.capture_stdout {
             MAX_CAPTURE_BYTES
@@ -179,16 +172,7 @@ impl ToolCommand {
         while stdout_open || stderr_open {
             tokio::select! {
                 biased;
-                () = ctx.cancelled() => {
-                    ctx.log().system(format!("stopping {name}: sending SIGTERM to process group {pid}"));
-                    group.signal("TERM").await;
-                    if tokio::time::timeout(self.kill_grace, child.wait()).await.is_err() {
-                        ctx.log().system(format!("{name} did not exit within {:?}; sending SIGKILL", self.kill_grace));
-                    }
-                    group.signal("KILL").await;
-                    self.reap(&mut child, &name).await;
-                    return Err(ctx.stopped_error());
-                }
+                () = ctx.cancelled() => return Err(self.stop(ctx, &mut group, &name).await),
                 // A read error ends the stream like its end does.
                 line = stdout.next(), if stdout_open => match line {
                     Some(Ok(line)) => {
@@ -223,17 +207,13 @@ impl ToolCommand {
                 },
             }
         }
+        // Anything it left running in its group goes too (`finish`).
         let status = tokio::select! {
-            status = child.wait() => status.map_err(|error| JobError::retryable(format!("waiting for {name}: {error}")))?,
-            () = ctx.cancelled() => {
-                group.signal("KILL").await;
-                self.reap(&mut child, &name).await;
-                return Err(ctx.stopped_error());
-            }
+            biased;
+            () = ctx.cancelled() => return Err(self.stop(ctx, &mut group, &name).await),
+            status = group.finish() => status.map_err(|error| JobError::retryable(format!("waiting for {name}: {error}")))?,
         };
         self.exited(&name, status);
-        // Anything it left running in its group goes too.
-        group.signal("KILL").await;
         ctx.log().system(format!("{name} exited: {status}"));
         Ok(ToolOutput {
             status,
@@ -244,49 +224,32 @@ impl ToolCommand {
 }
 
 impl ToolCommand {
-    /// Waits for a tool that was told to stop, and counts how it ended.
-    async fn reap(&self, child: &mut Child, name: &str) {
-        if let Ok(status) = child.wait().await {
-            self.exited(name, status);
+    /// Stops a tool whose job must stop: SIGTERM to its group, the grace,
+    /// SIGKILL; counts how it ended and returns the job's stop error.
+    async fn stop(&self, ctx: &JobContext, group: &mut ProcessGroup, name: &str) -> JobError {
+        let pid = group.pid();
+        ctx.log().system(format!(
+            "stopping {name}: sending SIGTERM to process group {pid}"
+        ));
+        match group.stop(self.kill_grace).await {
+            Ok((status, timed_out)) => {
+                if timed_out {
+                    ctx.log().system(format!(
+                        "{name} did not exit within {:?}; sent SIGKILL",
+                        self.kill_grace
+                    ));
+                }
+                self.exited(name, status);
+            }
+            Err(error) => tracing::warn!(pid, %error, "stopping {name}"),
         }
+        ctx.stopped_error()
     }
 
     fn exited(&self, name: &str, status: ExitStatus) {
         if let Some(metrics) = &self.metrics {
             metrics.tool_exited(name, status);
         }
-    }
-}
-
-/// A tool's process group; killed (SIGKILL) when dropped, so an aborted
-/// handler leaves nothing behind.
-#[derive(Debug)]
-struct ProcessGroup {
-    pgid: u32,
-}
-
-impl ProcessGroup {
-    /// Sends `signal` (a name like `TERM`) to the whole group. `kill(1)` keeps
-    /// this crate free of unsafe code; "no such process" is fine.
-    async fn signal(&self, signal: &str) {
-        let _ = Command::new("kill")
-            .args(["-s", signal, "--", &format!("-{}", self.pgid)])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .await;
-    }
-}
-
-impl Drop for ProcessGroup {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("kill")
-            .args(["-s", "KILL", "--", &format!("-{}", self.pgid)])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status();
     }
 }
 
@@ -305,8 +268,8 @@ mod tests {
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::null());
-        let mut child = command.spawn().expect("sh starts");
-        let stdout = child.stdout.take().expect("piped stdout");
+        let mut group = ProcessGroup::spawn(&mut command).expect("sh starts");
+        let stdout = group.take_stdout().expect("piped stdout");
         let mut reader = FramedRead::new(stdout, LineDecoder::new(max));
         let read_all = async {
             let mut lines = Vec::new();
@@ -320,7 +283,7 @@ mod tests {
         let lines = tokio::time::timeout(deadline, read_all)
             .await
             .expect("the reader finishes");
-        let status = child.wait().await.expect("sh is reaped");
+        let status = group.finish().await.expect("sh is reaped");
         assert!(status.success(), "{status}");
         lines
     }
