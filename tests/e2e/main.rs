@@ -4,6 +4,7 @@
 mod auth;
 mod cancellation;
 mod cli;
+mod connections;
 mod contract;
 mod foreign_clients;
 mod grpc_web;

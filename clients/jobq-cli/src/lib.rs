@@ -433,7 +433,7 @@ pub fn print_json(value: &serde_json::Value) {
 /// What to run, once the command line is read.
 enum Invocation {
     /// `jobq up`.
-    Up(up::UpArgs),
+    Up(Box<up::UpArgs>),
     /// `jobq bench`.
     Bench(jobq_bench::BenchArgs),
     /// A command that talks to a server.
@@ -459,7 +459,7 @@ fn invocation(matches: &ArgMatches) -> Result<Invocation, clap::Error> {
     match cli.command {
         Command::Up(args) => {
             refuse_leading("up")?;
-            Ok(Invocation::Up(*args))
+            Ok(Invocation::Up(args))
         }
         Command::Bench(args) => {
             refuse_leading("bench")?;
@@ -493,7 +493,7 @@ pub fn run_cli() -> ExitCode {
     match invocation {
         // The bench starts its own runtime, and its worker processes as `jobq bench ...`.
         Invocation::Bench(args) => jobq_bench::run_cli(&["bench"], args),
-        Invocation::Up(args) => run_async(up::up(args)),
+        Invocation::Up(args) => run_async(up::up(*args)),
         Invocation::Client(ctx, command) => run_async(async move {
             // Only when traces are exported: the CLI's own output stays clean otherwise.
             let telemetry = jobq_telemetry::otlp_endpoint(None).map(|endpoint| {

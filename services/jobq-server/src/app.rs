@@ -10,8 +10,6 @@ use jobq_proto::v1::job_queue_service_server::JobQueueServiceServer;
 use jobq_proto::v1::worker_service_server::WorkerServiceServer;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
-use tokio_stream::StreamExt;
-use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tonic::service::Routes;
@@ -26,6 +24,7 @@ use crate::domain::{JobObserver, JobQueue, SystemClock};
 use crate::grpc::{QueueApi, WatchPresence, WorkerApi, limits};
 use crate::logs::LogStore;
 use crate::logs::reader::LogReader;
+use crate::net;
 use crate::store::{DatabaseKind, SqlStore, peers};
 use crate::telemetry;
 use crate::telemetry::lifecycle::{LifecycleSpans, Observers};
@@ -223,16 +222,15 @@ impl App {
         let router = tonic::transport::Server::builder()
             // HTTP/1.1 for grpc-web clients (browsers) and the dashboard.
             .accept_http1(true)
+            // A peer that stops answering pings is gone: its connection is closed.
+            .http2_keepalive_interval(Some(config.http2_keepalive_interval))
+            .http2_keepalive_timeout(Some(config.http2_keepalive_timeout))
+            .max_concurrent_streams(Some(config.max_concurrent_streams))
             .layer(tower::util::MapRequestLayer::new(auth::record_path))
             .add_routes(Routes::from(routes));
-        // Small gRPC frames must not wait for Nagle's algorithm (a 40 ms stall per call).
-        let incoming = TcpListenerStream::new(listener).map(|stream| {
-            stream.inspect(|tcp| {
-                if let Err(error) = tcp.set_nodelay(true) {
-                    tracing::debug!(%error, "could not set TCP_NODELAY");
-                }
-            })
-        });
+        let limits = config.connection_limits();
+        tracing::debug!(?limits, "connection limits");
+        let incoming = net::incoming(listener, limits, serving_stopped.clone());
         let serve = tokio::spawn(
             router.serve_with_incoming_shutdown(incoming, serving_stopped.cancelled_owned()),
         );

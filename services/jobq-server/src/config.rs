@@ -143,6 +143,32 @@ pub struct Config {
     #[arg(long, env = "JOBQ_METRICS_RECOUNT", default_value = "30s", value_parser = humantime::parse_duration)]
     pub metrics_recount: Duration,
 
+    /// Open connections at most (default: the open-file limit less 128, so
+    /// connections alone never run the server out of descriptors); over
+    /// it, new connections are closed at once.
+    #[arg(long, env = "JOBQ_MAX_CONNECTIONS")]
+    pub max_connections: Option<usize>,
+
+    /// Open connections from one IP address at most.
+    #[arg(long, env = "JOBQ_MAX_CONNECTIONS_PER_PEER", default_value_t = 512)]
+    pub max_connections_per_peer: usize,
+
+    /// How long a new connection has to start its first request before it is closed.
+    #[arg(long, env = "JOBQ_FIRST_REQUEST_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub first_request_timeout: Duration,
+
+    /// How often an idle HTTP/2 connection is pinged.
+    #[arg(long, env = "JOBQ_HTTP2_KEEPALIVE_INTERVAL", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub http2_keepalive_interval: Duration,
+
+    /// How long a ping may go unanswered before the connection is closed.
+    #[arg(long, env = "JOBQ_HTTP2_KEEPALIVE_TIMEOUT", default_value = "20s", value_parser = humantime::parse_duration)]
+    pub http2_keepalive_timeout: Duration,
+
+    /// Streams (calls) open at once on one HTTP/2 connection at most.
+    #[arg(long, env = "JOBQ_MAX_CONCURRENT_STREAMS", default_value_t = 1024)]
+    pub max_concurrent_streams: u32,
+
     /// Export traces over OTLP/gRPC to this endpoint (default: the
     /// standard OTEL_EXPORTER_OTLP_ENDPOINT; neither: no export).
     #[arg(long, env = "JOBQ_OTLP_ENDPOINT")]
@@ -198,10 +224,37 @@ impl Config {
         if self.reaper_interval.is_zero() {
             return Err("--reaper-interval must be greater than zero".into());
         }
+        if self.max_connections == Some(0) || self.max_connections_per_peer == 0 {
+            return Err(
+                "--max-connections and --max-connections-per-peer must be at least 1".into(),
+            );
+        }
+        if self.first_request_timeout.is_zero()
+            || self.http2_keepalive_interval.is_zero()
+            || self.http2_keepalive_timeout.is_zero()
+        {
+            return Err(
+                "--first-request-timeout and --http2-keepalive-* must be greater than zero".into(),
+            );
+        }
+        if self.max_concurrent_streams == 0 {
+            return Err("--max-concurrent-streams must be at least 1".into());
+        }
         if self.metrics_recount < Duration::from_secs(1) {
             return Err("--metrics-recount must be at least 1s".into());
         }
         Ok(())
+    }
+
+    /// How connections are admitted.
+    pub fn connection_limits(&self) -> crate::net::ConnectionLimits {
+        crate::net::ConnectionLimits {
+            max_connections: self
+                .max_connections
+                .unwrap_or_else(crate::net::default_max_connections),
+            max_per_peer: self.max_connections_per_peer,
+            first_bytes_timeout: self.first_request_timeout,
+        }
     }
 
     /// The database URL in force: the flag, or a SQLite file in the data

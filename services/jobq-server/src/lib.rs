@@ -12,6 +12,7 @@ pub mod domain;
 mod fuzz;
 mod grpc;
 mod logs;
+mod net;
 mod store;
 mod telemetry;
 #[cfg(test)]
