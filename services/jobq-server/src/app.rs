@@ -60,6 +60,7 @@ impl App {
         config.validate().map_err(anyhow::Error::msg)?;
         std::fs::create_dir_all(&config.data_dir)
             .with_context(|| format!("creating data dir {}", config.data_dir.display()))?;
+        check_writable(&config.data_dir)?;
         let store = Arc::new(
             SqlStore::open(
                 &config.effective_database_url(),
@@ -247,6 +248,28 @@ impl App {
             store,
             grace: config.shutdown_grace,
         })
+    }
+}
+
+/// Fails at once, and says why, when the data dir cannot be written (the
+/// database would only say it cannot open its file, after retrying).
+fn check_writable(data_dir: &std::path::Path) -> anyhow::Result<()> {
+    let probe = data_dir.join(".jobq-write-check");
+    match std::fs::write(&probe, b"") {
+        Ok(()) => {
+            let _ = std::fs::remove_file(&probe);
+            Ok(())
+        }
+        Err(error) if error.kind() == std::io::ErrorKind::ReadOnlyFilesystem => anyhow::bail!(
+            "the data dir {} is on a read-only file system: the server writes its database and job logs there",
+            data_dir.display()
+        ),
+        Err(error) => Err(error).with_context(|| {
+            format!(
+                "the data dir {} is not writable: the server writes its database and job logs there",
+                data_dir.display()
+            )
+        }),
     }
 }
 

@@ -71,6 +71,13 @@ pub enum QueueError {
     /// not happen and may be retried.
     #[error("storage conflict: {0}")]
     Conflict(String),
+    /// The disk under the database or the job logs is full: writes are
+    /// refused until space returns, reads go on.
+    #[error("storage full: {0}")]
+    StorageFull(String),
+    /// The database or the job logs are on a read-only file system.
+    #[error("storage read-only: {0}")]
+    StorageReadOnly(String),
     /// The database failed; the detail is logged, never sent to clients.
     #[error("storage error: {0}")]
     Storage(String),

@@ -87,6 +87,23 @@ impl From<QueueError> for Status {
                     details,
                 )
             }
+            QueueError::StorageFull(detail) => {
+                tracing::warn!(error = %detail, "storage full: refusing writes");
+                let mut details = ErrorDetails::with_retry_info(Some(Duration::from_secs(5)));
+                details.set_error_info("STORAGE_FULL", DOMAIN, HashMap::new());
+                Status::with_error_details(
+                    Code::ResourceExhausted,
+                    "the server's disk is full: writes are refused until space is freed (reads still work); retry later",
+                    details,
+                )
+            }
+            QueueError::StorageReadOnly(detail) => {
+                tracing::warn!(error = %detail, "storage read-only: refusing writes");
+                unavailable(
+                    "STORAGE_READ_ONLY",
+                    "the server's storage is read-only: writes are refused until it is writable again (reads still work); retry later",
+                )
+            }
             QueueError::Storage(detail) => {
                 // The detail may hold SQL or paths: log it here, send nothing of it.
                 tracing::error!(error = %detail, "storage error");

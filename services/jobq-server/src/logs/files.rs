@@ -125,7 +125,15 @@ pub struct FileRecord {
 }
 
 fn io_error(error: io::Error) -> QueueError {
-    QueueError::Storage(format!("job log: {error}"))
+    match error.kind() {
+        io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded => {
+            QueueError::StorageFull(format!("job log: {error}"))
+        }
+        io::ErrorKind::ReadOnlyFilesystem => {
+            QueueError::StorageReadOnly(format!("job log: {error}"))
+        }
+        _ => QueueError::Storage(format!("job log: {error}")),
+    }
 }
 
 fn size(n: usize) -> std::num::NonZeroUsize {

@@ -263,6 +263,12 @@ fn params(statement: &Statement) -> Vec<Bound<'_>> {
 pub fn sqlite_error(error: rusqlite::Error) -> QueueError {
     use rusqlite::ErrorCode;
     match error.sqlite_error() {
+        Some(failure) if failure.code == ErrorCode::DiskFull => {
+            QueueError::StorageFull(error.to_string())
+        }
+        Some(failure) if failure.code == ErrorCode::ReadOnly => {
+            QueueError::StorageReadOnly(error.to_string())
+        }
         Some(failure)
             if matches!(
                 failure.code,

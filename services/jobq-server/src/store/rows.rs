@@ -22,7 +22,9 @@ pub fn storage(error: DbErr) -> QueueError {
         DbErr::ConnectionAcquire(_) | DbErr::Conn(_) => QueueError::Unavailable(error.to_string()),
         DbErr::Exec(sea_orm::RuntimeErr::SqlxError(sqlx_error))
         | DbErr::Query(sea_orm::RuntimeErr::SqlxError(sqlx_error)) => {
-            if is_connection_error(sqlx_error) {
+            if let Some(space) = storage_space(sqlx_error, &error) {
+                space
+            } else if is_connection_error(sqlx_error) {
                 QueueError::Unavailable(error.to_string())
             } else if is_conflict(sqlx_error) {
                 QueueError::Conflict(error.to_string())
@@ -31,6 +33,18 @@ pub fn storage(error: DbErr) -> QueueError {
             }
         }
         _ => QueueError::Storage(error.to_string()),
+    }
+}
+
+/// A full disk or a read-only database, by the engine's own code: SQLite
+/// 13 (SQLITE_FULL) and 8 (SQLITE_READONLY), PostgreSQL 53100 (disk_full)
+/// and 25006 (read_only_sql_transaction).
+fn storage_space(error: &sea_orm::sqlx::Error, outer: &DbErr) -> Option<QueueError> {
+    let code = error.as_database_error()?.code()?;
+    match code.as_ref() {
+        "13" | "53100" => Some(QueueError::StorageFull(outer.to_string())),
+        "8" | "25006" => Some(QueueError::StorageReadOnly(outer.to_string())),
+        _ => None,
     }
 }
 
