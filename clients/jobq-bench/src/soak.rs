@@ -418,6 +418,9 @@ pub(crate) async fn run_soak(
         .extra
         .insert("settle_s".into(), ((settle_s * 10.0).round() / 10.0).into());
     result.extra.insert("rate".into(), args.rate.into());
+    result
+        .extra
+        .insert("worker_processes".into(), args.workers.max(2).into());
     Ok(result)
 }
 
