@@ -9,6 +9,7 @@
 //! as JSON lines. `--quick` runs every workload small, as a check.
 
 mod server;
+mod soak;
 mod worker;
 mod workloads;
 
@@ -34,7 +35,7 @@ pub enum Synchronous {
 #[derive(Debug, Clone, Parser)]
 #[command(
     name = "jobq-bench",
-    about = "Measure jobq: enqueue, drain, pickup latency, burn-down and mixed workloads, with workers in separate processes"
+    about = "Measure jobq: enqueue, drain, pickup latency, burn-down and mixed workloads, with workers in separate processes; soak it under mixed load with worker kills and a server restart"
 )]
 pub struct BenchArgs {
     /// Workloads to run, in order.
@@ -57,9 +58,13 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 1)]
     pub batch_concurrency: usize,
 
-    /// Jobs enqueued per second (latency).
+    /// Jobs enqueued per second (latency, soak).
     #[arg(long, default_value_t = 200)]
     pub rate: u64,
+
+    /// How long the soak produces load (then it settles and audits).
+    #[arg(long, default_value = "2m", value_parser = humantime::parse_duration)]
+    pub duration: Duration,
 
     /// Jobs of the latency workload.
     #[arg(long, default_value_t = 2000)]
@@ -82,7 +87,7 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(i32).range(1..=10_000))]
     pub key_limit: i32,
 
-    /// Worker processes (drain, latency, mixed, burn-down).
+    /// Worker processes (drain, latency, mixed, burn-down; the soak runs at least 2).
     #[arg(long, default_value_t = 1)]
     pub workers: usize,
 
@@ -155,6 +160,14 @@ pub struct BenchArgs {
     /// Run as a worker process of the bench (used by the bench itself).
     #[arg(long, hide = true)]
     pub internal_worker: Option<String>,
+
+    /// The lease a bench worker process asks for (used by the bench itself).
+    #[arg(long, hide = true, value_parser = humantime::parse_duration)]
+    pub internal_lease: Option<Duration>,
+
+    /// A bench worker process prints a line per handler run (used by the bench itself).
+    #[arg(long, hide = true)]
+    pub internal_trace_runs: bool,
 }
 
 impl BenchArgs {
@@ -250,11 +263,13 @@ pub fn run_cli(prefix: &[&str], args: BenchArgs) -> ExitCode {
         }
     };
     if let Some(endpoint) = &args.internal_worker {
-        return match runtime.block_on(worker::run(
-            endpoint,
-            args.concurrency,
-            args.token.as_deref(),
-        )) {
+        let options = worker::WorkerOptions {
+            concurrency: args.concurrency,
+            token: args.token.clone(),
+            lease: args.internal_lease,
+            trace_runs: args.internal_trace_runs,
+        };
+        return match runtime.block_on(worker::run(endpoint, options)) {
             Ok(()) => ExitCode::SUCCESS,
             Err(error) => {
                 eprintln!("jobq bench worker: {error:#}");
@@ -283,7 +298,9 @@ pub fn run_cli(prefix: &[&str], args: BenchArgs) -> ExitCode {
     match ran {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => {
-            eprintln!("jobq bench: some jobs were lost or ran twice (see above)");
+            eprintln!(
+                "jobq bench: some jobs were lost or ran twice, or an audit invariant failed (see above)"
+            );
             ExitCode::FAILURE
         }
         Err(error) => {

@@ -131,6 +131,15 @@ async fn fresh_storage(
     Ok((data_dir, database))
 }
 
+/// The first replica's command line, to start it again (the soak's restart).
+#[derive(Debug, Clone)]
+struct Respawn {
+    binary: PathBuf,
+    /// Every argument after `--listen ADDR`.
+    args: Vec<std::ffi::OsString>,
+    metrics: bool,
+}
+
 /// A server for one run; stopped when dropped (or by [`RunServer::stop`]).
 pub struct RunServer {
     /// The endpoint clients connect to (the first replica's).
@@ -144,6 +153,8 @@ pub struct RunServer {
     /// Every replica's process that can be measured.
     pub probes: Vec<Probe>,
     children: Vec<Child>,
+    /// How to start the first replica again on the same storage (spawned servers).
+    respawn: Option<Respawn>,
     in_process: Vec<jobq_server::RunningServer>,
     database: Option<FreshDatabase>,
     _data_dir: Option<tempfile::TempDir>,
@@ -160,6 +171,7 @@ impl RunServer {
                 probe: pid.map(Probe::new),
                 probes: pid.map(Probe::new).into_iter().collect(),
                 children: Vec::new(),
+                respawn: None,
                 in_process: Vec::new(),
                 database: None,
                 _data_dir: None,
@@ -177,43 +189,35 @@ impl RunServer {
                 let mut metrics = None;
                 let mut endpoints = Vec::new();
                 let mut probes = Vec::new();
+                let mut respawn = None;
                 for replica in 0..(*replicas).max(1) {
                     // Replicas share the database; each has its own data dir
                     // (SQLite allows one server, so only PostgreSQL gets here
                     // with more than one).
                     let own_dir = data_dir.path().join(format!("replica-{replica}"));
                     std::fs::create_dir_all(&own_dir)?;
-                    let mut command = Command::new(binary);
-                    command
-                        .arg("--listen")
-                        .arg("127.0.0.1:0")
-                        .arg("--data-dir")
-                        .arg(if replica == 0 {
-                            data_dir.path()
+                    let mut args: Vec<std::ffi::OsString> = vec![
+                        "--data-dir".into(),
+                        if replica == 0 {
+                            data_dir.path().into()
                         } else {
-                            &own_dir
-                        })
-                        .args(flags)
-                        // Quiet unless the caller asks for the server's log.
-                        .env(
-                            "JOBQ_LOG",
-                            std::env::var("JOBQ_LOG").unwrap_or_else(|_| "warn".into()),
-                        )
-                        .stdin(Stdio::null())
-                        .stdout(Stdio::piped())
-                        .stderr(Stdio::inherit())
-                        .kill_on_drop(true);
+                            own_dir.clone().into()
+                        },
+                    ];
+                    args.extend(flags.iter().map(Into::into));
                     if let Some(database) = &database {
-                        command.arg("--database-url").arg(&database.url);
+                        args.extend(["--database-url".into(), database.url.clone().into()]);
                     }
-                    let mut child = command
-                        .spawn()
-                        .with_context(|| format!("starting {}", binary.display()))?;
-                    let (addr, metrics_addr) = read_listen_line(
-                        &mut child,
-                        flags.iter().any(|flag| flag == "--metrics-listen"),
-                    )
-                    .await?;
+                    let with_metrics = flags.iter().any(|flag| flag == "--metrics-listen");
+                    if replica == 0 {
+                        respawn = Some(Respawn {
+                            binary: binary.clone(),
+                            args: args.clone(),
+                            metrics: with_metrics,
+                        });
+                    }
+                    let mut child = spawn_server(binary, "127.0.0.1:0", &args)?;
+                    let (addr, metrics_addr) = read_listen_line(&mut child, with_metrics).await?;
                     metrics.get_or_insert(metrics_addr);
                     let pid = child.id().context("the server exited at once")?;
                     endpoints.push(format!("http://{addr}"));
@@ -227,6 +231,7 @@ impl RunServer {
                     probe: probes.first().copied(),
                     probes,
                     children,
+                    respawn,
                     in_process: Vec::new(),
                     database,
                     _data_dir: Some(data_dir),
@@ -266,12 +271,62 @@ impl RunServer {
                     probe: Some(probe),
                     probes: vec![probe],
                     children: Vec::new(),
+                    respawn: None,
                     in_process,
                     database,
                     _data_dir: Some(data_dir),
                 })
             }
         }
+    }
+
+    /// Kills the first replica with SIGKILL and starts it again on the same
+    /// storage and the same address, so clients reconnect to it by
+    /// themselves. Only for servers the bench spawned.
+    pub async fn kill_and_restart(&mut self) -> anyhow::Result<()> {
+        let respawn = self
+            .respawn
+            .clone()
+            .context("only a server the bench starts itself can be restarted")?;
+        let listen = self
+            .endpoint
+            .strip_prefix("http://")
+            .context("the server's endpoint is not http://")?
+            .to_owned();
+        if let Some(child) = self.children.first_mut() {
+            child.start_kill()?;
+            tokio::time::timeout(Duration::from_secs(30), child.wait())
+                .await
+                .context("the killed server did not exit within 30 s")??;
+        }
+        // The port may be held for a moment after the kill: try again.
+        let mut tries = 0;
+        let child = loop {
+            tries += 1;
+            let mut child = spawn_server(&respawn.binary, &listen, &respawn.args)?;
+            match read_listen_line(&mut child, respawn.metrics).await {
+                Ok(_) => break child,
+                Err(error) if tries < 50 => {
+                    tracing::warn!("restarting the server on {listen}: {error:#}; again");
+                    let _ = child.start_kill();
+                    let _ = child.wait().await;
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                Err(error) => {
+                    return Err(error.context(format!("restarting the server on {listen}")));
+                }
+            }
+        };
+        let pid = child.id().context("the restarted server exited at once")?;
+        match self.children.first_mut() {
+            Some(first) => *first = child,
+            None => self.children.push(child),
+        }
+        if let Some(first) = self.probes.first_mut() {
+            *first = Probe::new(pid);
+        }
+        self.probe = self.probes.first().copied();
+        Ok(())
     }
 
     /// Stops the server and drops its storage.
@@ -288,6 +343,25 @@ impl RunServer {
         }
         Ok(())
     }
+}
+
+/// Starts a `jobq-server` listening on `listen` with `args` after it.
+fn spawn_server(binary: &Path, listen: &str, args: &[std::ffi::OsString]) -> anyhow::Result<Child> {
+    Command::new(binary)
+        .arg("--listen")
+        .arg(listen)
+        .args(args)
+        // Quiet unless the caller asks for the server's log.
+        .env(
+            "JOBQ_LOG",
+            std::env::var("JOBQ_LOG").unwrap_or_else(|_| "warn".into()),
+        )
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true)
+        .spawn()
+        .with_context(|| format!("starting {}", binary.display()))
 }
 
 /// The database URL the run's server will use (its default SQLite file).

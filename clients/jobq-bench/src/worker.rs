@@ -1,12 +1,17 @@
 //! The bench's worker process: the Rust SDK's worker with one job type,
 //! `bench`, whose payload says what to do (`seq`, the enqueue time `sent_us`,
-//! and for the mixed workload `fail_once`, `log_lines`, `sleep_ms`).
+//! for the mixed and soak workloads `fail_once`, `fail_times`, `always_fail`,
+//! `log_lines`, `sleep_ms`).
 //!
 //! It talks to the bench over its standard streams: it prints
 //! `acked COUNT LAST_ACK_NS` whenever more outcomes were acknowledged by the
 //! server, and when its stdin closes it stops gracefully and prints one
 //! `report JSON` line with every job it handled and the pickup latencies.
+//! With `trace_runs` (the soak) it also prints one `ran JSON` line per
+//! handler run as soon as the server answered its outcome, so the runs of a
+//! worker the bench kills with SIGKILL are known up to its death.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -32,6 +37,44 @@ pub struct WorkerReport {
     pub pickup_us: Vec<u64>,
 }
 
+/// One handler run, as the worker saw it (`ran` lines, with `trace_runs`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct WorkerRun {
+    /// The job.
+    pub job_id: String,
+    /// The attempt number the server gave the lease.
+    pub attempt: i32,
+    /// When the handler started and returned, ns since the Unix epoch.
+    pub start_ns: u64,
+    /// See `start_ns`.
+    pub end_ns: u64,
+    /// The handler returned success.
+    pub ok: bool,
+    /// The server recorded the outcome (false: it refused it, the lease
+    /// was no longer this worker's).
+    pub recorded: bool,
+}
+
+/// How a bench worker process runs.
+#[derive(Debug, Clone, Default)]
+pub struct WorkerOptions {
+    /// Handler slots.
+    pub concurrency: usize,
+    /// Bearer token.
+    pub token: Option<String>,
+    /// Lease asked for (default: the SDK's).
+    pub lease: Option<Duration>,
+    /// Print a `ran` line per handler run.
+    pub trace_runs: bool,
+}
+
+/// Runs that ended and wait for the server's answer, by job id; then lines to print.
+#[derive(Default)]
+struct RunTrace {
+    ended: Mutex<HashMap<String, WorkerRun>>,
+    lines: Mutex<Vec<String>>,
+}
+
 /// Nanoseconds since the Unix epoch.
 pub fn unix_ns() -> u64 {
     SystemTime::now()
@@ -49,13 +92,41 @@ struct BenchPayload {
     #[serde(default)]
     fail_once: bool,
     #[serde(default)]
+    fail_times: i32,
+    #[serde(default)]
+    always_fail: bool,
+    #[serde(default)]
     log_lines: u32,
     #[serde(default)]
     sleep_ms: u64,
 }
 
-async fn handle(ctx: JobContext, report: Arc<Mutex<WorkerReport>>) -> JobResult {
+async fn handle(
+    ctx: JobContext,
+    report: Arc<Mutex<WorkerReport>>,
+    trace: Option<Arc<RunTrace>>,
+) -> JobResult {
     let started = unix_ns();
+    let outcome = run_job(&ctx, &report, started).await;
+    if let Some(trace) = trace {
+        let run = WorkerRun {
+            job_id: ctx.id().to_owned(),
+            attempt: ctx.attempt(),
+            start_ns: started,
+            end_ns: unix_ns(),
+            ok: outcome.is_ok(),
+            recorded: false,
+        };
+        trace
+            .ended
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(run.job_id.clone(), run);
+    }
+    outcome
+}
+
+async fn run_job(ctx: &JobContext, report: &Mutex<WorkerReport>, started: u64) -> JobResult {
     let payload: BenchPayload = ctx.payload()?;
     // Microseconds: JSON numbers are doubles, exact only up to 2^53.
     if let Some(sent) = payload.sent_us {
@@ -76,7 +147,9 @@ async fn handle(ctx: JobContext, report: Arc<Mutex<WorkerReport>>) -> JobResult 
             () = ctx.cancelled() => return Err(ctx.stopped_error()),
         }
     }
-    let fail = payload.fail_once && ctx.attempt() == 1;
+    let fail = (payload.fail_once && ctx.attempt() == 1)
+        || ctx.attempt() <= payload.fail_times
+        || payload.always_fail;
     report
         .lock()
         .unwrap_or_else(PoisonError::into_inner)
@@ -84,24 +157,31 @@ async fn handle(ctx: JobContext, report: Arc<Mutex<WorkerReport>>) -> JobResult 
         .push((payload.seq, ctx.attempt(), !fail));
     if fail {
         return Err(
-            JobError::retryable("bench: the first attempt fails").retry_after(Duration::ZERO)
+            JobError::retryable(format!("bench: attempt {} fails", ctx.attempt()))
+                .retry_after(Duration::ZERO),
         );
     }
     Ok(serde_json::Value::Null)
 }
 
 /// Runs the worker process until its stdin closes.
-pub async fn run(endpoint: &str, concurrency: usize, token: Option<&str>) -> anyhow::Result<()> {
+pub async fn run(endpoint: &str, options: WorkerOptions) -> anyhow::Result<()> {
     let mut config = ClientConfig::builder(endpoint);
-    if let Some(token) = token {
+    if let Some(token) = &options.token {
         config = config.token(token);
     }
     let client = Client::connect(config.build()?)?;
-    let worker_config = WorkerConfig::builder()
+    let mut worker_config = WorkerConfig::builder()
         .queues([BENCH_QUEUE])
-        .concurrency(concurrency)
-        .poll_wait(Duration::from_secs(5))
-        .build()?;
+        .concurrency(options.concurrency)
+        .poll_wait(Duration::from_secs(5));
+    if let Some(lease) = options.lease {
+        worker_config = worker_config.lease_duration(lease);
+    }
+    let worker_config = worker_config.build()?;
+    let trace = options.trace_runs.then(|| Arc::new(RunTrace::default()));
+    let (handler_trace, reported_trace, printed_trace) =
+        (trace.clone(), trace.clone(), trace.clone());
     let report = Arc::new(Mutex::new(WorkerReport::default()));
     let acked = Arc::new(AtomicU64::new(0));
     let last_ack = Arc::new(AtomicU64::new(0));
@@ -110,9 +190,28 @@ pub async fn run(endpoint: &str, concurrency: usize, token: Option<&str>) -> any
     let worker = Worker::new(client, worker_config)
         .handler(
             JOB_TYPE,
-            handler_fn(move |ctx| handle(ctx, handler_report.clone())),
+            handler_fn(move |ctx| handle(ctx, handler_report.clone(), handler_trace.clone())),
         )
-        .on_reported(move |_, recorded| {
+        .on_reported(move |job_id, recorded| {
+            if let Some(trace) = &reported_trace {
+                let run = trace
+                    .ended
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .remove(job_id);
+                if let Some(mut run) = run
+                    && let Ok(json) = serde_json::to_string(&{
+                        run.recorded = recorded;
+                        run
+                    })
+                {
+                    trace
+                        .lines
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .push(format!("ran {json}\n"));
+                }
+            }
             if recorded {
                 stamp.store(unix_ns(), Ordering::Relaxed);
                 counter.fetch_add(1, Ordering::Relaxed);
@@ -132,6 +231,20 @@ pub async fn run(endpoint: &str, concurrency: usize, token: Option<&str>) -> any
         let mut stdout = tokio::io::stdout();
         let mut told = u64::MAX;
         loop {
+            if let Some(trace) = &printed_trace {
+                let lines = std::mem::take(
+                    &mut *trace.lines.lock().unwrap_or_else(PoisonError::into_inner),
+                );
+                let any = !lines.is_empty();
+                for line in lines {
+                    if stdout.write_all(line.as_bytes()).await.is_err() {
+                        return;
+                    }
+                }
+                if any && stdout.flush().await.is_err() {
+                    return;
+                }
+            }
             let count = progress_acked.load(Ordering::Relaxed);
             if count != told {
                 told = count;
@@ -146,8 +259,16 @@ pub async fn run(endpoint: &str, concurrency: usize, token: Option<&str>) -> any
     });
     worker.run(shutdown).await?;
     progress.abort();
+    let _ = progress.await;
     let report = std::mem::take(&mut *report.lock().unwrap_or_else(PoisonError::into_inner));
     let mut stdout = tokio::io::stdout();
+    if let Some(trace) = &trace {
+        let lines =
+            std::mem::take(&mut *trace.lines.lock().unwrap_or_else(PoisonError::into_inner));
+        for line in lines {
+            stdout.write_all(line.as_bytes()).await?;
+        }
+    }
     stdout
         .write_all(
             format!(

@@ -17,7 +17,7 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
 use crate::server::{RunServer, ServerSetup};
-use crate::worker::{BENCH_QUEUE, JOB_TYPE, WorkerReport, unix_ns};
+use crate::worker::{BENCH_QUEUE, JOB_TYPE, WorkerReport, WorkerRun, unix_ns};
 use crate::{BenchArgs, RUN_LIMIT};
 
 /// What a run measures.
@@ -45,6 +45,11 @@ pub enum Workload {
     /// (`--metrics`, with `--prefill-finished` jobs): 50 scrapes, and the
     /// stats query the metrics' background recount runs.
     Scrape,
+    /// `--duration` of mixed load at `--rate` (successes, retries, jobs that
+    /// die, cancels, log lines) while worker processes are SIGKILLed and the
+    /// server is SIGKILLed and restarted once; then every acknowledged
+    /// enqueue is audited against its final state and attempts.
+    Soak,
 }
 
 impl Workload {
@@ -58,6 +63,7 @@ impl Workload {
             Workload::Mixed => "mixed",
             Workload::RpcFloor => "rpc-floor",
             Workload::Scrape => "scrape",
+            Workload::Soak => "soak",
         }
     }
 }
@@ -97,14 +103,22 @@ pub struct RunResult {
     pub server_peak_rss_mib: Option<f64>,
     /// Jobs that never ran (or never succeeded).
     pub lost: u64,
-    /// Jobs that succeeded more than once.
+    /// Jobs that succeeded more than once (the soak: or ran twice at once).
     pub duplicated: u64,
+    /// Broken invariants the run found besides lost and duplicated jobs
+    /// (the soak's audit).
+    #[serde(skip_serializing_if = "is_zero")]
+    pub violations: u64,
     /// Figures particular to the workload.
     pub extra: serde_json::Map<String, serde_json::Value>,
 }
 
+fn is_zero(value: &u64) -> bool {
+    *value == 0
+}
+
 /// A histogram of microseconds, any size (it grows), 3 significant digits.
-fn histogram() -> anyhow::Result<Histogram<u64>> {
+pub(crate) fn histogram() -> anyhow::Result<Histogram<u64>> {
     let mut histogram = Histogram::new(3).context("creating a latency histogram")?;
     histogram.auto(true);
     Ok(histogram)
@@ -121,7 +135,7 @@ fn percentiles(result: &mut RunResult, histogram: &Histogram<u64>) {
     result.max_ms = Some(ms(histogram.max()));
 }
 
-fn payload(seq: u64, filler: &str, more: serde_json::Value) -> serde_json::Value {
+pub(crate) fn payload(seq: u64, filler: &str, more: serde_json::Value) -> serde_json::Value {
     let mut payload = serde_json::json!({ "seq": seq });
     if let (Some(object), serde_json::Value::Object(more)) = (payload.as_object_mut(), more) {
         object.extend(more);
@@ -134,7 +148,7 @@ fn payload(seq: u64, filler: &str, more: serde_json::Value) -> serde_json::Value
 
 /// What every job of a run looks like besides its payload fields.
 #[derive(Debug, Clone)]
-struct JobShape {
+pub(crate) struct JobShape {
     /// Filler text in each payload.
     filler: String,
     /// Jobs spread over this many concurrency keys (0: none).
@@ -153,7 +167,7 @@ impl JobShape {
     }
 }
 
-fn job(seq: u64, shape: &JobShape, more: serde_json::Value) -> pb::JobSpec {
+pub(crate) fn job(seq: u64, shape: &JobShape, more: serde_json::Value) -> pb::JobSpec {
     let job = NewJob::new(JOB_TYPE, payload(seq, &shape.filler, more))
         .queue(BENCH_QUEUE)
         .max_attempts(5);
@@ -164,7 +178,7 @@ fn job(seq: u64, shape: &JobShape, more: serde_json::Value) -> pb::JobSpec {
     .into_spec()
 }
 
-async fn connect(endpoint: &str, token: Option<&str>) -> anyhow::Result<Client> {
+pub(crate) async fn connect(endpoint: &str, token: Option<&str>) -> anyhow::Result<Client> {
     let mut config = ClientConfig::builder(endpoint).request_timeout(Duration::from_secs(120));
     if let Some(token) = token {
         config = config.token(token);
@@ -173,7 +187,7 @@ async fn connect(endpoint: &str, token: Option<&str>) -> anyhow::Result<Client> 
 }
 
 /// Counts of the bench queue by state.
-async fn state_counts(client: &Client) -> anyhow::Result<HashMap<pb::JobState, i64>> {
+pub(crate) async fn state_counts(client: &Client) -> anyhow::Result<HashMap<pb::JobState, i64>> {
     let stats = client.queue_stats(vec!["bench".into()]).await?;
     Ok(stats
         .totals
@@ -280,8 +294,8 @@ async fn fill(
 }
 
 /// One worker process of the bench.
-struct WorkerProcess {
-    child: Child,
+pub(crate) struct WorkerProcess {
+    pub(crate) child: Child,
     acked: Arc<AtomicU64>,
     last_ack_ns: Arc<AtomicU64>,
     report: Arc<Mutex<Option<WorkerReport>>>,
@@ -295,6 +309,18 @@ impl WorkerProcess {
         concurrency: usize,
         token: Option<&str>,
     ) -> anyhow::Result<Self> {
+        Self::spawn_with(invocation, endpoint, concurrency, token, &[], None)
+    }
+
+    /// A worker process with `extra` arguments; its `ran` lines go to `runs`.
+    pub(crate) fn spawn_with(
+        invocation: &Invocation,
+        endpoint: &str,
+        concurrency: usize,
+        token: Option<&str>,
+        extra: &[String],
+        runs: Option<Arc<Mutex<Vec<WorkerRun>>>>,
+    ) -> anyhow::Result<Self> {
         let mut command = Command::new(&invocation.program);
         command
             .args(&invocation.prefix)
@@ -302,6 +328,7 @@ impl WorkerProcess {
             .arg(endpoint)
             .arg("--concurrency")
             .arg(concurrency.to_string())
+            .args(extra)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -326,6 +353,13 @@ impl WorkerProcess {
                         count.store(n, Ordering::Relaxed);
                         stamp.store(at, Ordering::Relaxed);
                     }
+                } else if let Some(json) = line.strip_prefix("ran ") {
+                    if let (Some(runs), Ok(run)) = (&runs, serde_json::from_str::<WorkerRun>(json))
+                    {
+                        runs.lock()
+                            .unwrap_or_else(PoisonError::into_inner)
+                            .push(run);
+                    }
                 } else if let Some(json) = line.strip_prefix("report ")
                     && let Ok(parsed) = serde_json::from_str::<WorkerReport>(json)
                 {
@@ -343,7 +377,7 @@ impl WorkerProcess {
     }
 
     /// Stops the worker gracefully and returns what it did.
-    async fn stop(mut self) -> anyhow::Result<WorkerReport> {
+    pub(crate) async fn stop(mut self) -> anyhow::Result<WorkerReport> {
         drop(self.child.stdin.take());
         let status = tokio::time::timeout(Duration::from_secs(60), self.child.wait())
             .await
@@ -358,7 +392,7 @@ impl WorkerProcess {
     }
 }
 
-struct Workers(Vec<WorkerProcess>);
+pub(crate) struct Workers(Vec<WorkerProcess>);
 
 impl Workers {
     /// Worker processes, spread over `endpoints` in turn.
@@ -903,7 +937,7 @@ async fn run_burn_down(
     Ok(result)
 }
 
-fn backend_name(args: &BenchArgs) -> String {
+pub(crate) fn backend_name(args: &BenchArgs) -> String {
     if args.server.is_some() {
         return "external".into();
     }
@@ -926,7 +960,7 @@ async fn run_one(
     invocation: &Invocation,
     workload: Workload,
 ) -> anyhow::Result<RunResult> {
-    let server = RunServer::start(setup).await?;
+    let mut server = RunServer::start(setup).await?;
     let filler = JobShape::of(args);
     if args.queue_concurrency_limit > 0 {
         // Set before the clock starts: the run pays for the gate, not for this.
@@ -949,13 +983,19 @@ async fn run_one(
             Workload::BurnDown => run_burn_down(args, &server, invocation, &filler).await,
             Workload::RpcFloor => run_rpc_floor(args, &server).await,
             Workload::Scrape => run_scrape(args, &server).await,
+            Workload::Soak => crate::soak::run_soak(args, &mut server, invocation).await,
         }
     };
-    let outcome = tokio::time::timeout(RUN_LIMIT, run).await;
+    // The soak runs for its duration first, then settles within the limit.
+    let limit = match workload {
+        Workload::Soak => RUN_LIMIT + args.duration,
+        _ => RUN_LIMIT,
+    };
+    let outcome = tokio::time::timeout(limit, run).await;
     let replicas = server.endpoints.len();
     server.stop().await?;
     let mut result = outcome
-        .with_context(|| format!("{} did not finish within {RUN_LIMIT:?}", workload.name()))??;
+        .with_context(|| format!("{} did not finish within {limit:?}", workload.name()))??;
     if replicas > 1 {
         result.extra.insert("replicas".into(), replicas.into());
     }
@@ -1044,7 +1084,7 @@ pub async fn run_all(
     for workload in &args.workloads {
         for _ in 0..args.rounds.max(1) {
             let result = run_one(args, setup, invocation, *workload).await?;
-            clean &= result.lost == 0 && result.duplicated == 0;
+            clean &= result.lost == 0 && result.duplicated == 0 && result.violations == 0;
             if args.json {
                 println!("{}", serde_json::to_string(&result)?);
             } else {
