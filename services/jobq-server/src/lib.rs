@@ -16,6 +16,7 @@ mod store;
 mod telemetry;
 #[cfg(test)]
 mod testkit;
+pub mod tls;
 
 pub use app::{App, RunningServer};
 pub use cli::run_cli;
