@@ -198,6 +198,10 @@ pub struct ClientOptions {
     /// Longest wait for one answer of the server.
     #[arg(long, global = true, default_value = "30s", value_parser = humantime::parse_duration)]
     pub request_timeout: Duration,
+
+    /// TLS for an https:// server (after the command, or from the environment).
+    #[command(flatten)]
+    pub tls: jobq_worker::ClientTlsArgs,
 }
 
 impl ClientOptions {
@@ -386,6 +390,7 @@ pub struct Ctx {
     pub server: String,
     token: Option<String>,
     request_timeout: Duration,
+    tls: jobq_worker::ClientTlsArgs,
 }
 
 impl Ctx {
@@ -396,12 +401,14 @@ impl Ctx {
             server: options.server,
             token: options.token,
             request_timeout: options.request_timeout,
+            tls: options.tls,
         }
     }
 
     fn config(&self) -> Result<ClientConfig, ClientError> {
-        let mut config =
-            ClientConfig::builder(self.server.clone()).request_timeout(self.request_timeout);
+        let mut config = self.tls.apply(
+            ClientConfig::builder(self.server.clone()).request_timeout(self.request_timeout),
+        );
         if let Some(token) = &self.token {
             config = config.token(token.clone());
         }
