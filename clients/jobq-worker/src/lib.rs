@@ -145,7 +145,7 @@ pub struct ClientTlsArgs {
     pub tls_client_key: Option<PathBuf>,
 
     /// The name the server's certificate must hold, when it is not the
-    /// host in --server (e.g. --server https://10.0.0.5:50051).
+    /// host of the server's URL (e.g. a URL with an IP address).
     #[arg(long, global = true, env = "JOBQ_TLS_SERVER_NAME")]
     pub tls_server_name: Option<String>,
 }
