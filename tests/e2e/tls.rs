@@ -305,3 +305,61 @@ async fn changed_files_are_picked_up_and_a_bad_pair_is_ignored() -> Result<()> {
     enqueue_one(&open).await?;
     server.shutdown().await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_client_certificate_names_the_machine_and_the_token_still_authorizes() -> Result<()> {
+    let pki = Pki::new()?;
+    let clients_ca = TestCa::new("jobq workers CA")?;
+    let client_ca_path = pki.files.write("clients-ca.pem", &clients_ca.pem())?;
+    let data_dir = tempfile::Builder::new().prefix("jobq-e2e-").tempdir()?;
+    let database = TestDatabase::provision(Backend::from_env()?, data_dir.path()).await?;
+    let server = ServerCommand::fast(server_binary(), data_dir.path(), &database)
+        .arg("--tls-cert")
+        .arg(pki.files.path("server.pem"))
+        .arg("--tls-key")
+        .arg(pki.files.path("server.key"))
+        .arg("--tls-client-ca")
+        .arg(&client_ca_path)
+        .arg("--auth-token")
+        .arg("admin:admin-token-0123456789")
+        .env("JOBQ_LOG", "info,jobq_server::auth=debug")
+        .spawn()
+        .await?;
+    let machine = clients_ca.client_pair("worker-7.example")?;
+    let jobq = JobqClient::connect_tls(server.addr(), &pki.ca.pem(), Some(&machine)).await?;
+
+    // An authenticated machine without a token is still not authorized...
+    let refused = jobq.try_enqueue(spec("tls-check")).await;
+    ensure!(
+        refused
+            .as_ref()
+            .is_err_and(|status| status.code() == tonic::Code::Unauthenticated),
+        "a call without a token: {refused:?}"
+    );
+    // ...and the server's log names it by its certificate.
+    eventually(
+        WITHIN,
+        "the refusal to name the client certificate",
+        || async {
+            Ok(server
+                .stderr_all()
+                .lines()
+                .any(|line| line.contains("call refused") && line.contains("worker-7.example"))
+                .then_some(()))
+        },
+    )
+    .await
+    .with_context(|| server.stderr_tail())?;
+
+    let sdk = jobq_client::Client::connect(
+        jobq_client::ClientConfig::builder(format!("https://{}", server.addr()))
+            .tls_ca_file(pki.files.path("ca.pem"))
+            .tls_client_identity_pem(machine.cert.clone(), machine.key.clone())
+            .token("admin-token-0123456789")
+            .build()?,
+    )?;
+    sdk.enqueue(jobq_client::NewJob::new("noop", json!({})))
+        .await?;
+    server.sigterm().await?;
+    Ok(())
+}

@@ -27,8 +27,8 @@ pub struct UpArgs {
     pub worker: jobq_worker::WorkerOptions,
 
     /// How the local worker checks the server's certificate when the server
-    /// serves TLS: --tls-ca defaults to --tls-cert (a self-signed
-    /// certificate is its own CA), --tls-server-name to `localhost`; with
+    /// serves TLS: --tls-ca defaults to --tls-cert (a self-signed leaf
+    /// certificate, CA:FALSE, is its own CA), --tls-server-name to `localhost`; with
     /// --tls-client-ca, give the worker --tls-client-cert and --tls-client-key.
     #[command(flatten)]
     pub worker_tls: jobq_worker::ClientTlsArgs,
