@@ -363,3 +363,51 @@ async fn the_client_certificate_names_the_machine_and_the_token_still_authorizes
     server.sigterm().await?;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jobq_up_serves_tls_and_its_local_worker_and_the_cli_get_in() -> Result<()> {
+    let files = PemFiles::new()?;
+    let pair = jobq_tests::tls::self_signed_server_pair()?;
+    let cert = files.write("server.pem", &pair.cert)?.display().to_string();
+    let key = files.write("server.key", &pair.key)?.display().to_string();
+    let data_dir = files.dir().join("data").display().to_string();
+    let cli_binary = Path::new(env!("CARGO_BIN_EXE_jobq-test-cli"));
+    let placeholder = jobq_tests::worker_process::Cli::new(cli_binary, "127.0.0.1:9".parse()?);
+    // No --tls-ca: the local worker trusts the self-signed certificate itself.
+    let mut up = placeholder.spawn_streaming(&[
+        "up",
+        "--listen",
+        "127.0.0.1:0",
+        "--data-dir",
+        &data_dir,
+        "--types",
+        "noop",
+        "--metrics-listen",
+        "127.0.0.1:0",
+        "--tls-cert",
+        &cert,
+        "--tls-key",
+        &key,
+    ])?;
+    let line = up
+        .line_matching(WITHIN, |line| line.starts_with("listening on "))
+        .await?;
+    let addr: std::net::SocketAddr = line.trim_start_matches("listening on ").trim().parse()?;
+    let cli = jobq_tests::worker_process::Cli::at(cli_binary, &format!("https://{addr}"));
+    let done = cli
+        .run(
+            &[
+                "--json", "enqueue", "noop", "{}", "--wait", "--tls-ca", &cert,
+            ],
+            WITHIN,
+        )
+        .await?;
+    let done = done.expect_code(0)?.json()?;
+    assert_eq!(done[0]["state"], json!("succeeded"));
+    // Without the CA the CLI cannot trust the server: exit code 5.
+    cli.run(&["list"], WITHIN).await?.expect_code(5)?;
+    up.sigterm().await?;
+    let (code, _) = up.finish(WITHIN).await?;
+    assert_eq!(code, 0, "jobq up stops cleanly on SIGTERM");
+    Ok(())
+}

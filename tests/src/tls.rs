@@ -88,6 +88,22 @@ impl TestCa {
     }
 }
 
+/// A self-signed leaf certificate (no CA flag) for `localhost` and
+/// `127.0.0.1`: the certificate is also what clients trust.
+pub fn self_signed_server_pair() -> anyhow::Result<PemPair> {
+    let key = KeyPair::generate()?;
+    let mut params = CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()])?;
+    params
+        .distinguished_name
+        .push(DnType::CommonName, "jobq self-signed");
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+    let cert = params.self_signed(&key)?;
+    Ok(PemPair {
+        cert: cert.pem(),
+        key: key.serialize_pem(),
+    })
+}
+
 /// A temp dir holding PEM files.
 pub struct PemFiles {
     dir: TempDir,

@@ -198,6 +198,14 @@ impl Cli {
         }
     }
 
+    /// `binary --server URL` (e.g. `https://...`).
+    pub fn at(binary: &Path, server: &str) -> Self {
+        Self {
+            binary: binary.to_path_buf(),
+            server: server.to_owned(),
+        }
+    }
+
     fn command(&self, args: &[&str]) -> Command {
         let mut command = Command::new(&self.binary);
         clean_env(&mut command);
