@@ -69,7 +69,15 @@ async fn grpc_grpc_web_and_the_dashboard_share_the_tls_port() -> Result<()> {
     let server = TestServer::start_with(|config| pki.serve_with(config)).await?;
     let addr = server.addr();
 
-    let jobq = JobqClient::connect_tls(addr, &pki.ca.pem(), None).await?;
+    // A client that connects and never starts its handshake holds up nobody:
+    // the next one gets in well before the stalled one's handshake deadline.
+    let _stalled = tokio::net::TcpStream::connect(addr).await?;
+    let jobq = bounded(
+        jobq_server::tls::HANDSHAKE_TIMEOUT - Duration::from_secs(2),
+        "a TLS connection beside a stalled handshake",
+        JobqClient::connect_tls(addr, &pki.ca.pem(), None),
+    )
+    .await??;
     let id = enqueue_one(&jobq).await?;
     assert_eq!(jobq.get(&id).await?.state(), JobState::Queued);
 
