@@ -15,7 +15,10 @@ use crate::{CmdResult, Failure, exit};
 #[derive(Debug, Args)]
 #[command(
     after_help = "With --auth-token, the local worker uses a worker token of the set (else an admin one). \
-                  --no-worker runs the server and the dashboard alone; start workers with jobq-worker."
+                  --no-worker runs the server and the dashboard alone; start workers with jobq-worker. \
+                  With --tls-cert the local worker dials https://, trusting --tls-ca (default: the \
+                  --tls-cert file, right for a self-signed leaf certificate) for the name \
+                  --tls-server-name (default: localhost)."
 )]
 pub struct UpArgs {
     /// Server settings (see `jobq-server --help`).
