@@ -25,6 +25,7 @@ mod reports;
 mod retries;
 mod surfaces;
 mod throughput;
+mod tls;
 mod validation;
 mod watch;
 mod worker;

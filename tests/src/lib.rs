@@ -16,6 +16,7 @@ pub mod scrape;
 mod server;
 mod specs;
 mod status;
+pub mod tls;
 mod wait;
 pub mod worker_process;
 

@@ -116,13 +116,22 @@ impl TestServer {
         settings::apply(&mut config);
         config.database_url = database.url().map(str::to_owned);
         customize(&mut config);
+        let tls = config.tls_cert.is_some();
 
         let listener = TcpListener::bind(config.listen)
             .await
             .with_context(|| format!("binding {}", config.listen))?;
         let running = App::start(config, listener).await.context("App::start")?;
         let addr = running.local_addr();
-        let client = JobqClient::connect(addr).await?;
+        // A TLS server's shared client would need its CA: tests connect
+        // their own (JobqClient::connect_tls); this one is never used.
+        let client = if tls {
+            JobqClient::from_channel(
+                tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?.connect_lazy(),
+            )
+        } else {
+            JobqClient::connect(addr).await?
+        };
         Ok(Self {
             running: Some(running),
             addr,

@@ -48,6 +48,11 @@ impl WorkerProcess {
     /// Starts `binary` against the server at `server` with `args` (e.g.
     /// `--worker-id`, `--lease`, `--media-root`). Its log goes to a temp file.
     pub fn spawn(binary: &Path, server: SocketAddr, args: &[&str]) -> anyhow::Result<Self> {
+        Self::spawn_at(binary, &format!("http://{server}"), args)
+    }
+
+    /// Like [`WorkerProcess::spawn`], with the server given as a URL (`https://...`).
+    pub fn spawn_at(binary: &Path, server: &str, args: &[&str]) -> anyhow::Result<Self> {
         let log_dir = tempfile::Builder::new()
             .prefix("jobq-e2e-worker-")
             .tempdir()?;
@@ -57,7 +62,7 @@ impl WorkerProcess {
         clean_env(&mut command);
         command
             .arg("--server")
-            .arg(format!("http://{server}"))
+            .arg(server)
             .args(args)
             .env("JOBQ_LOG", "info,jobq_client=debug")
             .stdin(Stdio::null())
@@ -190,6 +195,14 @@ impl Cli {
         Self {
             binary: binary.to_path_buf(),
             server: format!("http://{server}"),
+        }
+    }
+
+    /// `binary --server URL` (e.g. `https://...`).
+    pub fn at(binary: &Path, server: &str) -> Self {
+        Self {
+            binary: binary.to_path_buf(),
+            server: server.to_owned(),
         }
     }
 

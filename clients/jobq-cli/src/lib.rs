@@ -198,6 +198,10 @@ pub struct ClientOptions {
     /// Longest wait for one answer of the server.
     #[arg(long, global = true, default_value = "30s", value_parser = humantime::parse_duration)]
     pub request_timeout: Duration,
+
+    /// TLS for an https:// server.
+    #[command(flatten)]
+    pub tls: jobq_worker::ClientTlsArgs,
 }
 
 impl ClientOptions {
@@ -225,6 +229,31 @@ impl ClientOptions {
         {
             self.request_timeout = timeout;
         }
+        let tls = &mut self.tls;
+        for (id, leading, value) in [
+            ("tls_ca", leading.tls_ca, &mut tls.tls_ca),
+            (
+                "tls_client_cert",
+                leading.tls_client_cert,
+                &mut tls.tls_client_cert,
+            ),
+            (
+                "tls_client_key",
+                leading.tls_client_key,
+                &mut tls.tls_client_key,
+            ),
+        ] {
+            if let Some(path) = leading
+                && !after_command(id)
+            {
+                *value = Some(path);
+            }
+        }
+        if let Some(name) = leading.tls_server_name
+            && !after_command("tls_server_name")
+        {
+            tls.tls_server_name = Some(name);
+        }
         self.json |= leading.json;
         self
     }
@@ -249,6 +278,34 @@ pub struct LeadingOptions {
     /// Longest wait for one answer of the server [default: 30s].
     #[arg(long = "request-timeout", id = "leading_request_timeout", value_name = "REQUEST_TIMEOUT", value_parser = humantime::parse_duration)]
     pub request_timeout: Option<Duration>,
+
+    /// CA certificate(s) of an https:// server [env: JOBQ_TLS_CA].
+    #[arg(long = "tls-ca", id = "leading_tls_ca", value_name = "TLS_CA")]
+    pub tls_ca: Option<std::path::PathBuf>,
+
+    /// Client certificate for mutual TLS [env: JOBQ_TLS_CLIENT_CERT].
+    #[arg(
+        long = "tls-client-cert",
+        id = "leading_tls_client_cert",
+        value_name = "TLS_CLIENT_CERT"
+    )]
+    pub tls_client_cert: Option<std::path::PathBuf>,
+
+    /// Its private key [env: JOBQ_TLS_CLIENT_KEY].
+    #[arg(
+        long = "tls-client-key",
+        id = "leading_tls_client_key",
+        value_name = "TLS_CLIENT_KEY"
+    )]
+    pub tls_client_key: Option<std::path::PathBuf>,
+
+    /// The name the server's certificate must hold [env: JOBQ_TLS_SERVER_NAME].
+    #[arg(
+        long = "tls-server-name",
+        id = "leading_tls_server_name",
+        value_name = "TLS_SERVER_NAME"
+    )]
+    pub tls_server_name: Option<String>,
 }
 
 impl LeadingOptions {
@@ -259,6 +316,10 @@ impl LeadingOptions {
             ("--token", self.token.is_some()),
             ("--json", self.json),
             ("--request-timeout", self.request_timeout.is_some()),
+            ("--tls-ca", self.tls_ca.is_some()),
+            ("--tls-client-cert", self.tls_client_cert.is_some()),
+            ("--tls-client-key", self.tls_client_key.is_some()),
+            ("--tls-server-name", self.tls_server_name.is_some()),
         ]
         .into_iter()
         .filter_map(|(flag, given)| given.then_some(flag))
@@ -386,6 +447,7 @@ pub struct Ctx {
     pub server: String,
     token: Option<String>,
     request_timeout: Duration,
+    tls: jobq_worker::ClientTlsArgs,
 }
 
 impl Ctx {
@@ -396,12 +458,14 @@ impl Ctx {
             server: options.server,
             token: options.token,
             request_timeout: options.request_timeout,
+            tls: options.tls,
         }
     }
 
     fn config(&self) -> Result<ClientConfig, ClientError> {
-        let mut config =
-            ClientConfig::builder(self.server.clone()).request_timeout(self.request_timeout);
+        let mut config = self.tls.apply(
+            ClientConfig::builder(self.server.clone()).request_timeout(self.request_timeout),
+        );
         if let Some(token) = &self.token {
             config = config.token(token.clone());
         }
@@ -437,7 +501,7 @@ enum Invocation {
     /// `jobq bench`.
     Bench(jobq_bench::BenchArgs),
     /// A command that talks to a server.
-    Client(Ctx, ClientCommand),
+    Client(Ctx, Box<ClientCommand>),
 }
 
 /// Reads the command line: the command, and the client options in force.
@@ -468,7 +532,7 @@ fn invocation(matches: &ArgMatches) -> Result<Invocation, clap::Error> {
         Command::Client(command) => {
             let given = matches.subcommand().map(|(_, matches)| matches);
             let options = command.options().clone().merged(cli.leading, given);
-            Ok(Invocation::Client(Ctx::new(options), *command))
+            Ok(Invocation::Client(Ctx::new(options), command))
         }
     }
 }
@@ -571,6 +635,23 @@ mod tests {
             .find_subcommand_mut("up")
             .map(|up| up.render_long_help().to_string())
             .unwrap_or_default()
+    }
+
+    #[test]
+    fn tls_flags_go_before_or_after_the_command_and_after_wins() {
+        let before = client_ctx(&[
+            "jobq",
+            "--tls-ca",
+            "a.pem",
+            "--tls-server-name",
+            "q",
+            "list",
+        ]);
+        assert_eq!(before.tls.tls_ca, Some("a.pem".into()));
+        assert_eq!(before.tls.tls_server_name.as_deref(), Some("q"));
+        let both = client_ctx(&["jobq", "--tls-ca", "a.pem", "list", "--tls-ca", "b.pem"]);
+        assert_eq!(both.tls.tls_ca, Some("b.pem".into()));
+        assert!(parse(&["jobq", "--tls-ca", "a.pem", "up"]).is_err());
     }
 
     #[test]

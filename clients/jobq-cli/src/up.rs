@@ -15,7 +15,10 @@ use crate::{CmdResult, Failure, exit};
 #[derive(Debug, Args)]
 #[command(
     after_help = "With --auth-token, the local worker uses a worker token of the set (else an admin one). \
-                  --no-worker runs the server and the dashboard alone; start workers with jobq-worker."
+                  --no-worker runs the server and the dashboard alone; start workers with jobq-worker. \
+                  With --tls-cert the local worker dials https://, trusting --tls-ca (default: the \
+                  --tls-cert file, right for a self-signed leaf certificate) for the name \
+                  --tls-server-name (default: localhost)."
 )]
 pub struct UpArgs {
     /// Server settings (see `jobq-server --help`).
@@ -25,6 +28,13 @@ pub struct UpArgs {
     /// Worker settings (see `jobq-worker --help`).
     #[command(flatten)]
     pub worker: jobq_worker::WorkerOptions,
+
+    /// How the local worker checks the server's certificate when the server
+    /// serves TLS: --tls-ca defaults to --tls-cert (a self-signed leaf
+    /// certificate, CA:FALSE, is its own CA), --tls-server-name to `localhost`; with
+    /// --tls-client-ca, give the worker --tls-client-cert and --tls-client-key.
+    #[command(flatten)]
+    pub worker_tls: jobq_worker::ClientTlsArgs,
 
     /// Run the server and the dashboard only, without the local worker (for
     /// workers started elsewhere with jobq-worker).
@@ -55,9 +65,17 @@ pub async fn up(args: UpArgs) -> CmdResult {
     } else {
         worker_token(&config.auth_tokens).map_err(Failure::usage)?
     };
+    let tls = config.tls_cert.as_ref().map(|cert| {
+        let mut tls = args.worker_tls.clone();
+        tls.tls_ca.get_or_insert_with(|| cert.clone());
+        tls.tls_server_name
+            .get_or_insert_with(|| "localhost".to_owned());
+        tls
+    });
     let connection = WorkerConnection {
         token: worker_token,
         max_message_bytes: config.max_message_bytes,
+        tls,
     };
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
@@ -68,6 +86,11 @@ pub async fn up(args: UpArgs) -> CmdResult {
             )
         })?;
     let data_dir = config.data_dir.clone();
+    let scheme = if config.tls_cert.is_some() {
+        "https"
+    } else {
+        "http"
+    };
     let server = jobq_server::App::start(config, listener)
         .await
         .map_err(|error| Failure::new(exit::ERROR, format!("starting the server: {error:#}")))?;
@@ -82,7 +105,7 @@ pub async fn up(args: UpArgs) -> CmdResult {
     let shutdown = Shutdown::on_signals()?;
     let outcome = if args.no_worker {
         eprintln!(
-            "jobq is up: server on http://{addr} (data in {}), no worker",
+            "jobq is up: server on {scheme}://{addr} (data in {}), no worker",
             data_dir.display()
         );
         shutdown.requested().await;
@@ -165,6 +188,8 @@ fn worker_token(auth_tokens: &[String]) -> Result<Option<String>, String> {
 struct WorkerConnection {
     token: Option<String>,
     max_message_bytes: usize,
+    /// Set when the server serves TLS.
+    tls: Option<jobq_worker::ClientTlsArgs>,
 }
 
 async fn run_worker(
@@ -178,8 +203,16 @@ async fn run_worker(
         Failure::new(exit::ERROR, format!("starting the worker: {error}"))
     };
     let has_token = connection.token.is_some();
-    let mut config = ClientConfig::builder(format!("http://{addr}"))
+    let scheme = if connection.tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
+    let mut config = ClientConfig::builder(format!("{scheme}://{addr}"))
         .max_message_bytes(connection.max_message_bytes);
+    if let Some(tls) = &connection.tls {
+        config = tls.apply(config);
+    }
     if let Some(token) = connection.token {
         config = config.token(token);
     }
@@ -188,7 +221,7 @@ async fn run_worker(
     let worker = jobq_worker::build_worker(client, options, default_media_root)
         .map_err(|error| fail(&format!("{error:#}")))?;
     eprintln!(
-        "jobq is up: server on http://{addr}, worker {} running {} (queues {})",
+        "jobq is up: server on {scheme}://{addr}, worker {} running {} (queues {})",
         worker.config().worker_id(),
         worker.job_types().join(", "),
         worker.config().queues().join(", ")

@@ -10,7 +10,7 @@ use tonic::codec::Streaming;
 use tonic::metadata::MetadataValue;
 use tonic::service::Interceptor;
 use tonic::service::interceptor::InterceptedService;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
 use crate::config::ClientConfig;
 use crate::error::ClientError;
@@ -53,6 +53,24 @@ pub struct Enqueued {
     pub already_exists: bool,
 }
 
+/// The TLS settings of an `https://` endpoint: the given CA (else the
+/// system's roots), the client identity, the name to check.
+fn tls_config(config: &ClientConfig) -> ClientTlsConfig {
+    let tls = &config.tls;
+    let mut settings = ClientTlsConfig::new();
+    settings = match &tls.ca {
+        Some(ca) => settings.ca_certificate(Certificate::from_pem(ca.bytes())),
+        None => settings.with_native_roots(),
+    };
+    if let Some((cert, key)) = &tls.identity {
+        settings = settings.identity(Identity::from_pem(cert.bytes(), key.bytes()));
+    }
+    if let Some(name) = &tls.domain_name {
+        settings = settings.domain_name(name.clone());
+    }
+    settings
+}
+
 /// A connection to a jobq server: the producer/admin API, and the raw worker
 /// API the [`crate::Worker`] runtime uses. Cheap to clone; clones share the
 /// connection, which reconnects by itself after the server comes back.
@@ -77,6 +95,13 @@ impl Client {
             .http2_keep_alive_interval(config.keep_alive_interval)
             .keep_alive_timeout(config.keep_alive_interval)
             .keep_alive_while_idle(true);
+        let endpoint = if config.endpoint.starts_with("https://") {
+            endpoint
+                .tls_config(tls_config(&config))
+                .map_err(|err| ClientError::Config(format!("TLS: {err}")))?
+        } else {
+            endpoint
+        };
         let header = match &config.token {
             Some(token) => Some(format!("Bearer {token}").parse().map_err(|_| {
                 ClientError::Config("the token is not a valid header value".into())

@@ -1,5 +1,6 @@
 //! Where the server is and how to talk to it.
 
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::error::ClientError;
@@ -17,6 +18,60 @@ pub struct ClientConfig {
     pub(crate) keep_alive_interval: Duration,
     pub(crate) max_message_bytes: usize,
     pub(crate) enqueue_tries: u32,
+    pub(crate) tls: TlsOptions,
+}
+
+/// PEM text, read from a file or given; its Debug form shows only its size
+/// (a private key must not end up in a log).
+#[derive(Clone)]
+pub(crate) enum Pem {
+    Bytes(Vec<u8>),
+    File(PathBuf),
+}
+
+impl std::fmt::Debug for Pem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Pem::Bytes(bytes) => write!(f, "<{} bytes of PEM>", bytes.len()),
+            Pem::File(path) => write!(f, "{}", path.display()),
+        }
+    }
+}
+
+impl Pem {
+    /// The PEM text itself (a file is read at [`ClientConfigBuilder::build`]).
+    pub(crate) fn bytes(&self) -> &[u8] {
+        match self {
+            Pem::Bytes(bytes) => bytes,
+            Pem::File(_) => &[],
+        }
+    }
+
+    fn load(self, what: &str) -> Result<Self, ClientError> {
+        match self {
+            Pem::Bytes(_) => Ok(self),
+            Pem::File(path) => std::fs::read(&path).map(Pem::Bytes).map_err(|error| {
+                ClientError::Config(format!("reading the {what} {}: {error}", path.display()))
+            }),
+        }
+    }
+}
+
+/// TLS settings of an `https://` endpoint.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct TlsOptions {
+    /// CA certificates (PEM) trusted for the server; none: the system's roots.
+    pub(crate) ca: Option<Pem>,
+    /// Client certificate chain and key (PEM) for servers that want one.
+    pub(crate) identity: Option<(Pem, Pem)>,
+    /// The name the server's certificate must hold, when not the endpoint's host.
+    pub(crate) domain_name: Option<String>,
+}
+
+impl TlsOptions {
+    fn is_set(&self) -> bool {
+        self.ca.is_some() || self.identity.is_some() || self.domain_name.is_some()
+    }
 }
 
 /// Largest message the client sends or takes by default: the server's default
@@ -36,6 +91,7 @@ impl ClientConfig {
                 keep_alive_interval: Duration::from_secs(15),
                 max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
                 enqueue_tries: 4,
+                tls: TlsOptions::default(),
             },
         }
     }
@@ -109,6 +165,50 @@ impl ClientConfigBuilder {
         self
     }
 
+    /// Trusts the CA certificates in this PEM text for an `https://` server
+    /// (instead of the system's roots).
+    pub fn tls_ca_pem(mut self, pem: impl Into<Vec<u8>>) -> Self {
+        self.config.tls.ca = Some(Pem::Bytes(pem.into()));
+        self
+    }
+
+    /// Trusts the CA certificates in this PEM file (read by `build`).
+    pub fn tls_ca_file(mut self, path: impl AsRef<Path>) -> Self {
+        self.config.tls.ca = Some(Pem::File(path.as_ref().to_owned()));
+        self
+    }
+
+    /// Presents this client certificate chain and key (PEM text) to a
+    /// server that asks for one (mutual TLS).
+    pub fn tls_client_identity_pem(
+        mut self,
+        cert: impl Into<Vec<u8>>,
+        key: impl Into<Vec<u8>>,
+    ) -> Self {
+        self.config.tls.identity = Some((Pem::Bytes(cert.into()), Pem::Bytes(key.into())));
+        self
+    }
+
+    /// Presents the client certificate and key in these PEM files (read by `build`).
+    pub fn tls_client_identity_files(
+        mut self,
+        cert: impl AsRef<Path>,
+        key: impl AsRef<Path>,
+    ) -> Self {
+        self.config.tls.identity = Some((
+            Pem::File(cert.as_ref().to_owned()),
+            Pem::File(key.as_ref().to_owned()),
+        ));
+        self
+    }
+
+    /// Checks the server's certificate against this name instead of the
+    /// endpoint's host (e.g. an IP endpoint, a certificate for a name).
+    pub fn tls_domain_name(mut self, name: impl Into<String>) -> Self {
+        self.config.tls.domain_name = Some(name.into());
+        self
+    }
+
     /// The checked configuration.
     pub fn build(mut self) -> Result<ClientConfig, ClientError> {
         let endpoint = self.config.endpoint.trim().to_owned();
@@ -128,6 +228,23 @@ impl ClientConfigBuilder {
                 self.config.endpoint
             )));
         }
+        if self.config.tls.is_set() && !self.config.endpoint.starts_with("https://") {
+            return Err(ClientError::Config(format!(
+                "TLS settings need an https:// server endpoint, not {:?}",
+                self.config.endpoint
+            )));
+        }
+        let tls = std::mem::take(&mut self.config.tls);
+        self.config.tls = TlsOptions {
+            ca: tls.ca.map(|ca| ca.load("CA file")).transpose()?,
+            identity: match tls.identity {
+                Some((cert, key)) => {
+                    Some((cert.load("client certificate")?, key.load("client key")?))
+                }
+                None => None,
+            },
+            domain_name: tls.domain_name,
+        };
         if let Some(token) = &self.config.token
             && token.chars().any(|c| c.is_control() || c == ' ')
         {
@@ -176,6 +293,26 @@ mod tests {
                 .build()
                 .is_err()
         );
+    }
+
+    #[test]
+    fn tls_settings_need_https_and_readable_files() {
+        assert!(
+            ClientConfig::builder("http://x")
+                .tls_ca_pem("pem")
+                .build()
+                .is_err()
+        );
+        assert!(
+            ClientConfig::builder("https://x")
+                .tls_ca_file("/nonexistent/ca.pem")
+                .build()
+                .is_err()
+        );
+        let config = ClientConfig::builder("https://x")
+            .tls_client_identity_pem("cert", "secret key")
+            .build();
+        assert!(config.is_ok_and(|config| !format!("{config:?}").contains("secret")));
     }
 
     #[test]

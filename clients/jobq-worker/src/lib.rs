@@ -117,6 +117,58 @@ impl From<LogFormat> for jobq_telemetry::LogFormat {
     }
 }
 
+/// TLS settings for an `https://` server (shared by `jobq-worker` and the
+/// `jobq` client commands).
+#[derive(Debug, Clone, Default, Args)]
+pub struct ClientTlsArgs {
+    /// CA certificate(s) (PEM) that signed the server's certificate; without
+    /// it an https:// server is checked against the system's roots.
+    #[arg(long, global = true, env = "JOBQ_TLS_CA")]
+    pub tls_ca: Option<PathBuf>,
+
+    /// Client certificate (PEM) for a server that requires one (mutual TLS).
+    #[arg(
+        long,
+        global = true,
+        env = "JOBQ_TLS_CLIENT_CERT",
+        requires = "tls_client_key"
+    )]
+    pub tls_client_cert: Option<PathBuf>,
+
+    /// The private key (PEM) of --tls-client-cert.
+    #[arg(
+        long,
+        global = true,
+        env = "JOBQ_TLS_CLIENT_KEY",
+        requires = "tls_client_cert"
+    )]
+    pub tls_client_key: Option<PathBuf>,
+
+    /// The name the server's certificate must hold, when it is not the
+    /// host of the server's URL (e.g. a URL with an IP address).
+    #[arg(long, global = true, env = "JOBQ_TLS_SERVER_NAME")]
+    pub tls_server_name: Option<String>,
+}
+
+impl ClientTlsArgs {
+    /// `config` with these settings.
+    pub fn apply(
+        &self,
+        mut config: jobq_client::ClientConfigBuilder,
+    ) -> jobq_client::ClientConfigBuilder {
+        if let Some(ca) = &self.tls_ca {
+            config = config.tls_ca_file(ca);
+        }
+        if let (Some(cert), Some(key)) = (&self.tls_client_cert, &self.tls_client_key) {
+            config = config.tls_client_identity_files(cert, key);
+        }
+        if let Some(name) = &self.tls_server_name {
+            config = config.tls_domain_name(name.clone());
+        }
+        config
+    }
+}
+
 /// The `jobq-worker` command line.
 #[derive(Debug, Parser)]
 #[command(
@@ -132,6 +184,10 @@ pub struct WorkerCli {
     /// Bearer token for the server.
     #[arg(long, env = "JOBQ_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
+
+    /// TLS for an https:// server.
+    #[command(flatten)]
+    pub tls: ClientTlsArgs,
 
     /// Log format (stderr); the level comes from JOBQ_LOG (default `info`).
     #[arg(long, env = "JOBQ_LOG_FORMAT", value_enum, default_value = "human")]
@@ -276,7 +332,7 @@ pub fn run_cli() -> ExitCode {
 }
 
 async fn serve(cli: WorkerCli) -> anyhow::Result<()> {
-    let mut config = ClientConfig::builder(cli.server.clone());
+    let mut config = cli.tls.apply(ClientConfig::builder(cli.server.clone()));
     if let Some(token) = &cli.token {
         config = config.token(token.clone());
     }

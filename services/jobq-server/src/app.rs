@@ -157,6 +157,18 @@ impl App {
             &SERVICE_NAMES,
             stop.child_token(),
         ));
+        let tls = match config.tls_files() {
+            Some(files) => {
+                let tls = crate::tls::TlsState::load(files).context("loading TLS")?;
+                background.spawn(crate::tls::watch(
+                    tls.clone(),
+                    config.tls_reload_interval,
+                    stop.child_token(),
+                ));
+                Some(tls)
+            }
+            None => None,
+        };
         background.close();
         let streams = TaskTracker::new();
 
@@ -232,10 +244,16 @@ impl App {
         let limits = config.connection_limits();
         tracing::debug!(?limits, "connection limits");
         let incoming = net::incoming(listener, limits, serving_stopped.clone());
-        let serve = tokio::spawn(
-            router.serve_with_incoming_shutdown(incoming, serving_stopped.cancelled_owned()),
-        );
-        tracing::info!(%local_addr, "jobq server started");
+        let serve = match &tls {
+            Some(tls) => tokio::spawn(router.serve_with_incoming_shutdown(
+                crate::tls::accept(incoming, tls),
+                serving_stopped.cancelled_owned(),
+            )),
+            None => tokio::spawn(
+                router.serve_with_incoming_shutdown(incoming, serving_stopped.cancelled_owned()),
+            ),
+        };
+        tracing::info!(%local_addr, tls = tls.is_some(), "jobq server started");
         Ok(RunningServer {
             local_addr,
             metrics_addr,

@@ -4,6 +4,11 @@
 //! open. A missing or unknown token is UNAUTHENTICATED; a known token
 //! without the role is PERMISSION_DENIED. Tokens are kept as SHA-256
 //! digests (and may be configured as such) and compared in constant time.
+//!
+//! With mutual TLS (`--tls-client-ca`) the handshake has already
+//! authenticated the machine; its certificate's name
+//! ([`crate::tls::ClientIdentity`]) is in the request's extensions and is
+//! logged with every refusal. The token stays what authorizes a call.
 
 use std::sync::Arc;
 
@@ -160,6 +165,19 @@ impl Tokens {
         if self.is_empty() {
             return Ok(());
         }
+        let checked = self.check_token(request);
+        if let Err(status) = &checked {
+            tracing::debug!(
+                client_cert = crate::tls::ClientIdentity::of(request.extensions())
+                    .map(tracing::field::display),
+                code = ?status.code(),
+                "call refused"
+            );
+        }
+        checked
+    }
+
+    fn check_token(&self, request: &Request<()>) -> Result<(), Status> {
         let presented = request
             .metadata()
             .get("authorization")

@@ -66,6 +66,25 @@ pub struct Config {
     )]
     pub sqlite_synchronous: SqliteDurability,
 
+    /// Serve TLS with this certificate chain (PEM, leaf first); needs
+    /// --tls-key. Reloaded on SIGHUP and when the file changes.
+    #[arg(long, env = "JOBQ_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// The private key (PEM) of --tls-cert.
+    #[arg(long, env = "JOBQ_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+
+    /// Mutual TLS: clients must present a certificate signed by this CA
+    /// (PEM). Its subject CN (else first DNS name) names the client in the
+    /// server's log; tokens still decide what it may call.
+    #[arg(long, env = "JOBQ_TLS_CLIENT_CA", requires = "tls_cert")]
+    pub tls_client_ca: Option<PathBuf>,
+
+    /// How often the TLS certificate and key files are checked for changes.
+    #[arg(long, env = "JOBQ_TLS_RELOAD_INTERVAL", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub tls_reload_interval: Duration,
+
     /// Allow listening on a non-loopback address without authentication.
     #[arg(long, env = "JOBQ_INSECURE")]
     pub insecure: bool,
@@ -240,6 +259,15 @@ impl Config {
         if self.max_concurrent_streams == 0 {
             return Err("--max-concurrent-streams must be at least 1".into());
         }
+        if self.tls_cert.is_some() != self.tls_key.is_some() {
+            return Err("--tls-cert and --tls-key go together".into());
+        }
+        if self.tls_client_ca.is_some() && self.tls_cert.is_none() {
+            return Err("--tls-client-ca needs --tls-cert and --tls-key".into());
+        }
+        if self.tls_reload_interval < Duration::from_millis(100) {
+            return Err("--tls-reload-interval must be at least 100ms".into());
+        }
         if self.metrics_recount < Duration::from_secs(1) {
             return Err("--metrics-recount must be at least 1s".into());
         }
@@ -266,6 +294,18 @@ impl Config {
                 "sqlite://{}?mode=rwc",
                 self.data_dir.join("jobq.db").display()
             ),
+        }
+    }
+
+    /// The TLS files, when TLS is on.
+    pub fn tls_files(&self) -> Option<crate::tls::TlsFiles> {
+        match (&self.tls_cert, &self.tls_key) {
+            (Some(cert), Some(key)) => Some(crate::tls::TlsFiles {
+                cert: cert.clone(),
+                key: key.clone(),
+                client_ca: self.tls_client_ca.clone(),
+            }),
+            _ => None,
         }
     }
 

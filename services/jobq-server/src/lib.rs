@@ -17,6 +17,7 @@ mod store;
 mod telemetry;
 #[cfg(test)]
 mod testkit;
+pub mod tls;
 
 pub use app::{App, RunningServer};
 pub use cli::run_cli;

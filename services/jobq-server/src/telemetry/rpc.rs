@@ -126,10 +126,18 @@ struct Call {
 impl Call {
     fn start(request: &Request<Body>, metrics: Option<Arc<ServerMetrics>>) -> Self {
         let method = request.uri().path().to_owned();
-        let peer = request
-            .extensions()
-            .get::<tonic::transport::server::TcpConnectInfo>()
+        use tonic::transport::server::TcpConnectInfo;
+        let extensions = request.extensions();
+        let peer = extensions
+            .get::<TcpConnectInfo>()
+            .or_else(|| {
+                extensions
+                    .get::<crate::tls::TlsPeer<TcpConnectInfo>>()
+                    .map(|tls| &tls.inner)
+            })
             .and_then(|info| info.remote_addr());
+        // Mutual TLS: the machine its certificate names.
+        let client_cert = crate::tls::ClientIdentity::of(extensions);
         let span = tracing::info_span!(
             "rpc",
             otel.name = method.trim_start_matches('/'),
@@ -139,6 +147,7 @@ impl Call {
             rpc.method = %method,
             rpc.grpc.status_code = tracing::field::Empty,
             peer = peer.map(tracing::field::display),
+            client_cert = client_cert.map(tracing::field::display),
             duration_ms = tracing::field::Empty,
             trace_id = tracing::field::Empty,
         );
