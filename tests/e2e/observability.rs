@@ -208,7 +208,7 @@ async fn one_trace_runs_from_the_enqueue_through_every_attempt_in_a_real_worker(
     let answered = response
         .metadata()
         .get("traceparent")
-        .context("no traceparent in the response")?
+        .with_context(|| format!("no traceparent in the response: {:?}", response.metadata()))?
         .to_str()?
         .to_owned();
     ensure!(answered.contains(caller_trace), "answered {answered}");

@@ -9,7 +9,7 @@ use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::trace::{BatchConfigBuilder, BatchSpanProcessor, SdkTracerProvider};
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
-use tracing_subscriber::{EnvFilter, Layer, Registry};
+use tracing_subscriber::{EnvFilter, Layer};
 
 use crate::export::{BoundedProcessor, CountingExporter};
 
@@ -38,9 +38,10 @@ pub struct Settings {
     pub otlp_endpoint: Option<String>,
 }
 
-/// Spans from these crates would bury a job's trace in transport detail.
-const DEFAULT_TRACE_FILTER: &str = "info,h2=off,hyper=off,hyper_util=off,tonic=off,tower=off,\
-     sqlx=off,sea_orm=off,opentelemetry=off,opentelemetry_sdk=off,opentelemetry_otlp=off";
+/// While spans are exported (and `JOBQ_LOG` is unset), these crates keep to
+/// warnings: their spans would bury a job's trace in transport detail.
+const TRANSPORT_QUIET: &str = "h2=warn,hyper=warn,hyper_util=warn,tonic=warn,tower=warn,\
+     sqlx=warn,sea_orm=warn,opentelemetry=warn,opentelemetry_sdk=warn,opentelemetry_otlp=warn";
 
 /// Spans that may wait for export at once; beyond this they are dropped and
 /// counted (`OTEL_BSP_MAX_QUEUE_SIZE` changes it).
@@ -107,9 +108,6 @@ impl Drop for TelemetryGuard {
 /// inside the tokio runtime when an OTLP endpoint is set: the exporter's
 /// channel needs it.
 pub fn init(settings: Settings) -> TelemetryGuard {
-    let log_filter = EnvFilter::try_from_env("JOBQ_LOG")
-        .unwrap_or_else(|_| EnvFilter::new(settings.default_log_filter));
-    let log_lines = log_layer(settings.log_format).with_filter(log_filter);
     let provider = settings.otlp_endpoint.as_deref().and_then(|endpoint| {
         match tracer_provider(&settings, endpoint) {
             Ok(provider) => Some(provider),
@@ -122,18 +120,27 @@ pub fn init(settings: Settings) -> TelemetryGuard {
             }
         }
     });
+    // One filter for log lines and spans alike. Per-layer filters would let
+    // the span layer see different spans from the log layer, but they lost
+    // the first span of a callsite now and then under concurrency: a call
+    // with no trace context answered.
+    let filter = match std::env::var("JOBQ_LOG") {
+        Ok(directives) => EnvFilter::new(directives),
+        Err(_) if provider.is_some() => {
+            EnvFilter::new(format!("{},{TRANSPORT_QUIET}", settings.default_log_filter))
+        }
+        Err(_) => EnvFilter::new(settings.default_log_filter),
+    };
     let spans = provider.as_ref().map(|provider| {
-        let trace_filter = EnvFilter::try_from_env("JOBQ_TRACE")
-            .unwrap_or_else(|_| EnvFilter::new(DEFAULT_TRACE_FILTER));
         tracing_opentelemetry::layer()
             .with_tracer(provider.tracer(settings.service_name))
             .with_tracked_inactivity(false)
             .with_threads(false)
             .with_location(false)
-            .with_filter(trace_filter)
     });
     let installed = tracing_subscriber::registry()
-        .with(log_lines)
+        .with(filter)
+        .with(log_layer(settings.log_format))
         .with(spans)
         .try_init()
         .is_ok();
@@ -145,7 +152,10 @@ pub fn init(settings: Settings) -> TelemetryGuard {
     }
 }
 
-fn log_layer(format: LogFormat) -> Box<dyn Layer<Registry> + Send + Sync> {
+fn log_layer<S>(format: LogFormat) -> Box<dyn Layer<S> + Send + Sync>
+where
+    S: tracing::Subscriber + for<'span> tracing_subscriber::registry::LookupSpan<'span>,
+{
     let lines = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
     match format {
         // Colour codes only for a person at a terminal, never in a file or a pipe.
