@@ -107,6 +107,7 @@ impl CronSchedule {
                 ));
             }
         };
+        check_cron_ranges(&normalized, fields == 5)?;
         let schedule = cron::Schedule::from_str(&normalized).map_err(|error| {
             QueueError::invalid("schedule.cron", format!("{expression:?}: {error}"))
         })?;
@@ -135,6 +136,34 @@ impl CronSchedule {
     }
 }
 
+/// Checks the numbers in the seconds, minutes and hours fields against their
+/// ranges before the cron crate sees them: its own messages for these are off
+/// by one ("Minutes must be less than 59" for 60). `normalized` has a seconds
+/// field; `added_seconds` says that it was added (the user wrote five).
+fn check_cron_ranges(normalized: &str, added_seconds: bool) -> QueueResult<()> {
+    let fields = [("seconds", 59), ("minutes", 59), ("hours", 23)];
+    for (index, (field, (name, max))) in normalized.split_whitespace().zip(fields).enumerate() {
+        if added_seconds && index == 0 {
+            continue;
+        }
+        for part in field.split(',') {
+            // A step (`*/N`, `a-b/N`) is not a value of the field.
+            let range = part.split('/').next().unwrap_or(part);
+            for value in range.split('-') {
+                if let Ok(number) = value.parse::<u64>()
+                    && number > max
+                {
+                    return Err(QueueError::invalid(
+                        "schedule.cron",
+                        format!("{name} field {field:?}: {number} is out of range 0-{max}"),
+                    ));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -156,6 +185,30 @@ mod tests {
             nine_am.next_after(jan_1_2026),
             Some(jan_1_2026 + 8 * 3_600_000)
         );
+    }
+
+    #[test]
+    fn out_of_range_values_name_the_field_and_its_true_range() {
+        let message = |expression: &str| match CronSchedule::parse(expression, "") {
+            Err(QueueError::InvalidArgument { field, reason }) => {
+                assert_eq!(field, "schedule.cron");
+                reason
+            }
+            other => panic!("{expression}: expected INVALID_ARGUMENT, got {other:?}"),
+        };
+        assert!(message("60 * * * *").contains("minutes field \"60\": 60 is out of range 0-59"));
+        assert!(message("0 24 * * *").contains("hours field \"24\": 24 is out of range 0-23"));
+        assert!(message("0 1-24 * * *").contains("24 is out of range 0-23"));
+        assert!(message("60 0 * * * *").contains("seconds field"));
+        // The limits themselves and steps are fine.
+        for valid in [
+            "59 23 * * *",
+            "*/59 * * * *",
+            "0/30 * * * *",
+            "59 59 23 * * *",
+        ] {
+            CronSchedule::parse(valid, "").unwrap_or_else(|e| panic!("{valid}: {e:?}"));
+        }
     }
 
     #[test]
