@@ -48,3 +48,25 @@ describe("a job page updated from BASIC-view answers", () => {
     expect(retried.result).toBeUndefined();
   });
 });
+
+describe("what the job page shows beside the summary", () => {
+  it("shows progress only while an attempt runs", async () => {
+    const { showsProgress } = await import("../src/lib/jobview");
+    expect(showsProgress(job("j", { state: JobState.RUNNING, progressPercent: 40 }))).toBe(true);
+    expect(showsProgress(job("j", { state: JobState.SUCCEEDED, progressPercent: 100, progressMessage: "done" }))).toBe(false);
+    expect(showsProgress(job("j", { state: JobState.DEAD, progressPercent: 0, progressMessage: "sleeping" }))).toBe(false);
+    expect(showsProgress(job("j", { state: JobState.QUEUED, progressPercent: 60 }))).toBe(false);
+  });
+
+  it("shows a cancel's reason as a pending cancel, not an error, while the job runs", async () => {
+    const { errorNotice } = await import("../src/lib/jobview");
+    expect(errorNotice(job("j", { state: JobState.RUNNING, cancelRequested: true, lastError: "wrong channel" }))).toEqual({
+      title: "Cancel requested; waiting for the worker to stop",
+      tone: "warn",
+    });
+    expect(errorNotice(job("j", { state: JobState.RUNNING, lastError: "HTTP 500" }))).toEqual({ title: "Last error", tone: "error" });
+    expect(errorNotice(job("j", { state: JobState.CANCELLED, lastError: "wrong channel" }))?.tone).toBe("warn");
+    expect(errorNotice(job("j", { state: JobState.DEAD, lastError: "HTTP 500" }))).toEqual({ title: "Last error", tone: "error" });
+    expect(errorNotice(job("j", { state: JobState.RUNNING }))).toBeUndefined();
+  });
+});

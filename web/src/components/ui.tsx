@@ -33,7 +33,7 @@ export function StateBadge({ state, cancelRequested }: { state: JobState; cancel
 export function ProgressBar({ percent, tone = "blue", label }: { percent: number; tone?: Tone; label?: string }) {
   const p = clampPercent(percent);
   return (
-    <div class="progress" role="progressbar" aria-valuenow={p} aria-valuemin={0} aria-valuemax={100} title={label}>
+    <div class="progress" role="progressbar" aria-label={label ?? "Progress"} aria-valuenow={p} aria-valuemin={0} aria-valuemax={100} title={label}>
       <div class={`progress-fill fill-${tone}`} style={{ width: `${p}%` }} />
     </div>
   );

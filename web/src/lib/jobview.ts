@@ -32,3 +32,42 @@ export function withFullFields(basic: Job, full: Job): Job {
     attempts: basic.attempts.length > 0 ? basic.attempts : full.attempts,
   };
 }
+
+/**
+ * Whether the job page shows a progress card: only while an attempt runs.
+ * Progress belongs to the current attempt, so once the job has finished
+ * (or waits for its next attempt) the last report is history, not progress.
+ */
+export function showsProgress(job: Job): boolean {
+  return job.state === JobState.RUNNING;
+}
+
+export interface ErrorNotice {
+  title: string;
+  /** "error" for a failure; "warn" for a cancel or an error the job got past. */
+  tone: "error" | "warn";
+}
+
+/**
+ * How the page shows the job's last_error, which is also where a cancel's
+ * reason is kept: while a cancel waits for the worker to stop, that text is
+ * the reason of the cancel, not an error.
+ */
+export function errorNotice(job: Job): ErrorNotice | undefined {
+  if (!job.lastError) return undefined;
+  switch (job.state) {
+    case JobState.CANCELLED:
+      return { title: "Cancelled", tone: "warn" };
+    case JobState.SUCCEEDED:
+      // The reason of a cancel the worker outran may be the last error.
+      return {
+        title: job.attempts[job.attempts.length - 1]?.cancelRequested ? "A cancel was requested, but the job finished first" : "An earlier attempt failed",
+        tone: "warn",
+      };
+    case JobState.RUNNING:
+      if (job.cancelRequested) return { title: "Cancel requested; waiting for the worker to stop", tone: "warn" };
+      return { title: "Last error", tone: "error" };
+    default:
+      return { title: "Last error", tone: "error" };
+  }
+}

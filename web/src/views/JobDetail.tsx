@@ -7,7 +7,7 @@ import { api, errorMessage } from "../lib/api";
 import { EMPTY_FILTERS, listRequest } from "../lib/filters";
 import { type SecondsNanos, durationMillis, formatDateTime, formatDuration, shortId, tsMillis } from "../lib/format";
 import { useAsync, useLive, useNow } from "../lib/hooks";
-import { withFullFields } from "../lib/jobview";
+import { errorNotice, showsProgress, withFullFields } from "../lib/jobview";
 import { jobHref } from "../lib/router";
 import { attemptCancelNote, canCancel, canDelete, canRetry, isTerminal, outcomeInfo } from "../lib/states";
 import { LogTail } from "../components/LogTail";
@@ -98,6 +98,7 @@ export function JobDetail({ id }: { id: string }) {
   };
 
   const running = job.state === JobState.RUNNING;
+  const notice = errorNotice(job);
   const runMs = (a: { startedAt?: SecondsNanos; finishedAt?: SecondsNanos }) => {
     const s = tsMillis(a.startedAt);
     if (s === undefined) return undefined;
@@ -130,7 +131,7 @@ export function JobDetail({ id }: { id: string }) {
       </PageHeader>
       {deleted ? <div class="notice notice-warn">This job was deleted.</div> : null}
 
-      {running || job.progressPercent > 0 || job.progressMessage ? (
+      {showsProgress(job) ? (
         <Card class="progress-card">
           <div class="progress-head">
             <span class="progress-pct" data-testid="progress-percent">
@@ -149,10 +150,10 @@ export function JobDetail({ id }: { id: string }) {
         </Card>
       ) : null}
 
-      {job.lastError ? (
-        <div class={`notice ${job.state === JobState.SUCCEEDED || job.state === JobState.CANCELLED ? "notice-warn" : "notice-error"}`}>
+      {notice ? (
+        <div class={`notice notice-${notice.tone}`} data-testid="last-error">
           <div>
-            <b>{lastErrorTitle(job)}</b>
+            <b>{notice.title}</b>
             <pre class="error-pre">{job.lastError}</pre>
           </div>
         </div>
@@ -343,19 +344,6 @@ export function JobDetail({ id }: { id: string }) {
       </Card>
     </div>
   );
-}
-
-/** What the job's last_error is, given where the job stands. */
-function lastErrorTitle(job: Job): string {
-  switch (job.state) {
-    case JobState.CANCELLED:
-      return "Cancelled";
-    case JobState.SUCCEEDED:
-      // The reason of a cancel the worker outran may be the last error.
-      return job.attempts[job.attempts.length - 1]?.cancelRequested ? "A cancel was requested, but the job finished first" : "An earlier attempt failed";
-    default:
-      return "Last error";
-  }
 }
 
 function Children({ parentId, now }: { parentId: string; now: number }) {
