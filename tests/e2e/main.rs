@@ -6,6 +6,7 @@ mod cancellation;
 mod cli;
 mod connections;
 mod contract;
+mod dashboard_streams;
 mod disk;
 mod foreign_clients;
 mod grpc_web;

@@ -20,13 +20,12 @@ use crate::auth;
 use crate::background;
 use crate::config::Config;
 use crate::dashboard;
-use crate::domain::{JobObserver, JobQueue, SystemClock};
+use crate::domain::{JobObserver, JobQueue, JobTally, SystemClock};
 use crate::grpc::{QueueApi, WatchPresence, WorkerApi, limits};
 use crate::logs::LogStore;
 use crate::logs::reader::LogReader;
 use crate::net;
 use crate::store::{DatabaseKind, SqlStore, peers};
-use crate::telemetry;
 use crate::telemetry::lifecycle::{LifecycleSpans, Observers};
 use crate::telemetry::metrics::ServerMetrics;
 use crate::telemetry::rpc::RpcLayer;
@@ -85,23 +84,26 @@ impl App {
         ));
 
         let background = TaskTracker::new();
+        let tally = Arc::new(JobTally::default());
+        let stats = background::stats_feed(
+            queue.clone(),
+            tally.clone(),
+            config.metrics_recount,
+            &background,
+            stop.child_token(),
+        );
         let metrics = config.metrics_listen.map(|_| {
             let metrics = ServerMetrics::new(
                 &queue,
                 &logs,
+                tally.clone(),
                 store.connection().clone(),
                 store.sqlite_file(),
             );
             store.time_statements(metrics.statement_histogram());
-            background.spawn(telemetry::metrics::recount(
-                queue.clone(),
-                metrics.depth().clone(),
-                config.metrics_recount,
-                stop.child_token(),
-            ));
             metrics
         });
-        let mut observers: Vec<Arc<dyn JobObserver>> = vec![Arc::new(LifecycleSpans)];
+        let mut observers: Vec<Arc<dyn JobObserver>> = vec![Arc::new(LifecycleSpans), tally];
         if let Some(metrics) = &metrics {
             observers.push(metrics.clone());
         }
@@ -209,6 +211,7 @@ impl App {
                     LogReader::new(queue.clone(), logs.clone()),
                     streams.clone(),
                     presence,
+                    stats,
                 ))
                 .max_decoding_message_size(message_limit)
                 .max_encoding_message_size(message_limit),

@@ -65,6 +65,10 @@ const READ_METHODS: &[&str] = &[
     "ListQueues",
     "ListWorkers",
     "ListSchedules",
+    "WatchQueueStats",
+    "WatchWorkers",
+    "WatchQueues",
+    "WatchSchedules",
 ];
 /// Methods of JobQueueService a producer may call besides the reads.
 const PRODUCER_WRITES: &[&str] = &["EnqueueJob", "EnqueueJobs"];

@@ -7,7 +7,7 @@ use std::time::Duration;
 use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
 
-use crate::domain::JobQueue;
+use crate::domain::{JobQueue, JobTally, StatsSnapshot};
 
 /// Longest the promoter sleeps without looking, in case a wake-up was missed.
 const PROMOTER_MAX_SLEEP: Duration = Duration::from_secs(1);
@@ -152,4 +152,70 @@ pub async fn database_health(
             health.set_service_status(*name, status).await;
         }
     }
+}
+
+/// Fewest milliseconds between two stats published: a burst of changes makes
+/// at most four updates a second for every watcher.
+const STATS_COALESCE: Duration = Duration::from_millis(250);
+/// Fewest milliseconds between two lookups of a queue's earliest ready job
+/// (each reads the queue's part of the lease index).
+const OLDEST_LOOKUP_PAUSE: Duration = Duration::from_secs(1);
+
+/// The latest job counts per queue and state, for the stats streams.
+pub type StatsFeed = tokio::sync::watch::Receiver<Arc<StatsSnapshot>>;
+
+/// Keeps `tally` true and publishes it: counts the database at once and
+/// every `recount`, looks up a queue's earliest ready job again when that
+/// one left, and sends a snapshot after each burst of changes.
+pub fn stats_feed(
+    queue: Arc<JobQueue>,
+    tally: Arc<JobTally>,
+    recount: Duration,
+    tasks: &tokio_util::task::TaskTracker,
+    stop: CancellationToken,
+) -> StatsFeed {
+    let (sender, receiver) =
+        tokio::sync::watch::channel(Arc::new(tally.snapshot(&[], queue.now())));
+    tasks.spawn(async move {
+        let mut changes = tally.subscribe();
+        let mut recount_ticker = tokio::time::interval(recount);
+        recount_ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let mut last_lookup = tokio::time::Instant::now() - OLDEST_LOOKUP_PAUSE;
+        loop {
+            let unknown = tally.oldest_unknown();
+            let lookup_at = last_lookup + OLDEST_LOOKUP_PAUSE;
+            tokio::select! {
+                () = stop.cancelled() => return,
+                _ = recount_ticker.tick() => {
+                    tally.counting();
+                    match queue.stats(&[]).await {
+                        Ok(stats) => tally.recounted(&stats),
+                        Err(error) => {
+                            tally.count_failed();
+                            tracing::warn!(%error, "could not count jobs");
+                        }
+                    }
+                }
+                () = tokio::time::sleep_until(lookup_at), if !unknown.is_empty() => {
+                    last_lookup = tokio::time::Instant::now();
+                    match queue.oldest_ready(&unknown).await {
+                        Ok(found) => tally.oldest_found(&unknown, &found),
+                        Err(error) => tracing::warn!(%error, "could not find the oldest ready jobs"),
+                    }
+                }
+                changed = changes.changed() => {
+                    if changed.is_err() {
+                        return;
+                    }
+                    changes.borrow_and_update();
+                    sender.send_replace(Arc::new(tally.snapshot(&[], queue.now())));
+                    tokio::select! {
+                        () = stop.cancelled() => return,
+                        () = tokio::time::sleep(STATS_COALESCE) => {}
+                    }
+                }
+            }
+        }
+    });
+    receiver
 }

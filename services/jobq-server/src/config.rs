@@ -157,8 +157,9 @@ pub struct Config {
     #[arg(long, env = "JOBQ_METRICS_LISTEN")]
     pub metrics_listen: Option<SocketAddr>,
 
-    /// How often the metrics recount jobs per queue and state in the
-    /// database (between counts they follow this server's own changes).
+    /// How often jobs per queue and state are counted again in the
+    /// database, for the stats streams and the metrics (between counts they
+    /// follow committed changes; other replicas' only while watched).
     #[arg(long, env = "JOBQ_METRICS_RECOUNT", default_value = "30s", value_parser = humantime::parse_duration)]
     pub metrics_recount: Duration,
 

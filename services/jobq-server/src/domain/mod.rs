@@ -13,6 +13,7 @@ mod queue;
 mod retry;
 mod schedules;
 mod store;
+mod tally;
 mod transitions;
 
 #[cfg(test)]
@@ -47,3 +48,4 @@ pub use store::{
     Applied, DependencyRule, Detail, InsertedAndLeased, JobChange, JobLog, JobStore, LeaseChange,
     LeaseQuery, Leased, NewJob, Peers, QueueEdit,
 };
+pub use tally::JobTally;

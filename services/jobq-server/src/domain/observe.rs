@@ -1,9 +1,10 @@
 //! What the queue tells an observer (metrics, traces) after each commit.
-//! Only changes made by this server are told, so that counters summed over
-//! replicas count each event once.
+//! Changes made by this server are told as such, so that counters summed
+//! over replicas count each event once; other replicas' changes are told
+//! apart, for tallies that want them.
 
 use super::clock::Millis;
-use super::job::Job;
+use super::job::{Job, JobEvent};
 use super::store::Applied;
 
 /// Told of committed changes, right after the commit, on the caller's task:
@@ -15,4 +16,7 @@ pub trait JobObserver: Send + Sync {
     fn changed(&self, applied: &[Applied], now: Millis);
     /// Jobs were deleted.
     fn deleted(&self, jobs: &[&Job], now: Millis);
+    /// Another replica announced these changes (only while some replica
+    /// watches; see store::peers). Counters must not count them again.
+    fn remote(&self, _events: &[JobEvent]) {}
 }

@@ -2,7 +2,7 @@
 //! implements. Writes of concurrent callers may be committed together (group
 //! commit); each write method still succeeds or fails as one unit.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -188,6 +188,8 @@ pub trait JobStore: Send + Sync + 'static {
     async fn blocked_dependents(&self, ids: &[JobId]) -> QueueResult<Vec<JobId>>;
     /// Counts by queue and state, for `queues` or all when empty.
     async fn stats(&self, queues: &[String], now: Millis) -> QueueResult<StatsSnapshot>;
+    /// Earliest run_at of the queued jobs of each of `queues` that has one.
+    async fn oldest_ready(&self, queues: &[String]) -> QueueResult<BTreeMap<String, Millis>>;
     /// Terminal jobs finished before `before` in `states`, oldest first.
     async fn finished_before(
         &self,

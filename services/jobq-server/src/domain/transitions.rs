@@ -446,11 +446,12 @@ pub fn check_deletable(job: &Job) -> QueueResult<()> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::domain::RetryPolicy;
 
-    fn job(max_attempts: i32) -> Job {
+    /// A queued job of the default queue, for tests.
+    pub(crate) fn job(max_attempts: i32) -> Job {
         Job {
             id: JobId::generate(),
             job_type: "noop".into(),

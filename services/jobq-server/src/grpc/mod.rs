@@ -5,6 +5,7 @@ pub mod limits;
 mod queue_service;
 mod status;
 mod streams;
+mod watch_lists;
 mod worker_service;
 
 pub use queue_service::QueueApi;

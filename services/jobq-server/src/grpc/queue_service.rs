@@ -2,20 +2,23 @@
 //! handlers: validate and convert, call the queue, convert back.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use jobq_proto::v1 as pb;
 use jobq_proto::v1::job_queue_service_server::JobQueueService;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::task::TaskTracker;
 use tonic::{Request, Response, Status};
 
 use super::convert::{self, proto_job, proto_state, timestamp};
 use super::streams::{EventFilter, LogFollow, STREAM_BUFFER, WatchPresence, watch_events};
+use super::watch_lists::{ListTriggers, watch_list, watch_stats};
+use crate::background::StatsFeed;
 use crate::domain::{
-    Detail, JobFilter, JobId, JobQueue, JobSelector, JobSpec, MAX_MESSAGE_BYTES, MAX_NAME_BYTES,
-    MAX_RATE, MissedTicks, PageRequest, QueueControls, QueueError, QueueResult, ScheduleDefinition,
-    ScheduleRecord,
+    Detail, JobEvent, JobEventKind, JobFilter, JobId, JobQueue, JobSelector, JobSpec, JobState,
+    MAX_MESSAGE_BYTES, MAX_NAME_BYTES, MAX_RATE, MissedTicks, PageRequest, QueueControls,
+    QueueError, QueueResult, ScheduleDefinition, ScheduleRecord, StatsSnapshot,
 };
 use crate::logs::reader::LogReader;
 
@@ -30,6 +33,32 @@ const MAX_LOG_PAGE: i32 = 5000;
 const STALE_WORKER_MS: i64 = 3_600_000;
 /// Most jobs one bulk operation touches.
 const MAX_BULK: i32 = 10_000;
+/// WatchWorkers reads the workers again this often anyway: a worker that
+/// stops heartbeating turns lost with no event.
+const WORKERS_REREAD: Duration = Duration::from_secs(2);
+/// Fewest time between two reads of the workers (a drain starts and ends
+/// thousands of runs a second).
+const WORKERS_GAP: Duration = Duration::from_secs(1);
+/// WatchQueues and WatchSchedules read again this often anyway: other
+/// replicas' changes and schedule ticks are not announced here.
+const CONTROLS_REREAD: Duration = Duration::from_secs(5);
+/// Fewest time between two reads of queues or schedules.
+const LIST_GAP: Duration = Duration::from_millis(250);
+
+/// A change that starts or ends a run: it shows in a worker's running jobs.
+fn starts_or_ends_a_run(event: &JobEvent) -> bool {
+    match &event.kind {
+        JobEventKind::StateChanged { from } | JobEventKind::AttemptFailed { from, .. } => {
+            *from == JobState::Running || event.job.state == JobState::Running
+        }
+        _ => false,
+    }
+}
+
+/// A new job: a schedule that fires makes one (and moves its next tick).
+fn created(event: &JobEvent) -> bool {
+    event.kind == JobEventKind::Created
+}
 
 /// The producer/admin API over a [`JobQueue`] and the job logs.
 pub struct QueueApi {
@@ -39,6 +68,10 @@ pub struct QueueApi {
     streams: TaskTracker,
     /// Tells other replicas that watchers are open here.
     presence: WatchPresence,
+    /// Job counts as they change.
+    stats: StatsFeed,
+    /// Bumped when this server changes a queue's controls or a schedule.
+    controls: Arc<watch::Sender<u64>>,
 }
 
 impl QueueApi {
@@ -48,13 +81,46 @@ impl QueueApi {
         logs: LogReader,
         streams: TaskTracker,
         presence: WatchPresence,
+        stats: StatsFeed,
     ) -> Self {
         Self {
             queue,
             logs,
             streams,
             presence,
+            stats,
+            controls: Arc::new(watch::channel(0).0),
         }
+    }
+
+    fn controls_changed(&self) {
+        self.controls
+            .send_modify(|generation| *generation = generation.wrapping_add(1));
+    }
+
+    /// Spawns a Watch* list stream: `read` again on `triggers`.
+    fn spawn_list<T, K, R, F>(
+        &self,
+        triggers: ListTriggers,
+        read: R,
+        shown: fn(&T) -> K,
+    ) -> ReceiverStream<Result<T, Status>>
+    where
+        T: Send + 'static,
+        K: PartialEq + Send + 'static,
+        R: FnMut() -> F + Send + 'static,
+        F: std::future::Future<Output = QueueResult<T>> + Send + 'static,
+    {
+        let (sender, receiver) = mpsc::channel(STREAM_BUFFER);
+        self.streams.spawn(watch_list(
+            self.queue.clone(),
+            self.presence.clone(),
+            triggers,
+            sender,
+            read,
+            shown,
+        ));
+        ReceiverStream::new(receiver)
     }
 
     async fn enqueue(
@@ -469,44 +535,7 @@ impl JobQueueService for QueueApi {
     ) -> Result<Response<pb::GetQueueStatsResponse>, Status> {
         let request = request.into_inner();
         let snapshot = self.queue.stats(&request.queues).await?;
-        let mut totals = std::collections::BTreeMap::new();
-        let queues = snapshot
-            .queues
-            .into_iter()
-            .map(|queue| {
-                for (state, count) in &queue.counts {
-                    *totals.entry(*state).or_insert(0) += count;
-                }
-                let age_ms = queue
-                    .oldest_ready_run_at
-                    .map_or(0, |run_at| (snapshot.as_of - run_at).max(0));
-                pb::QueueStats {
-                    queue: queue.queue,
-                    counts: queue
-                        .counts
-                        .into_iter()
-                        .map(|(state, count)| pb::StateCount {
-                            state: proto_state(state).into(),
-                            count,
-                        })
-                        .collect(),
-                    oldest_ready_age: Some(convert::proto_duration(
-                        std::time::Duration::from_millis(age_ms as u64),
-                    )),
-                }
-            })
-            .collect();
-        Ok(Response::new(pb::GetQueueStatsResponse {
-            queues,
-            totals: totals
-                .into_iter()
-                .map(|(state, count)| pb::StateCount {
-                    state: proto_state(state).into(),
-                    count,
-                })
-                .collect(),
-            as_of: Some(timestamp(snapshot.as_of)),
-        }))
+        Ok(Response::new(stats_response(snapshot)))
     }
 
     async fn retry_jobs(
@@ -682,6 +711,7 @@ impl JobQueueService for QueueApi {
                 }
             })
             .await?;
+        self.controls_changed();
         Ok(Response::new(pb::UpdateQueueResponse {
             queue: Some(proto_queue(controls)),
         }))
@@ -691,41 +721,7 @@ impl JobQueueService for QueueApi {
         &self,
         request: Request<pb::ListWorkersRequest>,
     ) -> Result<Response<pb::ListWorkersResponse>, Status> {
-        let now = self.queue.now();
-        let since = if request.into_inner().include_stale {
-            0
-        } else {
-            now - STALE_WORKER_MS
-        };
-        // A worker silent for two lease periods has stopped heartbeating.
-        let default_lease = self.queue.defaults().lease_duration;
-        let mut workers: Vec<pb::Worker> = self
-            .queue
-            .workers(since)
-            .await?
-            .into_iter()
-            .map(|(worker, running)| {
-                // Silent for two of its lease periods: it has stopped heartbeating.
-                let lease = worker.lease_duration.unwrap_or(default_lease);
-                let status = if worker.last_seen_at >= now - 2 * lease.as_millis() as i64 {
-                    pb::WorkerStatus::Active
-                } else {
-                    pb::WorkerStatus::Lost
-                };
-                pb::Worker {
-                    worker_id: worker.worker_id,
-                    hostname: worker.hostname,
-                    queues: worker.queues,
-                    types: worker.types,
-                    running_job_ids: running.iter().map(ToString::to_string).collect(),
-                    first_seen_at: Some(timestamp(worker.first_seen_at)),
-                    last_seen_at: Some(timestamp(worker.last_seen_at)),
-                    status: status.into(),
-                    version: worker.version,
-                }
-            })
-            .collect();
-        workers.sort_by_key(|worker| worker.status != pb::WorkerStatus::Active as i32);
+        let workers = workers(&self.queue, request.into_inner().include_stale).await?;
         Ok(Response::new(pb::ListWorkersResponse { workers }))
     }
 
@@ -774,6 +770,7 @@ impl JobQueueService for QueueApi {
                 },
             })
             .await?;
+        self.controls_changed();
         Ok(Response::new(pb::PutScheduleResponse {
             schedule: Some(proto_schedule(record)),
         }))
@@ -799,6 +796,7 @@ impl JobQueueService for QueueApi {
             .queue
             .set_schedule_paused(&name, request.paused)
             .await?;
+        self.controls_changed();
         Ok(Response::new(pb::SetSchedulePausedResponse {
             schedule: Some(proto_schedule(record)),
         }))
@@ -810,6 +808,200 @@ impl JobQueueService for QueueApi {
     ) -> Result<Response<pb::DeleteScheduleResponse>, Status> {
         let name = convert::name(&request.into_inner().name, "name")?;
         self.queue.delete_schedule(&name).await?;
+        self.controls_changed();
         Ok(Response::new(pb::DeleteScheduleResponse {}))
     }
+
+    type WatchQueueStatsStream = ReceiverStream<Result<pb::WatchQueueStatsResponse, Status>>;
+
+    async fn watch_queue_stats(
+        &self,
+        request: Request<pb::WatchQueueStatsRequest>,
+    ) -> Result<Response<Self::WatchQueueStatsStream>, Status> {
+        let (sender, receiver) = mpsc::channel(STREAM_BUFFER);
+        self.streams.spawn(watch_stats(
+            self.queue.clone(),
+            self.presence.clone(),
+            self.stats.clone(),
+            request.into_inner().queues,
+            sender,
+            |snapshot| pb::WatchQueueStatsResponse {
+                stats: Some(stats_response(snapshot)),
+            },
+        ));
+        Ok(Response::new(ReceiverStream::new(receiver)))
+    }
+
+    type WatchWorkersStream = ReceiverStream<Result<pb::WatchWorkersResponse, Status>>;
+
+    async fn watch_workers(
+        &self,
+        request: Request<pb::WatchWorkersRequest>,
+    ) -> Result<Response<Self::WatchWorkersStream>, Status> {
+        let include_stale = request.into_inner().include_stale;
+        let queue = self.queue.clone();
+        let triggers = ListTriggers {
+            events: Some((self.queue.subscribe(), starts_or_ends_a_run)),
+            stats: None,
+            controls: self.controls.subscribe(),
+            every: WORKERS_REREAD,
+            gap: WORKERS_GAP,
+        };
+        let read = move || {
+            let queue = queue.clone();
+            async move {
+                let workers = workers(&queue, include_stale).await?;
+                Ok(pb::WatchWorkersResponse { workers })
+            }
+        };
+        Ok(Response::new(self.spawn_list(triggers, read, |response| {
+            // A heartbeat alone changes only last_seen_at: not worth a message.
+            let mut workers = response.workers.clone();
+            for worker in &mut workers {
+                worker.last_seen_at = None;
+            }
+            workers
+        })))
+    }
+
+    type WatchQueuesStream = ReceiverStream<Result<pb::WatchQueuesResponse, Status>>;
+
+    async fn watch_queues(
+        &self,
+        _: Request<pb::WatchQueuesRequest>,
+    ) -> Result<Response<Self::WatchQueuesStream>, Status> {
+        let queue = self.queue.clone();
+        let stats = self.stats.clone();
+        let triggers = ListTriggers {
+            events: None,
+            stats: Some(self.stats.clone()),
+            controls: self.controls.subscribe(),
+            every: CONTROLS_REREAD,
+            gap: LIST_GAP,
+        };
+        let read = move || {
+            let queue = queue.clone();
+            // Queue names from the tally: a DISTINCT over the jobs table
+            // would read every job.
+            let names: Vec<String> = stats
+                .borrow()
+                .queues
+                .iter()
+                .map(|q| q.queue.clone())
+                .collect();
+            async move {
+                let queues = queue.queues_among(names).await?;
+                Ok(pb::WatchQueuesResponse {
+                    queues: queues.into_iter().map(proto_queue).collect(),
+                })
+            }
+        };
+        Ok(Response::new(self.spawn_list(triggers, read, Clone::clone)))
+    }
+
+    type WatchSchedulesStream = ReceiverStream<Result<pb::WatchSchedulesResponse, Status>>;
+
+    async fn watch_schedules(
+        &self,
+        _: Request<pb::WatchSchedulesRequest>,
+    ) -> Result<Response<Self::WatchSchedulesStream>, Status> {
+        let queue = self.queue.clone();
+        let triggers = ListTriggers {
+            events: Some((self.queue.subscribe(), created)),
+            stats: None,
+            controls: self.controls.subscribe(),
+            every: CONTROLS_REREAD,
+            gap: LIST_GAP,
+        };
+        let read = move || {
+            let queue = queue.clone();
+            async move {
+                let schedules = queue.schedules().await?;
+                Ok(pb::WatchSchedulesResponse {
+                    schedules: schedules.into_iter().map(proto_schedule).collect(),
+                })
+            }
+        };
+        Ok(Response::new(self.spawn_list(triggers, read, Clone::clone)))
+    }
+}
+
+/// GetQueueStats' answer for `snapshot`.
+fn stats_response(snapshot: StatsSnapshot) -> pb::GetQueueStatsResponse {
+    let mut totals = std::collections::BTreeMap::new();
+    let queues = snapshot
+        .queues
+        .into_iter()
+        .map(|queue| {
+            for (state, count) in &queue.counts {
+                *totals.entry(*state).or_insert(0) += count;
+            }
+            let age_ms = queue
+                .oldest_ready_run_at
+                .map_or(0, |run_at| (snapshot.as_of - run_at).max(0));
+            pb::QueueStats {
+                queue: queue.queue,
+                counts: queue
+                    .counts
+                    .into_iter()
+                    .map(|(state, count)| pb::StateCount {
+                        state: proto_state(state).into(),
+                        count,
+                    })
+                    .collect(),
+                oldest_ready_age: Some(convert::proto_duration(std::time::Duration::from_millis(
+                    age_ms as u64,
+                ))),
+            }
+        })
+        .collect();
+    pb::GetQueueStatsResponse {
+        queues,
+        totals: totals
+            .into_iter()
+            .map(|(state, count)| pb::StateCount {
+                state: proto_state(state).into(),
+                count,
+            })
+            .collect(),
+        as_of: Some(timestamp(snapshot.as_of)),
+    }
+}
+
+/// The workers heard from within the hour (or ever), active ones first.
+async fn workers(queue: &JobQueue, include_stale: bool) -> QueueResult<Vec<pb::Worker>> {
+    let now = queue.now();
+    let since = if include_stale {
+        0
+    } else {
+        now - STALE_WORKER_MS
+    };
+    let default_lease = queue.defaults().lease_duration;
+    let mut workers: Vec<pb::Worker> = queue
+        .workers(since)
+        .await?
+        .into_iter()
+        .map(|(worker, running)| {
+            // Silent for two of its lease periods: it has stopped heartbeating.
+            let lease = worker.lease_duration.unwrap_or(default_lease);
+            let status = if worker.last_seen_at >= now - 2 * lease.as_millis() as i64 {
+                pb::WorkerStatus::Active
+            } else {
+                pb::WorkerStatus::Lost
+            };
+            pb::Worker {
+                worker_id: worker.worker_id,
+                hostname: worker.hostname,
+                queues: worker.queues,
+                types: worker.types,
+                running_job_ids: running.iter().map(ToString::to_string).collect(),
+                first_seen_at: Some(timestamp(worker.first_seen_at)),
+                last_seen_at: Some(timestamp(worker.last_seen_at)),
+                status: status.into(),
+                version: worker.version,
+            }
+        })
+        .collect();
+    workers.sort_by_key(|worker| worker.status != pb::WorkerStatus::Active as i32);
+    Ok(workers)
 }

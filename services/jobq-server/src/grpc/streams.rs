@@ -33,7 +33,7 @@ const PAGE_LINES: usize = 500;
 /// change on another replica that was not announced here).
 const PATIENCE: Duration = Duration::from_secs(1);
 
-fn shutting_down(what: &str) -> Status {
+pub(super) fn shutting_down(what: &str) -> Status {
     Status::unavailable(format!(
         "the server is shutting down; {what} again (on this or another server)"
     ))
@@ -52,7 +52,7 @@ impl WatchPresence {
         Self { peers }
     }
 
-    fn open(&self) -> PresenceGuard {
+    pub(super) fn open(&self) -> PresenceGuard {
         if let Some(peers) = &self.peers {
             peers.watcher_opened();
         }
@@ -63,7 +63,7 @@ impl WatchPresence {
 }
 
 /// Counts one open stream until dropped.
-struct PresenceGuard {
+pub(super) struct PresenceGuard {
     peers: Option<Arc<PgPeers>>,
 }
 

@@ -598,12 +598,6 @@ impl JobStore for SqlStore {
         )
         .push(" GROUP BY queue, state")
         .build();
-        let oldest = narrow(
-            Sql::new(self.backend())
-                .push("SELECT queue, MIN(run_at) AS oldest FROM jobs WHERE state = 'queued'"),
-        )
-        .push(" GROUP BY queue")
-        .build();
         let mut stats: BTreeMap<String, QueueStats> = BTreeMap::new();
         for row in self.db.query_all_raw(counts).await.map_err(storage)? {
             let queue: String = row.try_get("", "queue").map_err(storage)?;
@@ -620,11 +614,9 @@ impl JobStore for SqlStore {
                 .counts
                 .push((state, count));
         }
-        for row in self.db.query_all_raw(oldest).await.map_err(storage)? {
-            let queue: String = row.try_get("", "queue").map_err(storage)?;
-            let run_at: Option<i64> = row.try_get("", "oldest").map_err(storage)?;
+        for (queue, run_at) in self.oldest_ready(queues).await? {
             if let Some(entry) = stats.get_mut(&queue) {
-                entry.oldest_ready_run_at = run_at;
+                entry.oldest_ready_run_at = Some(run_at);
             }
         }
         let mut queues: Vec<QueueStats> = stats.into_values().collect();
@@ -632,6 +624,24 @@ impl JobStore for SqlStore {
             queue.counts.sort_by_key(|(state, _)| *state);
         }
         Ok(StatsSnapshot { queues, as_of: now })
+    }
+
+    async fn oldest_ready(&self, queues: &[String]) -> QueueResult<BTreeMap<String, Millis>> {
+        let mut statement = Sql::new(self.backend())
+            .push("SELECT queue, MIN(run_at) AS oldest FROM jobs WHERE state = 'queued'");
+        if !queues.is_empty() {
+            statement = statement.push(" AND queue").in_list(queues);
+        }
+        let statement = statement.push(" GROUP BY queue").build();
+        let mut oldest = BTreeMap::new();
+        for row in self.db.query_all_raw(statement).await.map_err(storage)? {
+            let queue: String = row.try_get("", "queue").map_err(storage)?;
+            let run_at: Option<i64> = row.try_get("", "oldest").map_err(storage)?;
+            if let Some(run_at) = run_at {
+                oldest.insert(queue, run_at);
+            }
+        }
+        Ok(oldest)
     }
 
     async fn finished_before(

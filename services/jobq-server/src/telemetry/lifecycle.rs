@@ -3,7 +3,7 @@
 //! level, as log lines carrying the job's id, type, queue, attempt and trace
 //! id. Costs nothing unless spans are exported or debug lines are on.
 
-use crate::domain::{Applied, Job, JobObserver, JobState, Millis};
+use crate::domain::{Applied, Job, JobEvent, JobObserver, JobState, Millis};
 
 /// Emits the lifecycle spans.
 #[derive(Debug, Default)]
@@ -98,6 +98,12 @@ impl JobObserver for Observers {
     fn deleted(&self, jobs: &[&Job], now: Millis) {
         for observer in &self.0 {
             observer.deleted(jobs, now);
+        }
+    }
+
+    fn remote(&self, events: &[JobEvent]) {
+        for observer in &self.0 {
+            observer.remote(events);
         }
     }
 }

@@ -1,13 +1,11 @@
 //! The server's Prometheus metrics. Job counters and histograms are kept as
 //! the events happen (the queue tells [`ServerMetrics`] of every commit);
-//! gauges are read at scrape time from memory: queue depth is kept from the
-//! same events and recounted from the database in the background now and
-//! then (other replicas, retention purges), so no scrape scans a table.
+//! gauges are read at scrape time from memory: queue depth from the
+//! server's [`JobTally`], so no scrape scans a table.
 
-use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::sync::atomic::AtomicU64;
-use std::sync::{Arc, Mutex, PoisonError, Weak};
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use prometheus_client::collector::Collector;
@@ -19,7 +17,9 @@ use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::{Registry, Unit};
 use sea_orm::DatabaseConnection;
 
-use crate::domain::{Applied, AttemptOutcome, Job, JobObserver, JobQueue, JobState, Millis};
+use crate::domain::{
+    Applied, AttemptOutcome, Job, JobObserver, JobQueue, JobState, JobTally, Millis,
+};
 use crate::logs::LogStore;
 
 /// A job's queue and type.
@@ -77,10 +77,6 @@ fn seconds(ms: Millis) -> f64 {
     ms.max(0) as f64 / 1000.0
 }
 
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(PoisonError::into_inner)
-}
-
 /// How long a worker counts as connected after it last asked for jobs or
 /// renewed a lease.
 pub const CONNECTED_WINDOW: Duration = Duration::from_secs(60);
@@ -103,44 +99,6 @@ pub struct ServerMetrics {
     rpc_duration: HistogramFamily<RpcLabels>,
     streams_open: Family<MethodLabel, Gauge>,
     statement: Histogram,
-    depth: Arc<Depth>,
-}
-
-/// Jobs per queue and state, as this server last counted them plus the
-/// changes it made since.
-#[derive(Debug, Default)]
-pub struct Depth {
-    counts: Mutex<HashMap<(String, JobState), i64>>,
-    /// Earliest run_at of each queue's queued jobs, at the last count.
-    oldest_ready: Mutex<BTreeMap<String, Millis>>,
-}
-
-impl Depth {
-    fn add(&self, queue: &str, state: JobState, delta: i64) {
-        let mut counts = lock(&self.counts);
-        match counts.get_mut(&(queue.to_owned(), state)) {
-            Some(count) => *count = (*count + delta).max(0),
-            None => {
-                counts.insert((queue.to_owned(), state), delta.max(0));
-            }
-        }
-    }
-
-    /// Replaces everything with a fresh count.
-    fn recounted(&self, stats: &crate::domain::StatsSnapshot) {
-        let mut counts = HashMap::new();
-        let mut oldest = BTreeMap::new();
-        for queue in &stats.queues {
-            for (state, count) in &queue.counts {
-                counts.insert((queue.queue.clone(), *state), *count);
-            }
-            if let Some(run_at) = queue.oldest_ready_run_at {
-                oldest.insert(queue.queue.clone(), run_at);
-            }
-        }
-        *lock(&self.counts) = counts;
-        *lock(&self.oldest_ready) = oldest;
-    }
 }
 
 type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
@@ -171,6 +129,7 @@ impl ServerMetrics {
     pub fn new(
         queue: &Arc<JobQueue>,
         logs: &Arc<LogStore>,
+        tally: Arc<JobTally>,
         database: DatabaseConnection,
         sqlite_file: Option<PathBuf>,
     ) -> Arc<Self> {
@@ -192,7 +151,6 @@ impl ServerMetrics {
             rpc_duration: Family::new_with_constructor(call_histogram),
             streams_open: Family::default(),
             statement: call_histogram(),
-            depth: Arc::new(Depth::default()),
         };
         let jobs = [
             (
@@ -266,7 +224,7 @@ impl ServerMetrics {
             logs: Arc::downgrade(logs),
             database,
             sqlite_file,
-            depth: metrics.depth.clone(),
+            tally,
         }));
         let mut metrics = metrics;
         metrics.registry = Arc::new(registry);
@@ -276,11 +234,6 @@ impl ServerMetrics {
     /// The registry to expose.
     pub fn registry(&self) -> Arc<Registry> {
         self.registry.clone()
-    }
-
-    /// Jobs per queue and state, for the background recount.
-    pub fn depth(&self) -> &Arc<Depth> {
-        &self.depth
     }
 
     /// Records one finished call.
@@ -336,17 +289,12 @@ impl JobObserver for ServerMetrics {
     fn created(&self, jobs: &[&Job], _now: Millis) {
         for job in jobs {
             self.enqueued.get_or_create(&JobLabels::of(job)).inc();
-            self.depth.add(&job.queue, job.state, 1);
         }
     }
 
     fn changed(&self, applied: &[Applied], now: Millis) {
         for change in applied {
             let Applied { before, job, entry } = change;
-            if before.state != job.state {
-                self.depth.add(&before.queue, before.state, -1);
-                self.depth.add(&job.queue, job.state, 1);
-            }
             let labels = JobLabels::of(job);
             if job.state == JobState::Running && before.state != JobState::Running {
                 self.started.get_or_create(&labels).inc();
@@ -372,11 +320,7 @@ impl JobObserver for ServerMetrics {
         }
     }
 
-    fn deleted(&self, jobs: &[&Job], _now: Millis) {
-        for job in jobs {
-            self.depth.add(&job.queue, job.state, -1);
-        }
-    }
+    fn deleted(&self, _jobs: &[&Job], _now: Millis) {}
 }
 
 /// Gauges read when Prometheus scrapes: from memory, and two cheap reads
@@ -387,7 +331,7 @@ struct ScrapeTime {
     logs: Weak<LogStore>,
     database: DatabaseConnection,
     sqlite_file: Option<PathBuf>,
-    depth: Arc<Depth>,
+    tally: Arc<JobTally>,
 }
 
 fn encode_family<M: EncodeMetric>(
@@ -407,24 +351,27 @@ impl Collector for ScrapeTime {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let jobs = Family::<QueueStateLabels, Gauge>::default();
         let leases = Family::<QueueLabel, Gauge>::default();
-        for ((queue, state), count) in lock(&self.depth.counts).iter() {
-            jobs.get_or_create(&QueueStateLabels {
-                queue: queue.clone(),
-                state: state.as_str().to_owned(),
-            })
-            .set(*count);
-            if *state == JobState::Running {
-                leases
-                    .get_or_create(&QueueLabel {
-                        queue: queue.clone(),
-                    })
-                    .set(*count);
+        let depth = self.tally.snapshot(&[], 0);
+        for stats in &depth.queues {
+            for (state, count) in &stats.counts {
+                jobs.get_or_create(&QueueStateLabels {
+                    queue: stats.queue.clone(),
+                    state: state.as_str().to_owned(),
+                })
+                .set(*count);
+                if *state == JobState::Running {
+                    leases
+                        .get_or_create(&QueueLabel {
+                            queue: stats.queue.clone(),
+                        })
+                        .set(*count);
+                }
             }
         }
         encode_family(
             &mut encoder,
             "jobs",
-            "Jobs per queue and state (kept from this server's changes, recounted in the background)",
+            "Jobs per queue and state (kept from committed changes, recounted in the background)",
             None,
             &jobs,
         )?;
@@ -438,24 +385,19 @@ impl Collector for ScrapeTime {
         if let Some(queue) = self.queue.upgrade() {
             let now = queue.now();
             let oldest = Family::<QueueLabel, F64Gauge>::default();
-            let counts = lock(&self.depth.counts);
-            for (name, run_at) in lock(&self.depth.oldest_ready).iter() {
-                let still_queued = counts
-                    .get(&(name.clone(), JobState::Queued))
-                    .is_some_and(|count| *count > 0);
-                if still_queued {
+            for stats in &depth.queues {
+                if let Some(run_at) = stats.oldest_ready_run_at {
                     oldest
                         .get_or_create(&QueueLabel {
-                            queue: name.clone(),
+                            queue: stats.queue.clone(),
                         })
                         .set(seconds(now - run_at));
                 }
             }
-            drop(counts);
             encode_family(
                 &mut encoder,
                 "queue_oldest_ready_age",
-                "How long the oldest ready job of each queue has been waiting (as of the last recount)",
+                "How long the oldest ready job of each queue has been waiting",
                 Some(&Unit::Seconds),
                 &oldest,
             )?;
@@ -566,26 +508,6 @@ fn pool_use(database: &DatabaseConnection) -> (usize, usize, u32) {
                 pool.num_idle(),
                 pool.options().get_max_connections(),
             )
-        }
-    }
-}
-
-/// Recounts jobs per queue and state every `interval` (and once at once),
-/// until `stop`.
-pub async fn recount(
-    queue: Arc<JobQueue>,
-    depth: Arc<Depth>,
-    interval: Duration,
-    stop: tokio_util::sync::CancellationToken,
-) {
-    loop {
-        match queue.stats(&[]).await {
-            Ok(stats) => depth.recounted(&stats),
-            Err(error) => tracing::warn!(%error, "could not count jobs for the metrics"),
-        }
-        tokio::select! {
-            () = stop.cancelled() => return,
-            () = tokio::time::sleep(interval) => {}
         }
     }
 }

@@ -198,10 +198,28 @@ impl JobQueue {
         self.store.stats(queues, self.now()).await
     }
 
+    /// Earliest run_at of the queued jobs of each of `queues` that has one.
+    pub async fn oldest_ready(
+        &self,
+        queues: &[String],
+    ) -> QueueResult<std::collections::BTreeMap<String, crate::domain::Millis>> {
+        self.store.oldest_ready(queues).await
+    }
+
     /// Every queue that has jobs or controls, with its controls.
     pub async fn queues(&self) -> QueueResult<Vec<QueueControls>> {
+        let names = self.store.queue_names().await?;
+        self.queues_among(names).await
+    }
+
+    /// The queues named in `names` (known to have jobs) and those with
+    /// stored controls, with their controls.
+    pub async fn queues_among(
+        &self,
+        names: impl IntoIterator<Item = String>,
+    ) -> QueueResult<Vec<QueueControls>> {
         let mut controls = self.store.queue_controls().await?;
-        for name in self.store.queue_names().await? {
+        for name in names {
             if !controls.iter().any(|control| control.name == name) {
                 controls.push(QueueControls::open(name));
             }

@@ -155,6 +155,9 @@ impl JobQueue {
 
     /// Publishes events that happened on another replica, as they were sent.
     pub fn publish_remote(&self, events: Vec<JobEvent>) {
+        if let Some(observer) = self.observer.get() {
+            observer.remote(&events);
+        }
         for event in events {
             let _ = self.events.send(event);
         }

@@ -20,7 +20,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file jobq/v1/queue_service.proto.
  */
 export const file_jobq_v1_queue_service: GenFile = /*@__PURE__*/
-  fileDesc("Chtqb2JxL3YxL3F1ZXVlX3NlcnZpY2UucHJvdG8SB2pvYnEudjEiRgoRRW5xdWV1ZUpvYlJlcXVlc3QSHQoDam9iGAEgASgLMhAuam9icS52MS5Kb2JTcGVjEhIKCnJlcXVlc3RfaWQYAiABKAkiRwoSRW5xdWV1ZUpvYlJlc3BvbnNlEhkKA2pvYhgBIAEoCzIMLmpvYnEudjEuSm9iEhYKDmFscmVhZHlfZXhpc3RzGAIgASgIIkgKEkVucXVldWVKb2JzUmVxdWVzdBIeCgRqb2JzGAEgAygLMhAuam9icS52MS5Kb2JTcGVjEhIKCnJlcXVlc3RfaWQYAiABKAkiQwoTRW5xdWV1ZUpvYnNSZXNwb25zZRIsCgdyZXN1bHRzGAEgAygLMhsuam9icS52MS5FbnF1ZXVlSm9iUmVzcG9uc2UiHwoNR2V0Sm9iUmVxdWVzdBIOCgZqb2JfaWQYASABKAkiKwoOR2V0Sm9iUmVzcG9uc2USGQoDam9iGAEgASgLMgwuam9icS52MS5Kb2IipAIKD0xpc3RKb2JzUmVxdWVzdBIhCgZzdGF0ZXMYASADKA4yES5qb2JxLnYxLkpvYlN0YXRlEg0KBXR5cGVzGAIgAygJEg4KBnF1ZXVlcxgDIAMoCRIxCg1jcmVhdGVkX2FmdGVyGAQgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIyCg5jcmVhdGVkX2JlZm9yZRgFIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASEQoJcGFnZV9zaXplGAYgASgFEhIKCnBhZ2VfdG9rZW4YByABKAkSEQoJcGFyZW50X2lkGAggASgJEg4KBnNlYXJjaBgJIAEoCRIeCgR2aWV3GAogASgOMhAuam9icS52MS5Kb2JWaWV3IkcKEExpc3RKb2JzUmVzcG9uc2USGgoEam9icxgBIAMoCzIMLmpvYnEudjEuSm9iEhcKD25leHRfcGFnZV90b2tlbhgCIAEoCSIyChBDYW5jZWxKb2JSZXF1ZXN0Eg4KBmpvYl9pZBgBIAEoCRIOCgZyZWFzb24YAiABKAkiLgoRQ2FuY2VsSm9iUmVzcG9uc2USGQoDam9iGAEgASgLMgwuam9icS52MS5Kb2IiIQoPUmV0cnlKb2JSZXF1ZXN0Eg4KBmpvYl9pZBgBIAEoCSItChBSZXRyeUpvYlJlc3BvbnNlEhkKA2pvYhgBIAEoCzIMLmpvYnEudjEuSm9iIiIKEERlbGV0ZUpvYlJlcXVlc3QSDgoGam9iX2lkGAEgASgJIhMKEURlbGV0ZUpvYlJlc3BvbnNlIiYKFEdldFF1ZXVlU3RhdHNSZXF1ZXN0Eg4KBnF1ZXVlcxgBIAMoCSI9CgpTdGF0ZUNvdW50EiAKBXN0YXRlGAEgASgOMhEuam9icS52MS5Kb2JTdGF0ZRINCgVjb3VudBgCIAEoAyJ1CgpRdWV1ZVN0YXRzEg0KBXF1ZXVlGAEgASgJEiMKBmNvdW50cxgCIAMoCzITLmpvYnEudjEuU3RhdGVDb3VudBIzChBvbGRlc3RfcmVhZHlfYWdlGAMgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uIowBChVHZXRRdWV1ZVN0YXRzUmVzcG9uc2USIwoGcXVldWVzGAEgAygLMhMuam9icS52MS5RdWV1ZVN0YXRzEiMKBnRvdGFscxgCIAMoCzITLmpvYnEudjEuU3RhdGVDb3VudBIpCgVhc19vZhgDIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAibwoLSm9iU2VsZWN0b3ISDwoHam9iX2lkcxgBIAMoCRIhCgZzdGF0ZXMYAiADKA4yES5qb2JxLnYxLkpvYlN0YXRlEg4KBnF1ZXVlcxgDIAMoCRINCgV0eXBlcxgEIAMoCRINCgVsaW1pdBgFIAEoBSI6ChBSZXRyeUpvYnNSZXF1ZXN0EiYKCHNlbGVjdG9yGAEgASgLMhQuam9icS52MS5Kb2JTZWxlY3RvciIkChFSZXRyeUpvYnNSZXNwb25zZRIPCgdqb2JfaWRzGAEgAygJIjsKEURlbGV0ZUpvYnNSZXF1ZXN0EiYKCHNlbGVjdG9yGAEgASgLMhQuam9icS52MS5Kb2JTZWxlY3RvciIlChJEZWxldGVKb2JzUmVzcG9uc2USDwoHam9iX2lkcxgBIAMoCSJzChRTdHJlYW1Kb2JMb2dzUmVxdWVzdBIOCgZqb2JfaWQYASABKAkSDgoGZm9sbG93GAIgASgIEhYKDmFmdGVyX3Bvc2l0aW9uGAMgASgEEiMKB3N0cmVhbXMYBCADKA4yEi5qb2JxLnYxLkxvZ1N0cmVhbSI4ChVTdHJlYW1Kb2JMb2dzUmVzcG9uc2USHwoFbGluZXMYASADKAsyEC5qb2JxLnYxLkxvZ0xpbmUicwoRR2V0Sm9iTG9nc1JlcXVlc3QSDgoGam9iX2lkGAEgASgJEhYKDmFmdGVyX3Bvc2l0aW9uGAIgASgEEhEKCXBhZ2Vfc2l6ZRgDIAEoBRIjCgdzdHJlYW1zGAQgAygOMhIuam9icS52MS5Mb2dTdHJlYW0iZgoSR2V0Sm9iTG9nc1Jlc3BvbnNlEh8KBWxpbmVzGAEgAygLMhAuam9icS52MS5Mb2dMaW5lEhsKE25leHRfYWZ0ZXJfcG9zaXRpb24YAiABKAQSEgoKZW5kX29mX2xvZxgDIAEoCCKFAQoQV2F0Y2hKb2JzUmVxdWVzdBIOCgZxdWV1ZXMYASADKAkSDQoFdHlwZXMYAiADKAkSIQoGc3RhdGVzGAMgAygOMhEuam9icS52MS5Kb2JTdGF0ZRIPCgdqb2JfaWRzGAQgAygJEh4KBHZpZXcYBSABKA4yEC5qb2JxLnYxLkpvYlZpZXciXQoRV2F0Y2hKb2JzUmVzcG9uc2USIAoFZXZlbnQYASABKAsyES5qb2JxLnYxLkpvYkV2ZW50Eg4KBmxhZ2dlZBgCIAEoCBIWCg5kcm9wcGVkX2V2ZW50cxgDIAEoBCITChFMaXN0UXVldWVzUmVxdWVzdCI0ChJMaXN0UXVldWVzUmVzcG9uc2USHgoGcXVldWVzGAEgAygLMg4uam9icS52MS5RdWV1ZSLeAQoSVXBkYXRlUXVldWVSZXF1ZXN0EgwKBG5hbWUYASABKAkSEwoGcGF1c2VkGAIgASgISACIAQESHgoRY29uY3VycmVuY3lfbGltaXQYAyABKAVIAYgBARIiChVyYXRlX2xpbWl0X3Blcl9zZWNvbmQYBCABKAFIAogBARIXCgpyYXRlX2J1cnN0GAUgASgBSAOIAQFCCQoHX3BhdXNlZEIUChJfY29uY3VycmVuY3lfbGltaXRCGAoWX3JhdGVfbGltaXRfcGVyX3NlY29uZEINCgtfcmF0ZV9idXJzdCI0ChNVcGRhdGVRdWV1ZVJlc3BvbnNlEh0KBXF1ZXVlGAEgASgLMg4uam9icS52MS5RdWV1ZSIrChJMaXN0V29ya2Vyc1JlcXVlc3QSFQoNaW5jbHVkZV9zdGFsZRgBIAEoCCI3ChNMaXN0V29ya2Vyc1Jlc3BvbnNlEiAKB3dvcmtlcnMYASADKAsyDy5qb2JxLnYxLldvcmtlciI5ChJQdXRTY2hlZHVsZVJlcXVlc3QSIwoIc2NoZWR1bGUYASABKAsyES5qb2JxLnYxLlNjaGVkdWxlIjoKE1B1dFNjaGVkdWxlUmVzcG9uc2USIwoIc2NoZWR1bGUYASABKAsyES5qb2JxLnYxLlNjaGVkdWxlIhYKFExpc3RTY2hlZHVsZXNSZXF1ZXN0Ij0KFUxpc3RTY2hlZHVsZXNSZXNwb25zZRIkCglzY2hlZHVsZXMYASADKAsyES5qb2JxLnYxLlNjaGVkdWxlIjgKGFNldFNjaGVkdWxlUGF1c2VkUmVxdWVzdBIMCgRuYW1lGAEgASgJEg4KBnBhdXNlZBgCIAEoCCJAChlTZXRTY2hlZHVsZVBhdXNlZFJlc3BvbnNlEiMKCHNjaGVkdWxlGAEgASgLMhEuam9icS52MS5TY2hlZHVsZSIlChVEZWxldGVTY2hlZHVsZVJlcXVlc3QSDAoEbmFtZRgBIAEoCSIYChZEZWxldGVTY2hlZHVsZVJlc3BvbnNlMsULCg9Kb2JRdWV1ZVNlcnZpY2USRQoKRW5xdWV1ZUpvYhIaLmpvYnEudjEuRW5xdWV1ZUpvYlJlcXVlc3QaGy5qb2JxLnYxLkVucXVldWVKb2JSZXNwb25zZRJICgtFbnF1ZXVlSm9icxIbLmpvYnEudjEuRW5xdWV1ZUpvYnNSZXF1ZXN0Ghwuam9icS52MS5FbnF1ZXVlSm9ic1Jlc3BvbnNlEjkKBkdldEpvYhIWLmpvYnEudjEuR2V0Sm9iUmVxdWVzdBoXLmpvYnEudjEuR2V0Sm9iUmVzcG9uc2USPwoITGlzdEpvYnMSGC5qb2JxLnYxLkxpc3RKb2JzUmVxdWVzdBoZLmpvYnEudjEuTGlzdEpvYnNSZXNwb25zZRJCCglDYW5jZWxKb2ISGS5qb2JxLnYxLkNhbmNlbEpvYlJlcXVlc3QaGi5qb2JxLnYxLkNhbmNlbEpvYlJlc3BvbnNlEj8KCFJldHJ5Sm9iEhguam9icS52MS5SZXRyeUpvYlJlcXVlc3QaGS5qb2JxLnYxLlJldHJ5Sm9iUmVzcG9uc2USQgoJRGVsZXRlSm9iEhkuam9icS52MS5EZWxldGVKb2JSZXF1ZXN0Ghouam9icS52MS5EZWxldGVKb2JSZXNwb25zZRJOCg1HZXRRdWV1ZVN0YXRzEh0uam9icS52MS5HZXRRdWV1ZVN0YXRzUmVxdWVzdBoeLmpvYnEudjEuR2V0UXVldWVTdGF0c1Jlc3BvbnNlEkIKCVJldHJ5Sm9icxIZLmpvYnEudjEuUmV0cnlKb2JzUmVxdWVzdBoaLmpvYnEudjEuUmV0cnlKb2JzUmVzcG9uc2USRQoKRGVsZXRlSm9icxIaLmpvYnEudjEuRGVsZXRlSm9ic1JlcXVlc3QaGy5qb2JxLnYxLkRlbGV0ZUpvYnNSZXNwb25zZRJQCg1TdHJlYW1Kb2JMb2dzEh0uam9icS52MS5TdHJlYW1Kb2JMb2dzUmVxdWVzdBoeLmpvYnEudjEuU3RyZWFtSm9iTG9nc1Jlc3BvbnNlMAESRQoKR2V0Sm9iTG9ncxIaLmpvYnEudjEuR2V0Sm9iTG9nc1JlcXVlc3QaGy5qb2JxLnYxLkdldEpvYkxvZ3NSZXNwb25zZRJECglXYXRjaEpvYnMSGS5qb2JxLnYxLldhdGNoSm9ic1JlcXVlc3QaGi5qb2JxLnYxLldhdGNoSm9ic1Jlc3BvbnNlMAESRQoKTGlzdFF1ZXVlcxIaLmpvYnEudjEuTGlzdFF1ZXVlc1JlcXVlc3QaGy5qb2JxLnYxLkxpc3RRdWV1ZXNSZXNwb25zZRJICgtVcGRhdGVRdWV1ZRIbLmpvYnEudjEuVXBkYXRlUXVldWVSZXF1ZXN0Ghwuam9icS52MS5VcGRhdGVRdWV1ZVJlc3BvbnNlEkgKC0xpc3RXb3JrZXJzEhsuam9icS52MS5MaXN0V29ya2Vyc1JlcXVlc3QaHC5qb2JxLnYxLkxpc3RXb3JrZXJzUmVzcG9uc2USSAoLUHV0U2NoZWR1bGUSGy5qb2JxLnYxLlB1dFNjaGVkdWxlUmVxdWVzdBocLmpvYnEudjEuUHV0U2NoZWR1bGVSZXNwb25zZRJOCg1MaXN0U2NoZWR1bGVzEh0uam9icS52MS5MaXN0U2NoZWR1bGVzUmVxdWVzdBoeLmpvYnEudjEuTGlzdFNjaGVkdWxlc1Jlc3BvbnNlEloKEVNldFNjaGVkdWxlUGF1c2VkEiEuam9icS52MS5TZXRTY2hlZHVsZVBhdXNlZFJlcXVlc3QaIi5qb2JxLnYxLlNldFNjaGVkdWxlUGF1c2VkUmVzcG9uc2USUQoORGVsZXRlU2NoZWR1bGUSHi5qb2JxLnYxLkRlbGV0ZVNjaGVkdWxlUmVxdWVzdBofLmpvYnEudjEuRGVsZXRlU2NoZWR1bGVSZXNwb25zZWIGcHJvdG8z", [file_google_protobuf_duration, file_google_protobuf_timestamp, file_jobq_v1_admin, file_jobq_v1_event, file_jobq_v1_job, file_jobq_v1_log]);
+  fileDesc("Chtqb2JxL3YxL3F1ZXVlX3NlcnZpY2UucHJvdG8SB2pvYnEudjEiRgoRRW5xdWV1ZUpvYlJlcXVlc3QSHQoDam9iGAEgASgLMhAuam9icS52MS5Kb2JTcGVjEhIKCnJlcXVlc3RfaWQYAiABKAkiRwoSRW5xdWV1ZUpvYlJlc3BvbnNlEhkKA2pvYhgBIAEoCzIMLmpvYnEudjEuSm9iEhYKDmFscmVhZHlfZXhpc3RzGAIgASgIIkgKEkVucXVldWVKb2JzUmVxdWVzdBIeCgRqb2JzGAEgAygLMhAuam9icS52MS5Kb2JTcGVjEhIKCnJlcXVlc3RfaWQYAiABKAkiQwoTRW5xdWV1ZUpvYnNSZXNwb25zZRIsCgdyZXN1bHRzGAEgAygLMhsuam9icS52MS5FbnF1ZXVlSm9iUmVzcG9uc2UiHwoNR2V0Sm9iUmVxdWVzdBIOCgZqb2JfaWQYASABKAkiKwoOR2V0Sm9iUmVzcG9uc2USGQoDam9iGAEgASgLMgwuam9icS52MS5Kb2IipAIKD0xpc3RKb2JzUmVxdWVzdBIhCgZzdGF0ZXMYASADKA4yES5qb2JxLnYxLkpvYlN0YXRlEg0KBXR5cGVzGAIgAygJEg4KBnF1ZXVlcxgDIAMoCRIxCg1jcmVhdGVkX2FmdGVyGAQgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIyCg5jcmVhdGVkX2JlZm9yZRgFIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASEQoJcGFnZV9zaXplGAYgASgFEhIKCnBhZ2VfdG9rZW4YByABKAkSEQoJcGFyZW50X2lkGAggASgJEg4KBnNlYXJjaBgJIAEoCRIeCgR2aWV3GAogASgOMhAuam9icS52MS5Kb2JWaWV3IkcKEExpc3RKb2JzUmVzcG9uc2USGgoEam9icxgBIAMoCzIMLmpvYnEudjEuSm9iEhcKD25leHRfcGFnZV90b2tlbhgCIAEoCSIyChBDYW5jZWxKb2JSZXF1ZXN0Eg4KBmpvYl9pZBgBIAEoCRIOCgZyZWFzb24YAiABKAkiLgoRQ2FuY2VsSm9iUmVzcG9uc2USGQoDam9iGAEgASgLMgwuam9icS52MS5Kb2IiIQoPUmV0cnlKb2JSZXF1ZXN0Eg4KBmpvYl9pZBgBIAEoCSItChBSZXRyeUpvYlJlc3BvbnNlEhkKA2pvYhgBIAEoCzIMLmpvYnEudjEuSm9iIiIKEERlbGV0ZUpvYlJlcXVlc3QSDgoGam9iX2lkGAEgASgJIhMKEURlbGV0ZUpvYlJlc3BvbnNlIiYKFEdldFF1ZXVlU3RhdHNSZXF1ZXN0Eg4KBnF1ZXVlcxgBIAMoCSI9CgpTdGF0ZUNvdW50EiAKBXN0YXRlGAEgASgOMhEuam9icS52MS5Kb2JTdGF0ZRINCgVjb3VudBgCIAEoAyJ1CgpRdWV1ZVN0YXRzEg0KBXF1ZXVlGAEgASgJEiMKBmNvdW50cxgCIAMoCzITLmpvYnEudjEuU3RhdGVDb3VudBIzChBvbGRlc3RfcmVhZHlfYWdlGAMgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uIowBChVHZXRRdWV1ZVN0YXRzUmVzcG9uc2USIwoGcXVldWVzGAEgAygLMhMuam9icS52MS5RdWV1ZVN0YXRzEiMKBnRvdGFscxgCIAMoCzITLmpvYnEudjEuU3RhdGVDb3VudBIpCgVhc19vZhgDIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAibwoLSm9iU2VsZWN0b3ISDwoHam9iX2lkcxgBIAMoCRIhCgZzdGF0ZXMYAiADKA4yES5qb2JxLnYxLkpvYlN0YXRlEg4KBnF1ZXVlcxgDIAMoCRINCgV0eXBlcxgEIAMoCRINCgVsaW1pdBgFIAEoBSI6ChBSZXRyeUpvYnNSZXF1ZXN0EiYKCHNlbGVjdG9yGAEgASgLMhQuam9icS52MS5Kb2JTZWxlY3RvciIkChFSZXRyeUpvYnNSZXNwb25zZRIPCgdqb2JfaWRzGAEgAygJIjsKEURlbGV0ZUpvYnNSZXF1ZXN0EiYKCHNlbGVjdG9yGAEgASgLMhQuam9icS52MS5Kb2JTZWxlY3RvciIlChJEZWxldGVKb2JzUmVzcG9uc2USDwoHam9iX2lkcxgBIAMoCSJzChRTdHJlYW1Kb2JMb2dzUmVxdWVzdBIOCgZqb2JfaWQYASABKAkSDgoGZm9sbG93GAIgASgIEhYKDmFmdGVyX3Bvc2l0aW9uGAMgASgEEiMKB3N0cmVhbXMYBCADKA4yEi5qb2JxLnYxLkxvZ1N0cmVhbSI4ChVTdHJlYW1Kb2JMb2dzUmVzcG9uc2USHwoFbGluZXMYASADKAsyEC5qb2JxLnYxLkxvZ0xpbmUicwoRR2V0Sm9iTG9nc1JlcXVlc3QSDgoGam9iX2lkGAEgASgJEhYKDmFmdGVyX3Bvc2l0aW9uGAIgASgEEhEKCXBhZ2Vfc2l6ZRgDIAEoBRIjCgdzdHJlYW1zGAQgAygOMhIuam9icS52MS5Mb2dTdHJlYW0iZgoSR2V0Sm9iTG9nc1Jlc3BvbnNlEh8KBWxpbmVzGAEgAygLMhAuam9icS52MS5Mb2dMaW5lEhsKE25leHRfYWZ0ZXJfcG9zaXRpb24YAiABKAQSEgoKZW5kX29mX2xvZxgDIAEoCCKFAQoQV2F0Y2hKb2JzUmVxdWVzdBIOCgZxdWV1ZXMYASADKAkSDQoFdHlwZXMYAiADKAkSIQoGc3RhdGVzGAMgAygOMhEuam9icS52MS5Kb2JTdGF0ZRIPCgdqb2JfaWRzGAQgAygJEh4KBHZpZXcYBSABKA4yEC5qb2JxLnYxLkpvYlZpZXciXQoRV2F0Y2hKb2JzUmVzcG9uc2USIAoFZXZlbnQYASABKAsyES5qb2JxLnYxLkpvYkV2ZW50Eg4KBmxhZ2dlZBgCIAEoCBIWCg5kcm9wcGVkX2V2ZW50cxgDIAEoBCITChFMaXN0UXVldWVzUmVxdWVzdCI0ChJMaXN0UXVldWVzUmVzcG9uc2USHgoGcXVldWVzGAEgAygLMg4uam9icS52MS5RdWV1ZSLeAQoSVXBkYXRlUXVldWVSZXF1ZXN0EgwKBG5hbWUYASABKAkSEwoGcGF1c2VkGAIgASgISACIAQESHgoRY29uY3VycmVuY3lfbGltaXQYAyABKAVIAYgBARIiChVyYXRlX2xpbWl0X3Blcl9zZWNvbmQYBCABKAFIAogBARIXCgpyYXRlX2J1cnN0GAUgASgBSAOIAQFCCQoHX3BhdXNlZEIUChJfY29uY3VycmVuY3lfbGltaXRCGAoWX3JhdGVfbGltaXRfcGVyX3NlY29uZEINCgtfcmF0ZV9idXJzdCI0ChNVcGRhdGVRdWV1ZVJlc3BvbnNlEh0KBXF1ZXVlGAEgASgLMg4uam9icS52MS5RdWV1ZSIrChJMaXN0V29ya2Vyc1JlcXVlc3QSFQoNaW5jbHVkZV9zdGFsZRgBIAEoCCI3ChNMaXN0V29ya2Vyc1Jlc3BvbnNlEiAKB3dvcmtlcnMYASADKAsyDy5qb2JxLnYxLldvcmtlciI5ChJQdXRTY2hlZHVsZVJlcXVlc3QSIwoIc2NoZWR1bGUYASABKAsyES5qb2JxLnYxLlNjaGVkdWxlIjoKE1B1dFNjaGVkdWxlUmVzcG9uc2USIwoIc2NoZWR1bGUYASABKAsyES5qb2JxLnYxLlNjaGVkdWxlIhYKFExpc3RTY2hlZHVsZXNSZXF1ZXN0Ij0KFUxpc3RTY2hlZHVsZXNSZXNwb25zZRIkCglzY2hlZHVsZXMYASADKAsyES5qb2JxLnYxLlNjaGVkdWxlIjgKGFNldFNjaGVkdWxlUGF1c2VkUmVxdWVzdBIMCgRuYW1lGAEgASgJEg4KBnBhdXNlZBgCIAEoCCJAChlTZXRTY2hlZHVsZVBhdXNlZFJlc3BvbnNlEiMKCHNjaGVkdWxlGAEgASgLMhEuam9icS52MS5TY2hlZHVsZSIlChVEZWxldGVTY2hlZHVsZVJlcXVlc3QSDAoEbmFtZRgBIAEoCSIYChZEZWxldGVTY2hlZHVsZVJlc3BvbnNlIigKFldhdGNoUXVldWVTdGF0c1JlcXVlc3QSDgoGcXVldWVzGAEgAygJIkgKF1dhdGNoUXVldWVTdGF0c1Jlc3BvbnNlEi0KBXN0YXRzGAEgASgLMh4uam9icS52MS5HZXRRdWV1ZVN0YXRzUmVzcG9uc2UiLAoTV2F0Y2hXb3JrZXJzUmVxdWVzdBIVCg1pbmNsdWRlX3N0YWxlGAEgASgIIjgKFFdhdGNoV29ya2Vyc1Jlc3BvbnNlEiAKB3dvcmtlcnMYASADKAsyDy5qb2JxLnYxLldvcmtlciIUChJXYXRjaFF1ZXVlc1JlcXVlc3QiNQoTV2F0Y2hRdWV1ZXNSZXNwb25zZRIeCgZxdWV1ZXMYASADKAsyDi5qb2JxLnYxLlF1ZXVlIhcKFVdhdGNoU2NoZWR1bGVzUmVxdWVzdCI+ChZXYXRjaFNjaGVkdWxlc1Jlc3BvbnNlEiQKCXNjaGVkdWxlcxgBIAMoCzIRLmpvYnEudjEuU2NoZWR1bGUyjQ4KD0pvYlF1ZXVlU2VydmljZRJFCgpFbnF1ZXVlSm9iEhouam9icS52MS5FbnF1ZXVlSm9iUmVxdWVzdBobLmpvYnEudjEuRW5xdWV1ZUpvYlJlc3BvbnNlEkgKC0VucXVldWVKb2JzEhsuam9icS52MS5FbnF1ZXVlSm9ic1JlcXVlc3QaHC5qb2JxLnYxLkVucXVldWVKb2JzUmVzcG9uc2USOQoGR2V0Sm9iEhYuam9icS52MS5HZXRKb2JSZXF1ZXN0Ghcuam9icS52MS5HZXRKb2JSZXNwb25zZRI/CghMaXN0Sm9icxIYLmpvYnEudjEuTGlzdEpvYnNSZXF1ZXN0Ghkuam9icS52MS5MaXN0Sm9ic1Jlc3BvbnNlEkIKCUNhbmNlbEpvYhIZLmpvYnEudjEuQ2FuY2VsSm9iUmVxdWVzdBoaLmpvYnEudjEuQ2FuY2VsSm9iUmVzcG9uc2USPwoIUmV0cnlKb2ISGC5qb2JxLnYxLlJldHJ5Sm9iUmVxdWVzdBoZLmpvYnEudjEuUmV0cnlKb2JSZXNwb25zZRJCCglEZWxldGVKb2ISGS5qb2JxLnYxLkRlbGV0ZUpvYlJlcXVlc3QaGi5qb2JxLnYxLkRlbGV0ZUpvYlJlc3BvbnNlEk4KDUdldFF1ZXVlU3RhdHMSHS5qb2JxLnYxLkdldFF1ZXVlU3RhdHNSZXF1ZXN0Gh4uam9icS52MS5HZXRRdWV1ZVN0YXRzUmVzcG9uc2USQgoJUmV0cnlKb2JzEhkuam9icS52MS5SZXRyeUpvYnNSZXF1ZXN0Ghouam9icS52MS5SZXRyeUpvYnNSZXNwb25zZRJFCgpEZWxldGVKb2JzEhouam9icS52MS5EZWxldGVKb2JzUmVxdWVzdBobLmpvYnEudjEuRGVsZXRlSm9ic1Jlc3BvbnNlElAKDVN0cmVhbUpvYkxvZ3MSHS5qb2JxLnYxLlN0cmVhbUpvYkxvZ3NSZXF1ZXN0Gh4uam9icS52MS5TdHJlYW1Kb2JMb2dzUmVzcG9uc2UwARJFCgpHZXRKb2JMb2dzEhouam9icS52MS5HZXRKb2JMb2dzUmVxdWVzdBobLmpvYnEudjEuR2V0Sm9iTG9nc1Jlc3BvbnNlEkQKCVdhdGNoSm9icxIZLmpvYnEudjEuV2F0Y2hKb2JzUmVxdWVzdBoaLmpvYnEudjEuV2F0Y2hKb2JzUmVzcG9uc2UwARJFCgpMaXN0UXVldWVzEhouam9icS52MS5MaXN0UXVldWVzUmVxdWVzdBobLmpvYnEudjEuTGlzdFF1ZXVlc1Jlc3BvbnNlEkgKC1VwZGF0ZVF1ZXVlEhsuam9icS52MS5VcGRhdGVRdWV1ZVJlcXVlc3QaHC5qb2JxLnYxLlVwZGF0ZVF1ZXVlUmVzcG9uc2USSAoLTGlzdFdvcmtlcnMSGy5qb2JxLnYxLkxpc3RXb3JrZXJzUmVxdWVzdBocLmpvYnEudjEuTGlzdFdvcmtlcnNSZXNwb25zZRJICgtQdXRTY2hlZHVsZRIbLmpvYnEudjEuUHV0U2NoZWR1bGVSZXF1ZXN0Ghwuam9icS52MS5QdXRTY2hlZHVsZVJlc3BvbnNlEk4KDUxpc3RTY2hlZHVsZXMSHS5qb2JxLnYxLkxpc3RTY2hlZHVsZXNSZXF1ZXN0Gh4uam9icS52MS5MaXN0U2NoZWR1bGVzUmVzcG9uc2USWgoRU2V0U2NoZWR1bGVQYXVzZWQSIS5qb2JxLnYxLlNldFNjaGVkdWxlUGF1c2VkUmVxdWVzdBoiLmpvYnEudjEuU2V0U2NoZWR1bGVQYXVzZWRSZXNwb25zZRJRCg5EZWxldGVTY2hlZHVsZRIeLmpvYnEudjEuRGVsZXRlU2NoZWR1bGVSZXF1ZXN0Gh8uam9icS52MS5EZWxldGVTY2hlZHVsZVJlc3BvbnNlElYKD1dhdGNoUXVldWVTdGF0cxIfLmpvYnEudjEuV2F0Y2hRdWV1ZVN0YXRzUmVxdWVzdBogLmpvYnEudjEuV2F0Y2hRdWV1ZVN0YXRzUmVzcG9uc2UwARJNCgxXYXRjaFdvcmtlcnMSHC5qb2JxLnYxLldhdGNoV29ya2Vyc1JlcXVlc3QaHS5qb2JxLnYxLldhdGNoV29ya2Vyc1Jlc3BvbnNlMAESSgoLV2F0Y2hRdWV1ZXMSGy5qb2JxLnYxLldhdGNoUXVldWVzUmVxdWVzdBocLmpvYnEudjEuV2F0Y2hRdWV1ZXNSZXNwb25zZTABElMKDldhdGNoU2NoZWR1bGVzEh4uam9icS52MS5XYXRjaFNjaGVkdWxlc1JlcXVlc3QaHy5qb2JxLnYxLldhdGNoU2NoZWR1bGVzUmVzcG9uc2UwAWIGcHJvdG8z", [file_google_protobuf_duration, file_google_protobuf_timestamp, file_jobq_v1_admin, file_jobq_v1_event, file_jobq_v1_job, file_jobq_v1_log]);
 
 /**
  * EnqueueJobRequest carries the job to enqueue.
@@ -1209,6 +1209,163 @@ export const DeleteScheduleResponseSchema: GenMessage<DeleteScheduleResponse> = 
   messageDesc(file_jobq_v1_queue_service, 42);
 
 /**
+ * WatchQueueStatsRequest narrows the stats stream.
+ *
+ * @generated from message jobq.v1.WatchQueueStatsRequest
+ */
+export type WatchQueueStatsRequest = Message<"jobq.v1.WatchQueueStatsRequest"> & {
+  /**
+   * Only these queues; empty means all.
+   *
+   * @generated from field: repeated string queues = 1;
+   */
+  queues: string[];
+};
+
+/**
+ * Describes the message jobq.v1.WatchQueueStatsRequest.
+ * Use `create(WatchQueueStatsRequestSchema)` to create a new message.
+ */
+export const WatchQueueStatsRequestSchema: GenMessage<WatchQueueStatsRequest> = /*@__PURE__*/
+  messageDesc(file_jobq_v1_queue_service, 43);
+
+/**
+ * WatchQueueStatsResponse is the stats as of now.
+ *
+ * @generated from message jobq.v1.WatchQueueStatsResponse
+ */
+export type WatchQueueStatsResponse = Message<"jobq.v1.WatchQueueStatsResponse"> & {
+  /**
+   * What GetQueueStats would answer. A queue's oldest_ready_age is as of
+   * stats.as_of: it grows by the time since while that queue has ready jobs.
+   *
+   * @generated from field: jobq.v1.GetQueueStatsResponse stats = 1;
+   */
+  stats?: GetQueueStatsResponse | undefined;
+};
+
+/**
+ * Describes the message jobq.v1.WatchQueueStatsResponse.
+ * Use `create(WatchQueueStatsResponseSchema)` to create a new message.
+ */
+export const WatchQueueStatsResponseSchema: GenMessage<WatchQueueStatsResponse> = /*@__PURE__*/
+  messageDesc(file_jobq_v1_queue_service, 44);
+
+/**
+ * WatchWorkersRequest narrows the workers stream.
+ *
+ * @generated from message jobq.v1.WatchWorkersRequest
+ */
+export type WatchWorkersRequest = Message<"jobq.v1.WatchWorkersRequest"> & {
+  /**
+   * Include workers lost longer ago than an hour.
+   *
+   * @generated from field: bool include_stale = 1;
+   */
+  includeStale: boolean;
+};
+
+/**
+ * Describes the message jobq.v1.WatchWorkersRequest.
+ * Use `create(WatchWorkersRequestSchema)` to create a new message.
+ */
+export const WatchWorkersRequestSchema: GenMessage<WatchWorkersRequest> = /*@__PURE__*/
+  messageDesc(file_jobq_v1_queue_service, 45);
+
+/**
+ * WatchWorkersResponse is the workers as of now.
+ *
+ * @generated from message jobq.v1.WatchWorkersResponse
+ */
+export type WatchWorkersResponse = Message<"jobq.v1.WatchWorkersResponse"> & {
+  /**
+   * Active ones first, as ListWorkers gives them.
+   *
+   * @generated from field: repeated jobq.v1.Worker workers = 1;
+   */
+  workers: Worker[];
+};
+
+/**
+ * Describes the message jobq.v1.WatchWorkersResponse.
+ * Use `create(WatchWorkersResponseSchema)` to create a new message.
+ */
+export const WatchWorkersResponseSchema: GenMessage<WatchWorkersResponse> = /*@__PURE__*/
+  messageDesc(file_jobq_v1_queue_service, 46);
+
+/**
+ * WatchQueuesRequest has no fields yet.
+ *
+ * @generated from message jobq.v1.WatchQueuesRequest
+ */
+export type WatchQueuesRequest = Message<"jobq.v1.WatchQueuesRequest"> & {
+};
+
+/**
+ * Describes the message jobq.v1.WatchQueuesRequest.
+ * Use `create(WatchQueuesRequestSchema)` to create a new message.
+ */
+export const WatchQueuesRequestSchema: GenMessage<WatchQueuesRequest> = /*@__PURE__*/
+  messageDesc(file_jobq_v1_queue_service, 47);
+
+/**
+ * WatchQueuesResponse is the queues as of now.
+ *
+ * @generated from message jobq.v1.WatchQueuesResponse
+ */
+export type WatchQueuesResponse = Message<"jobq.v1.WatchQueuesResponse"> & {
+  /**
+   * Queues sorted by name.
+   *
+   * @generated from field: repeated jobq.v1.Queue queues = 1;
+   */
+  queues: Queue[];
+};
+
+/**
+ * Describes the message jobq.v1.WatchQueuesResponse.
+ * Use `create(WatchQueuesResponseSchema)` to create a new message.
+ */
+export const WatchQueuesResponseSchema: GenMessage<WatchQueuesResponse> = /*@__PURE__*/
+  messageDesc(file_jobq_v1_queue_service, 48);
+
+/**
+ * WatchSchedulesRequest has no fields yet.
+ *
+ * @generated from message jobq.v1.WatchSchedulesRequest
+ */
+export type WatchSchedulesRequest = Message<"jobq.v1.WatchSchedulesRequest"> & {
+};
+
+/**
+ * Describes the message jobq.v1.WatchSchedulesRequest.
+ * Use `create(WatchSchedulesRequestSchema)` to create a new message.
+ */
+export const WatchSchedulesRequestSchema: GenMessage<WatchSchedulesRequest> = /*@__PURE__*/
+  messageDesc(file_jobq_v1_queue_service, 49);
+
+/**
+ * WatchSchedulesResponse is the schedules as of now.
+ *
+ * @generated from message jobq.v1.WatchSchedulesResponse
+ */
+export type WatchSchedulesResponse = Message<"jobq.v1.WatchSchedulesResponse"> & {
+  /**
+   * Sorted by name.
+   *
+   * @generated from field: repeated jobq.v1.Schedule schedules = 1;
+   */
+  schedules: Schedule[];
+};
+
+/**
+ * Describes the message jobq.v1.WatchSchedulesResponse.
+ * Use `create(WatchSchedulesResponseSchema)` to create a new message.
+ */
+export const WatchSchedulesResponseSchema: GenMessage<WatchSchedulesResponse> = /*@__PURE__*/
+  messageDesc(file_jobq_v1_queue_service, 50);
+
+/**
  * JobQueueService is the API of producers, admins and the dashboard.
  *
  * Errors common to every RPC: INVALID_ARGUMENT names the offending field in
@@ -1460,6 +1617,51 @@ export const JobQueueService: GenService<{
     methodKind: "unary";
     input: typeof DeleteScheduleRequestSchema;
     output: typeof DeleteScheduleResponseSchema;
+  },
+  /**
+   * GetQueueStats as a stream: at most four messages a second under load,
+   * none while nothing changes. Counts follow committed changes (those of
+   * other replicas too) and are counted again in the database every
+   * --metrics-recount; no message costs a table scan.
+   *
+   * @generated from rpc jobq.v1.JobQueueService.WatchQueueStats
+   */
+  watchQueueStats: {
+    methodKind: "server_streaming";
+    input: typeof WatchQueueStatsRequestSchema;
+    output: typeof WatchQueueStatsResponseSchema;
+  },
+  /**
+   * ListWorkers as a stream: when a worker appears, leases, finishes, is lost
+   * or is heard from again (at most once a second).
+   *
+   * @generated from rpc jobq.v1.JobQueueService.WatchWorkers
+   */
+  watchWorkers: {
+    methodKind: "server_streaming";
+    input: typeof WatchWorkersRequestSchema;
+    output: typeof WatchWorkersResponseSchema;
+  },
+  /**
+   * ListQueues as a stream: when a queue appears or its controls change.
+   *
+   * @generated from rpc jobq.v1.JobQueueService.WatchQueues
+   */
+  watchQueues: {
+    methodKind: "server_streaming";
+    input: typeof WatchQueuesRequestSchema;
+    output: typeof WatchQueuesResponseSchema;
+  },
+  /**
+   * ListSchedules as a stream: when a schedule is put, paused, resumed,
+   * deleted or fires.
+   *
+   * @generated from rpc jobq.v1.JobQueueService.WatchSchedules
+   */
+  watchSchedules: {
+    methodKind: "server_streaming";
+    input: typeof WatchSchedulesRequestSchema;
+    output: typeof WatchSchedulesResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_jobq_v1_queue_service, 0);
