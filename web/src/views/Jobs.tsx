@@ -8,13 +8,12 @@ import { firstLine, formatCount, formatDuration, shortId, tsMillis } from "../li
 import { useAsync, useLive, useNow } from "../lib/hooks";
 import { useQueueStats } from "../lib/stats";
 import { liveList } from "../lib/listupdate";
-import { href, jobHref } from "../lib/router";
+import { href, jobHref, pageFromParams, pageToParams, type PagePosition } from "../lib/router";
 import { STATES } from "../lib/states";
 import { JOB_TYPES } from "../lib/jobtypes";
 import { Empty, ErrorBox, PageHeader, Pager, ProgressBar, Spinner, StateBadge, Time } from "../components/ui";
 
 export const PAGE_SIZE = 50;
-const MAX_LIVE_ROWS = PAGE_SIZE * 4;
 
 export function Jobs({ params }: { params: URLSearchParams }) {
   const filters = filtersFromParams(params);
@@ -23,7 +22,7 @@ export function Jobs({ params }: { params: URLSearchParams }) {
     <div>
       <PageHeader title="Jobs" sub="Newest first. The list updates live as jobs change." />
       <FilterBar filters={filters} />
-      <JobTable key={key} filters={filters} />
+      <JobTable key={key} filters={filters} position={pageFromParams(params)} />
     </div>
   );
 }
@@ -130,21 +129,31 @@ function FilterBar({ filters }: { filters: JobFilters }) {
 interface PageState {
   rows: Job[];
   nextToken: string;
-  overflow: boolean;
+  /** Live updates dropped rows off the bottom: nextToken no longer follows the last row. */
+  trimmed: boolean;
+  /** Matching jobs created since this (deeper) page was read; it does not show them. */
+  arrived: number;
+}
+
+/** The page before each page token seen in this tab, for "Newer" (tokens only lead onward). */
+const previousPage = new Map<string, PagePosition>();
+
+/** Shows another page of the list (a new history entry, so Back returns to this one). */
+function goPage(filters: JobFilters, to: PagePosition): void {
+  location.hash = href("/jobs", { ...filtersToParams(filters), ...pageToParams(to) });
 }
 
 /** Mounted once per filter (Jobs keys it): page tokens are bound to their filter. */
-function JobTable({ filters }: { filters: JobFilters }) {
-  // tokens[i] is the page token of page i+1 ("" for the first page).
-  const [tokens, setTokens] = useState<string[]>([""]);
-  const token = tokens[tokens.length - 1] ?? "";
+function JobTable({ filters, position }: { filters: JobFilters; position: PagePosition }) {
+  const token = position.cursor;
+  const first = position.page === 1;
   const [page, setPage] = useState<PageState | undefined>();
   const [paused, setPaused] = useState(false);
   const now = useNow(5000);
   const loaded = useAsync(
     async (signal) => {
       const res = await api().listJobs(listRequest(filters, token, PAGE_SIZE), { signal });
-      return { rows: res.jobs, nextToken: res.nextPageToken, overflow: false };
+      return { rows: res.jobs, nextToken: res.nextPageToken, trimmed: false, arrived: 0 };
     },
     [token],
   );
@@ -154,20 +163,21 @@ function JobTable({ filters }: { filters: JobFilters }) {
   const pageRef = useRef(page);
   pageRef.current = page;
   // A new page starts at the top of the table.
-  const first = useRef(true);
+  const mounted = useRef(false);
   useEffect(() => {
-    if (first.current) first.current = false;
-    else window.scrollTo({ top: 0 });
-  }, [tokens.length]);
+    if (mounted.current) window.scrollTo({ top: 0 });
+    else mounted.current = true;
+  }, [token]);
   const pausedRef = useRef(paused);
   pausedRef.current = paused;
   useLive(
     liveList(filters, {
       rows: () => (pausedRef.current ? undefined : pageRef.current?.rows),
-      shape: () => ({ first: tokens.length === 1, hasNext: pageRef.current?.nextToken !== "", maxRows: MAX_LIVE_ROWS }),
+      shape: () => ({ first, hasNext: pageRef.current?.nextToken !== "", maxRows: PAGE_SIZE }),
       update: (r) => {
         const cur = pageRef.current;
-        if (cur) setPage({ ...cur, rows: r.rows, overflow: cur.overflow || r.overflow });
+        if (!cur) return;
+        setPage({ ...cur, rows: r.rows, trimmed: cur.trimmed || r.dropped > 0, arrived: cur.arrived + r.arrived });
       },
       reload: loaded.reload,
     }),
@@ -178,13 +188,11 @@ function JobTable({ filters }: { filters: JobFilters }) {
     <div class="card">
       <div class="table-toolbar">
         <div class="muted small grow">
-          {page && page.overflow ? (
-            <>
-              More jobs arrived than fit here.{" "}
-              <button class="link" onClick={loaded.reload}>
-                Refresh
-              </button>
-            </>
+          {page && page.arrived > 0 ? (
+            <span data-testid="jobs-arrived">
+              {formatCount(page.arrived)} newer job{page.arrived === 1 ? "" : "s"} arrived.{" "}
+              <a href={href("/jobs", filtersToParams(filters))}>Show the newest</a>
+            </span>
           ) : null}
         </div>
         <label class="toggle small">
@@ -205,13 +213,27 @@ function JobTable({ filters }: { filters: JobFilters }) {
       {rows.length > 0 ? <JobRows rows={rows} now={now} /> : null}
       {page ? (
         <Pager
-          page={tokens.length}
+          page={position.page}
           shown={rows.length}
-          hasPrev={tokens.length > 1}
+          hasPrev={!first}
           hasNext={page.nextToken !== ""}
-          onFirst={() => setTokens([""])}
-          onPrev={() => setTokens(tokens.slice(0, -1))}
-          onNext={() => setTokens([...tokens, page.nextToken])}
+          onFirst={() => goPage(filters, { page: 1, cursor: "" })}
+          onPrev={() => goPage(filters, previousPage.get(token) ?? { page: 1, cursor: "" })}
+          onNext={async () => {
+            let next = page.nextToken;
+            if (page.trimmed) {
+              // The live first page dropped its oldest rows, so the token it
+              // was read with would skip them: ask for the first page afresh.
+              try {
+                next = (await api().listJobs(listRequest(filters, "", PAGE_SIZE))).nextPageToken;
+              } catch {
+                // Keep the old token: some rows skipped beats a dead button.
+              }
+              if (!next) return;
+            }
+            previousPage.set(next, position);
+            goPage(filters, { page: position.page + 1, cursor: next });
+          }}
         />
       ) : null}
     </div>
