@@ -253,7 +253,7 @@ export function JobRows({
 }) {
   return (
     <div class="table-wrap">
-      <table class="table" data-testid="jobs-table">
+      <table class="table cards" data-testid="jobs-table">
         <thead>
           <tr>
             {selected ? (
@@ -282,7 +282,7 @@ export function JobRows({
           {rows.map((j) => (
             <tr key={j.id} data-job-id={j.id}>
               {selected ? (
-                <td class="check">
+                <td class="check" data-label="Select">
                   <input
                     type="checkbox"
                     aria-label={`Select ${j.id}`}
@@ -291,26 +291,26 @@ export function JobRows({
                   />
                 </td>
               ) : null}
-              <td class="mono">
+              <td class="mono" data-label="Job">
                 <a href={jobHref(j.id)} title={j.id}>
                   {shortId(j.id)}
                 </a>
               </td>
-              <td>
+              <td data-label="Type">
                 <span class="type">{j.type}</span>
               </td>
-              <td>{j.queue || "default"}</td>
-              <td>
+              <td data-label="Queue">{j.queue || "default"}</td>
+              <td data-label="State">
                 <StateBadge state={j.state} cancelRequested={j.cancelRequested} />
               </td>
-              <td class="num">
+              <td class="num" data-label="Attempt">
                 {j.attempt}
                 <span class="muted">/{j.maxAttempts}</span>
               </td>
-              <td>
+              <td data-label="Created">
                 <Time ms={tsMillis(j.createdAt)} now={now} />
               </td>
-              <td class="detail-cell">
+              <td class="detail-cell" data-label="Detail">
                 <RowDetail job={j} now={now} />
               </td>
             </tr>
