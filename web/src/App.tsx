@@ -9,6 +9,7 @@ import { live } from "./lib/live";
 import { parseHash, type Route, type View } from "./lib/router";
 import { ConfirmHost, ToastHost, TokenPrompt } from "./components/overlay";
 import { DisplayPrefs } from "./components/Prefs";
+import { KeyboardHost } from "./components/Keyboard";
 import { usePrefs } from "./lib/prefs";
 import { Empty } from "./components/ui";
 import { DeadLetter } from "./views/DeadLetter";
@@ -122,6 +123,7 @@ export function App() {
       {prompt ? <TokenPrompt hadToken={!!getToken()} onSave={saveToken} onClose={() => setPrompt(false)} /> : null}
       <ConfirmHost />
       <ToastHost />
+      <KeyboardHost />
     </div>
   );
 }
