@@ -86,6 +86,7 @@ function FilterBar({ filters }: { filters: JobFilters }) {
           class="input"
           list="job-types"
           placeholder="Job type"
+          aria-label="Job type"
           title="One or more job types, comma-separated"
           value={type}
           onInput={(e) => setType(e.currentTarget.value)}
