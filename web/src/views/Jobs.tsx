@@ -139,6 +139,11 @@ interface PageState {
 /** The page before each page token seen in this tab, for "Newer" (tokens only lead onward). */
 const previousPage = new Map<string, PagePosition>();
 
+/** Older jobs follow this page: the server said so, or live updates pushed rows off it. */
+function hasOlder(page: PageState | undefined): boolean {
+  return !!page && (page.nextToken !== "" || page.trimmed);
+}
+
 /** Shows another page of the list (a new history entry, so Back returns to this one). */
 function goPage(filters: JobFilters, to: PagePosition): void {
   location.hash = href("/jobs", { ...filtersToParams(filters), ...pageToParams(to) });
@@ -174,7 +179,7 @@ function JobTable({ filters, position }: { filters: JobFilters; position: PagePo
   useLive(
     liveList(filters, {
       rows: () => (pausedRef.current ? undefined : pageRef.current?.rows),
-      shape: () => ({ first, hasNext: pageRef.current?.nextToken !== "", maxRows: PAGE_SIZE }),
+      shape: () => ({ first, hasNext: hasOlder(pageRef.current), maxRows: PAGE_SIZE }),
       update: (r) => {
         const cur = pageRef.current;
         if (!cur) return;
@@ -217,7 +222,7 @@ function JobTable({ filters, position }: { filters: JobFilters; position: PagePo
           page={position.page}
           shown={rows.length}
           hasPrev={!first}
-          hasNext={page.nextToken !== ""}
+          hasNext={hasOlder(page)}
           onFirst={() => goPage(filters, { page: 1, cursor: "" })}
           onPrev={() => goPage(filters, previousPage.get(token) ?? { page: 1, cursor: "" })}
           onNext={async () => {
