@@ -1,8 +1,10 @@
 // Accessibility and keyboard of the dashboard in real headless Chromium
 // against a real jobq server: axe-core on every view (and the dialogs) at
 // desktop and phone size, light and dark, must find no serious or critical
-// violation. Each state is also saved as a viewport screenshot in
-// e2e/screenshots/ for a person to look at.
+// violation. Each state is also saved as a viewport screenshot for a person
+// to look at: in test-results/a11y/, or with JOBQ_E2E_SCREENSHOTS=1 in the
+// committed e2e/screenshots/ (times and ids differ each run, so a plain run
+// leaves the committed ones alone).
 import { mkdirSync, readFileSync } from "node:fs";
 import { createRequire } from "node:module";
 import { join } from "node:path";
@@ -11,9 +13,9 @@ import { ValueSchema } from "@bufbuild/protobuf/wkt";
 import type { BrowserContext, Page } from "playwright-core";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import type { LeasedJob } from "../src/gen/jobq/v1/worker_service_pb";
-import { eventually, launchBrowser, queueClient, ScriptedWorker, startServer, startStaticProxy, watchConsole, WEB_DIR, type Server } from "./harness";
+import { eventually, launchBrowser, queueClient, RESULTS_DIR, ScriptedWorker, startServer, startStaticProxy, watchConsole, WEB_DIR, type Server } from "./harness";
 
-const SHOTS_DIR = join(WEB_DIR, "e2e", "screenshots");
+const SHOTS_DIR = process.env.JOBQ_E2E_SCREENSHOTS === "1" ? join(WEB_DIR, "e2e", "screenshots") : join(RESULTS_DIR, "a11y");
 const AXE_SOURCE = readFileSync(createRequire(import.meta.url).resolve("axe-core/axe.min.js"), "utf8");
 
 let server: Server;
