@@ -90,5 +90,10 @@ describe("live list updates", () => {
     expect(ids(r.rows)).toEqual(["c", "b"]);
     expect(r.changed).toBe(false);
     expect(r.arrived).toBe(2);
+    // A job inside its range that comes to match joins it, even when full:
+    // dropping a row would lose it from this page and the next.
+    const full = applyEvent([job("e"), job("c")], event(JobEventType.STATE_CHANGED, job("d")), EMPTY_FILTERS, { ...deeper, maxRows: 2 });
+    expect(ids(full.rows)).toEqual(["e", "d", "c"]);
+    expect(full.dropped).toBe(0);
   });
 });

@@ -19,9 +19,11 @@ export interface PageShape {
   /** There is a next page (older jobs after the last row). */
   hasNext: boolean;
   /**
-   * The most rows the page shows. The first page stays live for good: it
-   * keeps the newest maxRows rows and drops the oldest as new ones arrive.
-   * A deeper page never grows; jobs newer than its top are only counted.
+   * The most rows the first page shows. It stays live for good: it keeps
+   * the newest maxRows rows and drops the oldest as new ones arrive. A
+   * deeper page takes no new jobs (those newer than its top are only
+   * counted), only older ones that come to match inside its id range, so it
+   * has no cap: dropping a row there would lose it from both pages.
    */
   maxRows: number;
 }
@@ -64,11 +66,11 @@ export function applyEvent(rows: Job[], ev: JobEvent, filters: JobFilters, shape
   if (!aboveBottom) return unchanged;
   let at = rows.findIndex((r) => compareIds(job.id, r.id) > 0);
   if (at < 0) at = rows.length;
-  // A full page takes only jobs newer than its oldest row, which then leaves.
-  if (rows.length >= shape.maxRows && at >= rows.length) return unchanged;
+  // A full first page takes only jobs newer than its oldest row, which then leaves.
+  if (shape.first && rows.length >= shape.maxRows && at >= rows.length) return unchanged;
   const next = rows.slice();
   next.splice(at, 0, job);
-  const dropped = Math.max(0, next.length - shape.maxRows);
+  const dropped = shape.first ? Math.max(0, next.length - shape.maxRows) : 0;
   if (dropped > 0) next.length = shape.maxRows;
   return { rows: next, changed: true, arrived: 0, dropped };
 }

@@ -130,7 +130,7 @@ function FilterBar({ filters }: { filters: JobFilters }) {
 interface PageState {
   rows: Job[];
   nextToken: string;
-  /** Live updates dropped rows off the bottom: nextToken no longer follows the last row. */
+  /** Live updates dropped rows off the bottom of the first page: nextToken no longer follows the last row. */
   trimmed: boolean;
   /** Matching jobs created since this (deeper) page was read; it does not show them. */
   arrived: number;
@@ -227,7 +227,7 @@ function JobTable({ filters, position }: { filters: JobFilters; position: PagePo
           onPrev={() => goPage(filters, previousPage.get(token) ?? { page: 1, cursor: "" })}
           onNext={async () => {
             let next = page.nextToken;
-            if (page.trimmed) {
+            if (first && page.trimmed) {
               // The live first page dropped its oldest rows, so the token it
               // was read with would skip them: ask for the first page afresh.
               try {
