@@ -8,6 +8,9 @@ import { useQueueStats } from "./lib/stats";
 import { live } from "./lib/live";
 import { parseHash, type Route, type View } from "./lib/router";
 import { ConfirmHost, ToastHost, TokenPrompt } from "./components/overlay";
+import { DisplayPrefs } from "./components/Prefs";
+import { KeyboardHost } from "./components/Keyboard";
+import { usePrefs } from "./lib/prefs";
 import { Empty } from "./components/ui";
 import { DeadLetter } from "./views/DeadLetter";
 import { Enqueue } from "./views/Enqueue";
@@ -39,6 +42,8 @@ function useRoute(): Route {
 
 export function App() {
   const route = useRoute();
+  // Absolute times are formatted at render: a zone change re-renders the page.
+  const { zone } = usePrefs();
   const [authEpoch, setAuthEpoch] = useState(0);
   const [prompt, setPrompt] = useState(false);
   const [menuOpen, setMenuOpen] = useState(false);
@@ -93,6 +98,7 @@ export function App() {
         </nav>
         <div class="sidebar-foot">
           <LiveIndicator />
+          <DisplayPrefs />
           {getToken() ? (
             <button
               class="link small"
@@ -111,12 +117,13 @@ export function App() {
           )}
         </div>
       </aside>
-      <main class="main" key={authEpoch}>
+      <main class="main" key={`${authEpoch}-${zone}`}>
         <RouteView route={route} />
       </main>
       {prompt ? <TokenPrompt hadToken={!!getToken()} onSave={saveToken} onClose={() => setPrompt(false)} /> : null}
       <ConfirmHost />
       <ToastHost />
+      <KeyboardHost />
     </div>
   );
 }

@@ -163,3 +163,31 @@ describe("queue limits and schedule form", () => {
     expect(Object.keys(bad.errors).sort()).toEqual(["cron", "name", "payload", "type"]);
   });
 });
+
+describe("enqueue form: run-at and timeout", () => {
+  const base = { type: "custom" as const, customType: "e2e.demo", customPayload: "{}" };
+
+  it("sends run_at read in the chosen zone, and a timeout", () => {
+    const r = buildSpec(form({ ...base, runAt: "2026-12-01T09:30", timeoutSeconds: "90" }), true);
+    expect(r.errors).toEqual({});
+    expect(r.spec?.runAt).toEqual({ seconds: BigInt(Date.UTC(2026, 11, 1, 9, 30) / 1000), nanos: 0 });
+    expect(r.spec?.timeout).toEqual({ seconds: 90n, nanos: 0 });
+    expect(r.spec?.delay).toBeUndefined();
+    const local = buildSpec(form({ ...base, runAt: "2026-12-01T09:30:15" }), false);
+    expect(local.spec?.runAt?.seconds).toBe(BigInt(new Date(2026, 11, 1, 9, 30, 15).getTime() / 1000));
+  });
+
+  it("leaves both unset when empty", () => {
+    const r = buildSpec(form(base));
+    expect(r.spec?.runAt).toBeUndefined();
+    expect(r.spec?.timeout).toBeUndefined();
+  });
+
+  it("refuses a run-at with a delay, a bad date, and a timeout out of range", () => {
+    expect(buildSpec(form({ ...base, runAt: "2026-12-01T09:30", delaySeconds: "60" })).errors.runAt).toMatch(/not both/);
+    expect(buildSpec(form({ ...base, runAt: "2026-02-31T09:30" })).errors.runAt).toBeDefined();
+    expect(buildSpec(form({ ...base, runAt: "tomorrow" })).spec).toBeUndefined();
+    expect(buildSpec(form({ ...base, timeoutSeconds: "0" })).errors.timeoutSeconds).toMatch(/between 1/);
+    expect(buildSpec(form({ ...base, timeoutSeconds: "1.5" })).errors.timeoutSeconds).toMatch(/whole/);
+  });
+});

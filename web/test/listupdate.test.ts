@@ -62,10 +62,38 @@ describe("live list updates", () => {
     expect(r.changed).toBe(false);
   });
 
-  it("stops growing at the cap and says so", () => {
-    const rows = [job("b"), job("a")];
-    const r = applyEvents(rows, [event(JobEventType.CREATED, job("c")), event(JobEventType.CREATED, job("d"))], EMPTY_FILTERS, { ...first, maxRows: 3 });
-    expect(ids(r.rows)).toEqual(["c", "b", "a"]);
-    expect(r.overflow).toBe(true);
+  it("keeps the first page live for good: the newest rows stay, the oldest leave", () => {
+    let rows = [job("0002"), job("0001")];
+    const shape = { ...first, maxRows: 3 };
+    // Far more arrivals than the page holds (the old cap stopped here).
+    for (let i = 3; i <= 500; i++) {
+      const r = applyEvent(rows, event(JobEventType.CREATED, job(String(i).padStart(4, "0"))), EMPTY_FILTERS, shape);
+      expect(r.changed).toBe(true);
+      expect(r.dropped).toBe(i > 3 ? 1 : 0);
+      rows = r.rows;
+    }
+    expect(ids(rows)).toEqual(["0500", "0499", "0498"]);
+    // A full page does not take a job older than its oldest row.
+    const r = applyEvent(rows, event(JobEventType.STATE_CHANGED, job("0100")), EMPTY_FILTERS, { ...shape, hasNext: false });
+    expect(r.changed).toBe(false);
+  });
+
+  it("keeps a deeper page put and counts the jobs that arrived", () => {
+    const rows = [job("c"), job("b")];
+    const deeper = { ...first, first: false };
+    const r = applyEvents(
+      rows,
+      [event(JobEventType.CREATED, job("d")), event(JobEventType.CREATED, job("e")), event(JobEventType.STATE_CHANGED, job("e", { state: JobState.RUNNING }))],
+      EMPTY_FILTERS,
+      deeper,
+    );
+    expect(ids(r.rows)).toEqual(["c", "b"]);
+    expect(r.changed).toBe(false);
+    expect(r.arrived).toBe(2);
+    // A job inside its range that comes to match joins it, even when full:
+    // dropping a row would lose it from this page and the next.
+    const full = applyEvent([job("e"), job("c")], event(JobEventType.STATE_CHANGED, job("d")), EMPTY_FILTERS, { ...deeper, maxRows: 2 });
+    expect(ids(full.rows)).toEqual(["e", "d", "c"]);
+    expect(full.dropped).toBe(0);
   });
 });

@@ -131,6 +131,10 @@ export function LogTail({ jobId, active, attemptNumbers }: { jobId: string; acti
         ref={boxRef}
         class={`log-box ${wrap ? "wrap" : ""}`}
         data-testid="log-box"
+        // Focusable, so the log scrolls with the arrow keys too.
+        tabIndex={0}
+        role="log"
+        aria-label="Job log"
         onScroll={(e) => {
           const el = e.currentTarget;
           const next = onScroll(followRef.current, el);

@@ -82,6 +82,7 @@ export function TimeChart({ starts, bucketMs, series, format, windowLabel, heigh
         viewBox={`0 0 ${W} ${H}`}
         class="chart-svg"
         role="img"
+        aria-label={chartLabel(series, windowLabel, format)}
         onMouseMove={onMove}
         onMouseLeave={() => setHover(undefined)}
       >
@@ -142,4 +143,14 @@ export function TimeChart({ starts, bucketMs, series, format, windowLabel, heigh
       </div>
     </div>
   );
+}
+
+/** The chart in words for screen readers: each bar series' total and each line's latest value. */
+function chartLabel(series: Series[], windowLabel: string, format: (v: number) => string): string {
+  const parts = series.map((s) => {
+    if (s.kind === "bar") return `${s.label} ${format(s.values.reduce<number>((a, v) => a + (v ?? 0), 0))} in all`;
+    const last = [...s.values].reverse().find((v) => v !== undefined);
+    return `${s.label} ${last === undefined ? "none" : `${format(last)} now`}`;
+  });
+  return `Last ${windowLabel}: ${parts.join(", ")}`;
 }

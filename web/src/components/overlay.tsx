@@ -88,11 +88,15 @@ export function ToastHost() {
       pushToast = undefined;
     };
   }, []);
+  const dismiss = (id: number) => setToasts((ts) => ts.filter((x) => x.id !== id));
   return (
     <div class="toasts" aria-live="polite">
       {toasts.map((t) => (
-        <div key={t.id} class={`toast toast-${t.tone}`}>
-          {t.text}
+        <div key={t.id} class={`toast toast-${t.tone}`} data-testid="toast">
+          <span class="toast-text">{t.text}</span>
+          <button type="button" class="toast-close" aria-label="Dismiss" title="Dismiss" onClick={() => dismiss(t.id)}>
+            ×
+          </button>
         </div>
       ))}
     </div>
@@ -111,12 +115,13 @@ export function TokenPrompt({ hadToken, onSave, onClose }: { hadToken: boolean; 
         class="modal"
         role="dialog"
         aria-modal="true"
+        aria-labelledby="token-title"
         onSubmit={(e) => {
           e.preventDefault();
           if (value.trim()) onSave(value.trim());
         }}
       >
-        <h3>Sign in to jobq</h3>
+        <h3 id="token-title">Sign in to jobq</h3>
         <p>
           {hadToken
             ? "The server refused the token you gave. Enter another one."
@@ -129,6 +134,7 @@ export function TokenPrompt({ hadToken, onSave, onClose }: { hadToken: boolean; 
           type="password"
           autocomplete="off"
           placeholder="Token"
+          aria-label="Token"
           value={value}
           onInput={(e) => setValue(e.currentTarget.value)}
           data-testid="token-input"

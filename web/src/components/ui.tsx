@@ -2,7 +2,7 @@
 import type { ComponentChildren } from "preact";
 import type { Value } from "@bufbuild/protobuf/wkt";
 import type { JobState } from "../gen/jobq/v1/job_pb";
-import { clampPercent, formatDateTime, formatRelative, prettyValue } from "../lib/format";
+import { clampPercent, formatDateTimeZone, formatRelative, prettyValue } from "../lib/format";
 import { stateInfo, type Tone } from "../lib/states";
 
 export function Badge({ tone, children, title }: { tone: Tone; children: ComponentChildren; title?: string }) {
@@ -43,7 +43,7 @@ export function ProgressBar({ percent, tone = "blue", label }: { percent: number
 export function Time({ ms, now }: { ms: number | undefined; now: number }) {
   if (ms === undefined) return <span class="muted">—</span>;
   return (
-    <time dateTime={new Date(ms).toISOString()} title={formatDateTime(ms)}>
+    <time dateTime={new Date(ms).toISOString()} title={formatDateTimeZone(ms)}>
       {formatRelative(ms, now)}
     </time>
   );

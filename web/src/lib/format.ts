@@ -70,11 +70,46 @@ function pad2(n: number): string {
   return n < 10 ? `0${n}` : String(n);
 }
 
+/** Whether absolute times are shown in UTC (else in the browser's zone); see prefs.ts. */
+let displayUtc = false;
+
+export function setDisplayUtc(utc: boolean): void {
+  displayUtc = utc;
+}
+
 /**
- * "2026-11-28 17:59:03" in local time (or UTC with utc = true, which the
- * tests use so they do not depend on the machine's zone).
+ * The name of the zone times are shown in: "UTC", or the browser's zone as
+ * an offset ("GMT+1", "UTC+05:30" …) at the given instant (offsets move with
+ * daylight saving).
  */
-export function formatDateTime(ms: number | undefined, utc = false): string {
+export function zoneName(utc = displayUtc, at: number = Date.now()): string {
+  if (utc) return "UTC";
+  try {
+    const part = new Intl.DateTimeFormat(undefined, { timeZoneName: "shortOffset" })
+      .formatToParts(new Date(at))
+      .find((p) => p.type === "timeZoneName");
+    if (part?.value) return part.value === "GMT" ? "UTC" : part.value.replace(/^GMT/, "UTC");
+  } catch {
+    // Older engines without shortOffset: fall through to the offset by hand.
+  }
+  const off = -new Date(at).getTimezoneOffset();
+  const sign = off < 0 ? "-" : "+";
+  const a = Math.abs(off);
+  return off === 0 ? "UTC" : `UTC${sign}${pad2(Math.floor(a / 60))}:${pad2(a % 60)}`;
+}
+
+/** "2026-11-28 17:59:03 UTC+1": an absolute time with its zone named. */
+export function formatDateTimeZone(ms: number | undefined, utc = displayUtc): string {
+  if (ms === undefined) return "—";
+  return `${formatDateTime(ms, utc)} ${zoneName(utc, ms)}`;
+}
+
+/**
+ * "2026-11-28 17:59:03" in the display zone (local by default, UTC when the
+ * reader chose it; tests pass utc = true so they do not depend on the
+ * machine's zone).
+ */
+export function formatDateTime(ms: number | undefined, utc = displayUtc): string {
   if (ms === undefined) return "—";
   const d = new Date(ms);
   const [y, mo, da, h, mi, s] = utc
@@ -84,7 +119,7 @@ export function formatDateTime(ms: number | undefined, utc = false): string {
 }
 
 /** "17:59:03.120" — for log lines. */
-export function formatClock(ms: number | undefined, utc = false): string {
+export function formatClock(ms: number | undefined, utc = displayUtc): string {
   if (ms === undefined) return "";
   const d = new Date(ms);
   const [h, mi, s, milli] = utc

@@ -62,6 +62,9 @@ export interface EnqueueForm {
   concurrencyLimit: string;
   tags: string;
   delaySeconds: string;
+  /** "2026-12-01T09:30" (an <input type="datetime-local">), in the display zone. */
+  runAt: string;
+  timeoutSeconds: string;
 }
 
 export const DEFAULT_FORM: EnqueueForm = {
@@ -90,6 +93,8 @@ export const DEFAULT_FORM: EnqueueForm = {
   concurrencyLimit: "",
   tags: "",
   delaySeconds: "",
+  runAt: "",
+  timeoutSeconds: "",
 };
 
 export type FieldErrors = Partial<Record<keyof EnqueueForm, string>>;
@@ -222,8 +227,26 @@ export function buildPayload(f: EnqueueForm, errors: FieldErrors): JsonObject | 
   }
 }
 
-/** The form as an EnqueueJob spec, or the errors to show next to the fields. */
-export function buildSpec(f: EnqueueForm): BuildResult {
+/**
+ * Milliseconds since the epoch of "YYYY-MM-DDTHH:MM[:SS]" read in UTC or in
+ * the browser's zone; undefined when the text is not such a time.
+ */
+export function parseDateTimeInput(text: string, utc: boolean): number | undefined {
+  const m = /^(\d{4})-(\d{2})-(\d{2})[T ](\d{2}):(\d{2})(?::(\d{2}))?$/.exec(text.trim());
+  if (!m) return undefined;
+  const [y, mo, d, h, mi, s] = m.slice(1).map((x) => Number(x ?? 0)) as [number, number, number, number, number, number];
+  const ms = utc ? Date.UTC(y, mo - 1, d, h, mi, s) : new Date(y, mo - 1, d, h, mi, s).getTime();
+  // Date rolls 2026-02-31 over into March: refuse it instead.
+  const back = new Date(ms);
+  const day = utc ? back.getUTCDate() : back.getDate();
+  return Number.isFinite(ms) && day === d ? ms : undefined;
+}
+
+/**
+ * The form as an EnqueueJob spec, or the errors to show next to the fields.
+ * `utc` says which zone the run-at field is in (the reader's display zone).
+ */
+export function buildSpec(f: EnqueueForm, utc = false): BuildResult {
   const errors: FieldErrors = {};
   const type = f.type === "custom" ? f.customType.trim() : f.type;
   if (!type) errors.customType = "Enter a job type";
@@ -234,6 +257,15 @@ export function buildSpec(f: EnqueueForm): BuildResult {
   const priority = intField(f.priority, "priority", errors, { min: -1000, max: 1000, label: "Priority" });
   const maxAttempts = intField(f.maxAttempts, "maxAttempts", errors, { min: 1, max: 1000, label: "Attempts" });
   const delay = intField(f.delaySeconds, "delaySeconds", errors, { min: 0, max: 365 * 86400, label: "Delay" });
+  let runAt: number | undefined;
+  if (f.runAt.trim()) {
+    runAt = parseDateTimeInput(f.runAt, utc);
+    if (runAt === undefined) errors.runAt = "Enter a date and time";
+    // The server takes one of the two (JobSpec.run_at, JobSpec.delay).
+    else if (delay) errors.runAt = "Give a run-at time or a delay, not both";
+  }
+  // JobSpec.timeout: > 0 and at most 365 days.
+  const timeout = intField(f.timeoutSeconds, "timeoutSeconds", errors, { min: 1, max: 365 * 86400, label: "Timeout" });
   const concurrencyKey = f.concurrencyKey.trim();
   const concurrencyLimit = intField(f.concurrencyLimit, "concurrencyLimit", errors, { min: 1, max: 10000, label: "Limit" });
   if (concurrencyLimit && !concurrencyKey) errors.concurrencyLimit = "Give a concurrency key too";
@@ -256,5 +288,7 @@ export function buildSpec(f: EnqueueForm): BuildResult {
     tags,
   };
   if (delay) spec.delay = { seconds: BigInt(delay), nanos: 0 };
+  if (runAt !== undefined) spec.runAt = { seconds: BigInt(Math.floor(runAt / 1000)), nanos: 0 };
+  if (timeout) spec.timeout = { seconds: BigInt(timeout), nanos: 0 };
   return { spec, payload, errors };
 }

@@ -18,15 +18,23 @@ export interface PageShape {
   first: boolean;
   /** There is a next page (older jobs after the last row). */
   hasNext: boolean;
-  /** Stop inserting beyond this many rows (the page asks for a reload instead). */
+  /**
+   * The most rows the first page shows. It stays live for good: it keeps
+   * the newest maxRows rows and drops the oldest as new ones arrive. A
+   * deeper page takes no new jobs (those newer than its top are only
+   * counted), only older ones that come to match inside its id range, so it
+   * has no cap: dropping a row there would lose it from both pages.
+   */
   maxRows: number;
 }
 
 export interface ApplyResult {
   rows: Job[];
   changed: boolean;
-  /** A job that belongs here was not inserted because the page is full. */
-  overflow: boolean;
+  /** Matching jobs that arrived but are not shown (newer than a deeper page's top). */
+  arrived: number;
+  /** Rows that left the bottom of a full first page to make room at the top. */
+  dropped: number;
 }
 
 /**
@@ -36,42 +44,50 @@ export interface ApplyResult {
  */
 export function applyEvent(rows: Job[], ev: JobEvent, filters: JobFilters, shape: PageShape): ApplyResult {
   const job = ev.job;
-  if (!job) return { rows, changed: false, overflow: false };
+  const unchanged = { rows, changed: false, arrived: 0, dropped: 0 };
+  if (!job) return unchanged;
   const idx = rows.findIndex((r) => r.id === job.id);
   if (ev.type === JobEventType.DELETED || !jobMatches(job, filters)) {
-    if (idx < 0) return { rows, changed: false, overflow: false };
-    return { rows: rows.filter((_, i) => i !== idx), changed: true, overflow: false };
+    if (idx < 0) return unchanged;
+    return { rows: rows.filter((_, i) => i !== idx), changed: true, arrived: 0, dropped: 0 };
   }
   if (idx >= 0) {
     const next = rows.slice();
     // Lists and events are both in the BASIC view: the event has it all.
     next[idx] = job;
-    return { rows: next, changed: true, overflow: false };
+    return { rows: next, changed: true, arrived: 0, dropped: 0 };
   }
   const firstRow = rows[0];
   const lastRow = rows[rows.length - 1];
   const belowTop = shape.first || (firstRow !== undefined && compareIds(job.id, firstRow.id) < 0);
+  // A deeper page stays put; a new job newer than its top is only counted.
+  if (!belowTop) return ev.type === JobEventType.CREATED ? { ...unchanged, arrived: 1 } : unchanged;
   const aboveBottom = !shape.hasNext || (lastRow !== undefined && compareIds(job.id, lastRow.id) > 0);
-  if (!belowTop || !aboveBottom) return { rows, changed: false, overflow: false };
-  if (rows.length >= shape.maxRows) return { rows, changed: false, overflow: true };
+  if (!aboveBottom) return unchanged;
   let at = rows.findIndex((r) => compareIds(job.id, r.id) > 0);
   if (at < 0) at = rows.length;
+  // A full first page takes only jobs newer than its oldest row, which then leaves.
+  if (shape.first && rows.length >= shape.maxRows && at >= rows.length) return unchanged;
   const next = rows.slice();
   next.splice(at, 0, job);
-  return { rows: next, changed: true, overflow: false };
+  const dropped = shape.first ? Math.max(0, next.length - shape.maxRows) : 0;
+  if (dropped > 0) next.length = shape.maxRows;
+  return { rows: next, changed: true, arrived: 0, dropped };
 }
 
 /** Applies a batch of events in order. */
 export function applyEvents(rows: Job[], events: JobEvent[], filters: JobFilters, shape: PageShape): ApplyResult {
   let changed = false;
-  let overflow = false;
+  let arrived = 0;
+  let dropped = 0;
   for (const ev of events) {
     const r = applyEvent(rows, ev, filters, shape);
     rows = r.rows;
     changed ||= r.changed;
-    overflow ||= r.overflow;
+    arrived += r.arrived;
+    dropped += r.dropped;
   }
-  return { rows, changed, overflow };
+  return { rows, changed, arrived, dropped };
 }
 
 /** What a list page offers the live stream. */
@@ -97,7 +113,7 @@ export function liveList(filters: JobFilters, page: LivePage): LiveListener {
       const rows = page.rows();
       if (!rows) return;
       const r = applyEvents(rows, evs, filters, page.shape());
-      if (r.changed || r.overflow) page.update(r);
+      if (r.changed || r.arrived > 0) page.update(r);
     },
     resync() {
       if (page.rows()) page.reload();

@@ -69,3 +69,24 @@ export function href(path: string, params?: Record<string, string | undefined> |
 export function jobHref(id: string): string {
   return `#/jobs/${encodeURIComponent(id)}`;
 }
+
+/** Where a keyset-paged list stands: its page number and the page token that reads it. */
+export interface PagePosition {
+  /** 1 for the first page. */
+  page: number;
+  /** The opaque page token ("" on the first page). */
+  cursor: string;
+}
+
+/** Reads "page=3&cursor=…" from a list's URL; anything unusable means the first page. */
+export function pageFromParams(params: URLSearchParams): PagePosition {
+  const cursor = params.get("cursor") ?? "";
+  const page = Number(params.get("page") ?? "1");
+  if (!cursor || !Number.isInteger(page) || page < 2) return { page: 1, cursor: "" };
+  return { page, cursor };
+}
+
+/** The URL parameters of a page position (none for the first page). */
+export function pageToParams(p: PagePosition): Record<string, string | undefined> {
+  return p.page > 1 && p.cursor ? { page: String(p.page), cursor: p.cursor } : {};
+}

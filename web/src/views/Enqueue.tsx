@@ -3,6 +3,8 @@ import { useRef, useState } from "preact/hooks";
 import { api, errorMessage } from "../lib/api";
 import { createEnqueuer, enqueuedMessage, isAmbiguous } from "../lib/enqueue";
 import { buildSpec, DEFAULT_FORM, FORMATS, JOB_TYPES, type EnqueueForm, type FormType } from "../lib/jobtypes";
+import { zoneName } from "../lib/format";
+import { prefs } from "../lib/prefs";
 import { jobHref } from "../lib/router";
 import { toast } from "../components/overlay";
 import { Card, PageHeader } from "../components/ui";
@@ -18,7 +20,7 @@ export function Enqueue() {
   // Set at once (state updates only show on the next render): a second
   // press or Enter while a submission is under way does nothing.
   const busy = useRef(false);
-  const built = buildSpec(f);
+  const built = buildSpec(f, prefs().zone === "utc");
   const errors = submitted ? built.errors : {};
 
   const set = <K extends keyof EnqueueForm>(k: K, v: EnqueueForm[K]) => setF({ ...f, [k]: v });
@@ -203,7 +205,7 @@ export function Enqueue() {
               ) : null}
             </div>
             <button type="button" class="link small disclosure" onClick={() => setAdvanced(!advanced)} aria-expanded={advanced}>
-              {advanced ? "▾" : "▸"} Job options (queue, priority, attempts, delay…)
+              {advanced ? "▾" : "▸"} Job options (queue, priority, attempts, run time, timeout…)
             </button>
             {advanced ? (
               <div class="form-grid">
@@ -227,6 +229,18 @@ export function Enqueue() {
                   <span>Delay (seconds)</span>
                   <input {...text("delaySeconds")} inputMode="numeric" placeholder="0" />
                   {err("delaySeconds")}
+                </label>
+                <label class="field">
+                  <span>Run at ({zoneName()})</span>
+                  <input {...text("runAt")} type="datetime-local" step={1} data-testid="run-at-input" />
+                  <small class="muted">Instead of a delay; empty runs now</small>
+                  {err("runAt")}
+                </label>
+                <label class="field">
+                  <span>Timeout (seconds)</span>
+                  <input {...text("timeoutSeconds")} inputMode="numeric" placeholder="server default" data-testid="timeout-input" />
+                  <small class="muted">Longest one attempt may run</small>
+                  {err("timeoutSeconds")}
                 </label>
                 <label class="field">
                   <span>Unique key</span>

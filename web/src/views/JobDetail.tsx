@@ -284,7 +284,7 @@ export function JobDetail({ id }: { id: string }) {
           <Empty title="No attempts yet" />
         ) : (
           <div class="table-wrap">
-            <table class="table compact" data-testid="attempts">
+            <table class="table compact cards" data-testid="attempts">
               <thead>
                 <tr>
                   <th class="num" title="Place in the job's history; the log's attempt dividers use it too">
@@ -311,13 +311,13 @@ export function JobDetail({ id }: { id: string }) {
                     // seq never repeats within a job; number starts again after a retry.
                     return (
                       <tr key={a.seq} data-seq={a.seq}>
-                        <td class="num">{a.seq}</td>
-                        <td class="num">{a.number}</td>
-                        <td class="mono ellipsis">{a.workerId}</td>
-                        <td>{formatDateTime(tsMillis(a.startedAt))}</td>
-                        <td>{a.finishedAt ? formatDateTime(tsMillis(a.finishedAt)) : <span class="muted">running</span>}</td>
-                        <td class="num">{formatDuration(runMs(a))}</td>
-                        <td>
+                        <td class="num" data-label="#">{a.seq}</td>
+                        <td class="num" data-label="Attempt">{a.number}</td>
+                        <td class="mono ellipsis" data-label="Worker">{a.workerId}</td>
+                        <td data-label="Started">{formatDateTime(tsMillis(a.startedAt))}</td>
+                        <td data-label="Finished">{a.finishedAt ? formatDateTime(tsMillis(a.finishedAt)) : <span class="muted">running</span>}</td>
+                        <td class="num" data-label="Took">{formatDuration(runMs(a))}</td>
+                        <td data-label="Outcome">
                           <span class="badge-group">
                             <Badge tone={o.tone}>{o.label}</Badge>
                             {cancel ? (
@@ -327,7 +327,7 @@ export function JobDetail({ id }: { id: string }) {
                             ) : null}
                           </span>
                         </td>
-                        <td class="error-text small pre-wrap">{a.error}</td>
+                        <td class="error-text small pre-wrap" data-label="Error">{a.error}</td>
                       </tr>
                     );
                   })}

@@ -8,13 +8,12 @@ import { firstLine, formatCount, formatDuration, shortId, tsMillis } from "../li
 import { useAsync, useLive, useNow } from "../lib/hooks";
 import { useQueueStats } from "../lib/stats";
 import { liveList } from "../lib/listupdate";
-import { href, jobHref } from "../lib/router";
+import { href, jobHref, pageFromParams, pageToParams, type PagePosition } from "../lib/router";
 import { STATES } from "../lib/states";
 import { JOB_TYPES } from "../lib/jobtypes";
 import { Empty, ErrorBox, PageHeader, Pager, ProgressBar, Spinner, StateBadge, Time } from "../components/ui";
 
 export const PAGE_SIZE = 50;
-const MAX_LIVE_ROWS = PAGE_SIZE * 4;
 
 export function Jobs({ params }: { params: URLSearchParams }) {
   const filters = filtersFromParams(params);
@@ -23,7 +22,7 @@ export function Jobs({ params }: { params: URLSearchParams }) {
     <div>
       <PageHeader title="Jobs" sub="Newest first. The list updates live as jobs change." />
       <FilterBar filters={filters} />
-      <JobTable key={key} filters={filters} />
+      <JobTable key={key} filters={filters} position={pageFromParams(params)} />
     </div>
   );
 }
@@ -87,6 +86,7 @@ function FilterBar({ filters }: { filters: JobFilters }) {
           class="input"
           list="job-types"
           placeholder="Job type"
+          aria-label="Job type"
           title="One or more job types, comma-separated"
           value={type}
           onInput={(e) => setType(e.currentTarget.value)}
@@ -130,21 +130,36 @@ function FilterBar({ filters }: { filters: JobFilters }) {
 interface PageState {
   rows: Job[];
   nextToken: string;
-  overflow: boolean;
+  /** Live updates dropped rows off the bottom of the first page: nextToken no longer follows the last row. */
+  trimmed: boolean;
+  /** Matching jobs created since this (deeper) page was read; it does not show them. */
+  arrived: number;
+}
+
+/** The page before each page token seen in this tab, for "Newer" (tokens only lead onward). */
+const previousPage = new Map<string, PagePosition>();
+
+/** Older jobs follow this page: the server said so, or live updates pushed rows off it. */
+function hasOlder(page: PageState | undefined): boolean {
+  return !!page && (page.nextToken !== "" || page.trimmed);
+}
+
+/** Shows another page of the list (a new history entry, so Back returns to this one). */
+function goPage(filters: JobFilters, to: PagePosition): void {
+  location.hash = href("/jobs", { ...filtersToParams(filters), ...pageToParams(to) });
 }
 
 /** Mounted once per filter (Jobs keys it): page tokens are bound to their filter. */
-function JobTable({ filters }: { filters: JobFilters }) {
-  // tokens[i] is the page token of page i+1 ("" for the first page).
-  const [tokens, setTokens] = useState<string[]>([""]);
-  const token = tokens[tokens.length - 1] ?? "";
+function JobTable({ filters, position }: { filters: JobFilters; position: PagePosition }) {
+  const token = position.cursor;
+  const first = position.page === 1;
   const [page, setPage] = useState<PageState | undefined>();
   const [paused, setPaused] = useState(false);
   const now = useNow(5000);
   const loaded = useAsync(
     async (signal) => {
       const res = await api().listJobs(listRequest(filters, token, PAGE_SIZE), { signal });
-      return { rows: res.jobs, nextToken: res.nextPageToken, overflow: false };
+      return { rows: res.jobs, nextToken: res.nextPageToken, trimmed: false, arrived: 0 };
     },
     [token],
   );
@@ -154,20 +169,21 @@ function JobTable({ filters }: { filters: JobFilters }) {
   const pageRef = useRef(page);
   pageRef.current = page;
   // A new page starts at the top of the table.
-  const first = useRef(true);
+  const mounted = useRef(false);
   useEffect(() => {
-    if (first.current) first.current = false;
-    else window.scrollTo({ top: 0 });
-  }, [tokens.length]);
+    if (mounted.current) window.scrollTo({ top: 0 });
+    else mounted.current = true;
+  }, [token]);
   const pausedRef = useRef(paused);
   pausedRef.current = paused;
   useLive(
     liveList(filters, {
       rows: () => (pausedRef.current ? undefined : pageRef.current?.rows),
-      shape: () => ({ first: tokens.length === 1, hasNext: pageRef.current?.nextToken !== "", maxRows: MAX_LIVE_ROWS }),
+      shape: () => ({ first, hasNext: hasOlder(pageRef.current), maxRows: PAGE_SIZE }),
       update: (r) => {
         const cur = pageRef.current;
-        if (cur) setPage({ ...cur, rows: r.rows, overflow: cur.overflow || r.overflow });
+        if (!cur) return;
+        setPage({ ...cur, rows: r.rows, trimmed: cur.trimmed || r.dropped > 0, arrived: cur.arrived + r.arrived });
       },
       reload: loaded.reload,
     }),
@@ -178,13 +194,11 @@ function JobTable({ filters }: { filters: JobFilters }) {
     <div class="card">
       <div class="table-toolbar">
         <div class="muted small grow">
-          {page && page.overflow ? (
-            <>
-              More jobs arrived than fit here.{" "}
-              <button class="link" onClick={loaded.reload}>
-                Refresh
-              </button>
-            </>
+          {page && page.arrived > 0 ? (
+            <span data-testid="jobs-arrived">
+              {formatCount(page.arrived)} newer job{page.arrived === 1 ? "" : "s"} arrived.{" "}
+              <a href={href("/jobs", filtersToParams(filters))}>Show the newest</a>
+            </span>
           ) : null}
         </div>
         <label class="toggle small">
@@ -205,13 +219,27 @@ function JobTable({ filters }: { filters: JobFilters }) {
       {rows.length > 0 ? <JobRows rows={rows} now={now} /> : null}
       {page ? (
         <Pager
-          page={tokens.length}
+          page={position.page}
           shown={rows.length}
-          hasPrev={tokens.length > 1}
-          hasNext={page.nextToken !== ""}
-          onFirst={() => setTokens([""])}
-          onPrev={() => setTokens(tokens.slice(0, -1))}
-          onNext={() => setTokens([...tokens, page.nextToken])}
+          hasPrev={!first}
+          hasNext={hasOlder(page)}
+          onFirst={() => goPage(filters, { page: 1, cursor: "" })}
+          onPrev={() => goPage(filters, previousPage.get(token) ?? { page: 1, cursor: "" })}
+          onNext={async () => {
+            let next = page.nextToken;
+            if (first && page.trimmed) {
+              // The live first page dropped its oldest rows, so the token it
+              // was read with would skip them: ask for the first page afresh.
+              try {
+                next = (await api().listJobs(listRequest(filters, "", PAGE_SIZE))).nextPageToken;
+              } catch {
+                // Keep the old token: some rows skipped beats a dead button.
+              }
+              if (!next) return;
+            }
+            previousPage.set(next, position);
+            goPage(filters, { page: position.page + 1, cursor: next });
+          }}
         />
       ) : null}
     </div>
@@ -231,7 +259,7 @@ export function JobRows({
 }) {
   return (
     <div class="table-wrap">
-      <table class="table" data-testid="jobs-table">
+      <table class="table cards" data-testid="jobs-table">
         <thead>
           <tr>
             {selected ? (
@@ -260,7 +288,7 @@ export function JobRows({
           {rows.map((j) => (
             <tr key={j.id} data-job-id={j.id}>
               {selected ? (
-                <td class="check">
+                <td class="check" data-label="Select">
                   <input
                     type="checkbox"
                     aria-label={`Select ${j.id}`}
@@ -269,26 +297,26 @@ export function JobRows({
                   />
                 </td>
               ) : null}
-              <td class="mono">
+              <td class="mono" data-label="Job">
                 <a href={jobHref(j.id)} title={j.id}>
                   {shortId(j.id)}
                 </a>
               </td>
-              <td>
+              <td data-label="Type">
                 <span class="type">{j.type}</span>
               </td>
-              <td>{j.queue || "default"}</td>
-              <td>
+              <td data-label="Queue">{j.queue || "default"}</td>
+              <td data-label="State">
                 <StateBadge state={j.state} cancelRequested={j.cancelRequested} />
               </td>
-              <td class="num">
+              <td class="num" data-label="Attempt">
                 {j.attempt}
                 <span class="muted">/{j.maxAttempts}</span>
               </td>
-              <td>
+              <td data-label="Created">
                 <Time ms={tsMillis(j.createdAt)} now={now} />
               </td>
-              <td class="detail-cell">
+              <td class="detail-cell" data-label="Detail">
                 <RowDetail job={j} now={now} />
               </td>
             </tr>

@@ -9,6 +9,7 @@ import { formatCount, formatLatency } from "../lib/format";
 import { useAsync, useInterval } from "../lib/hooks";
 import { useQueueStats } from "../lib/stats";
 import { href } from "../lib/router";
+import { stateInfo } from "../lib/states";
 import { toast } from "../components/overlay";
 import { Badge, Card, Empty, ErrorBox, PageHeader, Spinner } from "../components/ui";
 
@@ -74,7 +75,7 @@ export function Queues() {
           <Empty title="No queues yet">A queue appears when a job is enqueued into it or when you configure it below.</Empty>
         ) : (
           <div class="table-wrap">
-            <table class="table" data-testid="queues-table">
+            <table class="table cards" data-testid="queues-table">
               <thead>
                 <tr>
                   <th>Queue</th>
@@ -115,7 +116,7 @@ export function Queues() {
             }
           }}
         >
-          <input class="input" placeholder="Queue name" value={newName} onInput={(e) => setNewName(e.currentTarget.value)} pattern="[A-Za-z0-9_.:\-]{1,128}" />
+          <input class="input" placeholder="Queue name" aria-label="Queue name" value={newName} onInput={(e) => setNewName(e.currentTarget.value)} pattern="[A-Za-z0-9_.:\-]{1,128}" />
           <button class="btn" type="submit">
             Add queue
           </button>
@@ -136,12 +137,12 @@ function Counts({ row }: { row: Row }) {
       {[JobState.QUEUED, JobState.RUNNING, JobState.RETRYING, JobState.DEAD].map((s) => {
         const n = count(row.stats, s);
         return (
-          <td key={s} class={`num ${n === 0n ? "muted" : ""}`}>
+          <td key={s} class={`num ${n === 0n ? "muted" : ""}`} data-label={stateInfo(s).label}>
             {formatCount(n)}
           </td>
         );
       })}
-      <td class="num">{formatLatency(row.stats?.oldestReadyAge)}</td>
+      <td class="num" data-label="Latency">{formatLatency(row.stats?.oldestReadyAge)}</td>
     </>
   );
 }
@@ -150,13 +151,13 @@ function QueueRow({ row, onEdit, onPause }: { row: Row; onEdit: () => void; onPa
   const paused = row.queue?.paused ?? false;
   return (
     <tr data-queue={row.name}>
-      <td>
+      <td data-label="Queue">
         <a href={href("/jobs", { queue: row.name })}>{row.name}</a>
       </td>
-      <td>{paused ? <Badge tone="amber">Paused</Badge> : <Badge tone="green">Active</Badge>}</td>
+      <td data-label="Status">{paused ? <Badge tone="amber">Paused</Badge> : <Badge tone="green">Active</Badge>}</td>
       <Counts row={row} />
-      <td class="num">{row.queue?.concurrencyLimit ? formatCount(row.queue.concurrencyLimit) : <span class="muted">none</span>}</td>
-      <td class="num">
+      <td class="num" data-label="Concurrency">{row.queue?.concurrencyLimit ? formatCount(row.queue.concurrencyLimit) : <span class="muted">none</span>}</td>
+      <td class="num" data-label="Rate">
         {row.queue?.rateLimitPerSecond ? (
           <>
             {row.queue.rateLimitPerSecond}
@@ -201,13 +202,13 @@ function EditRow({
   const paused = row.queue?.paused ?? false;
   return (
     <tr class="editing">
-      <td>{row.name}</td>
-      <td>{paused ? <Badge tone="amber">Paused</Badge> : <Badge tone="green">Active</Badge>}</td>
+      <td data-label="Queue">{row.name}</td>
+      <td data-label="Status">{paused ? <Badge tone="amber">Paused</Badge> : <Badge tone="green">Active</Badge>}</td>
       <Counts row={row} />
-      <td class="num">
-        <input class={`input input-sm num ${c.error ? "invalid" : ""}`} placeholder="none" title={c.error ?? "Most jobs running at once; empty or 0 for no limit"} value={conc} onInput={(e) => setConc(e.currentTarget.value)} />
+      <td class="num" data-label="Concurrency">
+        <input class={`input input-sm num ${c.error ? "invalid" : ""}`} placeholder="none" aria-label="Concurrency limit" title={c.error ?? "Most jobs running at once; empty or 0 for no limit"} value={conc} onInput={(e) => setConc(e.currentTarget.value)} />
       </td>
-      <td class="num">
+      <td class="num" data-label="Rate">
         <input class={`input input-sm num ${r.error ? "invalid" : ""}`} placeholder="none" aria-label="Rate (jobs/s)" title={r.error ?? "Most jobs started per second; empty or 0 for no limit"} value={rate} onInput={(e) => setRate(e.currentTarget.value)} />
         <input
           class={`input input-sm num ${b.error ? "invalid" : ""}`}

@@ -111,7 +111,7 @@ export function Schedules() {
           <Empty title="No schedules">Create one to enqueue a job on a cron expression.</Empty>
         ) : (
           <div class="table-wrap">
-            <table class="table" data-testid="schedules-table">
+            <table class="table cards" data-testid="schedules-table">
               <thead>
                 <tr>
                   <th>Name</th>
@@ -126,25 +126,25 @@ export function Schedules() {
               <tbody>
                 {schedules.map((s) => (
                   <tr key={s.name}>
-                    <td>
+                    <td data-label="Name">
                       <b>{s.name}</b>
                     </td>
-                    <td>
+                    <td data-label="Cron">
                       <code>{s.cron}</code>
                       <div class="muted small">
                         {s.timeZone || "UTC"}
                         {s.missedTicks === MissedTicks.SKIP ? " · skips missed ticks" : ""}
                       </div>
                     </td>
-                    <td>
+                    <td data-label="Job">
                       <a href={href("/jobs", { type: s.job?.type })}>
                         <span class="type">{s.job?.type}</span>
                       </a>
                       <div class="muted small">{s.job?.queue || "default"}</div>
                     </td>
-                    <td>{s.paused ? <Badge tone="amber">Paused</Badge> : <Badge tone="green">Active</Badge>}</td>
-                    <td>{s.paused ? <span class="muted">—</span> : <Time ms={tsMillis(s.nextRunAt)} now={now} />}</td>
-                    <td>
+                    <td data-label="Status">{s.paused ? <Badge tone="amber">Paused</Badge> : <Badge tone="green">Active</Badge>}</td>
+                    <td data-label="Next run">{s.paused ? <span class="muted">—</span> : <Time ms={tsMillis(s.nextRunAt)} now={now} />}</td>
+                    <td data-label="Last run">
                       <Time ms={tsMillis(s.lastRunAt)} now={now} />
                       {s.lastJobId ? (
                         <div class="small">

@@ -33,7 +33,7 @@ export function Workers() {
           </Empty>
         ) : (
           <div class="table-wrap">
-            <table class="table" data-testid="workers-table">
+            <table class="table cards" data-testid="workers-table">
               <thead>
                 <tr>
                   <th>Worker</th>
@@ -51,17 +51,17 @@ export function Workers() {
                   const st = workerStatusInfo(w.status);
                   return (
                     <tr key={w.workerId}>
-                      <td class="mono">
+                      <td class="mono" data-label="Worker">
                         {w.workerId}
                         {w.version ? <div class="muted small">{formatVersion(w.version)}</div> : null}
                       </td>
-                      <td>{w.hostname || <span class="muted">—</span>}</td>
-                      <td>
+                      <td data-label="Host">{w.hostname || <span class="muted">—</span>}</td>
+                      <td data-label="Status">
                         <Badge tone={st.tone}>{st.label}</Badge>
                       </td>
-                      <td>{(w.queues.length ? w.queues : ["default"]).map((q) => <span key={q} class="tag">{q}</span>)}</td>
-                      <td>{w.types.length ? w.types.map((t) => <span key={t} class="tag">{t}</span>) : <span class="muted">any</span>}</td>
-                      <td class="mono">
+                      <td data-label="Queues">{(w.queues.length ? w.queues : ["default"]).map((q) => <span key={q} class="tag">{q}</span>)}</td>
+                      <td data-label="Job types">{w.types.length ? w.types.map((t) => <span key={t} class="tag">{t}</span>) : <span class="muted">any</span>}</td>
+                      <td class="mono" data-label="Running">
                         {/* A flex box inside the cell: `display: flex` on the td itself takes it out of the table layout. */}
                         <div class="links">
                           {w.runningJobIds.length === 0 ? (
@@ -78,10 +78,10 @@ export function Workers() {
                           )}
                         </div>
                       </td>
-                      <td>
+                      <td data-label="Heartbeat">
                         <Time ms={tsMillis(w.lastSeenAt)} now={now} />
                       </td>
-                      <td title={formatDateTime(tsMillis(w.firstSeenAt))}>
+                      <td title={formatDateTime(tsMillis(w.firstSeenAt))} data-label="Up since">
                         <Time ms={tsMillis(w.firstSeenAt)} now={now} />
                       </td>
                     </tr>
