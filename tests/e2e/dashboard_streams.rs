@@ -322,3 +322,63 @@ async fn drain_status<T>(stream: &mut Streaming<T>) -> Result<tonic::Status> {
     })
     .await?
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dashboard_stream_carries_all_four_parts_over_one_call() -> Result<()> {
+    use pb::watch_dashboard_response::Update;
+    let server = TestServer::start().await?;
+    let jobq = server.client();
+    let mut dashboard = jobq
+        .queue()
+        .watch_dashboard(pb::WatchDashboardRequest::default())
+        .await?
+        .into_inner();
+    let mut seen = [false; 4];
+    until(&mut dashboard, "every part once", |m| {
+        match &m.update {
+            Some(Update::Stats(_)) => seen[0] = true,
+            Some(Update::Workers(_)) => seen[1] = true,
+            Some(Update::Queues(_)) => seen[2] = true,
+            Some(Update::Schedules(_)) => seen[3] = true,
+            None => {}
+        }
+        seen.iter().all(|part| *part)
+    })
+    .await?;
+
+    jobq.enqueue(JobSpec {
+        queue: "posters".to_owned(),
+        ..spec("poster")
+    })
+    .await?;
+    let (mut counted, mut listed) = (false, false);
+    until(&mut dashboard, "the new queue counted and listed", |m| {
+        match &m.update {
+            Some(Update::Stats(stats)) => {
+                counted |= stats.queues.iter().any(|q| q.queue == "posters");
+            }
+            Some(Update::Queues(queues)) => {
+                listed |= queues.queues.iter().any(|q| q.name == "posters");
+            }
+            _ => {}
+        }
+        counted && listed
+    })
+    .await?;
+    jobq.queue()
+        .put_schedule(PutScheduleRequest {
+            schedule: Some(Schedule {
+                name: "weekly-report".to_owned(),
+                cron: "0 0 9 * * 1".to_owned(),
+                job: Some(spec("report")),
+                ..Schedule::default()
+            }),
+        })
+        .await?;
+    until(&mut dashboard, "the new schedule", |m| {
+        matches!(&m.update, Some(Update::Schedules(s)) if s.schedules.iter().any(|s| s.name == "weekly-report"))
+    })
+    .await?;
+    stays_quiet(&mut dashboard, "WatchDashboard").await?;
+    server.shutdown().await
+}

@@ -69,6 +69,7 @@ const READ_METHODS: &[&str] = &[
     "WatchWorkers",
     "WatchQueues",
     "WatchSchedules",
+    "WatchDashboard",
 ];
 /// Methods of JobQueueService a producer may call besides the reads.
 const PRODUCER_WRITES: &[&str] = &["EnqueueJob", "EnqueueJobs"];

@@ -55,6 +55,19 @@ fn starts_or_ends_a_run(event: &JobEvent) -> bool {
     }
 }
 
+/// One read of a Watch* list.
+type BoxedRead<T> = std::pin::Pin<Box<dyn std::future::Future<Output = QueueResult<T>> + Send>>;
+
+/// What of the workers is worth a message: a heartbeat alone changes only
+/// last_seen_at.
+fn workers_shown(workers: &[pb::Worker]) -> Vec<pb::Worker> {
+    let mut workers = workers.to_vec();
+    for worker in &mut workers {
+        worker.last_seen_at = None;
+    }
+    workers
+}
+
 /// A new job: a schedule that fires makes one (and moves its next tick).
 fn created(event: &JobEvent) -> bool {
     event.kind == JobEventKind::Created
@@ -98,20 +111,19 @@ impl QueueApi {
             .send_modify(|generation| *generation = generation.wrapping_add(1));
     }
 
-    /// Spawns a Watch* list stream: `read` again on `triggers`.
+    /// Spawns a Watch* list stream into `sender`: `read` again on `triggers`.
     fn spawn_list<T, K, R, F>(
         &self,
         triggers: ListTriggers,
         read: R,
+        sender: mpsc::Sender<Result<T, Status>>,
         shown: fn(&T) -> K,
-    ) -> ReceiverStream<Result<T, Status>>
-    where
+    ) where
         T: Send + 'static,
         K: PartialEq + Send + 'static,
         R: FnMut() -> F + Send + 'static,
         F: std::future::Future<Output = QueueResult<T>> + Send + 'static,
     {
-        let (sender, receiver) = mpsc::channel(STREAM_BUFFER);
         self.streams.spawn(watch_list(
             self.queue.clone(),
             self.presence.clone(),
@@ -120,7 +132,112 @@ impl QueueApi {
             read,
             shown,
         ));
-        ReceiverStream::new(receiver)
+    }
+
+    /// Spawns a stats stream of `queues` (all when empty) into `sender`.
+    fn spawn_stats<T: Send + 'static>(
+        &self,
+        queues: Vec<String>,
+        sender: mpsc::Sender<Result<T, Status>>,
+        message: impl Fn(pb::GetQueueStatsResponse) -> T + Send + 'static,
+    ) {
+        self.streams.spawn(watch_stats(
+            self.queue.clone(),
+            self.presence.clone(),
+            self.stats.clone(),
+            queues,
+            sender,
+            move |snapshot| message(stats_response(snapshot)),
+        ));
+    }
+
+    /// What wakes a workers stream, and how it reads them.
+    fn workers_source(
+        &self,
+        include_stale: bool,
+    ) -> (
+        ListTriggers,
+        impl FnMut() -> BoxedRead<pb::WatchWorkersResponse> + Send + 'static,
+    ) {
+        let queue = self.queue.clone();
+        let triggers = ListTriggers {
+            events: Some((self.queue.subscribe(), starts_or_ends_a_run)),
+            stats: None,
+            controls: self.controls.subscribe(),
+            every: WORKERS_REREAD,
+            gap: WORKERS_GAP,
+        };
+        let read = move || -> BoxedRead<pb::WatchWorkersResponse> {
+            let queue = queue.clone();
+            Box::pin(async move {
+                let workers = workers(&queue, include_stale).await?;
+                Ok(pb::WatchWorkersResponse { workers })
+            })
+        };
+        (triggers, read)
+    }
+
+    /// What wakes a queues stream, and how it reads them.
+    fn queues_source(
+        &self,
+    ) -> (
+        ListTriggers,
+        impl FnMut() -> BoxedRead<pb::WatchQueuesResponse> + Send + 'static,
+    ) {
+        let queue = self.queue.clone();
+        let stats = self.stats.clone();
+        let triggers = ListTriggers {
+            events: None,
+            stats: Some(self.stats.clone()),
+            controls: self.controls.subscribe(),
+            every: CONTROLS_REREAD,
+            gap: LIST_GAP,
+        };
+        let read = move || -> BoxedRead<pb::WatchQueuesResponse> {
+            let queue = queue.clone();
+            // Queue names from the tally: a DISTINCT over the jobs table
+            // would read every job.
+            let names: Vec<String> = stats
+                .borrow()
+                .queues
+                .iter()
+                .map(|q| q.queue.clone())
+                .collect();
+            Box::pin(async move {
+                let queues = queue.queues_among(names).await?;
+                Ok(pb::WatchQueuesResponse {
+                    queues: queues.into_iter().map(proto_queue).collect(),
+                })
+            })
+        };
+        (triggers, read)
+    }
+
+    /// What wakes a schedules stream, and how it reads them.
+    fn schedules_source(
+        &self,
+    ) -> (
+        ListTriggers,
+        impl FnMut() -> BoxedRead<pb::WatchSchedulesResponse> + Send + 'static,
+    ) {
+        let queue = self.queue.clone();
+        let triggers = ListTriggers {
+            events: Some((self.queue.subscribe(), created)),
+            stats: None,
+            controls: self.controls.subscribe(),
+            every: CONTROLS_REREAD,
+            gap: LIST_GAP,
+        };
+        let read = move || -> BoxedRead<pb::WatchSchedulesResponse> {
+            let queue = queue.clone();
+            Box::pin(async move {
+                let schedules = queue.schedules().await?;
+                Ok(pb::WatchSchedulesResponse {
+                    schedules: schedules.into_iter().map(proto_schedule).collect(),
+                })
+            })
+        };
+        (triggers, read)
     }
 
     async fn enqueue(
@@ -819,16 +936,9 @@ impl JobQueueService for QueueApi {
         request: Request<pb::WatchQueueStatsRequest>,
     ) -> Result<Response<Self::WatchQueueStatsStream>, Status> {
         let (sender, receiver) = mpsc::channel(STREAM_BUFFER);
-        self.streams.spawn(watch_stats(
-            self.queue.clone(),
-            self.presence.clone(),
-            self.stats.clone(),
-            request.into_inner().queues,
-            sender,
-            |snapshot| pb::WatchQueueStatsResponse {
-                stats: Some(stats_response(snapshot)),
-            },
-        ));
+        self.spawn_stats(request.into_inner().queues, sender, |stats| {
+            pb::WatchQueueStatsResponse { stats: Some(stats) }
+        });
         Ok(Response::new(ReceiverStream::new(receiver)))
     }
 
@@ -838,30 +948,12 @@ impl JobQueueService for QueueApi {
         &self,
         request: Request<pb::WatchWorkersRequest>,
     ) -> Result<Response<Self::WatchWorkersStream>, Status> {
-        let include_stale = request.into_inner().include_stale;
-        let queue = self.queue.clone();
-        let triggers = ListTriggers {
-            events: Some((self.queue.subscribe(), starts_or_ends_a_run)),
-            stats: None,
-            controls: self.controls.subscribe(),
-            every: WORKERS_REREAD,
-            gap: WORKERS_GAP,
-        };
-        let read = move || {
-            let queue = queue.clone();
-            async move {
-                let workers = workers(&queue, include_stale).await?;
-                Ok(pb::WatchWorkersResponse { workers })
-            }
-        };
-        Ok(Response::new(self.spawn_list(triggers, read, |response| {
-            // A heartbeat alone changes only last_seen_at: not worth a message.
-            let mut workers = response.workers.clone();
-            for worker in &mut workers {
-                worker.last_seen_at = None;
-            }
-            workers
-        })))
+        let (sender, receiver) = mpsc::channel(STREAM_BUFFER);
+        let (triggers, read) = self.workers_source(request.into_inner().include_stale);
+        self.spawn_list(triggers, read, sender, |workers| {
+            workers_shown(&workers.workers)
+        });
+        Ok(Response::new(ReceiverStream::new(receiver)))
     }
 
     type WatchQueuesStream = ReceiverStream<Result<pb::WatchQueuesResponse, Status>>;
@@ -870,33 +962,10 @@ impl JobQueueService for QueueApi {
         &self,
         _: Request<pb::WatchQueuesRequest>,
     ) -> Result<Response<Self::WatchQueuesStream>, Status> {
-        let queue = self.queue.clone();
-        let stats = self.stats.clone();
-        let triggers = ListTriggers {
-            events: None,
-            stats: Some(self.stats.clone()),
-            controls: self.controls.subscribe(),
-            every: CONTROLS_REREAD,
-            gap: LIST_GAP,
-        };
-        let read = move || {
-            let queue = queue.clone();
-            // Queue names from the tally: a DISTINCT over the jobs table
-            // would read every job.
-            let names: Vec<String> = stats
-                .borrow()
-                .queues
-                .iter()
-                .map(|q| q.queue.clone())
-                .collect();
-            async move {
-                let queues = queue.queues_among(names).await?;
-                Ok(pb::WatchQueuesResponse {
-                    queues: queues.into_iter().map(proto_queue).collect(),
-                })
-            }
-        };
-        Ok(Response::new(self.spawn_list(triggers, read, Clone::clone)))
+        let (sender, receiver) = mpsc::channel(STREAM_BUFFER);
+        let (triggers, read) = self.queues_source();
+        self.spawn_list(triggers, read, sender, Clone::clone);
+        Ok(Response::new(ReceiverStream::new(receiver)))
     }
 
     type WatchSchedulesStream = ReceiverStream<Result<pb::WatchSchedulesResponse, Status>>;
@@ -905,24 +974,52 @@ impl JobQueueService for QueueApi {
         &self,
         _: Request<pb::WatchSchedulesRequest>,
     ) -> Result<Response<Self::WatchSchedulesStream>, Status> {
-        let queue = self.queue.clone();
-        let triggers = ListTriggers {
-            events: Some((self.queue.subscribe(), created)),
-            stats: None,
-            controls: self.controls.subscribe(),
-            every: CONTROLS_REREAD,
-            gap: LIST_GAP,
+        let (sender, receiver) = mpsc::channel(STREAM_BUFFER);
+        let (triggers, read) = self.schedules_source();
+        self.spawn_list(triggers, read, sender, Clone::clone);
+        Ok(Response::new(ReceiverStream::new(receiver)))
+    }
+
+    type WatchDashboardStream = ReceiverStream<Result<pb::WatchDashboardResponse, Status>>;
+
+    async fn watch_dashboard(
+        &self,
+        request: Request<pb::WatchDashboardRequest>,
+    ) -> Result<Response<Self::WatchDashboardStream>, Status> {
+        use pb::watch_dashboard_response::Update;
+        let (sender, receiver) = mpsc::channel(STREAM_BUFFER);
+        let part = |update| pb::WatchDashboardResponse {
+            update: Some(update),
         };
+        self.spawn_stats(Vec::new(), sender.clone(), move |stats| {
+            part(Update::Stats(stats))
+        });
+        let (triggers, mut read) = self.workers_source(request.into_inner().include_stale_workers);
         let read = move || {
-            let queue = queue.clone();
-            async move {
-                let schedules = queue.schedules().await?;
-                Ok(pb::WatchSchedulesResponse {
-                    schedules: schedules.into_iter().map(proto_schedule).collect(),
-                })
-            }
+            let workers = read();
+            async move { workers.await.map(|w| part(Update::Workers(w))) }
         };
-        Ok(Response::new(self.spawn_list(triggers, read, Clone::clone)))
+        self.spawn_list(triggers, read, sender.clone(), |message| {
+            match &message.update {
+                Some(Update::Workers(workers)) => workers_shown(&workers.workers),
+                _ => Vec::new(),
+            }
+        });
+        let (triggers, mut read) = self.queues_source();
+        let read = move || {
+            let queues = read();
+            async move { queues.await.map(|q| part(Update::Queues(q))) }
+        };
+        self.spawn_list(triggers, read, sender.clone(), |message| {
+            message.update.clone()
+        });
+        let (triggers, mut read) = self.schedules_source();
+        let read = move || {
+            let schedules = read();
+            async move { schedules.await.map(|s| part(Update::Schedules(s))) }
+        };
+        self.spawn_list(triggers, read, sender, |message| message.update.clone());
+        Ok(Response::new(ReceiverStream::new(receiver)))
     }
 }
 

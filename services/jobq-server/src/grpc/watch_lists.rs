@@ -153,7 +153,7 @@ pub async fn watch_stats<T>(
     mut feed: StatsFeed,
     queues: Vec<String>,
     sender: mpsc::Sender<Result<T, Status>>,
-    message: fn(StatsSnapshot) -> T,
+    message: impl Fn(StatsSnapshot) -> T,
 ) {
     let _present = presence.open();
     let shutdown = queue.shutdown_token().clone();
