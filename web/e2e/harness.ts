@@ -70,13 +70,14 @@ export interface Server extends Proc {
 }
 
 /**
- * Starts jobq-server on 127.0.0.1:0 with a fresh data dir (or the given
- * one, which stop() then leaves in place); resolves once it prints its address.
+ * Starts jobq-server on 127.0.0.1:`listenPort` (0: any free one) with a fresh data
+ * dir (or the given one, which stop() then leaves in place); resolves once it
+ * prints its address.
  */
-export async function startServer(extraArgs: string[] = [], existingDataDir?: string): Promise<Server> {
+export async function startServer(extraArgs: string[] = [], existingDataDir?: string, listenPort = 0): Promise<Server> {
   if (!existsSync(SERVER_BIN)) throw new Error(`${SERVER_BIN} is missing: run \`cargo build --bins\` first`);
   const dataDir = existingDataDir ?? mkdtempSync(join(tmpdir(), "jobq-web-e2e-"));
-  const p = start(SERVER_BIN, ["--listen", "127.0.0.1:0", "--data-dir", dataDir, ...extraArgs], { RUST_LOG: "warn" });
+  const p = start(SERVER_BIN, ["--listen", `127.0.0.1:${listenPort}`, "--data-dir", dataDir, ...extraArgs], { RUST_LOG: "warn" });
   const port = await eventually("the server's `listening on` line", 30_000, () => {
     if (p.child.exitCode !== null) throw new GiveUp(`jobq-server exited: ${p.output()}`);
     return /listening on 127\.0\.0\.1:(\d+)/.exec(p.output())?.[1];

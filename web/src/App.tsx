@@ -6,6 +6,7 @@ import { formatCompact, formatCount } from "./lib/format";
 import { useLiveLag, useLiveStatus, useNow } from "./lib/hooks";
 import { useQueueStats } from "./lib/stats";
 import { live } from "./lib/live";
+import { dashboard } from "./lib/dashboard";
 import { parseHash, type Route, type View } from "./lib/router";
 import { ConfirmHost, ToastHost, TokenPrompt } from "./components/overlay";
 import { DisplayPrefs } from "./components/Prefs";
@@ -61,6 +62,7 @@ export function App() {
     setPrompt(false);
     setAuthEpoch((e) => e + 1);
     live.restart();
+    dashboard.reopen();
   };
 
   return (
@@ -106,6 +108,7 @@ export function App() {
                 setToken("");
                 setAuthEpoch((e) => e + 1);
                 live.restart();
+                dashboard.reopen();
               }}
             >
               Forget token
@@ -118,6 +121,7 @@ export function App() {
         </div>
       </aside>
       <main class="main" key={`${authEpoch}-${zone}`}>
+        <ConnectionBanner />
         <RouteView route={route} />
       </main>
       {prompt ? <TokenPrompt hadToken={!!getToken()} onSave={saveToken} onClose={() => setPrompt(false)} /> : null}
@@ -161,6 +165,27 @@ function DeadCount() {
   const n = stats.data?.totals.find((c) => c.state === JobState.DEAD)?.count ?? 0n;
   if (n === 0n) return null;
   return <span class="nav-count">{formatCompact(Number(n))}</span>;
+}
+
+/**
+ * A lost connection is said at the top of every view, not only in the
+ * sidebar: what the page shows may be out of date until it is back (lists,
+ * counts and log tails then catch up by themselves).
+ */
+function ConnectionBanner() {
+  const s = useLiveStatus();
+  const [wasLive, setWasLive] = useState(false);
+  useEffect(() => {
+    if (s === "live") setWasLive(true);
+  }, [s]);
+  const lost = (s === "reconnecting" && wasLive) || s === "unavailable";
+  if (!lost) return null;
+  return (
+    <div class="banner banner-error" role="alert" data-testid="connection-banner">
+      <strong>Connection to the server lost.</strong>{" "}
+      {s === "unavailable" ? "This server does not stream live updates." : "Reconnecting… what you see may be out of date until it is back; the page catches up by itself."}
+    </div>
+  );
 }
 
 /** How long the sidebar says that live updates missed events. */

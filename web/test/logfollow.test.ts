@@ -37,7 +37,7 @@ function scriptedClient(calls: Call[]) {
 }
 
 /** Runs followLog to its end with a sleep that only records. */
-async function follow(calls: Call[], afterPosition = 0n) {
+async function follow(calls: Call[], afterPosition = 0n, stillRunning?: () => boolean) {
   const { client, requests } = scriptedClient(calls);
   const statuses: string[] = [];
   const errors: (Code | undefined)[] = [];
@@ -48,6 +48,7 @@ async function follow(calls: Call[], afterPosition = 0n) {
     jobId: "job-1",
     afterPosition,
     signal: new AbortController().signal,
+    stillRunning,
     onLines: (lines) => received.push(...lines),
     onStatus: (s: FollowStatus, err) => {
       statuses.push(s);
@@ -151,3 +152,23 @@ describe("following a job's log", () => {
     expect(last).toBe(logPosition(0, 1));
   });
 });
+
+describe("followLog with the job still running", () => {
+  it("resumes after the last line when the stream ends OK while the page still sees the job running", async () => {
+    let running = 2;
+    const { requests, statuses, received } = await follow(
+      [
+        { batches: [[line(1, 0, "a"), line(1, 1, "b")]], end: "ok" },
+        { batches: [[line(1, 2, "c")]], end: "ok" },
+        { batches: [[line(1, 3, "d")]], end: "ok" },
+      ],
+      0n,
+      () => running-- > 0,
+    );
+    expect(received.map((l) => l.message)).toEqual(["a", "b", "c", "d"]);
+    expect(requests.map((r) => r.afterPosition)).toEqual([0n, logPosition(1, 1), logPosition(1, 2)]);
+    expect(statuses.filter((s) => s === "retrying")).toHaveLength(2);
+    expect(statuses[statuses.length - 1]).toBe("ended");
+  });
+});
+

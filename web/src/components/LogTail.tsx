@@ -53,6 +53,7 @@ export function LogTail({ jobId, active, attemptNumbers }: { jobId: string; acti
       jobId,
       afterPosition: lastPos.current,
       signal: abort.signal,
+      stillRunning: () => activeRef.current,
       onLines: (incoming) => {
         const last = incoming[incoming.length - 1];
         if (last) lastPos.current = last.position;

@@ -22,7 +22,7 @@ export interface AsyncState<T> {
   loading: boolean;
   /** Runs the loader again (keeps the old data on screen meanwhile). */
   reload: () => void;
-  /** Like reload, but does nothing while a load is still running (for polling). */
+  /** Like reload, but does nothing while a load is still running. */
   refresh: () => void;
 }
 
@@ -50,6 +50,19 @@ export function useAsync<T>(load: (signal: AbortSignal) => Promise<T>, deps: unk
     return () => abort.abort();
   }, [...deps, epoch]);
   const reload = useCallback(() => setEpoch((e) => e + 1), []);
+  // A load that failed while the server was away is tried again once the
+  // page's live stream is back, without anyone clicking "Retry".
+  const failedRef = useRef(false);
+  failedRef.current = state.error !== undefined;
+  useEffect(
+    () =>
+      live.subscribe({
+        resync: () => {
+          if (failedRef.current) reload();
+        },
+      }),
+    [reload],
+  );
   const loadingRef = useRef(state.loading);
   loadingRef.current = state.loading;
   const refresh = useCallback(() => {

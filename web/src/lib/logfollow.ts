@@ -1,7 +1,8 @@
 //! Following one job's log with StreamJobLogs: a stream that ends with an
 //! error (UNAVAILABLE when the server shuts down, a dropped connection) is
 //! opened again after the last position received, backing off; one that
-//! ends normally (OK) means the job finished and its log is complete.
+//! ends normally (OK) means the job finished and its log is complete —
+//! unless the page still sees the job running, then it is resumed too.
 import { Code, ConnectError } from "@connectrpc/connect";
 import type { LogLine } from "../gen/jobq/v1/log_pb";
 import type { JobQueueClient } from "./api";
@@ -24,6 +25,8 @@ export interface FollowOptions {
   onLines(lines: LogLine[]): void;
   /** The stream's state; `error` is set for "retrying" and "failed". */
   onStatus(status: FollowStatus, error?: ConnectError): void;
+  /** Whether the job is still running, as the page knows it: a stream that ends while it is was cut short. */
+  stillRunning?: () => boolean;
   /** Waits before trying again (tests pass one that does not wait). */
   sleep?: (ms: number, signal: AbortSignal) => Promise<void>;
 }
@@ -70,6 +73,15 @@ export async function followLog(o: FollowOptions): Promise<bigint> {
         o.onLines(fresh);
       }
       if (o.signal.aborted) break;
+      // An OK end means the log is complete, unless the job still runs:
+      // then the server went away mid-stream; resume after the last line.
+      if (o.stillRunning?.()) {
+        retrying = true;
+        o.onStatus("retrying");
+        await sleep(retryMs, o.signal);
+        retryMs = Math.min(retryMs * 2, MAX_RETRY_MS);
+        continue;
+      }
       o.onStatus("ended");
       return last;
     } catch (err) {

@@ -1,84 +1,46 @@
-//! One GetQueueStats poller for the whole page. Counting a million jobs is
-//! not free on the server, so every view shares one request at a time: the
-//! next starts a few seconds after the last one finished, or sooner (but not
-//! more than once per MIN_GAP_MS) when live events say counts moved.
+//! The job counts every view shows (the sidebar's dead-letter count, the
+//! overview, the jobs filter chips), from the page's one dashboard stream:
+//! the server pushes them when they change, so nothing here polls.
 import { useEffect, useState } from "preact/hooks";
 import type { GetQueueStatsResponse } from "../gen/jobq/v1/queue_service_pb";
-import { api, errorMessage, noteError } from "./api";
-import { live } from "./live";
-
-const REFRESH_MS = 5000;
-const MIN_GAP_MS = 1000;
+import { useDashboard, useDashboardPart } from "./dashboard";
+import { durationMillis } from "./format";
 
 export interface StatsState {
   data?: GetQueueStatsResponse;
   error?: string;
 }
 
-class StatsHub {
-  state: StatsState = {};
-  private listeners = new Set<(s: StatsState) => void>();
-  private inFlight = false;
-  private timer?: ReturnType<typeof setTimeout>;
-  private lastStart = 0;
-  private unwatch?: () => void;
-
-  subscribe(listener: (s: StatsState) => void): () => void {
-    this.listeners.add(listener);
-    if (this.listeners.size === 1) {
-      this.unwatch = live.subscribe({ events: () => this.poke(), resync: () => this.poke() });
-      this.poke();
-    }
-    return () => {
-      this.listeners.delete(listener);
-      if (this.listeners.size === 0) {
-        this.unwatch?.();
-        clearTimeout(this.timer);
-        this.timer = undefined;
-      }
-    };
-  }
-
-  /** Counts may have changed: load soon, respecting the minimum gap. */
-  poke(): void {
-    if (this.inFlight || this.listeners.size === 0) return;
-    const wait = Math.max(0, this.lastStart + MIN_GAP_MS - Date.now());
-    this.schedule(wait);
-  }
-
-  private schedule(ms: number): void {
-    clearTimeout(this.timer);
-    this.timer = setTimeout(() => void this.load(), ms);
-  }
-
-  private async load(): Promise<void> {
-    this.timer = undefined;
-    if (this.inFlight || this.listeners.size === 0) return;
-    this.inFlight = true;
-    this.lastStart = Date.now();
-    try {
-      const data = await api().getQueueStats({});
-      this.set({ data });
-    } catch (err) {
-      noteError(err);
-      this.set({ data: this.state.data, error: errorMessage(err) });
-    } finally {
-      this.inFlight = false;
-      if (this.listeners.size > 0) this.schedule(REFRESH_MS);
-    }
-  }
-
-  private set(s: StatsState): void {
-    this.state = s;
-    for (const l of this.listeners) l(s);
-  }
+/**
+ * The stats `grown` ms after they arrived: a queue's oldest ready job keeps
+ * waiting after the server counted (no message comes while nothing
+ * changes), so its age grows. Measured by this page's clock, so a server
+ * clock ahead or behind does not show.
+ */
+export function agedStats(stats: GetQueueStatsResponse, grown: number): GetQueueStatsResponse {
+  if (grown <= 0) return stats;
+  return {
+    ...stats,
+    queues: stats.queues.map((q) => {
+      const age = durationMillis(q.oldestReadyAge) ?? 0;
+      if (age <= 0 || !q.oldestReadyAge) return q;
+      const ms = age + grown;
+      return { ...q, oldestReadyAge: { ...q.oldestReadyAge, seconds: BigInt(Math.floor(ms / 1000)), nanos: (ms % 1000) * 1_000_000 } };
+    }),
+  };
 }
-
-const hub = new StatsHub();
 
 /** The shared queue stats, kept fresh while the component is mounted. */
 export function useQueueStats(): StatsState & { reload: () => void } {
-  const [state, setState] = useState<StatsState>(hub.state);
-  useEffect(() => hub.subscribe(setState), []);
-  return { ...state, reload: () => hub.poke() };
+  const { data, error, reload } = useDashboardPart("stats");
+  const receivedAt = useDashboard().statsReceivedAt ?? 0;
+  const waiting = data?.queues.some((q) => (durationMillis(q.oldestReadyAge) ?? 0) > 0) ?? false;
+  const [now, setNow] = useState(() => Date.now());
+  useEffect(() => {
+    if (!waiting) return;
+    const t = setInterval(() => setNow(Date.now()), 1000);
+    return () => clearInterval(t);
+  }, [waiting]);
+  const grown = Math.max(now, Date.now()) - receivedAt;
+  return { data: data && waiting ? agedStats(data, grown) : data, error, reload };
 }

@@ -3,15 +3,14 @@ import { useState } from "preact/hooks";
 import { JobState } from "../gen/jobq/v1/job_pb";
 import { WorkerStatus } from "../gen/jobq/v1/admin_pb";
 import type { GetQueueStatsResponse } from "../gen/jobq/v1/queue_service_pb";
-import { api, errorCode } from "../lib/api";
 import { averageWait, perSecond, WINDOWS } from "../lib/activity";
 import { durationMillis, tsMillis, formatCount, formatDuration, formatLatency, formatRate } from "../lib/format";
-import { useAsync, useInterval, useNow, usePref } from "../lib/hooks";
+import { useDashboardPart } from "../lib/dashboard";
+import { useNow, usePref } from "../lib/hooks";
 import { useQueueStats } from "../lib/stats";
 import { live } from "../lib/live";
 import { href } from "../lib/router";
 import { STATES, stateInfo } from "../lib/states";
-import { Code } from "@connectrpc/connect";
 import { TimeChart } from "../components/chart";
 import { Badge, Card, Empty, ErrorBox, PageHeader, Spinner, Time } from "../components/ui";
 
@@ -24,32 +23,16 @@ function countOf(counts: { state: JobState; count: bigint }[], state: JobState):
 
 export function Overview() {
   const stats = useQueueStats();
-  const workers = useAsync(
-    (signal) =>
-      api()
-        .listWorkers({}, { signal })
-        .catch((e: unknown) => {
-          if (errorCode(e) === Code.Unimplemented) return undefined;
-          throw e;
-        }),
-    [],
-  );
-  const queues = useAsync(
-    (signal) =>
-      api()
-        .listQueues({}, { signal })
-        .catch(() => undefined),
-    [],
-  );
-  useInterval(workers.refresh, 10000);
-  useInterval(queues.refresh, 15000);
+  // Pushed by the server with the counts: nothing here polls.
+  const workers = useDashboardPart("workers");
+  const queues = useDashboardPart("queues");
   const now = useNow(2000);
 
   return (
     <div>
       <PageHeader
         title="Overview"
-        sub={stats.data?.asOf ? <>Counts as of <Time ms={tsMillis(stats.data.asOf)} now={now} />, refreshed every 5s</> : undefined}
+        sub={stats.data?.asOf ? <>Counts as of <Time ms={tsMillis(stats.data.asOf)} now={now} /></> : undefined}
       />
       {stats.error ? <ErrorBox message={stats.error} onRetry={stats.reload} /> : null}
       {stats.data ? <StateCards stats={stats.data} /> : !stats.error ? <Spinner /> : null}

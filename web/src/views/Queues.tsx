@@ -1,12 +1,11 @@
 //! Queues: pause/resume, concurrency and rate limits, with live counts.
-import { Code } from "@connectrpc/connect";
 import { useState } from "preact/hooks";
 import { JobState } from "../gen/jobq/v1/job_pb";
 import type { Queue } from "../gen/jobq/v1/admin_pb";
 import type { QueueStats } from "../gen/jobq/v1/queue_service_pb";
 import { api, errorMessage } from "../lib/api";
 import { formatCount, formatLatency } from "../lib/format";
-import { useAsync, useInterval } from "../lib/hooks";
+import { useDashboardPart } from "../lib/dashboard";
 import { useQueueStats } from "../lib/stats";
 import { href } from "../lib/router";
 import { stateInfo } from "../lib/states";
@@ -31,9 +30,8 @@ interface Row {
 }
 
 export function Queues() {
-  const queues = useAsync((signal) => api().listQueues({}, { signal }), []);
+  const queues = useDashboardPart("queues");
   const stats = useQueueStats();
-  useInterval(queues.refresh, 15000);
   const [editing, setEditing] = useState<string | undefined>();
   const [newName, setNewName] = useState("");
 
@@ -50,7 +48,6 @@ export function Queues() {
     try {
       await api().updateQueue({ name, ...change });
       toast(change.paused === undefined ? `Limits of ${name} saved` : change.paused ? `Queue ${name} paused` : `Queue ${name} resumed`);
-      queues.reload();
       return true;
     } catch (err) {
       toast(errorMessage(err), "error");
@@ -58,16 +55,10 @@ export function Queues() {
     }
   };
 
-  const unimplemented = queues.code === Code.Unimplemented;
   return (
     <div>
       <PageHeader title="Queues" sub="A paused queue keeps its jobs but hands none out. Limits apply across all workers and server replicas; the burst is how many jobs the rate lets start at once after a quiet spell." />
-      {unimplemented ? (
-        <div class="notice notice-warn">This server cannot list queue settings yet; the counts below come from the queue stats.</div>
-      ) : queues.error ? (
-        <ErrorBox message={queues.error} onRetry={queues.reload} />
-      ) : null}
-      {stats.error ? <ErrorBox message={stats.error} onRetry={stats.reload} /> : null}
+      {queues.error ? <ErrorBox message={queues.error} onRetry={queues.reload} /> : null}
       <Card>
         {!queues.data && !stats.data ? (
           <Spinner />

@@ -5,7 +5,8 @@ import { useState } from "preact/hooks";
 import { MissedTicks, type Schedule } from "../gen/jobq/v1/admin_pb";
 import { api, errorMessage } from "../lib/api";
 import { prettyValue, tsMillis } from "../lib/format";
-import { useAsync, useInterval, useNow } from "../lib/hooks";
+import { useDashboardPart } from "../lib/dashboard";
+import { useNow } from "../lib/hooks";
 import { jobHref, href } from "../lib/router";
 import { confirmAction, toast } from "../components/overlay";
 import { Badge, Card, Empty, ErrorBox, PageHeader, Spinner, Time } from "../components/ui";
@@ -53,8 +54,8 @@ export function scheduleFromForm(f: ScheduleForm): { schedule?: Parameters<Retur
 }
 
 export function Schedules() {
-  const list = useAsync((signal) => api().listSchedules({}, { signal }), []);
-  useInterval(list.refresh, 10000);
+  // Pushed by the server, changes made here included.
+  const list = useDashboardPart("schedules");
   const now = useNow(1000);
   const [form, setForm] = useState<ScheduleForm | undefined>();
 
@@ -62,7 +63,6 @@ export function Schedules() {
     try {
       await api().setSchedulePaused({ name: s.name, paused });
       toast(paused ? `Schedule ${s.name} paused` : `Schedule ${s.name} resumed`);
-      list.reload();
     } catch (err) {
       toast(errorMessage(err), "error");
     }
@@ -78,7 +78,6 @@ export function Schedules() {
     try {
       await api().deleteSchedule({ name: s.name });
       toast(`Schedule ${s.name} deleted`);
-      list.reload();
     } catch (err) {
       toast(errorMessage(err), "error");
     }
@@ -102,7 +101,7 @@ export function Schedules() {
           New schedule
         </button>
       </PageHeader>
-      {form ? <ScheduleEditor initial={form} onClose={() => setForm(undefined)} onSaved={list.reload} /> : null}
+      {form ? <ScheduleEditor initial={form} onClose={() => setForm(undefined)} /> : null}
       {list.error ? <ErrorBox message={list.error} onRetry={list.reload} /> : null}
       <Card>
         {!list.data && list.loading ? (
@@ -174,7 +173,7 @@ export function Schedules() {
   );
 }
 
-function ScheduleEditor({ initial, onClose, onSaved }: { initial: ScheduleForm; onClose: () => void; onSaved: () => void }) {
+function ScheduleEditor({ initial, onClose }: { initial: ScheduleForm; onClose: () => void }) {
   const [f, setF] = useState(initial);
   const [submitted, setSubmitted] = useState(false);
   const [saving, setSaving] = useState(false);
@@ -197,7 +196,6 @@ function ScheduleEditor({ initial, onClose, onSaved }: { initial: ScheduleForm; 
           try {
             await api().putSchedule({ schedule });
             toast(`Schedule ${schedule.name} saved`);
-            onSaved();
             onClose();
           } catch (error) {
             toast(errorMessage(error), "error");

@@ -1,17 +1,16 @@
 //! Workers: id, host, queues and job types, running jobs, last heartbeat.
 import { useState } from "preact/hooks";
 import { WorkerStatus } from "../gen/jobq/v1/admin_pb";
-import { api } from "../lib/api";
 import { formatDateTime, formatVersion, shortId, tsMillis } from "../lib/format";
-import { useAsync, useInterval, useNow } from "../lib/hooks";
+import { useDashboardPart } from "../lib/dashboard";
+import { useNow } from "../lib/hooks";
 import { jobHref } from "../lib/router";
 import { workerStatusInfo } from "../lib/states";
 import { Badge, Card, Empty, ErrorBox, PageHeader, Spinner, Time } from "../components/ui";
 
 export function Workers() {
   const [stale, setStale] = useState(false);
-  const list = useAsync((signal) => api().listWorkers({ includeStale: stale }, { signal }), [stale]);
-  useInterval(list.refresh, 5000);
+  const list = useDashboardPart("workers", stale);
   const now = useNow(1000);
   const workers = list.data?.workers ?? [];
   const active = workers.filter((w) => w.status === WorkerStatus.ACTIVE).length;
