@@ -23,6 +23,7 @@ mod readme_examples;
 mod replicas;
 mod reports;
 mod retries;
+mod search;
 mod surfaces;
 mod throughput;
 mod tls;
