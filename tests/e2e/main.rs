@@ -24,6 +24,7 @@ mod replicas;
 mod reports;
 mod retries;
 mod search;
+mod search_perf;
 mod surfaces;
 mod throughput;
 mod tls;

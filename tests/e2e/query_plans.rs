@@ -15,7 +15,7 @@ use sea_orm::{ConnectionTrait, Database, DbBackend, Statement, TransactionTrait}
 /// Payload and tag searches narrow the rows by the trigram index (SQLite:
 /// the FTS5 table `job_search`; PostgreSQL: pg_trgm on the payload) or the
 /// jsonb index on the tags (PostgreSQL).
-const EXPECTED_INDEX: [(&str, &[&str]); 6] = [
+const EXPECTED_INDEX: [(&str, &[&str]); 7] = [
     ("lease", &["jobs_lease_idx"]),
     ("promote", &["jobs_waiting_idx"]),
     ("reap", &["jobs_running_due_idx"]),
@@ -24,6 +24,9 @@ const EXPECTED_INDEX: [(&str, &[&str]); 6] = [
         "payload search",
         &["SCAN job_search VIRTUAL TABLE", "jobs_payload_trgm_idx"],
     ),
+    // The dead letter, most recently died first, from its partial index
+    // (no sort of every dead job).
+    ("dead letter", &["jobs_dead_finished_idx"]),
     (
         "tag search",
         &["SCAN job_search VIRTUAL TABLE", "jobs_tags_idx"],

@@ -38,7 +38,7 @@ export function applyEvent(rows: Job[], ev: JobEvent, filters: JobFilters, shape
   const job = ev.job;
   if (!job) return { rows, changed: false, overflow: false };
   const idx = rows.findIndex((r) => r.id === job.id);
-  if (ev.type === JobEventType.DELETED || !jobMatches(job, filters)) {
+  if (ev.type === JobEventType.DELETED || !jobMatches(job, filters, idx >= 0)) {
     if (idx < 0) return { rows, changed: false, overflow: false };
     return { rows: rows.filter((_, i) => i !== idx), changed: true, overflow: false };
   }

@@ -7,7 +7,7 @@
 use sea_orm::DbBackend;
 
 use super::sql::Sql;
-use crate::domain::{JobOrder, PageCursor, PayloadFilter, PayloadMatch};
+use crate::domain::{JobFilter, JobOrder, PageCursor, PayloadFilter, PayloadMatch};
 
 /// Trigram indexes narrow nothing with fewer characters than this.
 const MIN_TRIGRAM_CHARS: usize = 3;
@@ -29,8 +29,36 @@ fn json_inner(text: &str) -> String {
     quoted[1..quoted.len() - 1].to_owned()
 }
 
-/// Appends ` AND <the job has every tag of tags>`.
-pub fn push_tags(statement: Sql, backend: DbBackend, tags: &[String]) -> Sql {
+/// How many of the newest jobs a SQLite search reads first, without its
+/// trigram prefilter (see [`newest_window`]).
+const NEWEST_WINDOW: u64 = 2048;
+
+/// A search that a whole page may match among the newest jobs is tried
+/// there first, on SQLite: a term common to many jobs makes the trigram
+/// prefilter return them all (seconds at a million), while the newest few
+/// thousand give a full page at once. Only when they do not is the indexed
+/// search run. PostgreSQL's planner makes this choice by itself.
+pub fn newest_window(backend: DbBackend, filter: &JobFilter) -> Option<u64> {
+    let searching = !filter.tags.is_empty() || !filter.payload.is_empty();
+    (backend == DbBackend::Sqlite && searching && filter.order == JobOrder::Newest)
+        .then_some(NEWEST_WINDOW)
+}
+
+/// Appends ` AND <among the newest window jobs after the cursor>`.
+pub fn push_window(statement: Sql, window: u64, after: Option<&PageCursor>) -> Sql {
+    let statement = statement.push(" AND jobs.rowid IN (SELECT rowid FROM jobs AS newest");
+    let statement = match after {
+        Some(after) => statement
+            .push(" WHERE newest.id < ")
+            .bind(after.id.to_string()),
+        None => statement,
+    };
+    statement.push(&format!(" ORDER BY newest.id DESC LIMIT {window})"))
+}
+
+/// Appends ` AND <the job has every tag of tags>`; with `prefilter`, narrowed
+/// by the index first.
+pub fn push_tags(statement: Sql, backend: DbBackend, tags: &[String], prefilter: bool) -> Sql {
     if tags.is_empty() {
         return statement;
     }
@@ -45,7 +73,7 @@ pub fn push_tags(statement: Sql, backend: DbBackend, tags: &[String]) -> Sql {
         _ => tags.iter().fold(statement, |statement, tag| {
             // Tags are stored as a JSON list: `"tag"` is in its text.
             let quoted = serde_json::Value::from(tag.as_str()).to_string();
-            let statement = match trigram_term(&quoted) {
+            let statement = match trigram_term(&quoted).filter(|_| prefilter) {
                 Some(term) => statement
                     .push(" AND jobs.rowid IN (SELECT rowid FROM job_search WHERE tags LIKE ")
                     .bind(term)
@@ -60,15 +88,26 @@ pub fn push_tags(statement: Sql, backend: DbBackend, tags: &[String]) -> Sql {
     }
 }
 
-/// Appends ` AND <the payload matches every filter>`.
-pub fn push_payload(statement: Sql, backend: DbBackend, filters: &[PayloadFilter]) -> Sql {
+/// Appends ` AND <the payload matches every filter>`; with `prefilter`,
+/// narrowed by the index first.
+pub fn push_payload(
+    statement: Sql,
+    backend: DbBackend,
+    filters: &[PayloadFilter],
+    prefilter: bool,
+) -> Sql {
     filters.iter().fold(statement, |statement, filter| {
-        push_payload_filter(statement, backend, filter)
+        push_payload_filter(statement, backend, filter, prefilter)
     })
 }
 
-fn push_payload_filter(statement: Sql, backend: DbBackend, filter: &PayloadFilter) -> Sql {
-    let statement = match trigram_term(&json_inner(&filter.value)) {
+fn push_payload_filter(
+    statement: Sql,
+    backend: DbBackend,
+    filter: &PayloadFilter,
+    prefilter: bool,
+) -> Sql {
+    let statement = match trigram_term(&json_inner(&filter.value)).filter(|_| prefilter) {
         Some(term) => match backend {
             DbBackend::Postgres => statement.push(" AND payload ILIKE ").bind(term),
             _ => statement
@@ -140,8 +179,38 @@ fn push_payload_filter(statement: Sql, backend: DbBackend, filter: &PayloadFilte
 }
 
 /// Appends ` AND <comes after the cursor> ORDER BY ... LIMIT n` for `order`.
-pub fn push_order(statement: Sql, order: JobOrder, after: Option<&PageCursor>, limit: u64) -> Sql {
+/// `all_finished`: the states filtered by are all terminal, so every job
+/// listed has a finished_at and the order is the one the dead-letter index
+/// (`jobs_dead_finished_idx`) is in.
+pub fn push_order(
+    statement: Sql,
+    order: JobOrder,
+    all_finished: bool,
+    after: Option<&PageCursor>,
+    limit: u64,
+) -> Sql {
     let statement = match order {
+        JobOrder::FinishedDesc if all_finished => {
+            let statement = match after {
+                Some(PageCursor {
+                    id,
+                    finished_at: Some(finished_at),
+                }) => statement
+                    .push(" AND (finished_at < ")
+                    .bind(*finished_at)
+                    .push(" OR (finished_at = ")
+                    .bind(*finished_at)
+                    .push(" AND id < ")
+                    .bind(id.to_string())
+                    .push("))"),
+                // No finished job comes after an unfinished one.
+                Some(PageCursor {
+                    finished_at: None, ..
+                }) => statement.push(" AND false"),
+                None => statement,
+            };
+            statement.push(" ORDER BY finished_at DESC, id DESC")
+        }
         JobOrder::Newest => {
             let statement = match after {
                 Some(after) => statement.push(" AND id < ").bind(after.id.to_string()),
