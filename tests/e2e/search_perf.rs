@@ -197,7 +197,7 @@ async fn search_perf_at_a_million_jobs() -> Result<()> {
             n if n.starts_with("url contains longlong4k") => {
                 ((total + 99_992) / 100_000).min(50) as usize
             }
-            n if n.starts_with("tag archive") => ((total + 9_999) / 10_000).min(50) as usize,
+            n if n.starts_with("tag archive") => total.div_ceil(10_000).min(50) as usize,
             _ => (total as usize / 1000).min(50),
         };
         ensure!(
