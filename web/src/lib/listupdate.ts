@@ -20,6 +20,12 @@ export interface PageShape {
   hasNext: boolean;
   /** Stop inserting beyond this many rows (the page asks for a reload instead). */
   maxRows: number;
+  /**
+   * The list is most recently finished first (JOB_ORDER_FINISHED_DESC, the
+   * dead letter): a job that comes in has just finished, so it goes on top
+   * of the first page and on no other.
+   */
+  finishedFirst?: boolean;
 }
 
 export interface ApplyResult {
@@ -47,6 +53,11 @@ export function applyEvent(rows: Job[], ev: JobEvent, filters: JobFilters, shape
     // Lists and events are both in the BASIC view: the event has it all.
     next[idx] = job;
     return { rows: next, changed: true, overflow: false };
+  }
+  if (shape.finishedFirst) {
+    if (!shape.first) return { rows, changed: false, overflow: false };
+    if (rows.length >= shape.maxRows) return { rows, changed: false, overflow: true };
+    return { rows: [job, ...rows], changed: true, overflow: false };
   }
   const firstRow = rows[0];
   const lastRow = rows[rows.length - 1];

@@ -38,7 +38,7 @@ export function DeadLetter({ params }: { params: URLSearchParams }) {
   useLive(
     liveList(filters, {
       rows: () => rowsRef.current,
-      shape: () => ({ first: tokens.length === 1, hasNext: !!page.data?.nextPageToken, maxRows: PAGE_SIZE * 4 }),
+      shape: () => ({ first: tokens.length === 1, hasNext: !!page.data?.nextPageToken, maxRows: PAGE_SIZE * 4, finishedFirst: true }),
       update: (r) => {
         if (r.changed) setRows(r.rows);
       },
