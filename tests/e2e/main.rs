@@ -24,6 +24,8 @@ mod readme_examples;
 mod replicas;
 mod reports;
 mod retries;
+mod search;
+mod search_perf;
 mod surfaces;
 mod throughput;
 mod tls;

@@ -1,6 +1,7 @@
 //! The hot queries are served by indexes, on both engines (issue 5): EXPLAIN
-//! of the lease, promotion, reaper and retention queries, exactly as the
-//! store builds them.
+//! of the lease, promotion, reaper and retention queries, and of the job
+//! search by payload field and by tag (issue 14), exactly as the store
+//! builds them.
 
 use anyhow::{Context, Result, ensure};
 use jobq_server::{DatabaseKind, hot_queries};
@@ -11,11 +12,25 @@ use sea_orm::{ConnectionTrait, Database, DbBackend, Statement, TransactionTrait}
 /// jobs due: the partial index on the earlier of lease end and deadline.
 /// Retention reads finished jobs oldest first: the partial index on
 /// finished_at, never the state index (all finished jobs, then a sort).
-const EXPECTED_INDEX: [(&str, &[&str]); 4] = [
+/// Payload and tag searches narrow the rows by the trigram index (SQLite:
+/// the FTS5 table `job_search`; PostgreSQL: pg_trgm on the payload) or the
+/// jsonb index on the tags (PostgreSQL).
+const EXPECTED_INDEX: [(&str, &[&str]); 7] = [
     ("lease", &["jobs_lease_idx"]),
     ("promote", &["jobs_waiting_idx"]),
     ("reap", &["jobs_running_due_idx"]),
     ("retention", &["jobs_finished_idx"]),
+    (
+        "payload search",
+        &["SCAN job_search VIRTUAL TABLE", "jobs_payload_trgm_idx"],
+    ),
+    // The dead letter, most recently died first, from its partial index
+    // (no sort of every dead job).
+    ("dead letter", &["jobs_dead_finished_idx"]),
+    (
+        "tag search",
+        &["SCAN job_search VIRTUAL TABLE", "jobs_tags_idx"],
+    ),
 ];
 
 fn uses_expected_index(name: &str, plan: &[String]) -> bool {

@@ -1,6 +1,7 @@
 import { describe, expect, it } from "vitest";
 import { JobState, JobView } from "../src/gen/jobq/v1/job_pb";
-import { EMPTY_FILTERS, filtersFromParams, filtersToParams, hasFilters, jobMatches, listRequest, splitList } from "../src/lib/filters";
+import { JobOrder, PayloadMatch } from "../src/gen/jobq/v1/queue_service_pb";
+import { EMPTY_FILTERS, filtersFromParams, filtersToParams, hasFilters, jobMatches, listRequest, parseSearch, splitList } from "../src/lib/filters";
 import { href, parseHash } from "../src/lib/router";
 import { job } from "./helpers";
 
@@ -44,6 +45,44 @@ describe("filters", () => {
     expect(jobMatches(j, { ...EMPTY_FILTERS, search: "night" })).toBe(true);
     expect(jobMatches(j, { ...EMPTY_FILTERS, search: "abc" })).toBe(true);
     expect(jobMatches(j, { ...EMPTY_FILTERS, search: "Night" })).toBe(false);
+  });
+
+  it("parses payload and tag terms out of the search box", () => {
+    expect(parseSearch("channel = Kurzgesagt")).toEqual({
+      text: "",
+      tags: [],
+      payload: [{ field: "channel", match: PayloadMatch.EQUALS, value: "Kurzgesagt" }],
+    });
+    expect(parseSearch('url contains LongLong4K AND tag:music meta.title="Why Black Holes" tag:4k 0193')).toEqual({
+      text: "0193",
+      tags: ["music", "4k"],
+      payload: [
+        { field: "url", match: PayloadMatch.CONTAINS, value: "LongLong4K" },
+        { field: "meta.title", match: PayloadMatch.EQUALS, value: "Why Black Holes" },
+      ],
+    });
+    expect(parseSearch("n-1 CONTAINS x")).toEqual({ text: "", tags: [], payload: [{ field: "n-1", match: PayloadMatch.CONTAINS, value: "x" }] });
+    // Anything else stays free text.
+    expect(parseSearch("  nightly backup ")).toEqual({ text: "nightly backup", tags: [], payload: [] });
+    expect(parseSearch("containsx")).toEqual({ text: "containsx", tags: [], payload: [] });
+  });
+
+  it("sends the terms as ListJobs filters", () => {
+    const r = listRequest({ ...EMPTY_FILTERS, search: "channel = Kurzgesagt tag:music abc" }, "", 50, { order: JobOrder.FINISHED_DESC });
+    expect(r.search).toBe("abc");
+    expect(r.tags).toEqual(["music"]);
+    expect(r.payloadFilters.map((p) => [p.field, p.match, p.value])).toEqual([["channel", PayloadMatch.EQUALS, "Kurzgesagt"]]);
+    expect(r.order).toBe(JobOrder.FINISHED_DESC);
+    expect(listRequest(EMPTY_FILTERS).order).toBe(JobOrder.UNSPECIFIED);
+  });
+
+  it("matches live jobs by tags; payload terms only for jobs already listed", () => {
+    const j = job("0193-abc", { tags: ["music", "4k"] });
+    expect(jobMatches(j, { ...EMPTY_FILTERS, search: "tag:music tag:4k" })).toBe(true);
+    expect(jobMatches(j, { ...EMPTY_FILTERS, search: "tag:music tag:8k" })).toBe(false);
+    // Events carry no payload: a listed job matched already; a new one waits for a reload.
+    expect(jobMatches(j, { ...EMPTY_FILTERS, search: "channel = X" }, true)).toBe(true);
+    expect(jobMatches(j, { ...EMPTY_FILTERS, search: "channel = X" })).toBe(false);
   });
 
   it("splits lists and knows when filters are set", () => {

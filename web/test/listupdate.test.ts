@@ -96,4 +96,13 @@ describe("live list updates", () => {
     expect(ids(full.rows)).toEqual(["e", "d", "c"]);
     expect(full.dropped).toBe(0);
   });
+
+  it("puts a job that just finished on top of a most-recently-finished-first list", () => {
+    const rows = [job("c"), job("b")];
+    const shape = { first: true, hasNext: true, maxRows: 10, finishedFirst: true };
+    // An older id than every row: by id it would go last; it just died, so it goes first.
+    const r = applyEvent(rows, event(JobEventType.STATE_CHANGED, job("a")), EMPTY_FILTERS, shape);
+    expect(ids(r.rows)).toEqual(["a", "c", "b"]);
+    expect(applyEvent(rows, event(JobEventType.STATE_CHANGED, job("a")), EMPTY_FILTERS, { ...shape, first: false }).changed).toBe(false);
+  });
 });

@@ -1,7 +1,13 @@
 //! Job list filters: URL parameters ⇄ filters → ListJobsRequest, and the
 //! client-side check used to apply live events to a filtered list.
 import { create } from "@bufbuild/protobuf";
-import { ListJobsRequestSchema, type ListJobsRequest } from "../gen/jobq/v1/queue_service_pb";
+import {
+  ListJobsRequestSchema,
+  PayloadFilterSchema,
+  PayloadMatch,
+  type ListJobsRequest,
+  type PayloadFilter,
+} from "../gen/jobq/v1/queue_service_pb";
 import { JobView, type Job, type JobState } from "../gen/jobq/v1/job_pb";
 import { stateFromSlug, stateInfo } from "./states";
 
@@ -9,8 +15,55 @@ export interface JobFilters {
   states: JobState[];
   types: string[];
   queues: string[];
-  /** Substring of id, type or unique key (the server's ListJobsRequest.search). */
+  /**
+   * The search box as typed: `field = value`, `field contains value` and
+   * `tag:x` terms (see parseSearch), the rest a substring of id, type or
+   * unique key (the server's ListJobsRequest.search).
+   */
   search: string;
+}
+
+/** The search box, split into what ListJobs filters by. */
+export interface ParsedSearch {
+  /** Free text: a substring of id, type or unique key. */
+  text: string;
+  /** The job has every one of these tags. */
+  tags: string[];
+  /** The payload matches every one of these. */
+  payload: { field: string; match: PayloadMatch; value: string }[];
+}
+
+// `field = value` / `field contains value` (value a word or "quoted"), or
+// `tag:x`; the optional AND between terms is dropped.
+const TERM =
+  /(?:^|\s)(?:tag:(\S+)|([A-Za-z0-9_-]+(?:\.[A-Za-z0-9_-]+)*)\s*(=|\bcontains\b)\s*(?:"([^"]*)"|(\S+)))(?=\s|$)/gi;
+
+/**
+ * Splits the search box into terms, combined with AND: `channel = Kurzgesagt`
+ * (the field's whole value), `url contains LongLong4K` (a substring, any
+ * case), `tag:music`; a value with spaces goes in double quotes. Whatever is
+ * not a term stays free text, as before.
+ */
+export function parseSearch(input: string): ParsedSearch {
+  const tags: string[] = [];
+  const payload: ParsedSearch["payload"] = [];
+  const rest = input.replace(TERM, (_m, tag?: string, field?: string, op?: string, quoted?: string, word?: string) => {
+    if (tag !== undefined) {
+      if (!tags.includes(tag)) tags.push(tag);
+    } else if (field !== undefined && op !== undefined) {
+      payload.push({
+        field,
+        match: op === "=" ? PayloadMatch.EQUALS : PayloadMatch.CONTAINS,
+        value: quoted ?? word ?? "",
+      });
+    }
+    return " ";
+  });
+  const text = rest
+    .split(/\s+/)
+    .filter((word) => word && word.toUpperCase() !== "AND")
+    .join(" ");
+  return { text, tags, payload };
 }
 
 export const EMPTY_FILTERS: JobFilters = { states: [], types: [], queues: [], search: "" };
@@ -64,13 +117,16 @@ export function listRequest(
   f: JobFilters,
   pageToken = "",
   pageSize = 50,
-  extra: Partial<Pick<ListJobsRequest, "parentId">> = {},
+  extra: Partial<Pick<ListJobsRequest, "parentId" | "order">> = {},
 ): ListJobsRequest {
+  const parsed = parseSearch(f.search);
   return create(ListJobsRequestSchema, {
     states: [...f.states],
     types: [...f.types],
     queues: [...f.queues],
-    search: f.search,
+    search: parsed.text,
+    tags: parsed.tags,
+    payloadFilters: parsed.payload.map((p): PayloadFilter => create(PayloadFilterSchema, p)),
     pageSize,
     pageToken,
     view: JobView.BASIC,
@@ -78,14 +134,22 @@ export function listRequest(
   });
 }
 
-/** Whether a job (as a live event shows it) belongs in a list with these filters. */
-export function jobMatches(job: Job, f: JobFilters): boolean {
+/**
+ * Whether a job (as a live event shows it) belongs in a list with these
+ * filters. Events carry no payload: a job already `listed` matched the
+ * payload terms (payloads never change); another one is left out until the
+ * list is read again.
+ */
+export function jobMatches(job: Job, f: JobFilters, listed = false): boolean {
   if (f.states.length > 0 && !f.states.includes(job.state)) return false;
   if (f.types.length > 0 && !f.types.includes(job.type)) return false;
   if (f.queues.length > 0 && !f.queues.includes(job.queue || "default")) return false;
-  if (f.search) {
-    const s = f.search;
+  const parsed = parseSearch(f.search);
+  if (parsed.text) {
+    const s = parsed.text;
     if (!job.id.includes(s) && !job.type.includes(s) && !job.uniqueKey.includes(s)) return false;
   }
+  if (!parsed.tags.every((tag) => job.tags.includes(tag))) return false;
+  if (parsed.payload.length > 0 && !listed) return false;
   return true;
 }

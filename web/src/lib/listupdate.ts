@@ -26,6 +26,12 @@ export interface PageShape {
    * has no cap: dropping a row there would lose it from both pages.
    */
   maxRows: number;
+  /**
+   * The list is most recently finished first (JOB_ORDER_FINISHED_DESC, the
+   * dead letter): a job that comes in has just finished, so it goes on top
+   * of the first page and on no other.
+   */
+  finishedFirst?: boolean;
 }
 
 export interface ApplyResult {
@@ -47,7 +53,7 @@ export function applyEvent(rows: Job[], ev: JobEvent, filters: JobFilters, shape
   const unchanged = { rows, changed: false, arrived: 0, dropped: 0 };
   if (!job) return unchanged;
   const idx = rows.findIndex((r) => r.id === job.id);
-  if (ev.type === JobEventType.DELETED || !jobMatches(job, filters)) {
+  if (ev.type === JobEventType.DELETED || !jobMatches(job, filters, idx >= 0)) {
     if (idx < 0) return unchanged;
     return { rows: rows.filter((_, i) => i !== idx), changed: true, arrived: 0, dropped: 0 };
   }
@@ -56,6 +62,14 @@ export function applyEvent(rows: Job[], ev: JobEvent, filters: JobFilters, shape
     // Lists and events are both in the BASIC view: the event has it all.
     next[idx] = job;
     return { rows: next, changed: true, arrived: 0, dropped: 0 };
+  }
+  if (shape.finishedFirst) {
+    // A deeper page stays put and only counts what arrived on top.
+    if (!shape.first) return { ...unchanged, arrived: 1 };
+    const next = [job, ...rows];
+    const dropped = Math.max(0, next.length - shape.maxRows);
+    if (dropped > 0) next.length = shape.maxRows;
+    return { rows: next, changed: true, arrived: 0, dropped };
   }
   const firstRow = rows[0];
   const lastRow = rows[rows.length - 1];

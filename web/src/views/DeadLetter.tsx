@@ -5,6 +5,7 @@ import { JobState, type Job } from "../gen/jobq/v1/job_pb";
 import { JobSelectorSchema } from "../gen/jobq/v1/queue_service_pb";
 import { api, errorMessage } from "../lib/api";
 import { listRequest, type JobFilters } from "../lib/filters";
+import { JobOrder } from "../gen/jobq/v1/queue_service_pb";
 import { formatCount } from "../lib/format";
 import { useAsync, useLive, useNow } from "../lib/hooks";
 import { useQueueStats } from "../lib/stats";
@@ -28,7 +29,7 @@ export function DeadLetter({ params }: { params: URLSearchParams }) {
   const [busy, setBusy] = useState(false);
   const now = useNow(5000);
   const stats = useQueueStats();
-  const page = useAsync((signal) => api().listJobs(listRequest(filters, token, PAGE_SIZE), { signal }), [token, queue]);
+  const page = useAsync((signal) => api().listJobs(listRequest(filters, token, PAGE_SIZE, { order: JobOrder.FINISHED_DESC }), { signal }), [token, queue]);
   useEffect(() => {
     if (page.data) setRows(page.data.jobs);
   }, [page.data]);
@@ -37,7 +38,7 @@ export function DeadLetter({ params }: { params: URLSearchParams }) {
   useLive(
     liveList(filters, {
       rows: () => rowsRef.current,
-      shape: () => ({ first: tokens.length === 1, hasNext: !!page.data?.nextPageToken, maxRows: PAGE_SIZE * 4 }),
+      shape: () => ({ first: tokens.length === 1, hasNext: !!page.data?.nextPageToken, maxRows: PAGE_SIZE * 4, finishedFirst: true }),
       update: (r) => {
         if (r.changed) setRows(r.rows);
       },
@@ -143,6 +144,7 @@ export function DeadLetter({ params }: { params: URLSearchParams }) {
           <JobRows
             rows={rows}
             now={now}
+            died
             selected={selected}
             onSelect={(id, on) =>
               setSelected((cur) => {

@@ -4,7 +4,7 @@ import type { Job } from "../gen/jobq/v1/job_pb";
 import { JobState } from "../gen/jobq/v1/job_pb";
 import { api } from "../lib/api";
 import { filtersFromParams, filtersToParams, hasFilters, listRequest, splitList, type JobFilters } from "../lib/filters";
-import { firstLine, formatCount, formatDuration, shortId, tsMillis } from "../lib/format";
+import { firstLine, formatCount, formatDateTime, formatDuration, shortId, tsMillis } from "../lib/format";
 import { useAsync, useLive, useNow } from "../lib/hooks";
 import { useQueueStats } from "../lib/stats";
 import { liveList } from "../lib/listupdate";
@@ -77,7 +77,7 @@ function FilterBar({ filters }: { filters: JobFilters }) {
         <input
           class="input grow"
           type="search"
-          placeholder="Search id, type or unique key…"
+          placeholder="Search id, type or unique key — or channel = X, url contains Y, tag:z…"
           value={search}
           onInput={(e) => setSearch(e.currentTarget.value)}
           data-testid="search"
@@ -251,11 +251,14 @@ export function JobRows({
   now,
   selected,
   onSelect,
+  died,
 }: {
   rows: Job[];
   now: number;
   selected?: Set<string>;
   onSelect?: (id: string, on: boolean) => void;
+  /** The dead-letter list: when each job died instead of when it was created. */
+  died?: boolean;
 }) {
   return (
     <div class="table-wrap">
@@ -280,7 +283,8 @@ export function JobRows({
             <th>Queue</th>
             <th>State</th>
             <th class="num">Attempt</th>
-            <th>Created</th>
+            <th>Summary</th>
+            <th>{died ? "Died" : "Created"}</th>
             <th>Detail</th>
           </tr>
         </thead>
@@ -313,9 +317,19 @@ export function JobRows({
                 {j.attempt}
                 <span class="muted">/{j.maxAttempts}</span>
               </td>
-              <td data-label="Created">
-                <Time ms={tsMillis(j.createdAt)} now={now} />
+              <td class="ellipsis summary-cell" title={j.summary} data-testid="summary" data-label="Summary">
+                {j.summary || <span class="muted">—</span>}
               </td>
+              {died ? (
+                <td data-testid="died" data-label="Died">
+                  <Time ms={tsMillis(j.finishedAt)} now={now} />
+                  <div class="muted small">{j.finishedAt ? formatDateTime(tsMillis(j.finishedAt)) : ""}</div>
+                </td>
+              ) : (
+                <td data-label="Created">
+                  <Time ms={tsMillis(j.createdAt)} now={now} />
+                </td>
+              )}
               <td class="detail-cell" data-label="Detail">
                 <RowDetail job={j} now={now} />
               </td>

@@ -357,6 +357,9 @@ pub struct Job {
     pub request_key: Option<String>,
     /// Labels.
     pub tags: Vec<String>,
+    /// One-line summary of the payload, made at enqueue (empty for jobs
+    /// stored before summaries existed).
+    pub summary: String,
     /// Spawning job.
     pub parent_id: Option<JobId>,
     /// Enqueuer's traceparent.
@@ -462,6 +465,64 @@ pub struct JobFilter {
     pub parent_id: Option<JobId>,
     /// Id, type or unique key contains this text.
     pub search: Option<String>,
+    /// Has every one of these tags.
+    pub tags: Vec<String>,
+    /// The payload matches every one of these.
+    pub payload: Vec<PayloadFilter>,
+    /// Order of the listing.
+    pub order: JobOrder,
+}
+
+/// One condition on a field of the JSON payload.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PayloadFilter {
+    /// Path of object keys from the payload's top level (at least one).
+    pub path: Vec<String>,
+    /// How the field's value is compared.
+    pub matching: PayloadMatch,
+    /// What it is compared with.
+    pub value: String,
+}
+
+/// How a [`PayloadFilter`] compares.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PayloadMatch {
+    /// The value as text (a string as is, a number or boolean as JSON) equals.
+    Equals,
+    /// The value is a string containing the text, ignoring case.
+    Contains,
+}
+
+/// Order of a job listing.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum JobOrder {
+    /// Newest created first (by id).
+    #[default]
+    Newest,
+    /// Most recently finished first; unfinished jobs after, newest first.
+    FinishedDesc,
+}
+
+/// Where a page of a listing ends: the next page starts after this job.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PageCursor {
+    /// The last job's id.
+    pub id: JobId,
+    /// Its finished_at, in [`JobOrder::FinishedDesc`] listings.
+    pub finished_at: Option<Millis>,
+}
+
+impl PageCursor {
+    /// The cursor after `job` in a listing of `order`.
+    pub fn after(job: &Job, order: JobOrder) -> Self {
+        Self {
+            id: job.id.clone(),
+            finished_at: match order {
+                JobOrder::Newest => None,
+                JobOrder::FinishedDesc => job.finished_at,
+            },
+        }
+    }
 }
 
 /// Jobs picked for a bulk operation: explicit ids, or a filter.

@@ -13,6 +13,7 @@ mod queue;
 mod retry;
 mod schedules;
 mod store;
+mod summary;
 mod tally;
 mod transitions;
 
@@ -29,7 +30,8 @@ pub use control::{CronSchedule, QueueControls, ScheduleRecord, WorkerRecord};
 pub use error::{QueueError, QueueResult, Refusal, excerpt};
 pub use job::{
     AttemptOutcome, EntryKind, HistoryEntry, Job, JobEvent, JobEventKind, JobFilter, JobId,
-    JobSelector, JobSpec, JobState, LeaseToken, LeasedJob, QueueStats, StatsSnapshot, StopReason,
+    JobOrder, JobSelector, JobSpec, JobState, LeaseToken, LeasedJob, PageCursor, PayloadFilter,
+    PayloadMatch, QueueStats, StatsSnapshot, StopReason,
 };
 pub use limits::{
     DEFAULT_LEASE_RESPONSE_BYTES, Defaults, LEASE_RANGE, Limits, MAX_ATTEMPTS, MAX_DELAY,
@@ -48,4 +50,5 @@ pub use store::{
     Applied, DependencyRule, Detail, InsertedAndLeased, JobChange, JobLog, JobStore, LeaseChange,
     LeaseQuery, Leased, NewJob, Peers, QueueEdit,
 };
+pub use summary::{MAX_SUMMARY_CHARS, summarize};
 pub use tally::JobTally;

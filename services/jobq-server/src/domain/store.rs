@@ -13,7 +13,7 @@ use super::control::{QueueControls, ScheduleRecord, WorkerRecord};
 use super::error::QueueResult;
 use super::job::{
     AttemptOutcome, HistoryEntry, Job, JobEvent, JobFilter, JobId, JobSelector, JobState,
-    LeaseToken, StatsSnapshot,
+    LeaseToken, PageCursor, StatsSnapshot,
 };
 
 /// A change of one job, as the store applied it.
@@ -134,11 +134,11 @@ pub trait JobStore: Send + Sync + 'static {
     async fn get_job(&self, id: &JobId, detail: Detail) -> QueueResult<Option<Job>>;
     /// States of the given jobs; missing ones are left out.
     async fn job_states(&self, ids: &[JobId]) -> QueueResult<Vec<(JobId, JobState)>>;
-    /// Jobs matching `filter` with ids below `before_id`, newest first.
+    /// Jobs matching `filter` that come after `after` in the filter's order.
     async fn list_jobs(
         &self,
         filter: &JobFilter,
-        before_id: Option<&JobId>,
+        after: Option<&PageCursor>,
         limit: u64,
         detail: Detail,
     ) -> QueueResult<Vec<Job>>;

@@ -469,6 +469,7 @@ pub(crate) mod tests {
             unique_key: None,
             concurrency_key: None,
             concurrency_limit: 0,
+            summary: String::new(),
             request_key: None,
             tags: vec![],
             parent_id: None,

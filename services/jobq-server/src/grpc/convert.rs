@@ -10,10 +10,10 @@ use prost::Message;
 use prost_types::value::Kind;
 
 use crate::domain::{
-    AttemptOutcome, Defaults, HistoryEntry, Job, JobEvent, JobEventKind, JobId, JobSpec, JobState,
-    Limits, MAX_ATTEMPTS, MAX_DELAY, MAX_JSON_DEPTH, MAX_KEY_LIMIT, MAX_NAME_BYTES, MAX_TAGS,
-    MAX_TIME_MS, MAX_WAIT, Millis, PRIORITY_RANGE, QueueError, QueueResult, RetryPolicy,
-    StopReason,
+    AttemptOutcome, Defaults, HistoryEntry, Job, JobEvent, JobEventKind, JobId, JobOrder, JobSpec,
+    JobState, Limits, MAX_ATTEMPTS, MAX_DELAY, MAX_JSON_DEPTH, MAX_KEY_LIMIT, MAX_NAME_BYTES,
+    MAX_TAGS, MAX_TIME_MS, MAX_WAIT, Millis, PRIORITY_RANGE, PayloadFilter, PayloadMatch,
+    QueueError, QueueResult, RetryPolicy, StopReason,
 };
 use crate::logs::{LogLine, LogStream};
 
@@ -472,6 +472,88 @@ pub fn job_view(raw: i32, field: &str, default: pb::JobView) -> QueueResult<pb::
     }
 }
 
+/// Most payload filters one listing takes.
+pub const MAX_PAYLOAD_FILTERS: usize = 8;
+/// Most segments of a payload filter's field path.
+pub const MAX_PAYLOAD_PATH_SEGMENTS: usize = 8;
+/// Longest value of a payload filter, in bytes.
+pub const MAX_PAYLOAD_FILTER_VALUE_BYTES: usize = 256;
+
+/// The payload filters of a listing, checked; errors name
+/// `{field}[i].field`, `.match` or `.value`.
+pub fn payload_filters(raw: &[pb::PayloadFilter], field: &str) -> QueueResult<Vec<PayloadFilter>> {
+    if raw.len() > MAX_PAYLOAD_FILTERS {
+        return Err(QueueError::invalid(
+            field,
+            format!("has {} filters, more than {MAX_PAYLOAD_FILTERS}", raw.len()),
+        ));
+    }
+    raw.iter()
+        .enumerate()
+        .map(|(index, filter)| payload_filter(filter, &format!("{field}[{index}]")))
+        .collect()
+}
+
+fn payload_filter(raw: &pb::PayloadFilter, field: &str) -> QueueResult<PayloadFilter> {
+    let path_field = format!("{field}.field");
+    if raw.field.is_empty() {
+        return Err(QueueError::invalid(path_field, "is required"));
+    }
+    let path: Vec<String> = raw.field.split('.').map(str::to_owned).collect();
+    if path.len() > MAX_PAYLOAD_PATH_SEGMENTS {
+        return Err(QueueError::invalid(
+            path_field,
+            format!("has more than {MAX_PAYLOAD_PATH_SEGMENTS} segments"),
+        ));
+    }
+    // Plain keys only: the path is written into engine-specific JSON paths.
+    let plain = |segment: &String| {
+        !segment.is_empty()
+            && segment
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+    };
+    if !path.iter().all(plain) {
+        return Err(QueueError::invalid(
+            path_field,
+            "must be dot-separated keys of letters, digits, '_' and '-' (e.g. meta.title)",
+        ));
+    }
+    let matching = match pb::PayloadMatch::try_from(raw.r#match) {
+        Ok(pb::PayloadMatch::Equals) => PayloadMatch::Equals,
+        Ok(pb::PayloadMatch::Contains) => PayloadMatch::Contains,
+        Ok(pb::PayloadMatch::Unspecified) | Err(_) => {
+            return Err(QueueError::invalid(
+                format!("{field}.match"),
+                "must be PAYLOAD_MATCH_EQUALS or PAYLOAD_MATCH_CONTAINS",
+            ));
+        }
+    };
+    if raw.value.len() > MAX_PAYLOAD_FILTER_VALUE_BYTES {
+        return Err(QueueError::invalid(
+            format!("{field}.value"),
+            format!("is longer than {MAX_PAYLOAD_FILTER_VALUE_BYTES} bytes"),
+        ));
+    }
+    Ok(PayloadFilter {
+        path,
+        matching,
+        value: raw.value.clone(),
+    })
+}
+
+/// The order of a listing.
+pub fn job_order(raw: i32, field: &str) -> QueueResult<JobOrder> {
+    match pb::JobOrder::try_from(raw) {
+        Ok(pb::JobOrder::Unspecified) => Ok(JobOrder::Newest),
+        Ok(pb::JobOrder::FinishedDesc) => Ok(JobOrder::FinishedDesc),
+        Err(_) => Err(QueueError::invalid(
+            field,
+            format!("{raw} is not a known job order"),
+        )),
+    }
+}
+
 /// A domain state as protobuf.
 pub fn proto_state(state: JobState) -> pb::JobState {
     match state {
@@ -543,6 +625,7 @@ pub fn proto_job(job: Job, view: pb::JobView) -> pb::Job {
         }),
         unique_key: job.unique_key.unwrap_or_default(),
         tags: job.tags,
+        summary: job.summary,
         parent_id: job.parent_id.map(|id| id.to_string()).unwrap_or_default(),
         traceparent: job.traceparent.unwrap_or_default(),
         state: proto_state(job.state).into(),

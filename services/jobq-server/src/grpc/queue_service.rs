@@ -16,9 +16,10 @@ use super::streams::{EventFilter, LogFollow, STREAM_BUFFER, WatchPresence, watch
 use super::watch_lists::{ListTriggers, watch_list, watch_stats};
 use crate::background::StatsFeed;
 use crate::domain::{
-    Detail, JobEvent, JobEventKind, JobFilter, JobId, JobQueue, JobSelector, JobSpec, JobState,
-    MAX_MESSAGE_BYTES, MAX_NAME_BYTES, MAX_RATE, MissedTicks, PageRequest, QueueControls,
-    QueueError, QueueResult, ScheduleDefinition, ScheduleRecord, StatsSnapshot,
+    Detail, JobEvent, JobEventKind, JobFilter, JobId, JobOrder, JobQueue, JobSelector, JobSpec,
+    JobState, MAX_MESSAGE_BYTES, MAX_NAME_BYTES, MAX_RATE, MAX_TAGS, MissedTicks, PageCursor,
+    PageRequest, QueueControls, QueueError, QueueResult, ScheduleDefinition, ScheduleRecord,
+    StatsSnapshot,
 };
 use crate::logs::reader::LogReader;
 
@@ -344,6 +345,22 @@ fn job_filter(request: &pb::ListJobsRequest) -> QueueResult<JobFilter> {
             "" => None,
             text => Some(convert::bounded_text(text, "search", MAX_NAME_BYTES)?),
         },
+        tags: {
+            if request.tags.len() > MAX_TAGS {
+                return Err(QueueError::invalid(
+                    "tags",
+                    format!("has {} tags, more than {MAX_TAGS}", request.tags.len()),
+                ));
+            }
+            request
+                .tags
+                .iter()
+                .enumerate()
+                .map(|(index, tag)| convert::name(tag, &format!("tags[{index}]")))
+                .collect::<QueueResult<_>>()?
+        },
+        payload: convert::payload_filters(&request.payload_filters, "payload_filters")?,
+        order: convert::job_order(request.order, "order")?,
     })
 }
 
@@ -359,13 +376,26 @@ fn filter_fingerprint(filter: &JobFilter) -> u64 {
     hash
 }
 
-/// An opaque page token: the filter's fingerprint and the last id, in hex.
-fn page_token(filter: &JobFilter, last: &JobId) -> String {
-    format!(
+/// A cursor without a finished_at, in a token of the FINISHED_DESC order.
+const UNFINISHED: u64 = u64::MAX;
+
+/// An opaque page token: the filter's fingerprint (the order included) and
+/// the last id, in hex; in the FINISHED_DESC order also the last job's
+/// finished_at.
+fn page_token(filter: &JobFilter, last: &PageCursor) -> String {
+    let mut token = format!(
         "{:016x}{}",
         filter_fingerprint(filter),
-        last.as_str().replace('-', "")
-    )
+        last.id.as_str().replace('-', "")
+    );
+    if filter.order == JobOrder::FinishedDesc {
+        let finished_at = last
+            .finished_at
+            .and_then(|at| u64::try_from(at).ok())
+            .unwrap_or(UNFINISHED);
+        token.push_str(&format!("{finished_at:016x}"));
+    }
+    token
 }
 
 fn page_request(request: &pb::ListJobsRequest, filter: &JobFilter) -> QueueResult<PageRequest> {
@@ -384,19 +414,35 @@ fn page_request(request: &pb::ListJobsRequest, filter: &JobFilter) -> QueueResul
         token => {
             let not_ours =
                 || QueueError::invalid("page_token", "is not a token returned by ListJobs");
-            if token.len() != 48 || !token.is_char_boundary(16) {
+            if !token.is_ascii() || (token.len() != 48 && token.len() != 64) {
                 return Err(not_ours());
             }
-            let (fingerprint, id) = token.split_at(16);
+            let (fingerprint, rest) = token.split_at(16);
+            let (id, finished_at) = rest.split_at(32);
             let fingerprint = u64::from_str_radix(fingerprint, 16).map_err(|_| not_ours())?;
             let id = JobId::parse(id, "page_token").map_err(|_| not_ours())?;
-            if fingerprint != filter_fingerprint(filter) {
+            let finished_at = match finished_at {
+                "" => None,
+                hex => {
+                    // from_str_radix takes a sign: only hex digits are ours.
+                    if !hex.chars().all(|c| c.is_ascii_hexdigit()) {
+                        return Err(not_ours());
+                    }
+                    match u64::from_str_radix(hex, 16).map_err(|_| not_ours())? {
+                        UNFINISHED => None,
+                        at => Some(i64::try_from(at).map_err(|_| not_ours())?),
+                    }
+                }
+            };
+            // A token of another filter, or of the other order.
+            let wants_finished = filter.order == JobOrder::FinishedDesc;
+            if fingerprint != filter_fingerprint(filter) || wants_finished != (token.len() == 64) {
                 return Err(QueueError::invalid(
                     "page_token",
                     "belongs to a listing with another filter: PAGE_TOKEN_MISMATCH (start again without a token)",
                 ));
             }
-            Some(id)
+            Some(PageCursor { id, finished_at })
         }
     };
     Ok(PageRequest { limit, after })
@@ -422,7 +468,13 @@ pub(super) fn fuzz_page_token(token: &str) -> Result<(), proptest::test_runner::
     }
     // And a token made for one filter is refused under another.
     let id = JobId::generate();
-    let made = page_token(&filter, &id);
+    let made = page_token(
+        &filter,
+        &PageCursor {
+            id: id.clone(),
+            finished_at: None,
+        },
+    );
     let other = JobFilter {
         queues: vec![token.to_owned()],
         ..JobFilter::default()
@@ -434,7 +486,8 @@ pub(super) fn fuzz_page_token(token: &str) -> Result<(), proptest::test_runner::
         },
         &filter,
     );
-    let came_back = matches!(back, Ok(PageRequest { after: Some(ref after), .. }) if *after == id);
+    let came_back =
+        matches!(back, Ok(PageRequest { after: Some(ref after), .. }) if after.id == id);
     prop_assert!(came_back, "a token made here was not taken back");
     let elsewhere = page_request(
         &pb::ListJobsRequest {
@@ -605,7 +658,7 @@ impl JobQueueService for QueueApi {
                 .collect(),
             next_page_token: page
                 .next_after
-                .map(|id| page_token(&filter, &id))
+                .map(|cursor| page_token(&filter, &cursor))
                 .unwrap_or_default(),
         }))
     }

@@ -60,6 +60,8 @@ struct EventJob {
     #[serde(default)]
     concurrency_limit: i32,
     tags: Vec<String>,
+    #[serde(default)]
+    summary: String,
     parent_id: Option<String>,
     traceparent: Option<String>,
     schedule_name: Option<String>,
@@ -103,6 +105,7 @@ impl EventJob {
             concurrency_key: job.concurrency_key.clone(),
             concurrency_limit: job.concurrency_limit,
             tags: job.tags.clone(),
+            summary: job.summary.clone(),
             parent_id: job.parent_id.as_ref().map(ToString::to_string),
             traceparent: job.traceparent.clone(),
             schedule_name: job.schedule_name.clone(),
@@ -145,6 +148,7 @@ impl EventJob {
             concurrency_limit: self.concurrency_limit,
             request_key: None,
             tags: self.tags,
+            summary: self.summary,
             parent_id: self.parent_id.map(JobId::from_stored),
             traceparent: self.traceparent,
             depends_on: Vec::new(),

@@ -272,7 +272,7 @@ fn json_of(value: &Value) -> serde_json::Value {
 /// Every column of `jobs` but the payload and the result.
 pub const CORE_COLUMNS: &str = "id, job_type, queue, payload_bytes, priority, run_at, \
     max_attempts, timeout_ms, backoff_base_ms, backoff_max_ms, unique_key, request_key, tags, \
-    parent_id, traceparent, state, attempt, history_seq, progress_percent, progress_message, \
+    summary, parent_id, traceparent, state, attempt, history_seq, progress_percent, progress_message, \
     last_error, cancel_requested, lease_token, worker_id, lease_expires_at, lease_ms, \
     attempt_deadline, attempt_started_at, created_at, started_at, finished_at, updated_at, \
     schedule_name, has_dependents, concurrency_key, concurrency_limit";
@@ -321,6 +321,7 @@ pub const INSERTED_COLUMNS: &[(&str, Type)] = &[
     ("concurrency_limit", Type::Int),
     ("request_key", Type::Text),
     ("tags", Type::Text),
+    ("summary", Type::Text),
     ("parent_id", Type::Text),
     ("traceparent", Type::Text),
     ("state", Type::Text),

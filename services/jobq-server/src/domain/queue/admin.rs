@@ -5,7 +5,7 @@ use super::JobQueue;
 use crate::domain::control::QueueControls;
 use crate::domain::error::{QueueError, QueueResult};
 use crate::domain::job::{
-    Job, JobEvent, JobEventKind, JobFilter, JobId, JobSelector, StatsSnapshot,
+    Job, JobEvent, JobEventKind, JobFilter, JobId, JobSelector, PageCursor, StatsSnapshot,
 };
 use crate::domain::store::{Detail, JobChange};
 use crate::domain::transitions;
@@ -15,8 +15,8 @@ use crate::domain::transitions;
 pub struct PageRequest {
     /// Page size.
     pub limit: u64,
-    /// Last id of the previous page.
-    pub after: Option<JobId>,
+    /// Where the previous page ended.
+    pub after: Option<PageCursor>,
 }
 
 /// A page of jobs.
@@ -24,8 +24,8 @@ pub struct PageRequest {
 pub struct Page {
     /// The jobs.
     pub jobs: Vec<Job>,
-    /// Last id, when there may be more.
-    pub next_after: Option<JobId>,
+    /// Where this page ended, when there may be more.
+    pub next_after: Option<PageCursor>,
 }
 
 impl JobQueue {
@@ -48,7 +48,7 @@ impl JobQueue {
         Ok(states.first().map(|(_, state)| state.is_terminal()))
     }
 
-    /// A page of jobs, newest first.
+    /// A page of jobs in the filter's order.
     pub async fn list(
         &self,
         filter: &JobFilter,
@@ -63,7 +63,7 @@ impl JobQueue {
         let more = jobs.len() as u64 > page.limit;
         jobs.truncate(page.limit as usize);
         let next_after = if more {
-            jobs.last().map(|job| job.id.clone())
+            jobs.last().map(|job| PageCursor::after(job, filter.order))
         } else {
             None
         };

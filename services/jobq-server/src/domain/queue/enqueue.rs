@@ -14,6 +14,7 @@ pub(in crate::domain) fn new_job(spec: JobSpec, now: Millis) -> Job {
         let delay = spec.delay.map_or(0, |delay| delay.as_millis() as Millis);
         now.saturating_add(delay)
     });
+    let summary = crate::domain::summarize(&spec.job_type, &spec.payload);
     Job {
         id: crate::domain::JobId::generate(),
         job_type: spec.job_type,
@@ -30,6 +31,7 @@ pub(in crate::domain) fn new_job(spec: JobSpec, now: Millis) -> Job {
         concurrency_limit: spec.concurrency_limit,
         request_key: None,
         tags: spec.tags,
+        summary,
         parent_id: spec.parent_id,
         traceparent: spec.traceparent,
         depends_on: spec.depends_on,

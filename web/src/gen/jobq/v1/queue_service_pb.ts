@@ -2,8 +2,8 @@
 // @generated from file jobq/v1/queue_service.proto (package jobq.v1, syntax proto3)
 /* eslint-disable */
 
-import type { GenFile, GenMessage, GenService } from "@bufbuild/protobuf/codegenv2";
-import { fileDesc, messageDesc, serviceDesc } from "@bufbuild/protobuf/codegenv2";
+import type { GenEnum, GenFile, GenMessage, GenService } from "@bufbuild/protobuf/codegenv2";
+import { enumDesc, fileDesc, messageDesc, serviceDesc } from "@bufbuild/protobuf/codegenv2";
 import type { Duration, Timestamp } from "@bufbuild/protobuf/wkt";
 import { file_google_protobuf_duration, file_google_protobuf_timestamp } from "@bufbuild/protobuf/wkt";
 import type { Queue, Schedule, Worker } from "./admin_pb";
@@ -20,7 +20,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file jobq/v1/queue_service.proto.
  */
 export const file_jobq_v1_queue_service: GenFile = /*@__PURE__*/
-  fileDesc("Chtqb2JxL3YxL3F1ZXVlX3NlcnZpY2UucHJvdG8SB2pvYnEudjEiRgoRRW5xdWV1ZUpvYlJlcXVlc3QSHQoDam9iGAEgASgLMhAuam9icS52MS5Kb2JTcGVjEhIKCnJlcXVlc3RfaWQYAiABKAkiRwoSRW5xdWV1ZUpvYlJlc3BvbnNlEhkKA2pvYhgBIAEoCzIMLmpvYnEudjEuSm9iEhYKDmFscmVhZHlfZXhpc3RzGAIgASgIIkgKEkVucXVldWVKb2JzUmVxdWVzdBIeCgRqb2JzGAEgAygLMhAuam9icS52MS5Kb2JTcGVjEhIKCnJlcXVlc3RfaWQYAiABKAkiQwoTRW5xdWV1ZUpvYnNSZXNwb25zZRIsCgdyZXN1bHRzGAEgAygLMhsuam9icS52MS5FbnF1ZXVlSm9iUmVzcG9uc2UiHwoNR2V0Sm9iUmVxdWVzdBIOCgZqb2JfaWQYASABKAkiKwoOR2V0Sm9iUmVzcG9uc2USGQoDam9iGAEgASgLMgwuam9icS52MS5Kb2IipAIKD0xpc3RKb2JzUmVxdWVzdBIhCgZzdGF0ZXMYASADKA4yES5qb2JxLnYxLkpvYlN0YXRlEg0KBXR5cGVzGAIgAygJEg4KBnF1ZXVlcxgDIAMoCRIxCg1jcmVhdGVkX2FmdGVyGAQgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIyCg5jcmVhdGVkX2JlZm9yZRgFIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASEQoJcGFnZV9zaXplGAYgASgFEhIKCnBhZ2VfdG9rZW4YByABKAkSEQoJcGFyZW50X2lkGAggASgJEg4KBnNlYXJjaBgJIAEoCRIeCgR2aWV3GAogASgOMhAuam9icS52MS5Kb2JWaWV3IkcKEExpc3RKb2JzUmVzcG9uc2USGgoEam9icxgBIAMoCzIMLmpvYnEudjEuSm9iEhcKD25leHRfcGFnZV90b2tlbhgCIAEoCSIyChBDYW5jZWxKb2JSZXF1ZXN0Eg4KBmpvYl9pZBgBIAEoCRIOCgZyZWFzb24YAiABKAkiLgoRQ2FuY2VsSm9iUmVzcG9uc2USGQoDam9iGAEgASgLMgwuam9icS52MS5Kb2IiIQoPUmV0cnlKb2JSZXF1ZXN0Eg4KBmpvYl9pZBgBIAEoCSItChBSZXRyeUpvYlJlc3BvbnNlEhkKA2pvYhgBIAEoCzIMLmpvYnEudjEuSm9iIiIKEERlbGV0ZUpvYlJlcXVlc3QSDgoGam9iX2lkGAEgASgJIhMKEURlbGV0ZUpvYlJlc3BvbnNlIiYKFEdldFF1ZXVlU3RhdHNSZXF1ZXN0Eg4KBnF1ZXVlcxgBIAMoCSI9CgpTdGF0ZUNvdW50EiAKBXN0YXRlGAEgASgOMhEuam9icS52MS5Kb2JTdGF0ZRINCgVjb3VudBgCIAEoAyJ1CgpRdWV1ZVN0YXRzEg0KBXF1ZXVlGAEgASgJEiMKBmNvdW50cxgCIAMoCzITLmpvYnEudjEuU3RhdGVDb3VudBIzChBvbGRlc3RfcmVhZHlfYWdlGAMgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uIowBChVHZXRRdWV1ZVN0YXRzUmVzcG9uc2USIwoGcXVldWVzGAEgAygLMhMuam9icS52MS5RdWV1ZVN0YXRzEiMKBnRvdGFscxgCIAMoCzITLmpvYnEudjEuU3RhdGVDb3VudBIpCgVhc19vZhgDIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAibwoLSm9iU2VsZWN0b3ISDwoHam9iX2lkcxgBIAMoCRIhCgZzdGF0ZXMYAiADKA4yES5qb2JxLnYxLkpvYlN0YXRlEg4KBnF1ZXVlcxgDIAMoCRINCgV0eXBlcxgEIAMoCRINCgVsaW1pdBgFIAEoBSI6ChBSZXRyeUpvYnNSZXF1ZXN0EiYKCHNlbGVjdG9yGAEgASgLMhQuam9icS52MS5Kb2JTZWxlY3RvciIkChFSZXRyeUpvYnNSZXNwb25zZRIPCgdqb2JfaWRzGAEgAygJIjsKEURlbGV0ZUpvYnNSZXF1ZXN0EiYKCHNlbGVjdG9yGAEgASgLMhQuam9icS52MS5Kb2JTZWxlY3RvciIlChJEZWxldGVKb2JzUmVzcG9uc2USDwoHam9iX2lkcxgBIAMoCSJzChRTdHJlYW1Kb2JMb2dzUmVxdWVzdBIOCgZqb2JfaWQYASABKAkSDgoGZm9sbG93GAIgASgIEhYKDmFmdGVyX3Bvc2l0aW9uGAMgASgEEiMKB3N0cmVhbXMYBCADKA4yEi5qb2JxLnYxLkxvZ1N0cmVhbSI4ChVTdHJlYW1Kb2JMb2dzUmVzcG9uc2USHwoFbGluZXMYASADKAsyEC5qb2JxLnYxLkxvZ0xpbmUicwoRR2V0Sm9iTG9nc1JlcXVlc3QSDgoGam9iX2lkGAEgASgJEhYKDmFmdGVyX3Bvc2l0aW9uGAIgASgEEhEKCXBhZ2Vfc2l6ZRgDIAEoBRIjCgdzdHJlYW1zGAQgAygOMhIuam9icS52MS5Mb2dTdHJlYW0iZgoSR2V0Sm9iTG9nc1Jlc3BvbnNlEh8KBWxpbmVzGAEgAygLMhAuam9icS52MS5Mb2dMaW5lEhsKE25leHRfYWZ0ZXJfcG9zaXRpb24YAiABKAQSEgoKZW5kX29mX2xvZxgDIAEoCCKFAQoQV2F0Y2hKb2JzUmVxdWVzdBIOCgZxdWV1ZXMYASADKAkSDQoFdHlwZXMYAiADKAkSIQoGc3RhdGVzGAMgAygOMhEuam9icS52MS5Kb2JTdGF0ZRIPCgdqb2JfaWRzGAQgAygJEh4KBHZpZXcYBSABKA4yEC5qb2JxLnYxLkpvYlZpZXciXQoRV2F0Y2hKb2JzUmVzcG9uc2USIAoFZXZlbnQYASABKAsyES5qb2JxLnYxLkpvYkV2ZW50Eg4KBmxhZ2dlZBgCIAEoCBIWCg5kcm9wcGVkX2V2ZW50cxgDIAEoBCITChFMaXN0UXVldWVzUmVxdWVzdCI0ChJMaXN0UXVldWVzUmVzcG9uc2USHgoGcXVldWVzGAEgAygLMg4uam9icS52MS5RdWV1ZSLeAQoSVXBkYXRlUXVldWVSZXF1ZXN0EgwKBG5hbWUYASABKAkSEwoGcGF1c2VkGAIgASgISACIAQESHgoRY29uY3VycmVuY3lfbGltaXQYAyABKAVIAYgBARIiChVyYXRlX2xpbWl0X3Blcl9zZWNvbmQYBCABKAFIAogBARIXCgpyYXRlX2J1cnN0GAUgASgBSAOIAQFCCQoHX3BhdXNlZEIUChJfY29uY3VycmVuY3lfbGltaXRCGAoWX3JhdGVfbGltaXRfcGVyX3NlY29uZEINCgtfcmF0ZV9idXJzdCI0ChNVcGRhdGVRdWV1ZVJlc3BvbnNlEh0KBXF1ZXVlGAEgASgLMg4uam9icS52MS5RdWV1ZSIrChJMaXN0V29ya2Vyc1JlcXVlc3QSFQoNaW5jbHVkZV9zdGFsZRgBIAEoCCI3ChNMaXN0V29ya2Vyc1Jlc3BvbnNlEiAKB3dvcmtlcnMYASADKAsyDy5qb2JxLnYxLldvcmtlciI5ChJQdXRTY2hlZHVsZVJlcXVlc3QSIwoIc2NoZWR1bGUYASABKAsyES5qb2JxLnYxLlNjaGVkdWxlIjoKE1B1dFNjaGVkdWxlUmVzcG9uc2USIwoIc2NoZWR1bGUYASABKAsyES5qb2JxLnYxLlNjaGVkdWxlIhYKFExpc3RTY2hlZHVsZXNSZXF1ZXN0Ij0KFUxpc3RTY2hlZHVsZXNSZXNwb25zZRIkCglzY2hlZHVsZXMYASADKAsyES5qb2JxLnYxLlNjaGVkdWxlIjgKGFNldFNjaGVkdWxlUGF1c2VkUmVxdWVzdBIMCgRuYW1lGAEgASgJEg4KBnBhdXNlZBgCIAEoCCJAChlTZXRTY2hlZHVsZVBhdXNlZFJlc3BvbnNlEiMKCHNjaGVkdWxlGAEgASgLMhEuam9icS52MS5TY2hlZHVsZSIlChVEZWxldGVTY2hlZHVsZVJlcXVlc3QSDAoEbmFtZRgBIAEoCSIYChZEZWxldGVTY2hlZHVsZVJlc3BvbnNlIigKFldhdGNoUXVldWVTdGF0c1JlcXVlc3QSDgoGcXVldWVzGAEgAygJIkgKF1dhdGNoUXVldWVTdGF0c1Jlc3BvbnNlEi0KBXN0YXRzGAEgASgLMh4uam9icS52MS5HZXRRdWV1ZVN0YXRzUmVzcG9uc2UiLAoTV2F0Y2hXb3JrZXJzUmVxdWVzdBIVCg1pbmNsdWRlX3N0YWxlGAEgASgIIjgKFFdhdGNoV29ya2Vyc1Jlc3BvbnNlEiAKB3dvcmtlcnMYASADKAsyDy5qb2JxLnYxLldvcmtlciIUChJXYXRjaFF1ZXVlc1JlcXVlc3QiNQoTV2F0Y2hRdWV1ZXNSZXNwb25zZRIeCgZxdWV1ZXMYASADKAsyDi5qb2JxLnYxLlF1ZXVlIhcKFVdhdGNoU2NoZWR1bGVzUmVxdWVzdCI+ChZXYXRjaFNjaGVkdWxlc1Jlc3BvbnNlEiQKCXNjaGVkdWxlcxgBIAMoCzIRLmpvYnEudjEuU2NoZWR1bGUiNgoVV2F0Y2hEYXNoYm9hcmRSZXF1ZXN0Eh0KFWluY2x1ZGVfc3RhbGVfd29ya2VycxgBIAEoCCLrAQoWV2F0Y2hEYXNoYm9hcmRSZXNwb25zZRIvCgVzdGF0cxgBIAEoCzIeLmpvYnEudjEuR2V0UXVldWVTdGF0c1Jlc3BvbnNlSAASMAoHd29ya2VycxgCIAEoCzIdLmpvYnEudjEuV2F0Y2hXb3JrZXJzUmVzcG9uc2VIABIuCgZxdWV1ZXMYAyABKAsyHC5qb2JxLnYxLldhdGNoUXVldWVzUmVzcG9uc2VIABI0CglzY2hlZHVsZXMYBCABKAsyHy5qb2JxLnYxLldhdGNoU2NoZWR1bGVzUmVzcG9uc2VIAEIICgZ1cGRhdGUy4g4KD0pvYlF1ZXVlU2VydmljZRJFCgpFbnF1ZXVlSm9iEhouam9icS52MS5FbnF1ZXVlSm9iUmVxdWVzdBobLmpvYnEudjEuRW5xdWV1ZUpvYlJlc3BvbnNlEkgKC0VucXVldWVKb2JzEhsuam9icS52MS5FbnF1ZXVlSm9ic1JlcXVlc3QaHC5qb2JxLnYxLkVucXVldWVKb2JzUmVzcG9uc2USOQoGR2V0Sm9iEhYuam9icS52MS5HZXRKb2JSZXF1ZXN0Ghcuam9icS52MS5HZXRKb2JSZXNwb25zZRI/CghMaXN0Sm9icxIYLmpvYnEudjEuTGlzdEpvYnNSZXF1ZXN0Ghkuam9icS52MS5MaXN0Sm9ic1Jlc3BvbnNlEkIKCUNhbmNlbEpvYhIZLmpvYnEudjEuQ2FuY2VsSm9iUmVxdWVzdBoaLmpvYnEudjEuQ2FuY2VsSm9iUmVzcG9uc2USPwoIUmV0cnlKb2ISGC5qb2JxLnYxLlJldHJ5Sm9iUmVxdWVzdBoZLmpvYnEudjEuUmV0cnlKb2JSZXNwb25zZRJCCglEZWxldGVKb2ISGS5qb2JxLnYxLkRlbGV0ZUpvYlJlcXVlc3QaGi5qb2JxLnYxLkRlbGV0ZUpvYlJlc3BvbnNlEk4KDUdldFF1ZXVlU3RhdHMSHS5qb2JxLnYxLkdldFF1ZXVlU3RhdHNSZXF1ZXN0Gh4uam9icS52MS5HZXRRdWV1ZVN0YXRzUmVzcG9uc2USQgoJUmV0cnlKb2JzEhkuam9icS52MS5SZXRyeUpvYnNSZXF1ZXN0Ghouam9icS52MS5SZXRyeUpvYnNSZXNwb25zZRJFCgpEZWxldGVKb2JzEhouam9icS52MS5EZWxldGVKb2JzUmVxdWVzdBobLmpvYnEudjEuRGVsZXRlSm9ic1Jlc3BvbnNlElAKDVN0cmVhbUpvYkxvZ3MSHS5qb2JxLnYxLlN0cmVhbUpvYkxvZ3NSZXF1ZXN0Gh4uam9icS52MS5TdHJlYW1Kb2JMb2dzUmVzcG9uc2UwARJFCgpHZXRKb2JMb2dzEhouam9icS52MS5HZXRKb2JMb2dzUmVxdWVzdBobLmpvYnEudjEuR2V0Sm9iTG9nc1Jlc3BvbnNlEkQKCVdhdGNoSm9icxIZLmpvYnEudjEuV2F0Y2hKb2JzUmVxdWVzdBoaLmpvYnEudjEuV2F0Y2hKb2JzUmVzcG9uc2UwARJFCgpMaXN0UXVldWVzEhouam9icS52MS5MaXN0UXVldWVzUmVxdWVzdBobLmpvYnEudjEuTGlzdFF1ZXVlc1Jlc3BvbnNlEkgKC1VwZGF0ZVF1ZXVlEhsuam9icS52MS5VcGRhdGVRdWV1ZVJlcXVlc3QaHC5qb2JxLnYxLlVwZGF0ZVF1ZXVlUmVzcG9uc2USSAoLTGlzdFdvcmtlcnMSGy5qb2JxLnYxLkxpc3RXb3JrZXJzUmVxdWVzdBocLmpvYnEudjEuTGlzdFdvcmtlcnNSZXNwb25zZRJICgtQdXRTY2hlZHVsZRIbLmpvYnEudjEuUHV0U2NoZWR1bGVSZXF1ZXN0Ghwuam9icS52MS5QdXRTY2hlZHVsZVJlc3BvbnNlEk4KDUxpc3RTY2hlZHVsZXMSHS5qb2JxLnYxLkxpc3RTY2hlZHVsZXNSZXF1ZXN0Gh4uam9icS52MS5MaXN0U2NoZWR1bGVzUmVzcG9uc2USWgoRU2V0U2NoZWR1bGVQYXVzZWQSIS5qb2JxLnYxLlNldFNjaGVkdWxlUGF1c2VkUmVxdWVzdBoiLmpvYnEudjEuU2V0U2NoZWR1bGVQYXVzZWRSZXNwb25zZRJRCg5EZWxldGVTY2hlZHVsZRIeLmpvYnEudjEuRGVsZXRlU2NoZWR1bGVSZXF1ZXN0Gh8uam9icS52MS5EZWxldGVTY2hlZHVsZVJlc3BvbnNlElYKD1dhdGNoUXVldWVTdGF0cxIfLmpvYnEudjEuV2F0Y2hRdWV1ZVN0YXRzUmVxdWVzdBogLmpvYnEudjEuV2F0Y2hRdWV1ZVN0YXRzUmVzcG9uc2UwARJNCgxXYXRjaFdvcmtlcnMSHC5qb2JxLnYxLldhdGNoV29ya2Vyc1JlcXVlc3QaHS5qb2JxLnYxLldhdGNoV29ya2Vyc1Jlc3BvbnNlMAESSgoLV2F0Y2hRdWV1ZXMSGy5qb2JxLnYxLldhdGNoUXVldWVzUmVxdWVzdBocLmpvYnEudjEuV2F0Y2hRdWV1ZXNSZXNwb25zZTABElMKDldhdGNoU2NoZWR1bGVzEh4uam9icS52MS5XYXRjaFNjaGVkdWxlc1JlcXVlc3QaHy5qb2JxLnYxLldhdGNoU2NoZWR1bGVzUmVzcG9uc2UwARJTCg5XYXRjaERhc2hib2FyZBIeLmpvYnEudjEuV2F0Y2hEYXNoYm9hcmRSZXF1ZXN0Gh8uam9icS52MS5XYXRjaERhc2hib2FyZFJlc3BvbnNlMAFiBnByb3RvMw", [file_google_protobuf_duration, file_google_protobuf_timestamp, file_jobq_v1_admin, file_jobq_v1_event, file_jobq_v1_job, file_jobq_v1_log]);
+  fileDesc("Chtqb2JxL3YxL3F1ZXVlX3NlcnZpY2UucHJvdG8SB2pvYnEudjEiRgoRRW5xdWV1ZUpvYlJlcXVlc3QSHQoDam9iGAEgASgLMhAuam9icS52MS5Kb2JTcGVjEhIKCnJlcXVlc3RfaWQYAiABKAkiRwoSRW5xdWV1ZUpvYlJlc3BvbnNlEhkKA2pvYhgBIAEoCzIMLmpvYnEudjEuSm9iEhYKDmFscmVhZHlfZXhpc3RzGAIgASgIIkgKEkVucXVldWVKb2JzUmVxdWVzdBIeCgRqb2JzGAEgAygLMhAuam9icS52MS5Kb2JTcGVjEhIKCnJlcXVlc3RfaWQYAiABKAkiQwoTRW5xdWV1ZUpvYnNSZXNwb25zZRIsCgdyZXN1bHRzGAEgAygLMhsuam9icS52MS5FbnF1ZXVlSm9iUmVzcG9uc2UiHwoNR2V0Sm9iUmVxdWVzdBIOCgZqb2JfaWQYASABKAkiKwoOR2V0Sm9iUmVzcG9uc2USGQoDam9iGAEgASgLMgwuam9icS52MS5Kb2IihQMKD0xpc3RKb2JzUmVxdWVzdBIhCgZzdGF0ZXMYASADKA4yES5qb2JxLnYxLkpvYlN0YXRlEg0KBXR5cGVzGAIgAygJEg4KBnF1ZXVlcxgDIAMoCRIxCg1jcmVhdGVkX2FmdGVyGAQgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIyCg5jcmVhdGVkX2JlZm9yZRgFIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASEQoJcGFnZV9zaXplGAYgASgFEhIKCnBhZ2VfdG9rZW4YByABKAkSEQoJcGFyZW50X2lkGAggASgJEg4KBnNlYXJjaBgJIAEoCRIeCgR2aWV3GAogASgOMhAuam9icS52MS5Kb2JWaWV3EgwKBHRhZ3MYCyADKAkSLwoPcGF5bG9hZF9maWx0ZXJzGAwgAygLMhYuam9icS52MS5QYXlsb2FkRmlsdGVyEiAKBW9yZGVyGA0gASgOMhEuam9icS52MS5Kb2JPcmRlciJTCg1QYXlsb2FkRmlsdGVyEg0KBWZpZWxkGAEgASgJEiQKBW1hdGNoGAIgASgOMhUuam9icS52MS5QYXlsb2FkTWF0Y2gSDQoFdmFsdWUYAyABKAkiRwoQTGlzdEpvYnNSZXNwb25zZRIaCgRqb2JzGAEgAygLMgwuam9icS52MS5Kb2ISFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJIjIKEENhbmNlbEpvYlJlcXVlc3QSDgoGam9iX2lkGAEgASgJEg4KBnJlYXNvbhgCIAEoCSIuChFDYW5jZWxKb2JSZXNwb25zZRIZCgNqb2IYASABKAsyDC5qb2JxLnYxLkpvYiIhCg9SZXRyeUpvYlJlcXVlc3QSDgoGam9iX2lkGAEgASgJIi0KEFJldHJ5Sm9iUmVzcG9uc2USGQoDam9iGAEgASgLMgwuam9icS52MS5Kb2IiIgoQRGVsZXRlSm9iUmVxdWVzdBIOCgZqb2JfaWQYASABKAkiEwoRRGVsZXRlSm9iUmVzcG9uc2UiJgoUR2V0UXVldWVTdGF0c1JlcXVlc3QSDgoGcXVldWVzGAEgAygJIj0KClN0YXRlQ291bnQSIAoFc3RhdGUYASABKA4yES5qb2JxLnYxLkpvYlN0YXRlEg0KBWNvdW50GAIgASgDInUKClF1ZXVlU3RhdHMSDQoFcXVldWUYASABKAkSIwoGY291bnRzGAIgAygLMhMuam9icS52MS5TdGF0ZUNvdW50EjMKEG9sZGVzdF9yZWFkeV9hZ2UYAyABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24ijAEKFUdldFF1ZXVlU3RhdHNSZXNwb25zZRIjCgZxdWV1ZXMYASADKAsyEy5qb2JxLnYxLlF1ZXVlU3RhdHMSIwoGdG90YWxzGAIgAygLMhMuam9icS52MS5TdGF0ZUNvdW50EikKBWFzX29mGAMgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCJvCgtKb2JTZWxlY3RvchIPCgdqb2JfaWRzGAEgAygJEiEKBnN0YXRlcxgCIAMoDjIRLmpvYnEudjEuSm9iU3RhdGUSDgoGcXVldWVzGAMgAygJEg0KBXR5cGVzGAQgAygJEg0KBWxpbWl0GAUgASgFIjoKEFJldHJ5Sm9ic1JlcXVlc3QSJgoIc2VsZWN0b3IYASABKAsyFC5qb2JxLnYxLkpvYlNlbGVjdG9yIiQKEVJldHJ5Sm9ic1Jlc3BvbnNlEg8KB2pvYl9pZHMYASADKAkiOwoRRGVsZXRlSm9ic1JlcXVlc3QSJgoIc2VsZWN0b3IYASABKAsyFC5qb2JxLnYxLkpvYlNlbGVjdG9yIiUKEkRlbGV0ZUpvYnNSZXNwb25zZRIPCgdqb2JfaWRzGAEgAygJInMKFFN0cmVhbUpvYkxvZ3NSZXF1ZXN0Eg4KBmpvYl9pZBgBIAEoCRIOCgZmb2xsb3cYAiABKAgSFgoOYWZ0ZXJfcG9zaXRpb24YAyABKAQSIwoHc3RyZWFtcxgEIAMoDjISLmpvYnEudjEuTG9nU3RyZWFtIjgKFVN0cmVhbUpvYkxvZ3NSZXNwb25zZRIfCgVsaW5lcxgBIAMoCzIQLmpvYnEudjEuTG9nTGluZSJzChFHZXRKb2JMb2dzUmVxdWVzdBIOCgZqb2JfaWQYASABKAkSFgoOYWZ0ZXJfcG9zaXRpb24YAiABKAQSEQoJcGFnZV9zaXplGAMgASgFEiMKB3N0cmVhbXMYBCADKA4yEi5qb2JxLnYxLkxvZ1N0cmVhbSJmChJHZXRKb2JMb2dzUmVzcG9uc2USHwoFbGluZXMYASADKAsyEC5qb2JxLnYxLkxvZ0xpbmUSGwoTbmV4dF9hZnRlcl9wb3NpdGlvbhgCIAEoBBISCgplbmRfb2ZfbG9nGAMgASgIIoUBChBXYXRjaEpvYnNSZXF1ZXN0Eg4KBnF1ZXVlcxgBIAMoCRINCgV0eXBlcxgCIAMoCRIhCgZzdGF0ZXMYAyADKA4yES5qb2JxLnYxLkpvYlN0YXRlEg8KB2pvYl9pZHMYBCADKAkSHgoEdmlldxgFIAEoDjIQLmpvYnEudjEuSm9iVmlldyJdChFXYXRjaEpvYnNSZXNwb25zZRIgCgVldmVudBgBIAEoCzIRLmpvYnEudjEuSm9iRXZlbnQSDgoGbGFnZ2VkGAIgASgIEhYKDmRyb3BwZWRfZXZlbnRzGAMgASgEIhMKEUxpc3RRdWV1ZXNSZXF1ZXN0IjQKEkxpc3RRdWV1ZXNSZXNwb25zZRIeCgZxdWV1ZXMYASADKAsyDi5qb2JxLnYxLlF1ZXVlIt4BChJVcGRhdGVRdWV1ZVJlcXVlc3QSDAoEbmFtZRgBIAEoCRITCgZwYXVzZWQYAiABKAhIAIgBARIeChFjb25jdXJyZW5jeV9saW1pdBgDIAEoBUgBiAEBEiIKFXJhdGVfbGltaXRfcGVyX3NlY29uZBgEIAEoAUgCiAEBEhcKCnJhdGVfYnVyc3QYBSABKAFIA4gBAUIJCgdfcGF1c2VkQhQKEl9jb25jdXJyZW5jeV9saW1pdEIYChZfcmF0ZV9saW1pdF9wZXJfc2Vjb25kQg0KC19yYXRlX2J1cnN0IjQKE1VwZGF0ZVF1ZXVlUmVzcG9uc2USHQoFcXVldWUYASABKAsyDi5qb2JxLnYxLlF1ZXVlIisKEkxpc3RXb3JrZXJzUmVxdWVzdBIVCg1pbmNsdWRlX3N0YWxlGAEgASgIIjcKE0xpc3RXb3JrZXJzUmVzcG9uc2USIAoHd29ya2VycxgBIAMoCzIPLmpvYnEudjEuV29ya2VyIjkKElB1dFNjaGVkdWxlUmVxdWVzdBIjCghzY2hlZHVsZRgBIAEoCzIRLmpvYnEudjEuU2NoZWR1bGUiOgoTUHV0U2NoZWR1bGVSZXNwb25zZRIjCghzY2hlZHVsZRgBIAEoCzIRLmpvYnEudjEuU2NoZWR1bGUiFgoUTGlzdFNjaGVkdWxlc1JlcXVlc3QiPQoVTGlzdFNjaGVkdWxlc1Jlc3BvbnNlEiQKCXNjaGVkdWxlcxgBIAMoCzIRLmpvYnEudjEuU2NoZWR1bGUiOAoYU2V0U2NoZWR1bGVQYXVzZWRSZXF1ZXN0EgwKBG5hbWUYASABKAkSDgoGcGF1c2VkGAIgASgIIkAKGVNldFNjaGVkdWxlUGF1c2VkUmVzcG9uc2USIwoIc2NoZWR1bGUYASABKAsyES5qb2JxLnYxLlNjaGVkdWxlIiUKFURlbGV0ZVNjaGVkdWxlUmVxdWVzdBIMCgRuYW1lGAEgASgJIhgKFkRlbGV0ZVNjaGVkdWxlUmVzcG9uc2UiKAoWV2F0Y2hRdWV1ZVN0YXRzUmVxdWVzdBIOCgZxdWV1ZXMYASADKAkiSAoXV2F0Y2hRdWV1ZVN0YXRzUmVzcG9uc2USLQoFc3RhdHMYASABKAsyHi5qb2JxLnYxLkdldFF1ZXVlU3RhdHNSZXNwb25zZSIsChNXYXRjaFdvcmtlcnNSZXF1ZXN0EhUKDWluY2x1ZGVfc3RhbGUYASABKAgiOAoUV2F0Y2hXb3JrZXJzUmVzcG9uc2USIAoHd29ya2VycxgBIAMoCzIPLmpvYnEudjEuV29ya2VyIhQKEldhdGNoUXVldWVzUmVxdWVzdCI1ChNXYXRjaFF1ZXVlc1Jlc3BvbnNlEh4KBnF1ZXVlcxgBIAMoCzIOLmpvYnEudjEuUXVldWUiFwoVV2F0Y2hTY2hlZHVsZXNSZXF1ZXN0Ij4KFldhdGNoU2NoZWR1bGVzUmVzcG9uc2USJAoJc2NoZWR1bGVzGAEgAygLMhEuam9icS52MS5TY2hlZHVsZSI2ChVXYXRjaERhc2hib2FyZFJlcXVlc3QSHQoVaW5jbHVkZV9zdGFsZV93b3JrZXJzGAEgASgIIusBChZXYXRjaERhc2hib2FyZFJlc3BvbnNlEi8KBXN0YXRzGAEgASgLMh4uam9icS52MS5HZXRRdWV1ZVN0YXRzUmVzcG9uc2VIABIwCgd3b3JrZXJzGAIgASgLMh0uam9icS52MS5XYXRjaFdvcmtlcnNSZXNwb25zZUgAEi4KBnF1ZXVlcxgDIAEoCzIcLmpvYnEudjEuV2F0Y2hRdWV1ZXNSZXNwb25zZUgAEjQKCXNjaGVkdWxlcxgEIAEoCzIfLmpvYnEudjEuV2F0Y2hTY2hlZHVsZXNSZXNwb25zZUgAQggKBnVwZGF0ZSpjCgxQYXlsb2FkTWF0Y2gSHQoZUEFZTE9BRF9NQVRDSF9VTlNQRUNJRklFRBAAEhgKFFBBWUxPQURfTUFUQ0hfRVFVQUxTEAESGgoWUEFZTE9BRF9NQVRDSF9DT05UQUlOUxACKkIKCEpvYk9yZGVyEhkKFUpPQl9PUkRFUl9VTlNQRUNJRklFRBAAEhsKF0pPQl9PUkRFUl9GSU5JU0hFRF9ERVNDEAEy4g4KD0pvYlF1ZXVlU2VydmljZRJFCgpFbnF1ZXVlSm9iEhouam9icS52MS5FbnF1ZXVlSm9iUmVxdWVzdBobLmpvYnEudjEuRW5xdWV1ZUpvYlJlc3BvbnNlEkgKC0VucXVldWVKb2JzEhsuam9icS52MS5FbnF1ZXVlSm9ic1JlcXVlc3QaHC5qb2JxLnYxLkVucXVldWVKb2JzUmVzcG9uc2USOQoGR2V0Sm9iEhYuam9icS52MS5HZXRKb2JSZXF1ZXN0Ghcuam9icS52MS5HZXRKb2JSZXNwb25zZRI/CghMaXN0Sm9icxIYLmpvYnEudjEuTGlzdEpvYnNSZXF1ZXN0Ghkuam9icS52MS5MaXN0Sm9ic1Jlc3BvbnNlEkIKCUNhbmNlbEpvYhIZLmpvYnEudjEuQ2FuY2VsSm9iUmVxdWVzdBoaLmpvYnEudjEuQ2FuY2VsSm9iUmVzcG9uc2USPwoIUmV0cnlKb2ISGC5qb2JxLnYxLlJldHJ5Sm9iUmVxdWVzdBoZLmpvYnEudjEuUmV0cnlKb2JSZXNwb25zZRJCCglEZWxldGVKb2ISGS5qb2JxLnYxLkRlbGV0ZUpvYlJlcXVlc3QaGi5qb2JxLnYxLkRlbGV0ZUpvYlJlc3BvbnNlEk4KDUdldFF1ZXVlU3RhdHMSHS5qb2JxLnYxLkdldFF1ZXVlU3RhdHNSZXF1ZXN0Gh4uam9icS52MS5HZXRRdWV1ZVN0YXRzUmVzcG9uc2USQgoJUmV0cnlKb2JzEhkuam9icS52MS5SZXRyeUpvYnNSZXF1ZXN0Ghouam9icS52MS5SZXRyeUpvYnNSZXNwb25zZRJFCgpEZWxldGVKb2JzEhouam9icS52MS5EZWxldGVKb2JzUmVxdWVzdBobLmpvYnEudjEuRGVsZXRlSm9ic1Jlc3BvbnNlElAKDVN0cmVhbUpvYkxvZ3MSHS5qb2JxLnYxLlN0cmVhbUpvYkxvZ3NSZXF1ZXN0Gh4uam9icS52MS5TdHJlYW1Kb2JMb2dzUmVzcG9uc2UwARJFCgpHZXRKb2JMb2dzEhouam9icS52MS5HZXRKb2JMb2dzUmVxdWVzdBobLmpvYnEudjEuR2V0Sm9iTG9nc1Jlc3BvbnNlEkQKCVdhdGNoSm9icxIZLmpvYnEudjEuV2F0Y2hKb2JzUmVxdWVzdBoaLmpvYnEudjEuV2F0Y2hKb2JzUmVzcG9uc2UwARJFCgpMaXN0UXVldWVzEhouam9icS52MS5MaXN0UXVldWVzUmVxdWVzdBobLmpvYnEudjEuTGlzdFF1ZXVlc1Jlc3BvbnNlEkgKC1VwZGF0ZVF1ZXVlEhsuam9icS52MS5VcGRhdGVRdWV1ZVJlcXVlc3QaHC5qb2JxLnYxLlVwZGF0ZVF1ZXVlUmVzcG9uc2USSAoLTGlzdFdvcmtlcnMSGy5qb2JxLnYxLkxpc3RXb3JrZXJzUmVxdWVzdBocLmpvYnEudjEuTGlzdFdvcmtlcnNSZXNwb25zZRJICgtQdXRTY2hlZHVsZRIbLmpvYnEudjEuUHV0U2NoZWR1bGVSZXF1ZXN0Ghwuam9icS52MS5QdXRTY2hlZHVsZVJlc3BvbnNlEk4KDUxpc3RTY2hlZHVsZXMSHS5qb2JxLnYxLkxpc3RTY2hlZHVsZXNSZXF1ZXN0Gh4uam9icS52MS5MaXN0U2NoZWR1bGVzUmVzcG9uc2USWgoRU2V0U2NoZWR1bGVQYXVzZWQSIS5qb2JxLnYxLlNldFNjaGVkdWxlUGF1c2VkUmVxdWVzdBoiLmpvYnEudjEuU2V0U2NoZWR1bGVQYXVzZWRSZXNwb25zZRJRCg5EZWxldGVTY2hlZHVsZRIeLmpvYnEudjEuRGVsZXRlU2NoZWR1bGVSZXF1ZXN0Gh8uam9icS52MS5EZWxldGVTY2hlZHVsZVJlc3BvbnNlElYKD1dhdGNoUXVldWVTdGF0cxIfLmpvYnEudjEuV2F0Y2hRdWV1ZVN0YXRzUmVxdWVzdBogLmpvYnEudjEuV2F0Y2hRdWV1ZVN0YXRzUmVzcG9uc2UwARJNCgxXYXRjaFdvcmtlcnMSHC5qb2JxLnYxLldhdGNoV29ya2Vyc1JlcXVlc3QaHS5qb2JxLnYxLldhdGNoV29ya2Vyc1Jlc3BvbnNlMAESSgoLV2F0Y2hRdWV1ZXMSGy5qb2JxLnYxLldhdGNoUXVldWVzUmVxdWVzdBocLmpvYnEudjEuV2F0Y2hRdWV1ZXNSZXNwb25zZTABElMKDldhdGNoU2NoZWR1bGVzEh4uam9icS52MS5XYXRjaFNjaGVkdWxlc1JlcXVlc3QaHy5qb2JxLnYxLldhdGNoU2NoZWR1bGVzUmVzcG9uc2UwARJTCg5XYXRjaERhc2hib2FyZBIeLmpvYnEudjEuV2F0Y2hEYXNoYm9hcmRSZXF1ZXN0Gh8uam9icS52MS5XYXRjaERhc2hib2FyZFJlc3BvbnNlMAFiBnByb3RvMw", [file_google_protobuf_duration, file_google_protobuf_timestamp, file_jobq_v1_admin, file_jobq_v1_event, file_jobq_v1_job, file_jobq_v1_log]);
 
 /**
  * EnqueueJobRequest carries the job to enqueue.
@@ -254,6 +254,29 @@ export type ListJobsRequest = Message<"jobq.v1.ListJobsRequest"> & {
    * @generated from field: jobq.v1.JobView view = 10;
    */
   view: JobView;
+
+  /**
+   * Only jobs that carry every one of these tags (ANDed, unlike the other
+   * repeated filters). At most 16, each a valid tag.
+   *
+   * @generated from field: repeated string tags = 11;
+   */
+  tags: string[];
+
+  /**
+   * Only jobs whose payload matches every one of these (ANDed). At most 8.
+   * A bad filter is INVALID_ARGUMENT naming it, e.g. payload_filters[1].field.
+   *
+   * @generated from field: repeated jobq.v1.PayloadFilter payload_filters = 12;
+   */
+  payloadFilters: PayloadFilter[];
+
+  /**
+   * The order of the listing; unset means newest created first.
+   *
+   * @generated from field: jobq.v1.JobOrder order = 13;
+   */
+  order: JobOrder;
 };
 
 /**
@@ -264,13 +287,49 @@ export const ListJobsRequestSchema: GenMessage<ListJobsRequest> = /*@__PURE__*/
   messageDesc(file_jobq_v1_queue_service, 6);
 
 /**
+ * PayloadFilter matches one field of a job's JSON payload.
+ *
+ * @generated from message jobq.v1.PayloadFilter
+ */
+export type PayloadFilter = Message<"jobq.v1.PayloadFilter"> & {
+  /**
+   * Dotted path into the JSON payload, e.g. "channel" or "meta.title".
+   * Required; each segment is [A-Za-z0-9_-]+, at most 8 segments.
+   *
+   * @generated from field: string field = 1;
+   */
+  field: string;
+
+  /**
+   * How the field's value is compared. Required (not UNSPECIFIED).
+   *
+   * @generated from field: jobq.v1.PayloadMatch match = 2;
+   */
+  match: PayloadMatch;
+
+  /**
+   * The text compared with the field's value; at most 256 bytes.
+   *
+   * @generated from field: string value = 3;
+   */
+  value: string;
+};
+
+/**
+ * Describes the message jobq.v1.PayloadFilter.
+ * Use `create(PayloadFilterSchema)` to create a new message.
+ */
+export const PayloadFilterSchema: GenMessage<PayloadFilter> = /*@__PURE__*/
+  messageDesc(file_jobq_v1_queue_service, 7);
+
+/**
  * ListJobsResponse is one page of jobs.
  *
  * @generated from message jobq.v1.ListJobsResponse
  */
 export type ListJobsResponse = Message<"jobq.v1.ListJobsResponse"> & {
   /**
-   * Jobs, newest first, in the requested view. Attempts are not filled in.
+   * Jobs in the requested order (newest first by default), in the requested view. Attempts are not filled in.
    *
    * @generated from field: repeated jobq.v1.Job jobs = 1;
    */
@@ -289,7 +348,7 @@ export type ListJobsResponse = Message<"jobq.v1.ListJobsResponse"> & {
  * Use `create(ListJobsResponseSchema)` to create a new message.
  */
 export const ListJobsResponseSchema: GenMessage<ListJobsResponse> = /*@__PURE__*/
-  messageDesc(file_jobq_v1_queue_service, 7);
+  messageDesc(file_jobq_v1_queue_service, 8);
 
 /**
  * CancelJobRequest names the job to cancel.
@@ -317,7 +376,7 @@ export type CancelJobRequest = Message<"jobq.v1.CancelJobRequest"> & {
  * Use `create(CancelJobRequestSchema)` to create a new message.
  */
 export const CancelJobRequestSchema: GenMessage<CancelJobRequest> = /*@__PURE__*/
-  messageDesc(file_jobq_v1_queue_service, 8);
+  messageDesc(file_jobq_v1_queue_service, 9);
 
 /**
  * CancelJobResponse is the job after the cancel.
@@ -338,7 +397,7 @@ export type CancelJobResponse = Message<"jobq.v1.CancelJobResponse"> & {
  * Use `create(CancelJobResponseSchema)` to create a new message.
  */
 export const CancelJobResponseSchema: GenMessage<CancelJobResponse> = /*@__PURE__*/
-  messageDesc(file_jobq_v1_queue_service, 9);
+  messageDesc(file_jobq_v1_queue_service, 10);
 
 /**
  * RetryJobRequest names the job to queue again.
@@ -359,7 +418,7 @@ export type RetryJobRequest = Message<"jobq.v1.RetryJobRequest"> & {
  * Use `create(RetryJobRequestSchema)` to create a new message.
  */
 export const RetryJobRequestSchema: GenMessage<RetryJobRequest> = /*@__PURE__*/
-  messageDesc(file_jobq_v1_queue_service, 10);
+  messageDesc(file_jobq_v1_queue_service, 11);
 
 /**
  * RetryJobResponse is the job after the retry.
@@ -380,7 +439,7 @@ export type RetryJobResponse = Message<"jobq.v1.RetryJobResponse"> & {
  * Use `create(RetryJobResponseSchema)` to create a new message.
  */
 export const RetryJobResponseSchema: GenMessage<RetryJobResponse> = /*@__PURE__*/
-  messageDesc(file_jobq_v1_queue_service, 11);
+  messageDesc(file_jobq_v1_queue_service, 12);
 
 /**
  * DeleteJobRequest names the job to delete.
@@ -401,7 +460,7 @@ export type DeleteJobRequest = Message<"jobq.v1.DeleteJobRequest"> & {
  * Use `create(DeleteJobRequestSchema)` to create a new message.
  */
 export const DeleteJobRequestSchema: GenMessage<DeleteJobRequest> = /*@__PURE__*/
-  messageDesc(file_jobq_v1_queue_service, 12);
+  messageDesc(file_jobq_v1_queue_service, 13);
 
 /**
  * DeleteJobResponse is empty: the job is gone.
@@ -416,7 +475,7 @@ export type DeleteJobResponse = Message<"jobq.v1.DeleteJobResponse"> & {
  * Use `create(DeleteJobResponseSchema)` to create a new message.
  */
 export const DeleteJobResponseSchema: GenMessage<DeleteJobResponse> = /*@__PURE__*/
-  messageDesc(file_jobq_v1_queue_service, 13);
+  messageDesc(file_jobq_v1_queue_service, 14);
 
 /**
  * GetQueueStatsRequest optionally narrows the stats to some queues.
@@ -437,7 +496,7 @@ export type GetQueueStatsRequest = Message<"jobq.v1.GetQueueStatsRequest"> & {
  * Use `create(GetQueueStatsRequestSchema)` to create a new message.
  */
 export const GetQueueStatsRequestSchema: GenMessage<GetQueueStatsRequest> = /*@__PURE__*/
-  messageDesc(file_jobq_v1_queue_service, 14);
+  messageDesc(file_jobq_v1_queue_service, 15);
 
 /**
  * StateCount is the number of jobs in one state.
@@ -465,7 +524,7 @@ export type StateCount = Message<"jobq.v1.StateCount"> & {
  * Use `create(StateCountSchema)` to create a new message.
  */
 export const StateCountSchema: GenMessage<StateCount> = /*@__PURE__*/
-  messageDesc(file_jobq_v1_queue_service, 15);
+  messageDesc(file_jobq_v1_queue_service, 16);
 
 /**
  * QueueStats describes one queue.
@@ -500,7 +559,7 @@ export type QueueStats = Message<"jobq.v1.QueueStats"> & {
  * Use `create(QueueStatsSchema)` to create a new message.
  */
 export const QueueStatsSchema: GenMessage<QueueStats> = /*@__PURE__*/
-  messageDesc(file_jobq_v1_queue_service, 16);
+  messageDesc(file_jobq_v1_queue_service, 17);
 
 /**
  * GetQueueStatsResponse has one entry per queue that has jobs.
@@ -535,7 +594,7 @@ export type GetQueueStatsResponse = Message<"jobq.v1.GetQueueStatsResponse"> & {
  * Use `create(GetQueueStatsResponseSchema)` to create a new message.
  */
 export const GetQueueStatsResponseSchema: GenMessage<GetQueueStatsResponse> = /*@__PURE__*/
-  messageDesc(file_jobq_v1_queue_service, 17);
+  messageDesc(file_jobq_v1_queue_service, 18);
 
 /**
  * JobSelector picks jobs for a bulk operation: explicit ids, or a filter.
@@ -584,7 +643,7 @@ export type JobSelector = Message<"jobq.v1.JobSelector"> & {
  * Use `create(JobSelectorSchema)` to create a new message.
  */
 export const JobSelectorSchema: GenMessage<JobSelector> = /*@__PURE__*/
-  messageDesc(file_jobq_v1_queue_service, 18);
+  messageDesc(file_jobq_v1_queue_service, 19);
 
 /**
  * RetryJobsRequest selects the jobs to queue again.
@@ -605,7 +664,7 @@ export type RetryJobsRequest = Message<"jobq.v1.RetryJobsRequest"> & {
  * Use `create(RetryJobsRequestSchema)` to create a new message.
  */
 export const RetryJobsRequestSchema: GenMessage<RetryJobsRequest> = /*@__PURE__*/
-  messageDesc(file_jobq_v1_queue_service, 19);
+  messageDesc(file_jobq_v1_queue_service, 20);
 
 /**
  * RetryJobsResponse says which jobs were queued again.
@@ -626,7 +685,7 @@ export type RetryJobsResponse = Message<"jobq.v1.RetryJobsResponse"> & {
  * Use `create(RetryJobsResponseSchema)` to create a new message.
  */
 export const RetryJobsResponseSchema: GenMessage<RetryJobsResponse> = /*@__PURE__*/
-  messageDesc(file_jobq_v1_queue_service, 20);
+  messageDesc(file_jobq_v1_queue_service, 21);
 
 /**
  * DeleteJobsRequest selects the jobs to delete.
@@ -647,7 +706,7 @@ export type DeleteJobsRequest = Message<"jobq.v1.DeleteJobsRequest"> & {
  * Use `create(DeleteJobsRequestSchema)` to create a new message.
  */
 export const DeleteJobsRequestSchema: GenMessage<DeleteJobsRequest> = /*@__PURE__*/
-  messageDesc(file_jobq_v1_queue_service, 21);
+  messageDesc(file_jobq_v1_queue_service, 22);
 
 /**
  * DeleteJobsResponse says which jobs were deleted.
@@ -668,7 +727,7 @@ export type DeleteJobsResponse = Message<"jobq.v1.DeleteJobsResponse"> & {
  * Use `create(DeleteJobsResponseSchema)` to create a new message.
  */
 export const DeleteJobsResponseSchema: GenMessage<DeleteJobsResponse> = /*@__PURE__*/
-  messageDesc(file_jobq_v1_queue_service, 22);
+  messageDesc(file_jobq_v1_queue_service, 23);
 
 /**
  * StreamJobLogsRequest says which log and from where.
@@ -710,7 +769,7 @@ export type StreamJobLogsRequest = Message<"jobq.v1.StreamJobLogsRequest"> & {
  * Use `create(StreamJobLogsRequestSchema)` to create a new message.
  */
 export const StreamJobLogsRequestSchema: GenMessage<StreamJobLogsRequest> = /*@__PURE__*/
-  messageDesc(file_jobq_v1_queue_service, 23);
+  messageDesc(file_jobq_v1_queue_service, 24);
 
 /**
  * StreamJobLogsResponse carries lines.
@@ -731,7 +790,7 @@ export type StreamJobLogsResponse = Message<"jobq.v1.StreamJobLogsResponse"> & {
  * Use `create(StreamJobLogsResponseSchema)` to create a new message.
  */
 export const StreamJobLogsResponseSchema: GenMessage<StreamJobLogsResponse> = /*@__PURE__*/
-  messageDesc(file_jobq_v1_queue_service, 24);
+  messageDesc(file_jobq_v1_queue_service, 25);
 
 /**
  * GetJobLogsRequest asks for one page of a job's log.
@@ -773,7 +832,7 @@ export type GetJobLogsRequest = Message<"jobq.v1.GetJobLogsRequest"> & {
  * Use `create(GetJobLogsRequestSchema)` to create a new message.
  */
 export const GetJobLogsRequestSchema: GenMessage<GetJobLogsRequest> = /*@__PURE__*/
-  messageDesc(file_jobq_v1_queue_service, 25);
+  messageDesc(file_jobq_v1_queue_service, 26);
 
 /**
  * GetJobLogsResponse is one page of lines.
@@ -808,7 +867,7 @@ export type GetJobLogsResponse = Message<"jobq.v1.GetJobLogsResponse"> & {
  * Use `create(GetJobLogsResponseSchema)` to create a new message.
  */
 export const GetJobLogsResponseSchema: GenMessage<GetJobLogsResponse> = /*@__PURE__*/
-  messageDesc(file_jobq_v1_queue_service, 26);
+  messageDesc(file_jobq_v1_queue_service, 27);
 
 /**
  * WatchJobsRequest filters the events. Fields are ANDed, values within one ORed.
@@ -857,7 +916,7 @@ export type WatchJobsRequest = Message<"jobq.v1.WatchJobsRequest"> & {
  * Use `create(WatchJobsRequestSchema)` to create a new message.
  */
 export const WatchJobsRequestSchema: GenMessage<WatchJobsRequest> = /*@__PURE__*/
-  messageDesc(file_jobq_v1_queue_service, 27);
+  messageDesc(file_jobq_v1_queue_service, 28);
 
 /**
  * WatchJobsResponse carries one event, or says the watcher lagged.
@@ -893,7 +952,7 @@ export type WatchJobsResponse = Message<"jobq.v1.WatchJobsResponse"> & {
  * Use `create(WatchJobsResponseSchema)` to create a new message.
  */
 export const WatchJobsResponseSchema: GenMessage<WatchJobsResponse> = /*@__PURE__*/
-  messageDesc(file_jobq_v1_queue_service, 28);
+  messageDesc(file_jobq_v1_queue_service, 29);
 
 /**
  * ListQueuesRequest has no parameters.
@@ -908,7 +967,7 @@ export type ListQueuesRequest = Message<"jobq.v1.ListQueuesRequest"> & {
  * Use `create(ListQueuesRequestSchema)` to create a new message.
  */
 export const ListQueuesRequestSchema: GenMessage<ListQueuesRequest> = /*@__PURE__*/
-  messageDesc(file_jobq_v1_queue_service, 29);
+  messageDesc(file_jobq_v1_queue_service, 30);
 
 /**
  * ListQueuesResponse lists queues by name.
@@ -929,7 +988,7 @@ export type ListQueuesResponse = Message<"jobq.v1.ListQueuesResponse"> & {
  * Use `create(ListQueuesResponseSchema)` to create a new message.
  */
 export const ListQueuesResponseSchema: GenMessage<ListQueuesResponse> = /*@__PURE__*/
-  messageDesc(file_jobq_v1_queue_service, 30);
+  messageDesc(file_jobq_v1_queue_service, 31);
 
 /**
  * UpdateQueueRequest changes the controls of one queue; it is created if new.
@@ -980,7 +1039,7 @@ export type UpdateQueueRequest = Message<"jobq.v1.UpdateQueueRequest"> & {
  * Use `create(UpdateQueueRequestSchema)` to create a new message.
  */
 export const UpdateQueueRequestSchema: GenMessage<UpdateQueueRequest> = /*@__PURE__*/
-  messageDesc(file_jobq_v1_queue_service, 31);
+  messageDesc(file_jobq_v1_queue_service, 32);
 
 /**
  * UpdateQueueResponse is the queue after the change.
@@ -1001,7 +1060,7 @@ export type UpdateQueueResponse = Message<"jobq.v1.UpdateQueueResponse"> & {
  * Use `create(UpdateQueueResponseSchema)` to create a new message.
  */
 export const UpdateQueueResponseSchema: GenMessage<UpdateQueueResponse> = /*@__PURE__*/
-  messageDesc(file_jobq_v1_queue_service, 32);
+  messageDesc(file_jobq_v1_queue_service, 33);
 
 /**
  * ListWorkersRequest filters workers.
@@ -1022,7 +1081,7 @@ export type ListWorkersRequest = Message<"jobq.v1.ListWorkersRequest"> & {
  * Use `create(ListWorkersRequestSchema)` to create a new message.
  */
 export const ListWorkersRequestSchema: GenMessage<ListWorkersRequest> = /*@__PURE__*/
-  messageDesc(file_jobq_v1_queue_service, 33);
+  messageDesc(file_jobq_v1_queue_service, 34);
 
 /**
  * ListWorkersResponse lists workers.
@@ -1043,7 +1102,7 @@ export type ListWorkersResponse = Message<"jobq.v1.ListWorkersResponse"> & {
  * Use `create(ListWorkersResponseSchema)` to create a new message.
  */
 export const ListWorkersResponseSchema: GenMessage<ListWorkersResponse> = /*@__PURE__*/
-  messageDesc(file_jobq_v1_queue_service, 34);
+  messageDesc(file_jobq_v1_queue_service, 35);
 
 /**
  * PutScheduleRequest carries a schedule to create or replace.
@@ -1064,7 +1123,7 @@ export type PutScheduleRequest = Message<"jobq.v1.PutScheduleRequest"> & {
  * Use `create(PutScheduleRequestSchema)` to create a new message.
  */
 export const PutScheduleRequestSchema: GenMessage<PutScheduleRequest> = /*@__PURE__*/
-  messageDesc(file_jobq_v1_queue_service, 35);
+  messageDesc(file_jobq_v1_queue_service, 36);
 
 /**
  * PutScheduleResponse is the stored schedule.
@@ -1085,7 +1144,7 @@ export type PutScheduleResponse = Message<"jobq.v1.PutScheduleResponse"> & {
  * Use `create(PutScheduleResponseSchema)` to create a new message.
  */
 export const PutScheduleResponseSchema: GenMessage<PutScheduleResponse> = /*@__PURE__*/
-  messageDesc(file_jobq_v1_queue_service, 36);
+  messageDesc(file_jobq_v1_queue_service, 37);
 
 /**
  * ListSchedulesRequest has no parameters.
@@ -1100,7 +1159,7 @@ export type ListSchedulesRequest = Message<"jobq.v1.ListSchedulesRequest"> & {
  * Use `create(ListSchedulesRequestSchema)` to create a new message.
  */
 export const ListSchedulesRequestSchema: GenMessage<ListSchedulesRequest> = /*@__PURE__*/
-  messageDesc(file_jobq_v1_queue_service, 37);
+  messageDesc(file_jobq_v1_queue_service, 38);
 
 /**
  * ListSchedulesResponse lists every schedule.
@@ -1121,7 +1180,7 @@ export type ListSchedulesResponse = Message<"jobq.v1.ListSchedulesResponse"> & {
  * Use `create(ListSchedulesResponseSchema)` to create a new message.
  */
 export const ListSchedulesResponseSchema: GenMessage<ListSchedulesResponse> = /*@__PURE__*/
-  messageDesc(file_jobq_v1_queue_service, 38);
+  messageDesc(file_jobq_v1_queue_service, 39);
 
 /**
  * SetSchedulePausedRequest pauses or resumes a schedule.
@@ -1149,7 +1208,7 @@ export type SetSchedulePausedRequest = Message<"jobq.v1.SetSchedulePausedRequest
  * Use `create(SetSchedulePausedRequestSchema)` to create a new message.
  */
 export const SetSchedulePausedRequestSchema: GenMessage<SetSchedulePausedRequest> = /*@__PURE__*/
-  messageDesc(file_jobq_v1_queue_service, 39);
+  messageDesc(file_jobq_v1_queue_service, 40);
 
 /**
  * SetSchedulePausedResponse is the schedule after the change.
@@ -1170,7 +1229,7 @@ export type SetSchedulePausedResponse = Message<"jobq.v1.SetSchedulePausedRespon
  * Use `create(SetSchedulePausedResponseSchema)` to create a new message.
  */
 export const SetSchedulePausedResponseSchema: GenMessage<SetSchedulePausedResponse> = /*@__PURE__*/
-  messageDesc(file_jobq_v1_queue_service, 40);
+  messageDesc(file_jobq_v1_queue_service, 41);
 
 /**
  * DeleteScheduleRequest names the schedule to delete.
@@ -1191,7 +1250,7 @@ export type DeleteScheduleRequest = Message<"jobq.v1.DeleteScheduleRequest"> & {
  * Use `create(DeleteScheduleRequestSchema)` to create a new message.
  */
 export const DeleteScheduleRequestSchema: GenMessage<DeleteScheduleRequest> = /*@__PURE__*/
-  messageDesc(file_jobq_v1_queue_service, 41);
+  messageDesc(file_jobq_v1_queue_service, 42);
 
 /**
  * DeleteScheduleResponse is empty.
@@ -1206,7 +1265,7 @@ export type DeleteScheduleResponse = Message<"jobq.v1.DeleteScheduleResponse"> &
  * Use `create(DeleteScheduleResponseSchema)` to create a new message.
  */
 export const DeleteScheduleResponseSchema: GenMessage<DeleteScheduleResponse> = /*@__PURE__*/
-  messageDesc(file_jobq_v1_queue_service, 42);
+  messageDesc(file_jobq_v1_queue_service, 43);
 
 /**
  * WatchQueueStatsRequest narrows the stats stream.
@@ -1227,7 +1286,7 @@ export type WatchQueueStatsRequest = Message<"jobq.v1.WatchQueueStatsRequest"> &
  * Use `create(WatchQueueStatsRequestSchema)` to create a new message.
  */
 export const WatchQueueStatsRequestSchema: GenMessage<WatchQueueStatsRequest> = /*@__PURE__*/
-  messageDesc(file_jobq_v1_queue_service, 43);
+  messageDesc(file_jobq_v1_queue_service, 44);
 
 /**
  * WatchQueueStatsResponse is the stats as of now.
@@ -1249,7 +1308,7 @@ export type WatchQueueStatsResponse = Message<"jobq.v1.WatchQueueStatsResponse">
  * Use `create(WatchQueueStatsResponseSchema)` to create a new message.
  */
 export const WatchQueueStatsResponseSchema: GenMessage<WatchQueueStatsResponse> = /*@__PURE__*/
-  messageDesc(file_jobq_v1_queue_service, 44);
+  messageDesc(file_jobq_v1_queue_service, 45);
 
 /**
  * WatchWorkersRequest narrows the workers stream.
@@ -1270,7 +1329,7 @@ export type WatchWorkersRequest = Message<"jobq.v1.WatchWorkersRequest"> & {
  * Use `create(WatchWorkersRequestSchema)` to create a new message.
  */
 export const WatchWorkersRequestSchema: GenMessage<WatchWorkersRequest> = /*@__PURE__*/
-  messageDesc(file_jobq_v1_queue_service, 45);
+  messageDesc(file_jobq_v1_queue_service, 46);
 
 /**
  * WatchWorkersResponse is the workers as of now.
@@ -1291,7 +1350,7 @@ export type WatchWorkersResponse = Message<"jobq.v1.WatchWorkersResponse"> & {
  * Use `create(WatchWorkersResponseSchema)` to create a new message.
  */
 export const WatchWorkersResponseSchema: GenMessage<WatchWorkersResponse> = /*@__PURE__*/
-  messageDesc(file_jobq_v1_queue_service, 46);
+  messageDesc(file_jobq_v1_queue_service, 47);
 
 /**
  * WatchQueuesRequest has no fields yet.
@@ -1306,7 +1365,7 @@ export type WatchQueuesRequest = Message<"jobq.v1.WatchQueuesRequest"> & {
  * Use `create(WatchQueuesRequestSchema)` to create a new message.
  */
 export const WatchQueuesRequestSchema: GenMessage<WatchQueuesRequest> = /*@__PURE__*/
-  messageDesc(file_jobq_v1_queue_service, 47);
+  messageDesc(file_jobq_v1_queue_service, 48);
 
 /**
  * WatchQueuesResponse is the queues as of now.
@@ -1327,7 +1386,7 @@ export type WatchQueuesResponse = Message<"jobq.v1.WatchQueuesResponse"> & {
  * Use `create(WatchQueuesResponseSchema)` to create a new message.
  */
 export const WatchQueuesResponseSchema: GenMessage<WatchQueuesResponse> = /*@__PURE__*/
-  messageDesc(file_jobq_v1_queue_service, 48);
+  messageDesc(file_jobq_v1_queue_service, 49);
 
 /**
  * WatchSchedulesRequest has no fields yet.
@@ -1342,7 +1401,7 @@ export type WatchSchedulesRequest = Message<"jobq.v1.WatchSchedulesRequest"> & {
  * Use `create(WatchSchedulesRequestSchema)` to create a new message.
  */
 export const WatchSchedulesRequestSchema: GenMessage<WatchSchedulesRequest> = /*@__PURE__*/
-  messageDesc(file_jobq_v1_queue_service, 49);
+  messageDesc(file_jobq_v1_queue_service, 50);
 
 /**
  * WatchSchedulesResponse is the schedules as of now.
@@ -1363,7 +1422,7 @@ export type WatchSchedulesResponse = Message<"jobq.v1.WatchSchedulesResponse"> &
  * Use `create(WatchSchedulesResponseSchema)` to create a new message.
  */
 export const WatchSchedulesResponseSchema: GenMessage<WatchSchedulesResponse> = /*@__PURE__*/
-  messageDesc(file_jobq_v1_queue_service, 50);
+  messageDesc(file_jobq_v1_queue_service, 51);
 
 /**
  * WatchDashboardRequest says what the workers part holds.
@@ -1384,7 +1443,7 @@ export type WatchDashboardRequest = Message<"jobq.v1.WatchDashboardRequest"> & {
  * Use `create(WatchDashboardRequestSchema)` to create a new message.
  */
 export const WatchDashboardRequestSchema: GenMessage<WatchDashboardRequest> = /*@__PURE__*/
-  messageDesc(file_jobq_v1_queue_service, 51);
+  messageDesc(file_jobq_v1_queue_service, 52);
 
 /**
  * WatchDashboardResponse is one part of the dashboard as of now; each part
@@ -1438,7 +1497,70 @@ export type WatchDashboardResponse = Message<"jobq.v1.WatchDashboardResponse"> &
  * Use `create(WatchDashboardResponseSchema)` to create a new message.
  */
 export const WatchDashboardResponseSchema: GenMessage<WatchDashboardResponse> = /*@__PURE__*/
-  messageDesc(file_jobq_v1_queue_service, 52);
+  messageDesc(file_jobq_v1_queue_service, 53);
+
+/**
+ * PayloadMatch says how a PayloadFilter compares a payload field.
+ *
+ * @generated from enum jobq.v1.PayloadMatch
+ */
+export enum PayloadMatch {
+  /**
+   * Not allowed: INVALID_ARGUMENT.
+   *
+   * @generated from enum value: PAYLOAD_MATCH_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * The field's value, as text, equals the filter's value exactly: a string
+   * as it is, a number or a boolean as written in JSON (e.g. "42", "true").
+   *
+   * @generated from enum value: PAYLOAD_MATCH_EQUALS = 1;
+   */
+  EQUALS = 1,
+
+  /**
+   * The field is a string that contains the filter's value, ignoring case.
+   *
+   * @generated from enum value: PAYLOAD_MATCH_CONTAINS = 2;
+   */
+  CONTAINS = 2,
+}
+
+/**
+ * Describes the enum jobq.v1.PayloadMatch.
+ */
+export const PayloadMatchSchema: GenEnum<PayloadMatch> = /*@__PURE__*/
+  enumDesc(file_jobq_v1_queue_service, 0);
+
+/**
+ * JobOrder is the order of a job listing.
+ *
+ * @generated from enum jobq.v1.JobOrder
+ */
+export enum JobOrder {
+  /**
+   * Newest created first (by id).
+   *
+   * @generated from enum value: JOB_ORDER_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * Most recently finished first (the dead-letter list); jobs not finished
+   * come after all finished ones, newest created first.
+   *
+   * @generated from enum value: JOB_ORDER_FINISHED_DESC = 1;
+   */
+  FINISHED_DESC = 1,
+}
+
+/**
+ * Describes the enum jobq.v1.JobOrder.
+ */
+export const JobOrderSchema: GenEnum<JobOrder> = /*@__PURE__*/
+  enumDesc(file_jobq_v1_queue_service, 1);
 
 /**
  * JobQueueService is the API of producers, admins and the dashboard.
