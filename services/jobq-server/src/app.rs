@@ -20,7 +20,7 @@ use crate::auth;
 use crate::background;
 use crate::config::Config;
 use crate::dashboard;
-use crate::domain::{JobObserver, JobQueue, SystemClock};
+use crate::domain::{JobHistory, JobObserver, JobQueue, SystemClock};
 use crate::grpc::{QueueApi, WatchPresence, WorkerApi, limits};
 use crate::logs::LogStore;
 use crate::logs::reader::LogReader;
@@ -101,7 +101,17 @@ impl App {
             ));
             metrics
         });
-        let mut observers: Vec<Arc<dyn JobObserver>> = vec![Arc::new(LifecycleSpans)];
+        // Each start writes history as a new replica: rows of a run before
+        // a restart are never overwritten, reads sum them.
+        let history = Arc::new(JobHistory::new(
+            store.clone(),
+            Arc::new(SystemClock),
+            uuid::Uuid::new_v4().to_string(),
+            config.history_retention,
+        ));
+        background.spawn(background::history(history.clone(), stop.child_token()));
+        let mut observers: Vec<Arc<dyn JobObserver>> =
+            vec![Arc::new(LifecycleSpans), history.clone()];
         if let Some(metrics) = &metrics {
             observers.push(metrics.clone());
         }
@@ -204,12 +214,15 @@ impl App {
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
             .add_service(InterceptedService::new(
-                JobQueueServiceServer::new(QueueApi::new(
-                    queue.clone(),
-                    LogReader::new(queue.clone(), logs.clone()),
-                    streams.clone(),
-                    presence,
-                ))
+                JobQueueServiceServer::new(
+                    QueueApi::new(
+                        queue.clone(),
+                        LogReader::new(queue.clone(), logs.clone()),
+                        streams.clone(),
+                        presence,
+                    )
+                    .with_history(history),
+                )
                 .max_decoding_message_size(message_limit)
                 .max_encoding_message_size(message_limit),
                 auth::interceptor(tokens.clone()),

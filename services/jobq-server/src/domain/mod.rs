@@ -5,6 +5,7 @@ mod admission;
 mod clock;
 mod control;
 mod error;
+mod history;
 mod job;
 mod limits;
 mod narrate;
@@ -18,6 +19,8 @@ mod transitions;
 #[cfg(test)]
 mod admission_tests;
 #[cfg(test)]
+mod history_tests;
+#[cfg(test)]
 mod tests;
 
 pub use admission::{
@@ -26,6 +29,10 @@ pub use admission::{
 pub use clock::{Clock, ManualClock, Millis, SystemClock};
 pub use control::{CronSchedule, QueueControls, ScheduleRecord, WorkerRecord};
 pub use error::{QueueError, QueueResult, Refusal, excerpt};
+pub use history::{
+    HistoryPoint, HistoryQuery, HistoryRow, HistoryStats, HistoryStore, JobHistory,
+    LatencyHistogram, LatencySummary, MAX_BUCKETS, MINUTE, minute_of,
+};
 pub use job::{
     AttemptOutcome, EntryKind, HistoryEntry, Job, JobEvent, JobEventKind, JobFilter, JobId,
     JobSelector, JobSpec, JobState, LeaseToken, LeasedJob, QueueStats, StatsSnapshot, StopReason,

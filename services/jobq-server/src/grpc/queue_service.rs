@@ -11,11 +11,12 @@ use tokio_util::task::TaskTracker;
 use tonic::{Request, Response, Status};
 
 use super::convert::{self, proto_job, proto_state, timestamp};
+use super::history;
 use super::streams::{EventFilter, LogFollow, STREAM_BUFFER, WatchPresence, watch_events};
 use crate::domain::{
-    Detail, JobFilter, JobId, JobQueue, JobSelector, JobSpec, MAX_MESSAGE_BYTES, MAX_NAME_BYTES,
-    MAX_RATE, MissedTicks, PageRequest, QueueControls, QueueError, QueueResult, ScheduleDefinition,
-    ScheduleRecord,
+    Detail, JobFilter, JobHistory, JobId, JobQueue, JobSelector, JobSpec, MAX_MESSAGE_BYTES,
+    MAX_NAME_BYTES, MAX_RATE, MissedTicks, PageRequest, QueueControls, QueueError, QueueResult,
+    ScheduleDefinition, ScheduleRecord,
 };
 use crate::logs::reader::LogReader;
 
@@ -39,6 +40,8 @@ pub struct QueueApi {
     streams: TaskTracker,
     /// Tells other replicas that watchers are open here.
     presence: WatchPresence,
+    /// Per-minute job history, when the server keeps it.
+    history: Option<Arc<JobHistory>>,
 }
 
 impl QueueApi {
@@ -54,7 +57,20 @@ impl QueueApi {
             logs,
             streams,
             presence,
+            history: None,
         }
+    }
+
+    /// Answers GetJobHistory and WatchJobHistory from `history`.
+    pub fn with_history(mut self, history: Arc<JobHistory>) -> Self {
+        self.history = Some(history);
+        self
+    }
+
+    fn history(&self) -> Result<&Arc<JobHistory>, Status> {
+        self.history
+            .as_ref()
+            .ok_or_else(|| Status::unimplemented("this server keeps no job history"))
     }
 
     async fn enqueue(
@@ -588,6 +604,34 @@ impl JobQueueService for QueueApi {
             next_after_position: page.next_after,
             end_of_log: !page.more,
         }))
+    }
+
+    async fn get_job_history(
+        &self,
+        request: Request<pb::GetJobHistoryRequest>,
+    ) -> Result<Response<pb::GetJobHistoryResponse>, Status> {
+        let history = self.history()?;
+        let (query, _) = history::query_of(request.into_inner(), history.now())?;
+        Ok(Response::new(history::answer(history, &query).await?))
+    }
+
+    type WatchJobHistoryStream = ReceiverStream<Result<pb::GetJobHistoryResponse, Status>>;
+
+    async fn watch_job_history(
+        &self,
+        request: Request<pb::GetJobHistoryRequest>,
+    ) -> Result<Response<Self::WatchJobHistoryStream>, Status> {
+        let history = self.history()?.clone();
+        let (query, sliding) = history::query_of(request.into_inner(), history.now())?;
+        let (sender, receiver) = mpsc::channel(STREAM_BUFFER);
+        self.streams.spawn(history::watch_history(
+            history,
+            query,
+            sliding,
+            sender,
+            self.queue.shutdown_token().clone(),
+        ));
+        Ok(Response::new(ReceiverStream::new(receiver)))
     }
 
     type WatchJobsStream = ReceiverStream<Result<pb::WatchJobsResponse, Status>>;
