@@ -9,6 +9,7 @@ mod contract;
 mod disk;
 mod foreign_clients;
 mod grpc_web;
+mod history;
 mod leasing;
 mod lifecycle;
 mod limits;

@@ -268,8 +268,10 @@ impl HistoryQuery {
         if start >= end {
             return Err(QueueError::invalid("start_time", "must be before end_time"));
         }
-        let start = start.div_euclid(step) * step;
+        // Counted on the window asked for: "the last day by minute" is
+        // 1,440 buckets, though its ends straddle two more minutes.
         let buckets = (end - start + step - 1) / step;
+        let start = start.div_euclid(step) * step;
         if buckets > MAX_BUCKETS {
             return Err(QueueError::invalid(
                 "start_time",
@@ -495,9 +497,10 @@ impl JobHistory {
         Ok(rows.len())
     }
 
-    /// Deletes history older than the retention; returns how many rows.
+    /// Deletes the minutes that began longer than the retention ago;
+    /// returns how many rows.
     pub async fn prune(&self) -> QueueResult<u64> {
-        let before = minute_of(self.now().saturating_sub(millis(self.retention)));
+        let before = self.now().saturating_sub(millis(self.retention));
         self.store.prune_history(before).await
     }
 
