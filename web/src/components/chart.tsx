@@ -25,6 +25,8 @@ export interface TimeChartProps {
   minTop?: number;
   /** Shown over the plot when every value is zero or missing. */
   emptyText?: string;
+  /** What the chart shows, in words: its text alternative for screen readers. */
+  ariaLabel: string;
 }
 
 const W = 640;
@@ -33,7 +35,7 @@ const PAD_R = 8;
 const PAD_T = 10;
 const PAD_B = 22;
 
-export function TimeChart({ starts, bucketMs, series, format, windowLabel, height = 170, minTop = 1, emptyText }: TimeChartProps) {
+export function TimeChart({ starts, bucketMs, series, format, windowLabel, height = 170, minTop = 1, emptyText, ariaLabel }: TimeChartProps) {
   const [hover, setHover] = useState<number | undefined>();
   const n = starts.length;
   const H = height;
@@ -82,6 +84,7 @@ export function TimeChart({ starts, bucketMs, series, format, windowLabel, heigh
         viewBox={`0 0 ${W} ${H}`}
         class="chart-svg"
         role="img"
+        aria-label={ariaLabel}
         onMouseMove={onMove}
         onMouseLeave={() => setHover(undefined)}
       >
