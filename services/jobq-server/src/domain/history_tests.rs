@@ -72,9 +72,9 @@ fn histograms_survive_their_stored_text() {
     assert!(LatencyHistogram::decode("nonsense", 0).is_err());
 }
 
-fn field_of(error: QueueError) -> String {
-    match error {
-        QueueError::InvalidArgument { field, .. } => field,
+fn field_of(result: crate::domain::QueueResult<HistoryQuery>) -> String {
+    match result {
+        Err(QueueError::InvalidArgument { field, .. }) => field,
         other => panic!("expected INVALID_ARGUMENT, got {other:?}"),
     }
 }
@@ -92,23 +92,26 @@ fn queries_are_checked_and_aligned_to_their_step() {
     assert_eq!(query.start, START, "rounded down to a 15-minute boundary");
 
     assert_eq!(
-        field_of(HistoryQuery::new(None, None, Some(90_000), now).unwrap_err()),
+        field_of(HistoryQuery::new(None, None, Some(90_000), now)),
         "step"
     );
     assert_eq!(
-        field_of(HistoryQuery::new(None, None, Some(-MINUTE), now).unwrap_err()),
+        field_of(HistoryQuery::new(None, None, Some(-MINUTE), now)),
         "step"
     );
     assert_eq!(
-        field_of(HistoryQuery::new(Some(now), Some(now), None, now).unwrap_err()),
+        field_of(HistoryQuery::new(Some(now), Some(now), None, now)),
         "start_time"
     );
     // A day of minutes is the most; a day and a minute is too much.
     assert!(HistoryQuery::new(Some(START), Some(START + 1_440 * MINUTE), None, now).is_ok());
     assert_eq!(
-        field_of(
-            HistoryQuery::new(Some(START), Some(START + 1_441 * MINUTE), None, now).unwrap_err()
-        ),
+        field_of(HistoryQuery::new(
+            Some(START),
+            Some(START + 1_441 * MINUTE),
+            None,
+            now
+        )),
         "start_time"
     );
 }
