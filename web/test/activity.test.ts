@@ -6,6 +6,7 @@ import { JobEventType } from "../src/gen/jobq/v1/event_pb";
 import { JobState } from "../src/gen/jobq/v1/job_pb";
 import {
   ActivityRecorder,
+  addSeen,
   averageWait,
   bucketize,
   classifyEvent,
@@ -43,12 +44,15 @@ describe("event classification", () => {
     expect(classifyEvent(event(JobEventType.STATE_CHANGED, j, { timeMs: T0 - 200 }))?.waitMs).toBe(0);
   });
 
-  it("counts every attempt that ended without success as a failure, whatever state it left the job in", () => {
+  it("counts an attempt that ended without success as a failure, or as a death when it was the last", () => {
     // ATTEMPT_FAILED carries the new state itself: no STATE_CHANGED follows.
-    for (const state of [JobState.RETRYING, JobState.QUEUED, JobState.DEAD]) {
+    for (const state of [JobState.RETRYING, JobState.QUEUED]) {
       const ev = event(JobEventType.ATTEMPT_FAILED, job("a", { state, attempt: 3 }), { previousState: JobState.RUNNING });
       expect(classifyEvent(ev), JobState[state]).toEqual({ kind: "failed" });
     }
+    // The last attempt of a job dead-letters it: counted as dead, as the server's history does.
+    const last = event(JobEventType.ATTEMPT_FAILED, job("a", { state: JobState.DEAD, attempt: 3 }), { previousState: JobState.RUNNING });
+    expect(classifyEvent(last)).toEqual({ kind: "dead" });
   });
 
   it("does not count an attempt stopped for a cancel as a failure", () => {
@@ -58,7 +62,7 @@ describe("event classification", () => {
 });
 
 describe("ActivityRecorder", () => {
-  it("counts each failed attempt once, also when a retried job fails again with the same attempt number", () => {
+  it("counts each last failed attempt once, also when a retried job fails again with the same attempt number", () => {
     const r = new ActivityRecorder();
     // Attempt numbers start again after RetryJob: two failures of attempt 1.
     r.record(event(JobEventType.ATTEMPT_FAILED, job("a", { state: JobState.DEAD, attempt: 1 }), { previousState: JobState.RUNNING }), T0);
@@ -67,7 +71,8 @@ describe("ActivityRecorder", () => {
     r.record(event(JobEventType.STATE_CHANGED, job("a", { state: JobState.DEAD, attempt: 1 }), { previousState: JobState.RUNNING }), T0 + 20);
     const buckets = r.buckets(T0, 5000, 5000);
     expect(buckets).toHaveLength(1);
-    expect(buckets[0]?.failed).toBe(2);
+    expect(buckets[0]?.dead).toBe(2);
+    expect(buckets[0]?.failed).toBe(0);
   });
 
   it("forgets seconds older than what it keeps", () => {
@@ -177,5 +182,20 @@ describe("server history", () => {
     expect(describeLatency(buckets, hour)).toContain("wait p50 up to 1.5s, p99 up to 3.0s");
     expect(describeLatency(buckets, hour)).toContain("run p50 up to 1m 05s");
     expect(describeLatency(historyBuckets([], M0, hour.windowMs, hour.stepMs), hour)).toContain("no job started or finished");
+  });
+});
+
+describe("what the browser saw, on top of the server's history", () => {
+  const M0 = Math.floor(T0 / 86_400_000) * 86_400_000;
+  it("adds only the seconds the server's history does not cover yet", () => {
+    const hour = HISTORY_WINDOWS[0];
+    const seen = new ActivityRecorder();
+    seen.add({ kind: "succeeded" }, M0 + 10_000); // before the cover: the server has it
+    seen.add({ kind: "succeeded" }, M0 + 30_000);
+    seen.add({ kind: "dead" }, M0 + 31_000);
+    const buckets = addSeen(historyBuckets([], M0 + 40_000, hour.windowMs, hour.stepMs), seen.perSecond(), M0 + 20_000, hour.stepMs);
+    expect(buckets[59]?.succeeded).toBe(1);
+    expect(buckets[59]?.dead).toBe(1);
+    expect(buckets[59]?.failed).toBe(0);
   });
 });

@@ -12,7 +12,10 @@ export interface Counters {
   enqueued: number;
   started: number;
   succeeded: number;
+  /** Attempts that failed and will be retried. */
   failed: number;
+  /** Jobs dead-lettered. */
+  dead: number;
   /** Sum, max and count of the ready-wait of the jobs that started. */
   waitSumMs: number;
   waitMaxMs: number;
@@ -25,12 +28,12 @@ export interface Bucket extends Counters {
 }
 
 export function emptyCounters(): Counters {
-  return { enqueued: 0, started: 0, succeeded: 0, failed: 0, waitSumMs: 0, waitMaxMs: 0, waitCount: 0 };
+  return { enqueued: 0, started: 0, succeeded: 0, failed: 0, dead: 0, waitSumMs: 0, waitMaxMs: 0, waitCount: 0 };
 }
 
 /** What one event adds to the counters; undefined when it adds nothing. */
 export interface Classified {
-  kind: "enqueued" | "started" | "succeeded" | "failed";
+  kind: "enqueued" | "started" | "succeeded" | "failed" | "dead";
   /** For "started": how long the job was ready before it started. */
   waitMs?: number;
 }
@@ -44,8 +47,11 @@ export function classifyEvent(ev: JobEvent): Classified | undefined {
     case JobEventType.ATTEMPT_FAILED:
       // One event per attempt that ended without success, already in its
       // new state (no STATE_CHANGED follows). An attempt stopped for a
-      // cancel is the client's doing, not a failure.
-      return job.state === JobState.CANCELLED ? undefined : { kind: "failed" };
+      // cancel is the client's doing, not a failure. As in the server's
+      // history, "failed" is an attempt that will be retried; the last one
+      // of a job is its death.
+      if (job.state === JobState.CANCELLED) return undefined;
+      return job.state === JobState.DEAD ? { kind: "dead" } : { kind: "failed" };
     case JobEventType.STATE_CHANGED:
       if (job.state === JobState.RUNNING) {
         const at = tsMillis(ev.time);
@@ -99,6 +105,11 @@ export class ActivityRecorder {
   buckets(now: number, windowMs: number, bucketMs: number): Bucket[] {
     return bucketize(this.seconds, now, windowMs, bucketMs);
   }
+
+  /** The per-second counters kept, by second since the epoch. */
+  perSecond(): ReadonlyMap<number, Counters> {
+    return this.seconds;
+  }
 }
 
 /**
@@ -126,6 +137,7 @@ export function bucketize(
     b.started += c.started;
     b.succeeded += c.succeeded;
     b.failed += c.failed;
+    b.dead += c.dead;
     b.waitSumMs += c.waitSumMs;
     b.waitCount += c.waitCount;
     b.waitMaxMs = Math.max(b.waitMaxMs, c.waitMaxMs);
@@ -157,6 +169,9 @@ export function niceMax(max: number): number {
   for (const m of [1, 2, 2.5, 5, 10]) if (m * exp >= max) return m * exp;
   return 10 * exp;
 }
+
+/** One minute: the server's history closes and pushes minutes. */
+export const MINUTE_MS = 60_000;
 
 /** The history windows of the overview, each with its bucket step (60–96 bars). */
 export const HISTORY_WINDOWS = [
@@ -262,4 +277,27 @@ export function describeLatency(buckets: readonly HistoryBucket[], w: HistoryWin
   };
   if (buckets.every((b) => b.waitP50 === undefined && b.runP50 === undefined)) return `Wait and run times, ${w.label.toLowerCase()}: no job started or finished.`;
   return `Wait and run times, ${w.label.toLowerCase()} by ${w.stepLabel}: wait p50 up to ${worst("waitP50")}, p99 up to ${worst("waitP99")}; run p50 up to ${worst("runP50")}, p99 up to ${worst("runP99")}.`;
+}
+
+/**
+ * Adds what this browser saw from `fromMs` on (the seconds the server's
+ * history does not hold yet: its open minute is only pushed once closed)
+ * to history buckets, so a job shows up at once. Counts only; the
+ * percentiles wait for the server.
+ */
+export function addSeen(buckets: HistoryBucket[], seconds: ReadonlyMap<number, Counters>, fromMs: number, stepMs: number): HistoryBucket[] {
+  const first = buckets[0]?.start;
+  if (first === undefined) return buckets;
+  for (const [sec, c] of seconds) {
+    const ms = sec * 1000;
+    if (ms < fromMs) continue;
+    const b = buckets[Math.floor((ms - first) / stepMs)];
+    if (!b) continue;
+    b.enqueued += c.enqueued;
+    b.started += c.started;
+    b.succeeded += c.succeeded;
+    b.failed += c.failed;
+    b.dead += c.dead;
+  }
+  return buckets;
 }

@@ -6,7 +6,8 @@ import { JobState } from "../gen/jobq/v1/job_pb";
 import { WorkerStatus } from "../gen/jobq/v1/admin_pb";
 import type { GetQueueStatsResponse } from "../gen/jobq/v1/queue_service_pb";
 import { api, errorCode } from "../lib/api";
-import { describeLatency, describeThroughput, HISTORY_WINDOWS, HistoryPoints, type HistoryWindow } from "../lib/activity";
+import { addSeen, describeLatency, describeThroughput, HISTORY_WINDOWS, HistoryPoints, MINUTE_MS, type HistoryWindow } from "../lib/activity";
+import { live } from "../lib/live";
 import { durationMillis, tsMillis, formatCompact, formatCount, formatDuration, formatLatency } from "../lib/format";
 import { useAsync, useInterval, useNow, usePref } from "../lib/hooks";
 import { useQueueStats } from "../lib/stats";
@@ -178,17 +179,23 @@ function QueueTable({ stats, paused }: { stats: GetQueueStatsResponse; paused: S
 }
 
 /** Live history of one window (and queue, or all): the server pushes each closed minute. */
-function useJobHistory(w: HistoryWindow, queue: string): { points: HistoryPoints; version: number; error?: string; loaded: boolean } {
-  const [state, setState] = useState<{ points: HistoryPoints; version: number; error?: string; loaded: boolean }>(() => ({
-    points: new HistoryPoints(),
-    version: 0,
-    loaded: false,
-  }));
+interface HistoryState {
+  points: HistoryPoints;
+  version: number;
+  error?: string;
+  loaded: boolean;
+  /** Until when the server's answers cover what happened (ms since the epoch). */
+  coveredUntil: number;
+}
+
+function useJobHistory(w: HistoryWindow, queue: string): HistoryState {
+  const [state, setState] = useState<HistoryState>(() => ({ points: new HistoryPoints(), version: 0, loaded: false, coveredUntil: Date.now() }));
   useEffect(() => {
     const abort = new AbortController();
     const points = new HistoryPoints();
     let version = 0;
-    setState({ points, version, loaded: false });
+    let coveredUntil = Date.now();
+    setState({ points, version, loaded: false, coveredUntil });
     let retryMs = 1000;
     const run = async () => {
       while (!abort.signal.aborted) {
@@ -199,15 +206,20 @@ function useJobHistory(w: HistoryWindow, queue: string): { points: HistoryPoints
             { startTime: timestampFromMs(Date.now() - w.windowMs), step: { seconds: BigInt(w.stepMs / 1000), nanos: 0 }, queues: queue ? [queue] : [] },
             { signal: abort.signal },
           );
+          let first = true;
           for await (const message of stream) {
             points.apply(message.points, Date.now() - w.windowMs - w.stepMs);
+            // The first answer holds everything until now; each push, the
+            // minute that just closed.
+            coveredUntil = first ? Date.now() : Math.max(coveredUntil, Math.floor(Date.now() / MINUTE_MS) * MINUTE_MS);
+            first = false;
             version += 1;
             retryMs = 1000;
-            setState({ points, version, loaded: true });
+            setState({ points, version, loaded: true, coveredUntil });
           }
         } catch (e) {
           if (abort.signal.aborted) return;
-          setState({ points, version, loaded: version > 0, error: e instanceof Error ? e.message : String(e) });
+          setState({ points, version, loaded: version > 0, coveredUntil, error: e instanceof Error ? e.message : String(e) });
         }
         // The stream ended (a server restart): connect again, backing off.
         await new Promise((r) => setTimeout(r, retryMs));
@@ -226,6 +238,9 @@ function Charts({ now, queues }: { now: number; queues: string[] }) {
   const w = HISTORY_WINDOWS.find((x) => x.key === key) ?? HISTORY_WINDOWS[0];
   const history = useJobHistory(w, queue);
   const buckets = history.points.buckets(now, w.windowMs, w.stepMs);
+  // What happened since the server's last answer, as this browser saw it
+  // (all queues only: the page's event counters are not kept per queue).
+  if (!queue && history.loaded) addSeen(buckets, live.activity.perSecond(), history.coveredUntil, w.stepMs);
   const starts = buckets.map((b) => b.start);
   const picker = (
     <div class="seg" role="group" aria-label="History window">
