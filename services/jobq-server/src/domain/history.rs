@@ -306,13 +306,20 @@ impl HistoryQuery {
     /// oldest first, then by queue and type. Rows outside the window or
     /// the filters are left out.
     pub fn bucket<'r>(&self, rows: impl IntoIterator<Item = &'r HistoryRow>) -> Vec<HistoryPoint> {
+        self.merge(
+            rows.into_iter()
+                .filter(|row| self.selects(&row.queue, &row.job_type)),
+        )
+    }
+
+    /// Like [`HistoryQuery::bucket`] for rows already filtered by queue and
+    /// type (the store's, summed per bucket: their queue and type are empty
+    /// unless the query groups by them).
+    fn merge<'r>(&self, rows: impl IntoIterator<Item = &'r HistoryRow>) -> Vec<HistoryPoint> {
         let mut points: BTreeMap<(Millis, Option<String>, Option<String>), HistoryStats> =
             BTreeMap::new();
         for row in rows {
-            if row.minute < self.start
-                || row.minute >= self.end
-                || !self.selects(&row.queue, &row.job_type)
-            {
+            if row.minute < self.start || row.minute >= self.end {
                 continue;
             }
             let start = row.minute.div_euclid(self.step) * self.step;
@@ -340,15 +347,18 @@ impl HistoryQuery {
 pub trait HistoryStore: Send + Sync + 'static {
     /// Writes this replica's rows (again: a row already written is replaced).
     async fn write_history(&self, replica: &str, rows: &[HistoryRow]) -> QueueResult<()>;
-    /// Every replica's rows of minutes in `[from, to)`, of `queues` and
-    /// `types` (all when empty), with the replica that wrote each.
+    /// The stored minutes in `[from, to)` that `query` selects (its queues
+    /// and types), summed over replicas into the query's buckets: one row
+    /// per bucket start and series (queue and type empty unless the query
+    /// groups by them). The rows of replica `skip.0` for minutes `skip.1`
+    /// are left out (the caller holds them in memory).
     async fn read_history(
         &self,
+        query: &HistoryQuery,
         from: Millis,
         to: Millis,
-        queues: &[String],
-        types: &[String],
-    ) -> QueueResult<Vec<(String, HistoryRow)>>;
+        skip: (&str, &[Millis]),
+    ) -> QueueResult<Vec<HistoryRow>>;
     /// Deletes rows of minutes before `before`; returns how many.
     async fn prune_history(&self, before: Millis) -> QueueResult<u64>;
 }
@@ -517,18 +527,18 @@ impl JobHistory {
         // the stored rows (it is in the snapshot); one written before it is
         // no longer in memory. Either way it counts once.
         let open = lock(&self.recorder).rows(|minute| minute >= from && minute < to);
+        let mut open_minutes: Vec<Millis> = open.iter().map(|row| row.minute).collect();
+        open_minutes.dedup();
+        // The store sums a week of minutes into its buckets itself: a week
+        // of ten series is 100,000 rows, too many to send and merge here.
         let stored = self
             .store
-            .read_history(from, to, &query.queues, &query.types)
+            .read_history(query, from, to, (&self.replica, &open_minutes))
             .await?;
-        let rows = stored
-            .into_iter()
-            .filter(|(replica, row)| {
-                replica != &self.replica || !open.iter().any(|open| open.minute == row.minute)
-            })
-            .map(|(_, row)| row)
-            .collect::<Vec<_>>();
-        Ok(query.bucket(rows.iter().chain(open.iter())))
+        let open = open
+            .iter()
+            .filter(|row| query.selects(&row.queue, &row.job_type));
+        Ok(query.merge(stored.iter().chain(open)))
     }
 }
 
