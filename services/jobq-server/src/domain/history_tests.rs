@@ -402,3 +402,33 @@ async fn week_of_history_read_time() {
         started.elapsed()
     );
 }
+
+/// What recording costs per event, on the queue's commit path (run by hand:
+/// `cargo test -p jobq-server --lib cost_of_recording -- --ignored --nocapture`).
+#[tokio::test]
+#[ignore = "a measurement, not a check"]
+async fn cost_of_recording() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let clock = Arc::new(crate::domain::ManualClock::at(START));
+    let history = JobHistory::new(
+        history_store(&dir).await,
+        clock,
+        "replica-a".into(),
+        Duration::from_secs(3600),
+    );
+    let jobs: Vec<_> = (0..10)
+        .map(|n| {
+            let mut spec = spec(1);
+            spec.queue = format!("q{n}");
+            crate::domain::queue::new_job(spec, START)
+        })
+        .collect();
+    let refs: Vec<_> = jobs.iter().collect();
+    let rounds = 100_000;
+    let started = std::time::Instant::now();
+    for n in 0..rounds {
+        history.created(&refs, START + n);
+    }
+    let per_event = started.elapsed() / (rounds as u32 * 10);
+    println!("{per_event:?} per recorded event (10 series)");
+}
