@@ -20,6 +20,10 @@ use crate::domain::{
 const MAX_STEP: Duration = Duration::from_secs(366 * 24 * 3600);
 /// Most queue or type names one request may filter on.
 const MAX_FILTER_NAMES: usize = 100;
+/// How long a watch waits after a minute closes here before it reads the
+/// minute back: the other replicas (their clocks a little apart) write
+/// their rows of it meanwhile.
+const PEER_WRITE_WAIT: Duration = Duration::from_secs(2);
 
 fn names(raw: Vec<String>, field: &str) -> QueueResult<Vec<String>> {
     if raw.len() > MAX_FILTER_NAMES {
@@ -162,6 +166,14 @@ pub async fn watch_history(
                 }
             }
         };
+        tokio::select! {
+            () = tokio::time::sleep(PEER_WRITE_WAIT) => {}
+            () = sender.closed() => return,
+            () = shutdown.cancelled() => {
+                let _ = sender.send(Err(shutting_down())).await;
+                return;
+            }
+        }
         let start = minute.div_euclid(query.step) * query.step;
         let mut bucket = query.clone();
         bucket.start = start;
