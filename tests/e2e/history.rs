@@ -385,3 +385,34 @@ async fn watch_job_history_pushes_each_closed_minute() -> Result<()> {
     ensure!(pushed.points.len() == 1, "only the new minute: {pushed:?}");
     server.shutdown().await
 }
+
+#[tokio::test]
+async fn replicas_write_their_own_rows_and_reads_sum_them() -> Result<()> {
+    let mut cluster = jobq_tests::Cluster::start(2).await?;
+    let (first, second) = (cluster.client(0), cluster.client(1));
+    for _ in 0..2 {
+        first.enqueue(spec("on-first")).await?;
+    }
+    for _ in 0..3 {
+        second.enqueue(spec("on-second")).await?;
+    }
+    let mut request = lease_request("history-replica-worker", 1);
+    request.types = vec!["on-second".into()];
+    let leased = second.lease(request).await?;
+    ensure!(leased.len() == 1, "leased {} jobs", leased.len());
+    second.complete(&leased[0]).await?;
+    // A graceful stop writes the second replica's open minute.
+    cluster.stop(1).await?;
+
+    let answer = history(&first, last_hour()).await?;
+    let by_type: BTreeMap<String, (i64, i64)> = totals(&answer)
+        .into_iter()
+        .map(|((_, job_type), total)| (job_type, (total.enqueued, total.succeeded)))
+        .collect();
+    assert_eq!(
+        by_type,
+        BTreeMap::from([("on-first".into(), (2, 0)), ("on-second".into(), (3, 1))]),
+        "the first replica's memory plus the second's rows"
+    );
+    cluster.shutdown().await
+}
