@@ -1586,8 +1586,10 @@ export const JobQueueService: GenService<{
   /**
    * Like GetJobHistory, then live: the first message holds the whole window
    * (with end_time unset the window slides with now); after it, one message
-   * per minute the server closes, holding only the buckets that changed.
-   * Ends with UNAVAILABLE when the server shuts down.
+   * per minute the server closes, holding the bucket that minute belongs to,
+   * whole: its points replace those with the same start_time, queue and type
+   * (no points when nothing happened). Ends with UNAVAILABLE when the server
+   * shuts down.
    * It shares GetJobHistory's messages: one window, the same points.
    * buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
    * buf:lint:ignore RPC_REQUEST_STANDARD_NAME
