@@ -10,6 +10,7 @@ mod dashboard_streams;
 mod disk;
 mod foreign_clients;
 mod grpc_web;
+mod history;
 mod leasing;
 mod lifecycle;
 mod limits;

@@ -20,7 +20,7 @@ use crate::auth;
 use crate::background;
 use crate::config::Config;
 use crate::dashboard;
-use crate::domain::{JobObserver, JobQueue, JobTally, SystemClock};
+use crate::domain::{JobHistory, JobObserver, JobQueue, JobTally, SystemClock};
 use crate::grpc::{QueueApi, WatchPresence, WorkerApi, limits};
 use crate::logs::LogStore;
 use crate::logs::reader::LogReader;
@@ -103,7 +103,17 @@ impl App {
             store.time_statements(metrics.statement_histogram());
             metrics
         });
-        let mut observers: Vec<Arc<dyn JobObserver>> = vec![Arc::new(LifecycleSpans), tally];
+        // Each start writes history as a new replica: rows of a run before
+        // a restart are never overwritten, reads sum them.
+        let history = Arc::new(JobHistory::new(
+            store.clone(),
+            Arc::new(SystemClock),
+            uuid::Uuid::new_v4().to_string(),
+            config.history_retention,
+        ));
+        background.spawn(background::history(history.clone(), stop.child_token()));
+        let mut observers: Vec<Arc<dyn JobObserver>> =
+            vec![Arc::new(LifecycleSpans), tally, history.clone()];
         if let Some(metrics) = &metrics {
             observers.push(metrics.clone());
         }
@@ -206,13 +216,16 @@ impl App {
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
             .add_service(InterceptedService::new(
-                JobQueueServiceServer::new(QueueApi::new(
-                    queue.clone(),
-                    LogReader::new(queue.clone(), logs.clone()),
-                    streams.clone(),
-                    presence,
-                    stats,
-                ))
+                JobQueueServiceServer::new(
+                    QueueApi::new(
+                        queue.clone(),
+                        LogReader::new(queue.clone(), logs.clone()),
+                        streams.clone(),
+                        presence,
+                        stats,
+                    )
+                    .with_history(history),
+                )
                 .max_decoding_message_size(message_limit)
                 .max_encoding_message_size(message_limit),
                 auth::interceptor(tokens.clone()),

@@ -59,6 +59,8 @@ const READ_METHODS: &[&str] = &[
     "GetJob",
     "ListJobs",
     "GetQueueStats",
+    "GetJobHistory",
+    "WatchJobHistory",
     "StreamJobLogs",
     "GetJobLogs",
     "WatchJobs",

@@ -7,7 +7,7 @@ use std::time::Duration;
 use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
 
-use crate::domain::{JobQueue, JobTally, StatsSnapshot};
+use crate::domain::{JobHistory, JobQueue, JobTally, StatsSnapshot};
 
 /// Longest the promoter sleeps without looking, in case a wake-up was missed.
 const PROMOTER_MAX_SLEEP: Duration = Duration::from_secs(1);
@@ -218,4 +218,33 @@ pub fn stats_feed(
         }
     });
     receiver
+}
+
+/// How long after a minute's end its rows are written: events stamped just
+/// before the boundary are in by then.
+const HISTORY_FLUSH_DELAY: Duration = Duration::from_millis(250);
+
+/// Writes each closed minute of the job history, prunes history older than
+/// its retention (at start and after each write), and writes the current
+/// minute too at shutdown.
+pub async fn history(history: Arc<JobHistory>, stop: CancellationToken) {
+    loop {
+        match history.prune().await {
+            Ok(0) => {}
+            Ok(pruned) => tracing::info!(pruned, "history retention pruned old minutes"),
+            Err(error) => tracing::warn!(%error, "history retention pass failed"),
+        }
+        tokio::select! {
+            () = stop.cancelled() => {
+                if let Err(error) = history.flush(true).await {
+                    tracing::warn!(%error, "could not write the job history at shutdown");
+                }
+                return;
+            }
+            () = tokio::time::sleep(history.until_minute_closes() + HISTORY_FLUSH_DELAY) => {}
+        }
+        if let Err(error) = history.flush(false).await {
+            tracing::warn!(%error, "could not write the job history; will try again next minute");
+        }
+    }
 }

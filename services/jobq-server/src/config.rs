@@ -145,6 +145,10 @@ pub struct Config {
     #[arg(long, env = "JOBQ_RETENTION_DEAD", default_value = "30days", value_parser = humantime::parse_duration)]
     pub retention_dead: Duration,
 
+    /// Per-minute job history (counts, wait and run times) is kept this long.
+    #[arg(long, env = "JOBQ_HISTORY_RETENTION", default_value = "7days", value_parser = humantime::parse_duration)]
+    pub history_retention: Duration,
+
     /// How long shutdown waits for in-flight calls before it gives up on them.
     #[arg(long, env = "JOBQ_SHUTDOWN_GRACE", default_value = "10s", value_parser = humantime::parse_duration)]
     pub shutdown_grace: Duration,
@@ -222,6 +226,9 @@ impl Config {
                  pass --insecure (JOBQ_INSECURE=true) to do it anyway",
                 self.listen
             ));
+        }
+        if self.history_retention.is_zero() {
+            return Err("--history-retention must be greater than zero".into());
         }
         if self.default_backoff_base.is_zero() {
             return Err("--default-backoff-base must be greater than zero".into());

@@ -25,6 +25,8 @@ export interface TimeChartProps {
   minTop?: number;
   /** Shown over the plot when every value is zero or missing. */
   emptyText?: string;
+  /** What the chart shows, in words: its text alternative for screen readers. */
+  ariaLabel: string;
 }
 
 const W = 640;
@@ -33,7 +35,7 @@ const PAD_R = 8;
 const PAD_T = 10;
 const PAD_B = 22;
 
-export function TimeChart({ starts, bucketMs, series, format, windowLabel, height = 170, minTop = 1, emptyText }: TimeChartProps) {
+export function TimeChart({ starts, bucketMs, series, format, windowLabel, height = 170, minTop = 1, emptyText, ariaLabel }: TimeChartProps) {
   const [hover, setHover] = useState<number | undefined>();
   const n = starts.length;
   const H = height;
@@ -82,7 +84,7 @@ export function TimeChart({ starts, bucketMs, series, format, windowLabel, heigh
         viewBox={`0 0 ${W} ${H}`}
         class="chart-svg"
         role="img"
-        aria-label={chartLabel(series, windowLabel, format)}
+        aria-label={ariaLabel}
         onMouseMove={onMove}
         onMouseLeave={() => setHover(undefined)}
       >
@@ -143,14 +145,4 @@ export function TimeChart({ starts, bucketMs, series, format, windowLabel, heigh
       </div>
     </div>
   );
-}
-
-/** The chart in words for screen readers: each bar series' total and each line's latest value. */
-function chartLabel(series: Series[], windowLabel: string, format: (v: number) => string): string {
-  const parts = series.map((s) => {
-    if (s.kind === "bar") return `${s.label} ${format(s.values.reduce<number>((a, v) => a + (v ?? 0), 0))} in all`;
-    const last = [...s.values].reverse().find((v) => v !== undefined);
-    return `${s.label} ${last === undefined ? "none" : `${format(last)} now`}`;
-  });
-  return `Last ${windowLabel}: ${parts.join(", ")}`;
 }

@@ -1,20 +1,21 @@
-//! Overview: counts by state and queue, throughput and wait charts, workers.
-import { useState } from "preact/hooks";
+//! Overview: counts by state and queue, throughput and latency charts from
+//! the server's job history (last hour / day / week), workers.
+import { useEffect, useState } from "preact/hooks";
+import { timestampFromMs } from "@bufbuild/protobuf/wkt";
 import { JobState } from "../gen/jobq/v1/job_pb";
 import { WorkerStatus } from "../gen/jobq/v1/admin_pb";
 import type { GetQueueStatsResponse } from "../gen/jobq/v1/queue_service_pb";
-import { averageWait, perSecond, WINDOWS } from "../lib/activity";
-import { durationMillis, tsMillis, formatCount, formatDuration, formatLatency, formatRate } from "../lib/format";
+import { api } from "../lib/api";
+import { addSeen, describeLatency, describeThroughput, HISTORY_WINDOWS, HistoryPoints, MINUTE_MS, type HistoryWindow } from "../lib/activity";
+import { live } from "../lib/live";
+import { durationMillis, tsMillis, formatCompact, formatCount, formatDuration, formatLatency } from "../lib/format";
 import { useDashboardPart } from "../lib/dashboard";
 import { useNow, usePref } from "../lib/hooks";
 import { useQueueStats } from "../lib/stats";
-import { live } from "../lib/live";
 import { href } from "../lib/router";
 import { STATES, stateInfo } from "../lib/states";
 import { TimeChart } from "../components/chart";
 import { Badge, Card, Empty, ErrorBox, PageHeader, Spinner, Time } from "../components/ui";
-
-const pageOpenedAt = Date.now();
 
 /** Count of a state in a StateCount list. */
 function countOf(counts: { state: JobState; count: bigint }[], state: JobState): bigint {
@@ -36,7 +37,7 @@ export function Overview() {
       />
       {stats.error ? <ErrorBox message={stats.error} onRetry={stats.reload} /> : null}
       {stats.data ? <StateCards stats={stats.data} /> : !stats.error ? <Spinner /> : null}
-      <Charts now={now} />
+      <Charts now={now} queues={stats.data?.queues.map((q) => q.queue) ?? []} />
       <div class="grid-2">
         <Card title="Queues" actions={<a href="#/queues">Manage queues →</a>}>
           {stats.data ? <QueueTable stats={stats.data} paused={new Set(queues.data?.queues.filter((q) => q.paused).map((q) => q.name))} /> : <Spinner />}
@@ -161,61 +162,134 @@ function QueueTable({ stats, paused }: { stats: GetQueueStatsResponse; paused: S
   );
 }
 
-function Charts({ now }: { now: number }) {
-  const [win, setWin] = usePref<string>("chartWindow", "5m");
-  const w = WINDOWS.find((x) => x.label === win) ?? WINDOWS[0];
-  const buckets = live.activity.buckets(now, w.windowMs, w.bucketMs);
+/** Live history of one window (and queue, or all): the server pushes each closed minute. */
+interface HistoryState {
+  points: HistoryPoints;
+  version: number;
+  error?: string;
+  loaded: boolean;
+  /** Until when the server's answers cover what happened (ms since the epoch). */
+  coveredUntil: number;
+}
+
+function useJobHistory(w: HistoryWindow, queue: string): HistoryState {
+  const [state, setState] = useState<HistoryState>(() => ({ points: new HistoryPoints(), version: 0, loaded: false, coveredUntil: Date.now() }));
+  useEffect(() => {
+    const abort = new AbortController();
+    const points = new HistoryPoints();
+    let version = 0;
+    let coveredUntil = Date.now();
+    setState({ points, version, loaded: false, coveredUntil });
+    let retryMs = 1000;
+    const run = async () => {
+      while (!abort.signal.aborted) {
+        try {
+          // The window slides with the server's clock (no end time): only
+          // closed minutes are pushed, the page asks nothing more.
+          const stream = api().watchJobHistory(
+            { startTime: timestampFromMs(Date.now() - w.windowMs), step: { seconds: BigInt(w.stepMs / 1000), nanos: 0 }, queues: queue ? [queue] : [] },
+            { signal: abort.signal },
+          );
+          let first = true;
+          for await (const message of stream) {
+            points.apply(message.points, Date.now() - w.windowMs - w.stepMs);
+            // The first answer holds everything until now; each push, the
+            // minute that just closed.
+            coveredUntil = first ? Date.now() : Math.max(coveredUntil, Math.floor(Date.now() / MINUTE_MS) * MINUTE_MS);
+            first = false;
+            version += 1;
+            retryMs = 1000;
+            setState({ points, version, loaded: true, coveredUntil });
+          }
+        } catch (e) {
+          if (abort.signal.aborted) return;
+          setState({ points, version, loaded: version > 0, coveredUntil, error: e instanceof Error ? e.message : String(e) });
+        }
+        // The stream ended (a server restart): connect again, backing off.
+        await new Promise((r) => setTimeout(r, retryMs));
+        retryMs = Math.min(30_000, retryMs * 2);
+      }
+    };
+    void run();
+    return () => abort.abort();
+  }, [w.key, queue]);
+  return state;
+}
+
+function Charts({ now, queues }: { now: number; queues: string[] }) {
+  const [key, setKey] = usePref<string>("historyWindow", "1h");
+  const [queue, setQueue] = usePref<string>("historyQueue", "");
+  const w = HISTORY_WINDOWS.find((x) => x.key === key) ?? HISTORY_WINDOWS[0];
+  const history = useJobHistory(w, queue);
+  const buckets = history.points.buckets(now, w.windowMs, w.stepMs);
+  // What happened since the server's last answer, as this browser saw it
+  // (all queues only: the page's event counters are not kept per queue).
+  if (!queue && history.loaded) addSeen(buckets, live.activity.perSecond(), history.coveredUntil, w.stepMs);
   const starts = buckets.map((b) => b.start);
-  const openFor = now - pageOpenedAt;
-  const [, force] = useState(0);
-  const windowPicker = (
-    <div class="seg">
-      {WINDOWS.map((x) => (
-        <button
-          key={x.label}
-          class={`seg-btn ${x.label === w.label ? "active" : ""}`}
-          onClick={() => {
-            setWin(x.label);
-            force((n) => n + 1);
-          }}
-        >
+  const picker = (
+    <div class="seg" role="group" aria-label="History window">
+      {HISTORY_WINDOWS.map((x) => (
+        <button key={x.key} class={`seg-btn ${x.key === w.key ? "active" : ""}`} aria-pressed={x.key === w.key} onClick={() => setKey(x.key)}>
           {x.label}
         </button>
       ))}
     </div>
   );
-  const note =
-    openFor < w.windowMs ? (
-      <span class="muted small">Measured in this browser since the page opened {formatDuration(openFor)} ago.</span>
-    ) : null;
+  const queuePicker = (
+    <select class="input input-sm" style={{ width: "auto" }} aria-label="Queue of the charts" value={queue} onChange={(e) => setQueue((e.currentTarget as HTMLSelectElement).value)}>
+      <option value="">All queues</option>
+      {[...new Set([...queues, ...(queue ? [queue] : [])])].sort().map((q) => (
+        <option key={q} value={q}>
+          {q}
+        </option>
+      ))}
+    </select>
+  );
+  const note = history.error ? (
+    <span class="muted small">History stream interrupted ({history.error}); reconnecting…</span>
+  ) : !history.loaded ? (
+    <span class="muted small">Loading history…</span>
+  ) : null;
   return (
-    <div class="grid-2">
-      <Card title="Throughput (jobs/s)" actions={windowPicker}>
+    <div class="grid-2" data-testid="history-charts" data-points={history.points.size}>
+      <Card
+        title={`Throughput (jobs per ${w.stepLabel})`}
+        actions={
+          <>
+            {queuePicker} {picker}
+          </>
+        }
+      >
         <TimeChart
           starts={starts}
-          bucketMs={w.bucketMs}
-          windowLabel={w.label}
-          format={formatRate}
-          emptyText="No jobs enqueued or finished in this window"
+          bucketMs={w.stepMs}
+          windowLabel={w.key}
+          format={(v) => formatCompact(Math.round(v))}
+          ariaLabel={describeThroughput(buckets, w)}
+          emptyText="No job finished or enqueued in this window"
           series={[
-            { label: "Succeeded", color: "var(--green)", kind: "bar", values: buckets.map((b) => perSecond(b.succeeded, w.bucketMs)) },
-            { label: "Failed", color: "var(--red)", kind: "bar", values: buckets.map((b) => perSecond(b.failed, w.bucketMs)) },
-            { label: "Enqueued", color: "var(--accent)", kind: "line", values: buckets.map((b) => perSecond(b.enqueued, w.bucketMs)) },
+            { label: "Succeeded", color: "var(--green)", kind: "bar", values: buckets.map((b) => b.succeeded) },
+            { label: "Failed (retried)", color: "var(--amber)", kind: "bar", values: buckets.map((b) => b.failed) },
+            { label: "Dead", color: "var(--red)", kind: "bar", values: buckets.map((b) => b.dead) },
+            { label: "Enqueued", color: "var(--accent)", kind: "line", values: buckets.map((b) => b.enqueued) },
           ]}
         />
         {note}
       </Card>
-      <Card title="Wait time (queued → started)">
+      <Card title="Wait and run time (p50 / p99)">
         <TimeChart
           starts={starts}
-          bucketMs={w.bucketMs}
-          windowLabel={w.label}
+          bucketMs={w.stepMs}
+          windowLabel={w.key}
           format={(v) => formatDuration(v)}
           minTop={1000}
-          emptyText="No job started in this window"
+          ariaLabel={describeLatency(buckets, w)}
+          emptyText="No job started or finished in this window"
           series={[
-            { label: "Average", color: "var(--sky)", kind: "bar", values: buckets.map((b) => averageWait(b)) },
-            { label: "Max", color: "var(--amber)", kind: "line", values: buckets.map((b) => (b.waitCount > 0 ? b.waitMaxMs : undefined)) },
+            { label: "Wait p50", color: "var(--sky)", kind: "line", values: buckets.map((b) => b.waitP50) },
+            { label: "Wait p99", color: "var(--accent)", kind: "line", values: buckets.map((b) => b.waitP99) },
+            { label: "Run p50", color: "var(--green)", kind: "line", values: buckets.map((b) => b.runP50) },
+            { label: "Run p99", color: "var(--amber)", kind: "line", values: buckets.map((b) => b.runP99) },
           ]}
         />
         {note}

@@ -5,6 +5,7 @@ mod admission;
 mod clock;
 mod control;
 mod error;
+mod history;
 mod job;
 mod limits;
 mod narrate;
@@ -20,6 +21,8 @@ mod transitions;
 #[cfg(test)]
 mod admission_tests;
 #[cfg(test)]
+mod history_tests;
+#[cfg(test)]
 mod tests;
 
 pub use admission::{
@@ -28,6 +31,10 @@ pub use admission::{
 pub use clock::{Clock, ManualClock, Millis, SystemClock};
 pub use control::{CronSchedule, QueueControls, ScheduleRecord, WorkerRecord};
 pub use error::{QueueError, QueueResult, Refusal, excerpt};
+pub use history::{
+    HistoryPoint, HistoryQuery, HistoryRow, HistoryStats, HistoryStore, JobHistory,
+    LatencyHistogram, LatencySummary, MAX_BUCKETS, MINUTE, minute_of,
+};
 pub use job::{
     AttemptOutcome, EntryKind, HistoryEntry, Job, JobEvent, JobEventKind, JobFilter, JobId,
     JobOrder, JobSelector, JobSpec, JobState, LeaseToken, LeasedJob, PageCursor, PayloadFilter,

@@ -1,6 +1,7 @@
 //! The gRPC surface: thin handlers over the domain, and the error mapping.
 
 pub(crate) mod convert;
+mod history;
 pub mod limits;
 mod queue_service;
 mod status;

@@ -12,14 +12,15 @@ use tokio_util::task::TaskTracker;
 use tonic::{Request, Response, Status};
 
 use super::convert::{self, proto_job, proto_state, timestamp};
+use super::history;
 use super::streams::{EventFilter, LogFollow, STREAM_BUFFER, WatchPresence, watch_events};
 use super::watch_lists::{ListTriggers, watch_list, watch_stats};
 use crate::background::StatsFeed;
 use crate::domain::{
-    Detail, JobEvent, JobEventKind, JobFilter, JobId, JobOrder, JobQueue, JobSelector, JobSpec,
-    JobState, MAX_MESSAGE_BYTES, MAX_NAME_BYTES, MAX_RATE, MAX_TAGS, MissedTicks, PageCursor,
-    PageRequest, QueueControls, QueueError, QueueResult, ScheduleDefinition, ScheduleRecord,
-    StatsSnapshot,
+    Detail, JobEvent, JobEventKind, JobFilter, JobHistory, JobId, JobOrder, JobQueue, JobSelector,
+    JobSpec, JobState, MAX_MESSAGE_BYTES, MAX_NAME_BYTES, MAX_RATE, MAX_TAGS, MissedTicks,
+    PageCursor, PageRequest, QueueControls, QueueError, QueueResult, ScheduleDefinition,
+    ScheduleRecord, StatsSnapshot,
 };
 use crate::logs::reader::LogReader;
 
@@ -86,6 +87,8 @@ pub struct QueueApi {
     stats: StatsFeed,
     /// Bumped when this server changes a queue's controls or a schedule.
     controls: Arc<watch::Sender<u64>>,
+    /// Per-minute job history, when the server keeps it.
+    history: Option<Arc<JobHistory>>,
 }
 
 impl QueueApi {
@@ -104,6 +107,7 @@ impl QueueApi {
             presence,
             stats,
             controls: Arc::new(watch::channel(0).0),
+            history: None,
         }
     }
 
@@ -239,6 +243,18 @@ impl QueueApi {
             })
         };
         (triggers, read)
+    }
+
+    /// Answers GetJobHistory and WatchJobHistory from `history`.
+    pub fn with_history(mut self, history: Arc<JobHistory>) -> Self {
+        self.history = Some(history);
+        self
+    }
+
+    fn history(&self) -> Result<&Arc<JobHistory>, Status> {
+        self.history
+            .as_ref()
+            .ok_or_else(|| Status::unimplemented("this server keeps no job history"))
     }
 
     async fn enqueue(
@@ -787,6 +803,34 @@ impl JobQueueService for QueueApi {
             next_after_position: page.next_after,
             end_of_log: !page.more,
         }))
+    }
+
+    async fn get_job_history(
+        &self,
+        request: Request<pb::GetJobHistoryRequest>,
+    ) -> Result<Response<pb::GetJobHistoryResponse>, Status> {
+        let history = self.history()?;
+        let (query, _) = history::query_of(request.into_inner(), history.now())?;
+        Ok(Response::new(history::answer(history, &query).await?))
+    }
+
+    type WatchJobHistoryStream = ReceiverStream<Result<pb::GetJobHistoryResponse, Status>>;
+
+    async fn watch_job_history(
+        &self,
+        request: Request<pb::GetJobHistoryRequest>,
+    ) -> Result<Response<Self::WatchJobHistoryStream>, Status> {
+        let history = self.history()?.clone();
+        let (query, sliding) = history::query_of(request.into_inner(), history.now())?;
+        let (sender, receiver) = mpsc::channel(STREAM_BUFFER);
+        self.streams.spawn(history::watch_history(
+            history,
+            query,
+            sliding,
+            sender,
+            self.queue.shutdown_token().clone(),
+        ));
+        Ok(Response::new(ReceiverStream::new(receiver)))
     }
 
     type WatchJobsStream = ReceiverStream<Result<pb::WatchJobsResponse, Status>>;

@@ -8,6 +8,7 @@ mod bind;
 mod dialect;
 mod entity;
 mod exec;
+mod history;
 mod jobs;
 pub mod log_table;
 pub mod peers;

@@ -20,7 +20,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file jobq/v1/queue_service.proto.
  */
 export const file_jobq_v1_queue_service: GenFile = /*@__PURE__*/
-  fileDesc("Chtqb2JxL3YxL3F1ZXVlX3NlcnZpY2UucHJvdG8SB2pvYnEudjEiRgoRRW5xdWV1ZUpvYlJlcXVlc3QSHQoDam9iGAEgASgLMhAuam9icS52MS5Kb2JTcGVjEhIKCnJlcXVlc3RfaWQYAiABKAkiRwoSRW5xdWV1ZUpvYlJlc3BvbnNlEhkKA2pvYhgBIAEoCzIMLmpvYnEudjEuSm9iEhYKDmFscmVhZHlfZXhpc3RzGAIgASgIIkgKEkVucXVldWVKb2JzUmVxdWVzdBIeCgRqb2JzGAEgAygLMhAuam9icS52MS5Kb2JTcGVjEhIKCnJlcXVlc3RfaWQYAiABKAkiQwoTRW5xdWV1ZUpvYnNSZXNwb25zZRIsCgdyZXN1bHRzGAEgAygLMhsuam9icS52MS5FbnF1ZXVlSm9iUmVzcG9uc2UiHwoNR2V0Sm9iUmVxdWVzdBIOCgZqb2JfaWQYASABKAkiKwoOR2V0Sm9iUmVzcG9uc2USGQoDam9iGAEgASgLMgwuam9icS52MS5Kb2IihQMKD0xpc3RKb2JzUmVxdWVzdBIhCgZzdGF0ZXMYASADKA4yES5qb2JxLnYxLkpvYlN0YXRlEg0KBXR5cGVzGAIgAygJEg4KBnF1ZXVlcxgDIAMoCRIxCg1jcmVhdGVkX2FmdGVyGAQgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIyCg5jcmVhdGVkX2JlZm9yZRgFIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASEQoJcGFnZV9zaXplGAYgASgFEhIKCnBhZ2VfdG9rZW4YByABKAkSEQoJcGFyZW50X2lkGAggASgJEg4KBnNlYXJjaBgJIAEoCRIeCgR2aWV3GAogASgOMhAuam9icS52MS5Kb2JWaWV3EgwKBHRhZ3MYCyADKAkSLwoPcGF5bG9hZF9maWx0ZXJzGAwgAygLMhYuam9icS52MS5QYXlsb2FkRmlsdGVyEiAKBW9yZGVyGA0gASgOMhEuam9icS52MS5Kb2JPcmRlciJTCg1QYXlsb2FkRmlsdGVyEg0KBWZpZWxkGAEgASgJEiQKBW1hdGNoGAIgASgOMhUuam9icS52MS5QYXlsb2FkTWF0Y2gSDQoFdmFsdWUYAyABKAkiRwoQTGlzdEpvYnNSZXNwb25zZRIaCgRqb2JzGAEgAygLMgwuam9icS52MS5Kb2ISFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJIjIKEENhbmNlbEpvYlJlcXVlc3QSDgoGam9iX2lkGAEgASgJEg4KBnJlYXNvbhgCIAEoCSIuChFDYW5jZWxKb2JSZXNwb25zZRIZCgNqb2IYASABKAsyDC5qb2JxLnYxLkpvYiIhCg9SZXRyeUpvYlJlcXVlc3QSDgoGam9iX2lkGAEgASgJIi0KEFJldHJ5Sm9iUmVzcG9uc2USGQoDam9iGAEgASgLMgwuam9icS52MS5Kb2IiIgoQRGVsZXRlSm9iUmVxdWVzdBIOCgZqb2JfaWQYASABKAkiEwoRRGVsZXRlSm9iUmVzcG9uc2UiJgoUR2V0UXVldWVTdGF0c1JlcXVlc3QSDgoGcXVldWVzGAEgAygJIj0KClN0YXRlQ291bnQSIAoFc3RhdGUYASABKA4yES5qb2JxLnYxLkpvYlN0YXRlEg0KBWNvdW50GAIgASgDInUKClF1ZXVlU3RhdHMSDQoFcXVldWUYASABKAkSIwoGY291bnRzGAIgAygLMhMuam9icS52MS5TdGF0ZUNvdW50EjMKEG9sZGVzdF9yZWFkeV9hZ2UYAyABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24ijAEKFUdldFF1ZXVlU3RhdHNSZXNwb25zZRIjCgZxdWV1ZXMYASADKAsyEy5qb2JxLnYxLlF1ZXVlU3RhdHMSIwoGdG90YWxzGAIgAygLMhMuam9icS52MS5TdGF0ZUNvdW50EikKBWFzX29mGAMgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCJvCgtKb2JTZWxlY3RvchIPCgdqb2JfaWRzGAEgAygJEiEKBnN0YXRlcxgCIAMoDjIRLmpvYnEudjEuSm9iU3RhdGUSDgoGcXVldWVzGAMgAygJEg0KBXR5cGVzGAQgAygJEg0KBWxpbWl0GAUgASgFIjoKEFJldHJ5Sm9ic1JlcXVlc3QSJgoIc2VsZWN0b3IYASABKAsyFC5qb2JxLnYxLkpvYlNlbGVjdG9yIiQKEVJldHJ5Sm9ic1Jlc3BvbnNlEg8KB2pvYl9pZHMYASADKAkiOwoRRGVsZXRlSm9ic1JlcXVlc3QSJgoIc2VsZWN0b3IYASABKAsyFC5qb2JxLnYxLkpvYlNlbGVjdG9yIiUKEkRlbGV0ZUpvYnNSZXNwb25zZRIPCgdqb2JfaWRzGAEgAygJInMKFFN0cmVhbUpvYkxvZ3NSZXF1ZXN0Eg4KBmpvYl9pZBgBIAEoCRIOCgZmb2xsb3cYAiABKAgSFgoOYWZ0ZXJfcG9zaXRpb24YAyABKAQSIwoHc3RyZWFtcxgEIAMoDjISLmpvYnEudjEuTG9nU3RyZWFtIjgKFVN0cmVhbUpvYkxvZ3NSZXNwb25zZRIfCgVsaW5lcxgBIAMoCzIQLmpvYnEudjEuTG9nTGluZSJzChFHZXRKb2JMb2dzUmVxdWVzdBIOCgZqb2JfaWQYASABKAkSFgoOYWZ0ZXJfcG9zaXRpb24YAiABKAQSEQoJcGFnZV9zaXplGAMgASgFEiMKB3N0cmVhbXMYBCADKA4yEi5qb2JxLnYxLkxvZ1N0cmVhbSJmChJHZXRKb2JMb2dzUmVzcG9uc2USHwoFbGluZXMYASADKAsyEC5qb2JxLnYxLkxvZ0xpbmUSGwoTbmV4dF9hZnRlcl9wb3NpdGlvbhgCIAEoBBISCgplbmRfb2ZfbG9nGAMgASgIIoUBChBXYXRjaEpvYnNSZXF1ZXN0Eg4KBnF1ZXVlcxgBIAMoCRINCgV0eXBlcxgCIAMoCRIhCgZzdGF0ZXMYAyADKA4yES5qb2JxLnYxLkpvYlN0YXRlEg8KB2pvYl9pZHMYBCADKAkSHgoEdmlldxgFIAEoDjIQLmpvYnEudjEuSm9iVmlldyJdChFXYXRjaEpvYnNSZXNwb25zZRIgCgVldmVudBgBIAEoCzIRLmpvYnEudjEuSm9iRXZlbnQSDgoGbGFnZ2VkGAIgASgIEhYKDmRyb3BwZWRfZXZlbnRzGAMgASgEIhMKEUxpc3RRdWV1ZXNSZXF1ZXN0IjQKEkxpc3RRdWV1ZXNSZXNwb25zZRIeCgZxdWV1ZXMYASADKAsyDi5qb2JxLnYxLlF1ZXVlIt4BChJVcGRhdGVRdWV1ZVJlcXVlc3QSDAoEbmFtZRgBIAEoCRITCgZwYXVzZWQYAiABKAhIAIgBARIeChFjb25jdXJyZW5jeV9saW1pdBgDIAEoBUgBiAEBEiIKFXJhdGVfbGltaXRfcGVyX3NlY29uZBgEIAEoAUgCiAEBEhcKCnJhdGVfYnVyc3QYBSABKAFIA4gBAUIJCgdfcGF1c2VkQhQKEl9jb25jdXJyZW5jeV9saW1pdEIYChZfcmF0ZV9saW1pdF9wZXJfc2Vjb25kQg0KC19yYXRlX2J1cnN0IjQKE1VwZGF0ZVF1ZXVlUmVzcG9uc2USHQoFcXVldWUYASABKAsyDi5qb2JxLnYxLlF1ZXVlIisKEkxpc3RXb3JrZXJzUmVxdWVzdBIVCg1pbmNsdWRlX3N0YWxlGAEgASgIIjcKE0xpc3RXb3JrZXJzUmVzcG9uc2USIAoHd29ya2VycxgBIAMoCzIPLmpvYnEudjEuV29ya2VyIjkKElB1dFNjaGVkdWxlUmVxdWVzdBIjCghzY2hlZHVsZRgBIAEoCzIRLmpvYnEudjEuU2NoZWR1bGUiOgoTUHV0U2NoZWR1bGVSZXNwb25zZRIjCghzY2hlZHVsZRgBIAEoCzIRLmpvYnEudjEuU2NoZWR1bGUiFgoUTGlzdFNjaGVkdWxlc1JlcXVlc3QiPQoVTGlzdFNjaGVkdWxlc1Jlc3BvbnNlEiQKCXNjaGVkdWxlcxgBIAMoCzIRLmpvYnEudjEuU2NoZWR1bGUiOAoYU2V0U2NoZWR1bGVQYXVzZWRSZXF1ZXN0EgwKBG5hbWUYASABKAkSDgoGcGF1c2VkGAIgASgIIkAKGVNldFNjaGVkdWxlUGF1c2VkUmVzcG9uc2USIwoIc2NoZWR1bGUYASABKAsyES5qb2JxLnYxLlNjaGVkdWxlIiUKFURlbGV0ZVNjaGVkdWxlUmVxdWVzdBIMCgRuYW1lGAEgASgJIhgKFkRlbGV0ZVNjaGVkdWxlUmVzcG9uc2UiKAoWV2F0Y2hRdWV1ZVN0YXRzUmVxdWVzdBIOCgZxdWV1ZXMYASADKAkiSAoXV2F0Y2hRdWV1ZVN0YXRzUmVzcG9uc2USLQoFc3RhdHMYASABKAsyHi5qb2JxLnYxLkdldFF1ZXVlU3RhdHNSZXNwb25zZSIsChNXYXRjaFdvcmtlcnNSZXF1ZXN0EhUKDWluY2x1ZGVfc3RhbGUYASABKAgiOAoUV2F0Y2hXb3JrZXJzUmVzcG9uc2USIAoHd29ya2VycxgBIAMoCzIPLmpvYnEudjEuV29ya2VyIhQKEldhdGNoUXVldWVzUmVxdWVzdCI1ChNXYXRjaFF1ZXVlc1Jlc3BvbnNlEh4KBnF1ZXVlcxgBIAMoCzIOLmpvYnEudjEuUXVldWUiFwoVV2F0Y2hTY2hlZHVsZXNSZXF1ZXN0Ij4KFldhdGNoU2NoZWR1bGVzUmVzcG9uc2USJAoJc2NoZWR1bGVzGAEgAygLMhEuam9icS52MS5TY2hlZHVsZSI2ChVXYXRjaERhc2hib2FyZFJlcXVlc3QSHQoVaW5jbHVkZV9zdGFsZV93b3JrZXJzGAEgASgIIusBChZXYXRjaERhc2hib2FyZFJlc3BvbnNlEi8KBXN0YXRzGAEgASgLMh4uam9icS52MS5HZXRRdWV1ZVN0YXRzUmVzcG9uc2VIABIwCgd3b3JrZXJzGAIgASgLMh0uam9icS52MS5XYXRjaFdvcmtlcnNSZXNwb25zZUgAEi4KBnF1ZXVlcxgDIAEoCzIcLmpvYnEudjEuV2F0Y2hRdWV1ZXNSZXNwb25zZUgAEjQKCXNjaGVkdWxlcxgEIAEoCzIfLmpvYnEudjEuV2F0Y2hTY2hlZHVsZXNSZXNwb25zZUgAQggKBnVwZGF0ZSpjCgxQYXlsb2FkTWF0Y2gSHQoZUEFZTE9BRF9NQVRDSF9VTlNQRUNJRklFRBAAEhgKFFBBWUxPQURfTUFUQ0hfRVFVQUxTEAESGgoWUEFZTE9BRF9NQVRDSF9DT05UQUlOUxACKkIKCEpvYk9yZGVyEhkKFUpPQl9PUkRFUl9VTlNQRUNJRklFRBAAEhsKF0pPQl9PUkRFUl9GSU5JU0hFRF9ERVNDEAEy4g4KD0pvYlF1ZXVlU2VydmljZRJFCgpFbnF1ZXVlSm9iEhouam9icS52MS5FbnF1ZXVlSm9iUmVxdWVzdBobLmpvYnEudjEuRW5xdWV1ZUpvYlJlc3BvbnNlEkgKC0VucXVldWVKb2JzEhsuam9icS52MS5FbnF1ZXVlSm9ic1JlcXVlc3QaHC5qb2JxLnYxLkVucXVldWVKb2JzUmVzcG9uc2USOQoGR2V0Sm9iEhYuam9icS52MS5HZXRKb2JSZXF1ZXN0Ghcuam9icS52MS5HZXRKb2JSZXNwb25zZRI/CghMaXN0Sm9icxIYLmpvYnEudjEuTGlzdEpvYnNSZXF1ZXN0Ghkuam9icS52MS5MaXN0Sm9ic1Jlc3BvbnNlEkIKCUNhbmNlbEpvYhIZLmpvYnEudjEuQ2FuY2VsSm9iUmVxdWVzdBoaLmpvYnEudjEuQ2FuY2VsSm9iUmVzcG9uc2USPwoIUmV0cnlKb2ISGC5qb2JxLnYxLlJldHJ5Sm9iUmVxdWVzdBoZLmpvYnEudjEuUmV0cnlKb2JSZXNwb25zZRJCCglEZWxldGVKb2ISGS5qb2JxLnYxLkRlbGV0ZUpvYlJlcXVlc3QaGi5qb2JxLnYxLkRlbGV0ZUpvYlJlc3BvbnNlEk4KDUdldFF1ZXVlU3RhdHMSHS5qb2JxLnYxLkdldFF1ZXVlU3RhdHNSZXF1ZXN0Gh4uam9icS52MS5HZXRRdWV1ZVN0YXRzUmVzcG9uc2USQgoJUmV0cnlKb2JzEhkuam9icS52MS5SZXRyeUpvYnNSZXF1ZXN0Ghouam9icS52MS5SZXRyeUpvYnNSZXNwb25zZRJFCgpEZWxldGVKb2JzEhouam9icS52MS5EZWxldGVKb2JzUmVxdWVzdBobLmpvYnEudjEuRGVsZXRlSm9ic1Jlc3BvbnNlElAKDVN0cmVhbUpvYkxvZ3MSHS5qb2JxLnYxLlN0cmVhbUpvYkxvZ3NSZXF1ZXN0Gh4uam9icS52MS5TdHJlYW1Kb2JMb2dzUmVzcG9uc2UwARJFCgpHZXRKb2JMb2dzEhouam9icS52MS5HZXRKb2JMb2dzUmVxdWVzdBobLmpvYnEudjEuR2V0Sm9iTG9nc1Jlc3BvbnNlEkQKCVdhdGNoSm9icxIZLmpvYnEudjEuV2F0Y2hKb2JzUmVxdWVzdBoaLmpvYnEudjEuV2F0Y2hKb2JzUmVzcG9uc2UwARJFCgpMaXN0UXVldWVzEhouam9icS52MS5MaXN0UXVldWVzUmVxdWVzdBobLmpvYnEudjEuTGlzdFF1ZXVlc1Jlc3BvbnNlEkgKC1VwZGF0ZVF1ZXVlEhsuam9icS52MS5VcGRhdGVRdWV1ZVJlcXVlc3QaHC5qb2JxLnYxLlVwZGF0ZVF1ZXVlUmVzcG9uc2USSAoLTGlzdFdvcmtlcnMSGy5qb2JxLnYxLkxpc3RXb3JrZXJzUmVxdWVzdBocLmpvYnEudjEuTGlzdFdvcmtlcnNSZXNwb25zZRJICgtQdXRTY2hlZHVsZRIbLmpvYnEudjEuUHV0U2NoZWR1bGVSZXF1ZXN0Ghwuam9icS52MS5QdXRTY2hlZHVsZVJlc3BvbnNlEk4KDUxpc3RTY2hlZHVsZXMSHS5qb2JxLnYxLkxpc3RTY2hlZHVsZXNSZXF1ZXN0Gh4uam9icS52MS5MaXN0U2NoZWR1bGVzUmVzcG9uc2USWgoRU2V0U2NoZWR1bGVQYXVzZWQSIS5qb2JxLnYxLlNldFNjaGVkdWxlUGF1c2VkUmVxdWVzdBoiLmpvYnEudjEuU2V0U2NoZWR1bGVQYXVzZWRSZXNwb25zZRJRCg5EZWxldGVTY2hlZHVsZRIeLmpvYnEudjEuRGVsZXRlU2NoZWR1bGVSZXF1ZXN0Gh8uam9icS52MS5EZWxldGVTY2hlZHVsZVJlc3BvbnNlElYKD1dhdGNoUXVldWVTdGF0cxIfLmpvYnEudjEuV2F0Y2hRdWV1ZVN0YXRzUmVxdWVzdBogLmpvYnEudjEuV2F0Y2hRdWV1ZVN0YXRzUmVzcG9uc2UwARJNCgxXYXRjaFdvcmtlcnMSHC5qb2JxLnYxLldhdGNoV29ya2Vyc1JlcXVlc3QaHS5qb2JxLnYxLldhdGNoV29ya2Vyc1Jlc3BvbnNlMAESSgoLV2F0Y2hRdWV1ZXMSGy5qb2JxLnYxLldhdGNoUXVldWVzUmVxdWVzdBocLmpvYnEudjEuV2F0Y2hRdWV1ZXNSZXNwb25zZTABElMKDldhdGNoU2NoZWR1bGVzEh4uam9icS52MS5XYXRjaFNjaGVkdWxlc1JlcXVlc3QaHy5qb2JxLnYxLldhdGNoU2NoZWR1bGVzUmVzcG9uc2UwARJTCg5XYXRjaERhc2hib2FyZBIeLmpvYnEudjEuV2F0Y2hEYXNoYm9hcmRSZXF1ZXN0Gh8uam9icS52MS5XYXRjaERhc2hib2FyZFJlc3BvbnNlMAFiBnByb3RvMw", [file_google_protobuf_duration, file_google_protobuf_timestamp, file_jobq_v1_admin, file_jobq_v1_event, file_jobq_v1_job, file_jobq_v1_log]);
+  fileDesc("Chtqb2JxL3YxL3F1ZXVlX3NlcnZpY2UucHJvdG8SB2pvYnEudjEiRgoRRW5xdWV1ZUpvYlJlcXVlc3QSHQoDam9iGAEgASgLMhAuam9icS52MS5Kb2JTcGVjEhIKCnJlcXVlc3RfaWQYAiABKAkiRwoSRW5xdWV1ZUpvYlJlc3BvbnNlEhkKA2pvYhgBIAEoCzIMLmpvYnEudjEuSm9iEhYKDmFscmVhZHlfZXhpc3RzGAIgASgIIkgKEkVucXVldWVKb2JzUmVxdWVzdBIeCgRqb2JzGAEgAygLMhAuam9icS52MS5Kb2JTcGVjEhIKCnJlcXVlc3RfaWQYAiABKAkiQwoTRW5xdWV1ZUpvYnNSZXNwb25zZRIsCgdyZXN1bHRzGAEgAygLMhsuam9icS52MS5FbnF1ZXVlSm9iUmVzcG9uc2UiHwoNR2V0Sm9iUmVxdWVzdBIOCgZqb2JfaWQYASABKAkiKwoOR2V0Sm9iUmVzcG9uc2USGQoDam9iGAEgASgLMgwuam9icS52MS5Kb2IihQMKD0xpc3RKb2JzUmVxdWVzdBIhCgZzdGF0ZXMYASADKA4yES5qb2JxLnYxLkpvYlN0YXRlEg0KBXR5cGVzGAIgAygJEg4KBnF1ZXVlcxgDIAMoCRIxCg1jcmVhdGVkX2FmdGVyGAQgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIyCg5jcmVhdGVkX2JlZm9yZRgFIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASEQoJcGFnZV9zaXplGAYgASgFEhIKCnBhZ2VfdG9rZW4YByABKAkSEQoJcGFyZW50X2lkGAggASgJEg4KBnNlYXJjaBgJIAEoCRIeCgR2aWV3GAogASgOMhAuam9icS52MS5Kb2JWaWV3EgwKBHRhZ3MYCyADKAkSLwoPcGF5bG9hZF9maWx0ZXJzGAwgAygLMhYuam9icS52MS5QYXlsb2FkRmlsdGVyEiAKBW9yZGVyGA0gASgOMhEuam9icS52MS5Kb2JPcmRlciJTCg1QYXlsb2FkRmlsdGVyEg0KBWZpZWxkGAEgASgJEiQKBW1hdGNoGAIgASgOMhUuam9icS52MS5QYXlsb2FkTWF0Y2gSDQoFdmFsdWUYAyABKAkiRwoQTGlzdEpvYnNSZXNwb25zZRIaCgRqb2JzGAEgAygLMgwuam9icS52MS5Kb2ISFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJIjIKEENhbmNlbEpvYlJlcXVlc3QSDgoGam9iX2lkGAEgASgJEg4KBnJlYXNvbhgCIAEoCSIuChFDYW5jZWxKb2JSZXNwb25zZRIZCgNqb2IYASABKAsyDC5qb2JxLnYxLkpvYiIhCg9SZXRyeUpvYlJlcXVlc3QSDgoGam9iX2lkGAEgASgJIi0KEFJldHJ5Sm9iUmVzcG9uc2USGQoDam9iGAEgASgLMgwuam9icS52MS5Kb2IiIgoQRGVsZXRlSm9iUmVxdWVzdBIOCgZqb2JfaWQYASABKAkiEwoRRGVsZXRlSm9iUmVzcG9uc2UiJgoUR2V0UXVldWVTdGF0c1JlcXVlc3QSDgoGcXVldWVzGAEgAygJIj0KClN0YXRlQ291bnQSIAoFc3RhdGUYASABKA4yES5qb2JxLnYxLkpvYlN0YXRlEg0KBWNvdW50GAIgASgDInUKClF1ZXVlU3RhdHMSDQoFcXVldWUYASABKAkSIwoGY291bnRzGAIgAygLMhMuam9icS52MS5TdGF0ZUNvdW50EjMKEG9sZGVzdF9yZWFkeV9hZ2UYAyABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24ijAEKFUdldFF1ZXVlU3RhdHNSZXNwb25zZRIjCgZxdWV1ZXMYASADKAsyEy5qb2JxLnYxLlF1ZXVlU3RhdHMSIwoGdG90YWxzGAIgAygLMhMuam9icS52MS5TdGF0ZUNvdW50EikKBWFzX29mGAMgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCLfAQoUR2V0Sm9iSGlzdG9yeVJlcXVlc3QSLgoKc3RhcnRfdGltZRgBIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLAoIZW5kX3RpbWUYAiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEicKBHN0ZXAYAyABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SDgoGcXVldWVzGAQgAygJEg0KBXR5cGVzGAUgAygJEhAKCGJ5X3F1ZXVlGAYgASgIEg8KB2J5X3R5cGUYByABKAgibAoVR2V0Sm9iSGlzdG9yeVJlc3BvbnNlEiUKBnBvaW50cxgBIAMoCzIVLmpvYnEudjEuSGlzdG9yeVBvaW50EiwKCXJldGVudGlvbhgCIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbiK4AgoMSGlzdG9yeVBvaW50Ei4KCnN0YXJ0X3RpbWUYASABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEicKBHN0ZXAYAiABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SDQoFcXVldWUYAyABKAkSDAoEdHlwZRgEIAEoCRIQCghlbnF1ZXVlZBgFIAEoAxIPCgdzdGFydGVkGAYgASgDEhEKCXN1Y2NlZWRlZBgHIAEoAxIOCgZmYWlsZWQYCCABKAMSDAoEZGVhZBgJIAEoAxIRCgljYW5jZWxsZWQYCiABKAMSJQoEd2FpdBgLIAEoCzIXLmpvYnEudjEuTGF0ZW5jeVN1bW1hcnkSJAoDcnVuGAwgASgLMhcuam9icS52MS5MYXRlbmN5U3VtbWFyeSK/AQoOTGF0ZW5jeVN1bW1hcnkSDQoFY291bnQYASABKAMSJgoDcDUwGAIgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEiYKA3A5MBgDIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbhImCgNwOTkYBCABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SJgoDbWF4GAUgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uIm8KC0pvYlNlbGVjdG9yEg8KB2pvYl9pZHMYASADKAkSIQoGc3RhdGVzGAIgAygOMhEuam9icS52MS5Kb2JTdGF0ZRIOCgZxdWV1ZXMYAyADKAkSDQoFdHlwZXMYBCADKAkSDQoFbGltaXQYBSABKAUiOgoQUmV0cnlKb2JzUmVxdWVzdBImCghzZWxlY3RvchgBIAEoCzIULmpvYnEudjEuSm9iU2VsZWN0b3IiJAoRUmV0cnlKb2JzUmVzcG9uc2USDwoHam9iX2lkcxgBIAMoCSI7ChFEZWxldGVKb2JzUmVxdWVzdBImCghzZWxlY3RvchgBIAEoCzIULmpvYnEudjEuSm9iU2VsZWN0b3IiJQoSRGVsZXRlSm9ic1Jlc3BvbnNlEg8KB2pvYl9pZHMYASADKAkicwoUU3RyZWFtSm9iTG9nc1JlcXVlc3QSDgoGam9iX2lkGAEgASgJEg4KBmZvbGxvdxgCIAEoCBIWCg5hZnRlcl9wb3NpdGlvbhgDIAEoBBIjCgdzdHJlYW1zGAQgAygOMhIuam9icS52MS5Mb2dTdHJlYW0iOAoVU3RyZWFtSm9iTG9nc1Jlc3BvbnNlEh8KBWxpbmVzGAEgAygLMhAuam9icS52MS5Mb2dMaW5lInMKEUdldEpvYkxvZ3NSZXF1ZXN0Eg4KBmpvYl9pZBgBIAEoCRIWCg5hZnRlcl9wb3NpdGlvbhgCIAEoBBIRCglwYWdlX3NpemUYAyABKAUSIwoHc3RyZWFtcxgEIAMoDjISLmpvYnEudjEuTG9nU3RyZWFtImYKEkdldEpvYkxvZ3NSZXNwb25zZRIfCgVsaW5lcxgBIAMoCzIQLmpvYnEudjEuTG9nTGluZRIbChNuZXh0X2FmdGVyX3Bvc2l0aW9uGAIgASgEEhIKCmVuZF9vZl9sb2cYAyABKAgihQEKEFdhdGNoSm9ic1JlcXVlc3QSDgoGcXVldWVzGAEgAygJEg0KBXR5cGVzGAIgAygJEiEKBnN0YXRlcxgDIAMoDjIRLmpvYnEudjEuSm9iU3RhdGUSDwoHam9iX2lkcxgEIAMoCRIeCgR2aWV3GAUgASgOMhAuam9icS52MS5Kb2JWaWV3Il0KEVdhdGNoSm9ic1Jlc3BvbnNlEiAKBWV2ZW50GAEgASgLMhEuam9icS52MS5Kb2JFdmVudBIOCgZsYWdnZWQYAiABKAgSFgoOZHJvcHBlZF9ldmVudHMYAyABKAQiEwoRTGlzdFF1ZXVlc1JlcXVlc3QiNAoSTGlzdFF1ZXVlc1Jlc3BvbnNlEh4KBnF1ZXVlcxgBIAMoCzIOLmpvYnEudjEuUXVldWUi3gEKElVwZGF0ZVF1ZXVlUmVxdWVzdBIMCgRuYW1lGAEgASgJEhMKBnBhdXNlZBgCIAEoCEgAiAEBEh4KEWNvbmN1cnJlbmN5X2xpbWl0GAMgASgFSAGIAQESIgoVcmF0ZV9saW1pdF9wZXJfc2Vjb25kGAQgASgBSAKIAQESFwoKcmF0ZV9idXJzdBgFIAEoAUgDiAEBQgkKB19wYXVzZWRCFAoSX2NvbmN1cnJlbmN5X2xpbWl0QhgKFl9yYXRlX2xpbWl0X3Blcl9zZWNvbmRCDQoLX3JhdGVfYnVyc3QiNAoTVXBkYXRlUXVldWVSZXNwb25zZRIdCgVxdWV1ZRgBIAEoCzIOLmpvYnEudjEuUXVldWUiKwoSTGlzdFdvcmtlcnNSZXF1ZXN0EhUKDWluY2x1ZGVfc3RhbGUYASABKAgiNwoTTGlzdFdvcmtlcnNSZXNwb25zZRIgCgd3b3JrZXJzGAEgAygLMg8uam9icS52MS5Xb3JrZXIiOQoSUHV0U2NoZWR1bGVSZXF1ZXN0EiMKCHNjaGVkdWxlGAEgASgLMhEuam9icS52MS5TY2hlZHVsZSI6ChNQdXRTY2hlZHVsZVJlc3BvbnNlEiMKCHNjaGVkdWxlGAEgASgLMhEuam9icS52MS5TY2hlZHVsZSIWChRMaXN0U2NoZWR1bGVzUmVxdWVzdCI9ChVMaXN0U2NoZWR1bGVzUmVzcG9uc2USJAoJc2NoZWR1bGVzGAEgAygLMhEuam9icS52MS5TY2hlZHVsZSI4ChhTZXRTY2hlZHVsZVBhdXNlZFJlcXVlc3QSDAoEbmFtZRgBIAEoCRIOCgZwYXVzZWQYAiABKAgiQAoZU2V0U2NoZWR1bGVQYXVzZWRSZXNwb25zZRIjCghzY2hlZHVsZRgBIAEoCzIRLmpvYnEudjEuU2NoZWR1bGUiJQoVRGVsZXRlU2NoZWR1bGVSZXF1ZXN0EgwKBG5hbWUYASABKAkiGAoWRGVsZXRlU2NoZWR1bGVSZXNwb25zZSIoChZXYXRjaFF1ZXVlU3RhdHNSZXF1ZXN0Eg4KBnF1ZXVlcxgBIAMoCSJIChdXYXRjaFF1ZXVlU3RhdHNSZXNwb25zZRItCgVzdGF0cxgBIAEoCzIeLmpvYnEudjEuR2V0UXVldWVTdGF0c1Jlc3BvbnNlIiwKE1dhdGNoV29ya2Vyc1JlcXVlc3QSFQoNaW5jbHVkZV9zdGFsZRgBIAEoCCI4ChRXYXRjaFdvcmtlcnNSZXNwb25zZRIgCgd3b3JrZXJzGAEgAygLMg8uam9icS52MS5Xb3JrZXIiFAoSV2F0Y2hRdWV1ZXNSZXF1ZXN0IjUKE1dhdGNoUXVldWVzUmVzcG9uc2USHgoGcXVldWVzGAEgAygLMg4uam9icS52MS5RdWV1ZSIXChVXYXRjaFNjaGVkdWxlc1JlcXVlc3QiPgoWV2F0Y2hTY2hlZHVsZXNSZXNwb25zZRIkCglzY2hlZHVsZXMYASADKAsyES5qb2JxLnYxLlNjaGVkdWxlIjYKFVdhdGNoRGFzaGJvYXJkUmVxdWVzdBIdChVpbmNsdWRlX3N0YWxlX3dvcmtlcnMYASABKAgi6wEKFldhdGNoRGFzaGJvYXJkUmVzcG9uc2USLwoFc3RhdHMYASABKAsyHi5qb2JxLnYxLkdldFF1ZXVlU3RhdHNSZXNwb25zZUgAEjAKB3dvcmtlcnMYAiABKAsyHS5qb2JxLnYxLldhdGNoV29ya2Vyc1Jlc3BvbnNlSAASLgoGcXVldWVzGAMgASgLMhwuam9icS52MS5XYXRjaFF1ZXVlc1Jlc3BvbnNlSAASNAoJc2NoZWR1bGVzGAQgASgLMh8uam9icS52MS5XYXRjaFNjaGVkdWxlc1Jlc3BvbnNlSABCCAoGdXBkYXRlKmMKDFBheWxvYWRNYXRjaBIdChlQQVlMT0FEX01BVENIX1VOU1BFQ0lGSUVEEAASGAoUUEFZTE9BRF9NQVRDSF9FUVVBTFMQARIaChZQQVlMT0FEX01BVENIX0NPTlRBSU5TEAIqQgoISm9iT3JkZXISGQoVSk9CX09SREVSX1VOU1BFQ0lGSUVEEAASGwoXSk9CX09SREVSX0ZJTklTSEVEX0RFU0MQATKGEAoPSm9iUXVldWVTZXJ2aWNlEkUKCkVucXVldWVKb2ISGi5qb2JxLnYxLkVucXVldWVKb2JSZXF1ZXN0Ghsuam9icS52MS5FbnF1ZXVlSm9iUmVzcG9uc2USSAoLRW5xdWV1ZUpvYnMSGy5qb2JxLnYxLkVucXVldWVKb2JzUmVxdWVzdBocLmpvYnEudjEuRW5xdWV1ZUpvYnNSZXNwb25zZRI5CgZHZXRKb2ISFi5qb2JxLnYxLkdldEpvYlJlcXVlc3QaFy5qb2JxLnYxLkdldEpvYlJlc3BvbnNlEj8KCExpc3RKb2JzEhguam9icS52MS5MaXN0Sm9ic1JlcXVlc3QaGS5qb2JxLnYxLkxpc3RKb2JzUmVzcG9uc2USQgoJQ2FuY2VsSm9iEhkuam9icS52MS5DYW5jZWxKb2JSZXF1ZXN0Ghouam9icS52MS5DYW5jZWxKb2JSZXNwb25zZRI/CghSZXRyeUpvYhIYLmpvYnEudjEuUmV0cnlKb2JSZXF1ZXN0Ghkuam9icS52MS5SZXRyeUpvYlJlc3BvbnNlEkIKCURlbGV0ZUpvYhIZLmpvYnEudjEuRGVsZXRlSm9iUmVxdWVzdBoaLmpvYnEudjEuRGVsZXRlSm9iUmVzcG9uc2USTgoNR2V0UXVldWVTdGF0cxIdLmpvYnEudjEuR2V0UXVldWVTdGF0c1JlcXVlc3QaHi5qb2JxLnYxLkdldFF1ZXVlU3RhdHNSZXNwb25zZRJOCg1HZXRKb2JIaXN0b3J5Eh0uam9icS52MS5HZXRKb2JIaXN0b3J5UmVxdWVzdBoeLmpvYnEudjEuR2V0Sm9iSGlzdG9yeVJlc3BvbnNlElIKD1dhdGNoSm9iSGlzdG9yeRIdLmpvYnEudjEuR2V0Sm9iSGlzdG9yeVJlcXVlc3QaHi5qb2JxLnYxLkdldEpvYkhpc3RvcnlSZXNwb25zZTABEkIKCVJldHJ5Sm9icxIZLmpvYnEudjEuUmV0cnlKb2JzUmVxdWVzdBoaLmpvYnEudjEuUmV0cnlKb2JzUmVzcG9uc2USRQoKRGVsZXRlSm9icxIaLmpvYnEudjEuRGVsZXRlSm9ic1JlcXVlc3QaGy5qb2JxLnYxLkRlbGV0ZUpvYnNSZXNwb25zZRJQCg1TdHJlYW1Kb2JMb2dzEh0uam9icS52MS5TdHJlYW1Kb2JMb2dzUmVxdWVzdBoeLmpvYnEudjEuU3RyZWFtSm9iTG9nc1Jlc3BvbnNlMAESRQoKR2V0Sm9iTG9ncxIaLmpvYnEudjEuR2V0Sm9iTG9nc1JlcXVlc3QaGy5qb2JxLnYxLkdldEpvYkxvZ3NSZXNwb25zZRJECglXYXRjaEpvYnMSGS5qb2JxLnYxLldhdGNoSm9ic1JlcXVlc3QaGi5qb2JxLnYxLldhdGNoSm9ic1Jlc3BvbnNlMAESRQoKTGlzdFF1ZXVlcxIaLmpvYnEudjEuTGlzdFF1ZXVlc1JlcXVlc3QaGy5qb2JxLnYxLkxpc3RRdWV1ZXNSZXNwb25zZRJICgtVcGRhdGVRdWV1ZRIbLmpvYnEudjEuVXBkYXRlUXVldWVSZXF1ZXN0Ghwuam9icS52MS5VcGRhdGVRdWV1ZVJlc3BvbnNlEkgKC0xpc3RXb3JrZXJzEhsuam9icS52MS5MaXN0V29ya2Vyc1JlcXVlc3QaHC5qb2JxLnYxLkxpc3RXb3JrZXJzUmVzcG9uc2USSAoLUHV0U2NoZWR1bGUSGy5qb2JxLnYxLlB1dFNjaGVkdWxlUmVxdWVzdBocLmpvYnEudjEuUHV0U2NoZWR1bGVSZXNwb25zZRJOCg1MaXN0U2NoZWR1bGVzEh0uam9icS52MS5MaXN0U2NoZWR1bGVzUmVxdWVzdBoeLmpvYnEudjEuTGlzdFNjaGVkdWxlc1Jlc3BvbnNlEloKEVNldFNjaGVkdWxlUGF1c2VkEiEuam9icS52MS5TZXRTY2hlZHVsZVBhdXNlZFJlcXVlc3QaIi5qb2JxLnYxLlNldFNjaGVkdWxlUGF1c2VkUmVzcG9uc2USUQoORGVsZXRlU2NoZWR1bGUSHi5qb2JxLnYxLkRlbGV0ZVNjaGVkdWxlUmVxdWVzdBofLmpvYnEudjEuRGVsZXRlU2NoZWR1bGVSZXNwb25zZRJWCg9XYXRjaFF1ZXVlU3RhdHMSHy5qb2JxLnYxLldhdGNoUXVldWVTdGF0c1JlcXVlc3QaIC5qb2JxLnYxLldhdGNoUXVldWVTdGF0c1Jlc3BvbnNlMAESTQoMV2F0Y2hXb3JrZXJzEhwuam9icS52MS5XYXRjaFdvcmtlcnNSZXF1ZXN0Gh0uam9icS52MS5XYXRjaFdvcmtlcnNSZXNwb25zZTABEkoKC1dhdGNoUXVldWVzEhsuam9icS52MS5XYXRjaFF1ZXVlc1JlcXVlc3QaHC5qb2JxLnYxLldhdGNoUXVldWVzUmVzcG9uc2UwARJTCg5XYXRjaFNjaGVkdWxlcxIeLmpvYnEudjEuV2F0Y2hTY2hlZHVsZXNSZXF1ZXN0Gh8uam9icS52MS5XYXRjaFNjaGVkdWxlc1Jlc3BvbnNlMAESUwoOV2F0Y2hEYXNoYm9hcmQSHi5qb2JxLnYxLldhdGNoRGFzaGJvYXJkUmVxdWVzdBofLmpvYnEudjEuV2F0Y2hEYXNoYm9hcmRSZXNwb25zZTABYgZwcm90bzM", [file_google_protobuf_duration, file_google_protobuf_timestamp, file_jobq_v1_admin, file_jobq_v1_event, file_jobq_v1_job, file_jobq_v1_log]);
 
 /**
  * EnqueueJobRequest carries the job to enqueue.
@@ -597,6 +597,247 @@ export const GetQueueStatsResponseSchema: GenMessage<GetQueueStatsResponse> = /*
   messageDesc(file_jobq_v1_queue_service, 18);
 
 /**
+ * GetJobHistoryRequest picks a window of the job history and how to bucket it.
+ *
+ * @generated from message jobq.v1.GetJobHistoryRequest
+ */
+export type GetJobHistoryRequest = Message<"jobq.v1.GetJobHistoryRequest"> & {
+  /**
+   * Start of the window (inclusive), rounded down to a step boundary; unset
+   * means one hour before end_time.
+   *
+   * @generated from field: google.protobuf.Timestamp start_time = 1;
+   */
+  startTime?: Timestamp | undefined;
+
+  /**
+   * End of the window (exclusive); unset means now (and, when watching, a
+   * window that slides with now).
+   *
+   * @generated from field: google.protobuf.Timestamp end_time = 2;
+   */
+  endTime?: Timestamp | undefined;
+
+  /**
+   * Bucket length: a whole number of minutes; unset or zero means one minute.
+   *
+   * @generated from field: google.protobuf.Duration step = 3;
+   */
+  step?: Duration | undefined;
+
+  /**
+   * Only jobs in these queues; empty means all.
+   *
+   * @generated from field: repeated string queues = 4;
+   */
+  queues: string[];
+
+  /**
+   * Only jobs of these types; empty means all.
+   *
+   * @generated from field: repeated string types = 5;
+   */
+  types: string[];
+
+  /**
+   * One series per queue (points carry their queue).
+   *
+   * @generated from field: bool by_queue = 6;
+   */
+  byQueue: boolean;
+
+  /**
+   * One series per job type (points carry their type).
+   *
+   * @generated from field: bool by_type = 7;
+   */
+  byType: boolean;
+};
+
+/**
+ * Describes the message jobq.v1.GetJobHistoryRequest.
+ * Use `create(GetJobHistoryRequestSchema)` to create a new message.
+ */
+export const GetJobHistoryRequestSchema: GenMessage<GetJobHistoryRequest> = /*@__PURE__*/
+  messageDesc(file_jobq_v1_queue_service, 19);
+
+/**
+ * GetJobHistoryResponse holds the buckets that saw anything, oldest first.
+ *
+ * @generated from message jobq.v1.GetJobHistoryResponse
+ */
+export type GetJobHistoryResponse = Message<"jobq.v1.GetJobHistoryResponse"> & {
+  /**
+   * Buckets with at least one event; buckets where nothing happened are left out.
+   *
+   * @generated from field: repeated jobq.v1.HistoryPoint points = 1;
+   */
+  points: HistoryPoint[];
+
+  /**
+   * How long the server keeps history: older buckets are gone.
+   *
+   * @generated from field: google.protobuf.Duration retention = 2;
+   */
+  retention?: Duration | undefined;
+};
+
+/**
+ * Describes the message jobq.v1.GetJobHistoryResponse.
+ * Use `create(GetJobHistoryResponseSchema)` to create a new message.
+ */
+export const GetJobHistoryResponseSchema: GenMessage<GetJobHistoryResponse> = /*@__PURE__*/
+  messageDesc(file_jobq_v1_queue_service, 20);
+
+/**
+ * HistoryPoint is what happened in one bucket, for one series.
+ *
+ * @generated from message jobq.v1.HistoryPoint
+ */
+export type HistoryPoint = Message<"jobq.v1.HistoryPoint"> & {
+  /**
+   * Start of the bucket.
+   *
+   * @generated from field: google.protobuf.Timestamp start_time = 1;
+   */
+  startTime?: Timestamp | undefined;
+
+  /**
+   * Length of the bucket.
+   *
+   * @generated from field: google.protobuf.Duration step = 2;
+   */
+  step?: Duration | undefined;
+
+  /**
+   * The queue; empty unless by_queue was asked.
+   *
+   * @generated from field: string queue = 3;
+   */
+  queue: string;
+
+  /**
+   * The job type; empty unless by_type was asked.
+   *
+   * @generated from field: string type = 4;
+   */
+  type: string;
+
+  /**
+   * Jobs stored (enqueues and schedule ticks).
+   *
+   * @generated from field: int64 enqueued = 5;
+   */
+  enqueued: bigint;
+
+  /**
+   * Attempts started.
+   *
+   * @generated from field: int64 started = 6;
+   */
+  started: bigint;
+
+  /**
+   * Jobs that succeeded.
+   *
+   * @generated from field: int64 succeeded = 7;
+   */
+  succeeded: bigint;
+
+  /**
+   * Attempts that failed and will be retried.
+   *
+   * @generated from field: int64 failed = 8;
+   */
+  failed: bigint;
+
+  /**
+   * Jobs dead-lettered.
+   *
+   * @generated from field: int64 dead = 9;
+   */
+  dead: bigint;
+
+  /**
+   * Jobs cancelled.
+   *
+   * @generated from field: int64 cancelled = 10;
+   */
+  cancelled: bigint;
+
+  /**
+   * Time from when a job could run (enqueued, due, or retry due) to its attempt's start.
+   *
+   * @generated from field: jobq.v1.LatencySummary wait = 11;
+   */
+  wait?: LatencySummary | undefined;
+
+  /**
+   * Time from an attempt's start to its end.
+   *
+   * @generated from field: jobq.v1.LatencySummary run = 12;
+   */
+  run?: LatencySummary | undefined;
+};
+
+/**
+ * Describes the message jobq.v1.HistoryPoint.
+ * Use `create(HistoryPointSchema)` to create a new message.
+ */
+export const HistoryPointSchema: GenMessage<HistoryPoint> = /*@__PURE__*/
+  messageDesc(file_jobq_v1_queue_service, 21);
+
+/**
+ * LatencySummary summarises durations: percentiles are read from a
+ * log-scale histogram, so they are within a few percent of the truth.
+ *
+ * @generated from message jobq.v1.LatencySummary
+ */
+export type LatencySummary = Message<"jobq.v1.LatencySummary"> & {
+  /**
+   * How many durations.
+   *
+   * @generated from field: int64 count = 1;
+   */
+  count: bigint;
+
+  /**
+   * Median.
+   *
+   * @generated from field: google.protobuf.Duration p50 = 2;
+   */
+  p50?: Duration | undefined;
+
+  /**
+   * 90th percentile.
+   *
+   * @generated from field: google.protobuf.Duration p90 = 3;
+   */
+  p90?: Duration | undefined;
+
+  /**
+   * 99th percentile.
+   *
+   * @generated from field: google.protobuf.Duration p99 = 4;
+   */
+  p99?: Duration | undefined;
+
+  /**
+   * Longest.
+   *
+   * @generated from field: google.protobuf.Duration max = 5;
+   */
+  max?: Duration | undefined;
+};
+
+/**
+ * Describes the message jobq.v1.LatencySummary.
+ * Use `create(LatencySummarySchema)` to create a new message.
+ */
+export const LatencySummarySchema: GenMessage<LatencySummary> = /*@__PURE__*/
+  messageDesc(file_jobq_v1_queue_service, 22);
+
+/**
  * JobSelector picks jobs for a bulk operation: explicit ids, or a filter.
  *
  * @generated from message jobq.v1.JobSelector
@@ -643,7 +884,7 @@ export type JobSelector = Message<"jobq.v1.JobSelector"> & {
  * Use `create(JobSelectorSchema)` to create a new message.
  */
 export const JobSelectorSchema: GenMessage<JobSelector> = /*@__PURE__*/
-  messageDesc(file_jobq_v1_queue_service, 19);
+  messageDesc(file_jobq_v1_queue_service, 23);
 
 /**
  * RetryJobsRequest selects the jobs to queue again.
@@ -664,7 +905,7 @@ export type RetryJobsRequest = Message<"jobq.v1.RetryJobsRequest"> & {
  * Use `create(RetryJobsRequestSchema)` to create a new message.
  */
 export const RetryJobsRequestSchema: GenMessage<RetryJobsRequest> = /*@__PURE__*/
-  messageDesc(file_jobq_v1_queue_service, 20);
+  messageDesc(file_jobq_v1_queue_service, 24);
 
 /**
  * RetryJobsResponse says which jobs were queued again.
@@ -685,7 +926,7 @@ export type RetryJobsResponse = Message<"jobq.v1.RetryJobsResponse"> & {
  * Use `create(RetryJobsResponseSchema)` to create a new message.
  */
 export const RetryJobsResponseSchema: GenMessage<RetryJobsResponse> = /*@__PURE__*/
-  messageDesc(file_jobq_v1_queue_service, 21);
+  messageDesc(file_jobq_v1_queue_service, 25);
 
 /**
  * DeleteJobsRequest selects the jobs to delete.
@@ -706,7 +947,7 @@ export type DeleteJobsRequest = Message<"jobq.v1.DeleteJobsRequest"> & {
  * Use `create(DeleteJobsRequestSchema)` to create a new message.
  */
 export const DeleteJobsRequestSchema: GenMessage<DeleteJobsRequest> = /*@__PURE__*/
-  messageDesc(file_jobq_v1_queue_service, 22);
+  messageDesc(file_jobq_v1_queue_service, 26);
 
 /**
  * DeleteJobsResponse says which jobs were deleted.
@@ -727,7 +968,7 @@ export type DeleteJobsResponse = Message<"jobq.v1.DeleteJobsResponse"> & {
  * Use `create(DeleteJobsResponseSchema)` to create a new message.
  */
 export const DeleteJobsResponseSchema: GenMessage<DeleteJobsResponse> = /*@__PURE__*/
-  messageDesc(file_jobq_v1_queue_service, 23);
+  messageDesc(file_jobq_v1_queue_service, 27);
 
 /**
  * StreamJobLogsRequest says which log and from where.
@@ -769,7 +1010,7 @@ export type StreamJobLogsRequest = Message<"jobq.v1.StreamJobLogsRequest"> & {
  * Use `create(StreamJobLogsRequestSchema)` to create a new message.
  */
 export const StreamJobLogsRequestSchema: GenMessage<StreamJobLogsRequest> = /*@__PURE__*/
-  messageDesc(file_jobq_v1_queue_service, 24);
+  messageDesc(file_jobq_v1_queue_service, 28);
 
 /**
  * StreamJobLogsResponse carries lines.
@@ -790,7 +1031,7 @@ export type StreamJobLogsResponse = Message<"jobq.v1.StreamJobLogsResponse"> & {
  * Use `create(StreamJobLogsResponseSchema)` to create a new message.
  */
 export const StreamJobLogsResponseSchema: GenMessage<StreamJobLogsResponse> = /*@__PURE__*/
-  messageDesc(file_jobq_v1_queue_service, 25);
+  messageDesc(file_jobq_v1_queue_service, 29);
 
 /**
  * GetJobLogsRequest asks for one page of a job's log.
@@ -832,7 +1073,7 @@ export type GetJobLogsRequest = Message<"jobq.v1.GetJobLogsRequest"> & {
  * Use `create(GetJobLogsRequestSchema)` to create a new message.
  */
 export const GetJobLogsRequestSchema: GenMessage<GetJobLogsRequest> = /*@__PURE__*/
-  messageDesc(file_jobq_v1_queue_service, 26);
+  messageDesc(file_jobq_v1_queue_service, 30);
 
 /**
  * GetJobLogsResponse is one page of lines.
@@ -867,7 +1108,7 @@ export type GetJobLogsResponse = Message<"jobq.v1.GetJobLogsResponse"> & {
  * Use `create(GetJobLogsResponseSchema)` to create a new message.
  */
 export const GetJobLogsResponseSchema: GenMessage<GetJobLogsResponse> = /*@__PURE__*/
-  messageDesc(file_jobq_v1_queue_service, 27);
+  messageDesc(file_jobq_v1_queue_service, 31);
 
 /**
  * WatchJobsRequest filters the events. Fields are ANDed, values within one ORed.
@@ -916,7 +1157,7 @@ export type WatchJobsRequest = Message<"jobq.v1.WatchJobsRequest"> & {
  * Use `create(WatchJobsRequestSchema)` to create a new message.
  */
 export const WatchJobsRequestSchema: GenMessage<WatchJobsRequest> = /*@__PURE__*/
-  messageDesc(file_jobq_v1_queue_service, 28);
+  messageDesc(file_jobq_v1_queue_service, 32);
 
 /**
  * WatchJobsResponse carries one event, or says the watcher lagged.
@@ -952,7 +1193,7 @@ export type WatchJobsResponse = Message<"jobq.v1.WatchJobsResponse"> & {
  * Use `create(WatchJobsResponseSchema)` to create a new message.
  */
 export const WatchJobsResponseSchema: GenMessage<WatchJobsResponse> = /*@__PURE__*/
-  messageDesc(file_jobq_v1_queue_service, 29);
+  messageDesc(file_jobq_v1_queue_service, 33);
 
 /**
  * ListQueuesRequest has no parameters.
@@ -967,7 +1208,7 @@ export type ListQueuesRequest = Message<"jobq.v1.ListQueuesRequest"> & {
  * Use `create(ListQueuesRequestSchema)` to create a new message.
  */
 export const ListQueuesRequestSchema: GenMessage<ListQueuesRequest> = /*@__PURE__*/
-  messageDesc(file_jobq_v1_queue_service, 30);
+  messageDesc(file_jobq_v1_queue_service, 34);
 
 /**
  * ListQueuesResponse lists queues by name.
@@ -988,7 +1229,7 @@ export type ListQueuesResponse = Message<"jobq.v1.ListQueuesResponse"> & {
  * Use `create(ListQueuesResponseSchema)` to create a new message.
  */
 export const ListQueuesResponseSchema: GenMessage<ListQueuesResponse> = /*@__PURE__*/
-  messageDesc(file_jobq_v1_queue_service, 31);
+  messageDesc(file_jobq_v1_queue_service, 35);
 
 /**
  * UpdateQueueRequest changes the controls of one queue; it is created if new.
@@ -1039,7 +1280,7 @@ export type UpdateQueueRequest = Message<"jobq.v1.UpdateQueueRequest"> & {
  * Use `create(UpdateQueueRequestSchema)` to create a new message.
  */
 export const UpdateQueueRequestSchema: GenMessage<UpdateQueueRequest> = /*@__PURE__*/
-  messageDesc(file_jobq_v1_queue_service, 32);
+  messageDesc(file_jobq_v1_queue_service, 36);
 
 /**
  * UpdateQueueResponse is the queue after the change.
@@ -1060,7 +1301,7 @@ export type UpdateQueueResponse = Message<"jobq.v1.UpdateQueueResponse"> & {
  * Use `create(UpdateQueueResponseSchema)` to create a new message.
  */
 export const UpdateQueueResponseSchema: GenMessage<UpdateQueueResponse> = /*@__PURE__*/
-  messageDesc(file_jobq_v1_queue_service, 33);
+  messageDesc(file_jobq_v1_queue_service, 37);
 
 /**
  * ListWorkersRequest filters workers.
@@ -1081,7 +1322,7 @@ export type ListWorkersRequest = Message<"jobq.v1.ListWorkersRequest"> & {
  * Use `create(ListWorkersRequestSchema)` to create a new message.
  */
 export const ListWorkersRequestSchema: GenMessage<ListWorkersRequest> = /*@__PURE__*/
-  messageDesc(file_jobq_v1_queue_service, 34);
+  messageDesc(file_jobq_v1_queue_service, 38);
 
 /**
  * ListWorkersResponse lists workers.
@@ -1102,7 +1343,7 @@ export type ListWorkersResponse = Message<"jobq.v1.ListWorkersResponse"> & {
  * Use `create(ListWorkersResponseSchema)` to create a new message.
  */
 export const ListWorkersResponseSchema: GenMessage<ListWorkersResponse> = /*@__PURE__*/
-  messageDesc(file_jobq_v1_queue_service, 35);
+  messageDesc(file_jobq_v1_queue_service, 39);
 
 /**
  * PutScheduleRequest carries a schedule to create or replace.
@@ -1123,7 +1364,7 @@ export type PutScheduleRequest = Message<"jobq.v1.PutScheduleRequest"> & {
  * Use `create(PutScheduleRequestSchema)` to create a new message.
  */
 export const PutScheduleRequestSchema: GenMessage<PutScheduleRequest> = /*@__PURE__*/
-  messageDesc(file_jobq_v1_queue_service, 36);
+  messageDesc(file_jobq_v1_queue_service, 40);
 
 /**
  * PutScheduleResponse is the stored schedule.
@@ -1144,7 +1385,7 @@ export type PutScheduleResponse = Message<"jobq.v1.PutScheduleResponse"> & {
  * Use `create(PutScheduleResponseSchema)` to create a new message.
  */
 export const PutScheduleResponseSchema: GenMessage<PutScheduleResponse> = /*@__PURE__*/
-  messageDesc(file_jobq_v1_queue_service, 37);
+  messageDesc(file_jobq_v1_queue_service, 41);
 
 /**
  * ListSchedulesRequest has no parameters.
@@ -1159,7 +1400,7 @@ export type ListSchedulesRequest = Message<"jobq.v1.ListSchedulesRequest"> & {
  * Use `create(ListSchedulesRequestSchema)` to create a new message.
  */
 export const ListSchedulesRequestSchema: GenMessage<ListSchedulesRequest> = /*@__PURE__*/
-  messageDesc(file_jobq_v1_queue_service, 38);
+  messageDesc(file_jobq_v1_queue_service, 42);
 
 /**
  * ListSchedulesResponse lists every schedule.
@@ -1180,7 +1421,7 @@ export type ListSchedulesResponse = Message<"jobq.v1.ListSchedulesResponse"> & {
  * Use `create(ListSchedulesResponseSchema)` to create a new message.
  */
 export const ListSchedulesResponseSchema: GenMessage<ListSchedulesResponse> = /*@__PURE__*/
-  messageDesc(file_jobq_v1_queue_service, 39);
+  messageDesc(file_jobq_v1_queue_service, 43);
 
 /**
  * SetSchedulePausedRequest pauses or resumes a schedule.
@@ -1208,7 +1449,7 @@ export type SetSchedulePausedRequest = Message<"jobq.v1.SetSchedulePausedRequest
  * Use `create(SetSchedulePausedRequestSchema)` to create a new message.
  */
 export const SetSchedulePausedRequestSchema: GenMessage<SetSchedulePausedRequest> = /*@__PURE__*/
-  messageDesc(file_jobq_v1_queue_service, 40);
+  messageDesc(file_jobq_v1_queue_service, 44);
 
 /**
  * SetSchedulePausedResponse is the schedule after the change.
@@ -1229,7 +1470,7 @@ export type SetSchedulePausedResponse = Message<"jobq.v1.SetSchedulePausedRespon
  * Use `create(SetSchedulePausedResponseSchema)` to create a new message.
  */
 export const SetSchedulePausedResponseSchema: GenMessage<SetSchedulePausedResponse> = /*@__PURE__*/
-  messageDesc(file_jobq_v1_queue_service, 41);
+  messageDesc(file_jobq_v1_queue_service, 45);
 
 /**
  * DeleteScheduleRequest names the schedule to delete.
@@ -1250,7 +1491,7 @@ export type DeleteScheduleRequest = Message<"jobq.v1.DeleteScheduleRequest"> & {
  * Use `create(DeleteScheduleRequestSchema)` to create a new message.
  */
 export const DeleteScheduleRequestSchema: GenMessage<DeleteScheduleRequest> = /*@__PURE__*/
-  messageDesc(file_jobq_v1_queue_service, 42);
+  messageDesc(file_jobq_v1_queue_service, 46);
 
 /**
  * DeleteScheduleResponse is empty.
@@ -1265,7 +1506,7 @@ export type DeleteScheduleResponse = Message<"jobq.v1.DeleteScheduleResponse"> &
  * Use `create(DeleteScheduleResponseSchema)` to create a new message.
  */
 export const DeleteScheduleResponseSchema: GenMessage<DeleteScheduleResponse> = /*@__PURE__*/
-  messageDesc(file_jobq_v1_queue_service, 43);
+  messageDesc(file_jobq_v1_queue_service, 47);
 
 /**
  * WatchQueueStatsRequest narrows the stats stream.
@@ -1286,7 +1527,7 @@ export type WatchQueueStatsRequest = Message<"jobq.v1.WatchQueueStatsRequest"> &
  * Use `create(WatchQueueStatsRequestSchema)` to create a new message.
  */
 export const WatchQueueStatsRequestSchema: GenMessage<WatchQueueStatsRequest> = /*@__PURE__*/
-  messageDesc(file_jobq_v1_queue_service, 44);
+  messageDesc(file_jobq_v1_queue_service, 48);
 
 /**
  * WatchQueueStatsResponse is the stats as of now.
@@ -1308,7 +1549,7 @@ export type WatchQueueStatsResponse = Message<"jobq.v1.WatchQueueStatsResponse">
  * Use `create(WatchQueueStatsResponseSchema)` to create a new message.
  */
 export const WatchQueueStatsResponseSchema: GenMessage<WatchQueueStatsResponse> = /*@__PURE__*/
-  messageDesc(file_jobq_v1_queue_service, 45);
+  messageDesc(file_jobq_v1_queue_service, 49);
 
 /**
  * WatchWorkersRequest narrows the workers stream.
@@ -1329,7 +1570,7 @@ export type WatchWorkersRequest = Message<"jobq.v1.WatchWorkersRequest"> & {
  * Use `create(WatchWorkersRequestSchema)` to create a new message.
  */
 export const WatchWorkersRequestSchema: GenMessage<WatchWorkersRequest> = /*@__PURE__*/
-  messageDesc(file_jobq_v1_queue_service, 46);
+  messageDesc(file_jobq_v1_queue_service, 50);
 
 /**
  * WatchWorkersResponse is the workers as of now.
@@ -1350,7 +1591,7 @@ export type WatchWorkersResponse = Message<"jobq.v1.WatchWorkersResponse"> & {
  * Use `create(WatchWorkersResponseSchema)` to create a new message.
  */
 export const WatchWorkersResponseSchema: GenMessage<WatchWorkersResponse> = /*@__PURE__*/
-  messageDesc(file_jobq_v1_queue_service, 47);
+  messageDesc(file_jobq_v1_queue_service, 51);
 
 /**
  * WatchQueuesRequest has no fields yet.
@@ -1365,7 +1606,7 @@ export type WatchQueuesRequest = Message<"jobq.v1.WatchQueuesRequest"> & {
  * Use `create(WatchQueuesRequestSchema)` to create a new message.
  */
 export const WatchQueuesRequestSchema: GenMessage<WatchQueuesRequest> = /*@__PURE__*/
-  messageDesc(file_jobq_v1_queue_service, 48);
+  messageDesc(file_jobq_v1_queue_service, 52);
 
 /**
  * WatchQueuesResponse is the queues as of now.
@@ -1386,7 +1627,7 @@ export type WatchQueuesResponse = Message<"jobq.v1.WatchQueuesResponse"> & {
  * Use `create(WatchQueuesResponseSchema)` to create a new message.
  */
 export const WatchQueuesResponseSchema: GenMessage<WatchQueuesResponse> = /*@__PURE__*/
-  messageDesc(file_jobq_v1_queue_service, 49);
+  messageDesc(file_jobq_v1_queue_service, 53);
 
 /**
  * WatchSchedulesRequest has no fields yet.
@@ -1401,7 +1642,7 @@ export type WatchSchedulesRequest = Message<"jobq.v1.WatchSchedulesRequest"> & {
  * Use `create(WatchSchedulesRequestSchema)` to create a new message.
  */
 export const WatchSchedulesRequestSchema: GenMessage<WatchSchedulesRequest> = /*@__PURE__*/
-  messageDesc(file_jobq_v1_queue_service, 50);
+  messageDesc(file_jobq_v1_queue_service, 54);
 
 /**
  * WatchSchedulesResponse is the schedules as of now.
@@ -1422,7 +1663,7 @@ export type WatchSchedulesResponse = Message<"jobq.v1.WatchSchedulesResponse"> &
  * Use `create(WatchSchedulesResponseSchema)` to create a new message.
  */
 export const WatchSchedulesResponseSchema: GenMessage<WatchSchedulesResponse> = /*@__PURE__*/
-  messageDesc(file_jobq_v1_queue_service, 51);
+  messageDesc(file_jobq_v1_queue_service, 55);
 
 /**
  * WatchDashboardRequest says what the workers part holds.
@@ -1443,7 +1684,7 @@ export type WatchDashboardRequest = Message<"jobq.v1.WatchDashboardRequest"> & {
  * Use `create(WatchDashboardRequestSchema)` to create a new message.
  */
 export const WatchDashboardRequestSchema: GenMessage<WatchDashboardRequest> = /*@__PURE__*/
-  messageDesc(file_jobq_v1_queue_service, 52);
+  messageDesc(file_jobq_v1_queue_service, 56);
 
 /**
  * WatchDashboardResponse is one part of the dashboard as of now; each part
@@ -1497,7 +1738,7 @@ export type WatchDashboardResponse = Message<"jobq.v1.WatchDashboardResponse"> &
  * Use `create(WatchDashboardResponseSchema)` to create a new message.
  */
 export const WatchDashboardResponseSchema: GenMessage<WatchDashboardResponse> = /*@__PURE__*/
-  messageDesc(file_jobq_v1_queue_service, 53);
+  messageDesc(file_jobq_v1_queue_service, 57);
 
 /**
  * PayloadMatch says how a PayloadFilter compares a payload field.
@@ -1678,6 +1919,42 @@ export const JobQueueService: GenService<{
     methodKind: "unary";
     input: typeof GetQueueStatsRequestSchema;
     output: typeof GetQueueStatsResponseSchema;
+  },
+  /**
+   * Per-minute history of what happened to jobs (enqueued, started, finished,
+   * wait and run times), merged into buckets of `step`, for the window
+   * [start_time, end_time). The server keeps it for its history retention
+   * (see the response); the current, unclosed minute is included. A window of
+   * more than 1,440 buckets, a start not before the end, or a step that is not
+   * a whole number of minutes is INVALID_ARGUMENT naming the field.
+   * The watch below takes the same request and answers with the same messages.
+   * buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
+   *
+   * @generated from rpc jobq.v1.JobQueueService.GetJobHistory
+   */
+  getJobHistory: {
+    methodKind: "unary";
+    input: typeof GetJobHistoryRequestSchema;
+    output: typeof GetJobHistoryResponseSchema;
+  },
+  /**
+   * Like GetJobHistory, then live: the first message holds the whole window
+   * (with end_time unset the window slides with now); after it, one message
+   * per minute the server closes, holding the bucket that minute belongs to,
+   * whole: its points replace those with the same start_time, queue and type
+   * (no points when nothing happened). Ends with UNAVAILABLE when the server
+   * shuts down.
+   * It shares GetJobHistory's messages: one window, the same points.
+   * buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
+   * buf:lint:ignore RPC_REQUEST_STANDARD_NAME
+   * buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
+   *
+   * @generated from rpc jobq.v1.JobQueueService.WatchJobHistory
+   */
+  watchJobHistory: {
+    methodKind: "server_streaming";
+    input: typeof GetJobHistoryRequestSchema;
+    output: typeof GetJobHistoryResponseSchema;
   },
   /**
    * Queues many finished jobs again at once (the dead-letter "requeue all"):
