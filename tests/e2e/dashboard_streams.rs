@@ -340,6 +340,9 @@ async fn dashboard_stream_carries_all_four_parts_over_one_call() -> Result<()> {
             Some(Update::Workers(_)) => seen[1] = true,
             Some(Update::Queues(_)) => seen[2] = true,
             Some(Update::Schedules(_)) => seen[3] = true,
+            Some(Update::Jobs(_) | Update::History(_)) => {
+                panic!("job events or history sent though not asked for")
+            }
             None => {}
         }
         seen.iter().all(|part| *part)
@@ -380,5 +383,60 @@ async fn dashboard_stream_carries_all_four_parts_over_one_call() -> Result<()> {
     })
     .await?;
     stays_quiet(&mut dashboard, "WatchDashboard").await?;
+    server.shutdown().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dashboard_stream_carries_job_events_and_history_when_asked() -> Result<()> {
+    use pb::watch_dashboard_response::Update;
+    let server = TestServer::start().await?;
+    let jobq = server.client();
+    let now = std::time::SystemTime::now();
+    let hour_ago = now - Duration::from_secs(3600);
+    let mut dashboard = jobq
+        .queue()
+        .watch_dashboard(pb::WatchDashboardRequest {
+            jobs: Some(pb::WatchJobsRequest::default()),
+            history: Some(pb::GetJobHistoryRequest {
+                start_time: Some(prost_types::Timestamp::from(hour_ago)),
+                ..pb::GetJobHistoryRequest::default()
+            }),
+            ..pb::WatchDashboardRequest::default()
+        })
+        .await?
+        .into_inner();
+    until(&mut dashboard, "the history window", |m| {
+        matches!(&m.update, Some(Update::History(_)))
+    })
+    .await?;
+    let job = jobq.enqueue(spec("download")).await?;
+    until(&mut dashboard, "the job's created event", |m| {
+        matches!(&m.update, Some(Update::Jobs(jobs)) if jobs
+            .event
+            .as_ref()
+            .and_then(|e| e.job.as_ref())
+            .is_some_and(|j| j.id == job.id))
+    })
+    .await?;
+
+    // A bad filter in a part refuses the whole call, naming the part.
+    let refused = jobq
+        .queue()
+        .watch_dashboard(pb::WatchDashboardRequest {
+            jobs: Some(pb::WatchJobsRequest {
+                states: vec![JobState::Unspecified as i32],
+                ..pb::WatchJobsRequest::default()
+            }),
+            ..pb::WatchDashboardRequest::default()
+        })
+        .await;
+    let status = match refused {
+        Ok(_) => bail!("a WatchDashboard with an unspecified job state was accepted"),
+        Err(status) => status,
+    };
+    ensure!(
+        status.code() == tonic::Code::InvalidArgument && status.message().contains("jobs.states"),
+        "expected INVALID_ARGUMENT naming jobs.states, got {status:?}"
+    );
     server.shutdown().await
 }

@@ -69,14 +69,15 @@ describe("job history on the overview", () => {
     await page.goto(`${pageUrl}/#/`);
     await chartSays(page, expected);
 
-    // Nothing asks for history again: the server pushes closed minutes.
+    // Nothing asks for history again: the server pushes closed minutes over
+    // the page's one stream (WatchDashboard, with the job history asked).
     const asked: string[] = [];
     page.on("request", (r) => {
-      if (/JobHistory/.test(r.url())) asked.push(r.url());
+      if (/JobHistory|WatchDashboard/.test(r.url())) asked.push(r.url());
     });
     await page.reload();
     await chartSays(page, expected);
-    expect(asked.length, "one watch per page load").toBe(1);
+    expect(asked.length, "one stream per page load").toBe(1);
     await new Promise((r) => setTimeout(r, 3_000));
     expect(asked.length, "no history request while the page is idle").toBe(1);
 

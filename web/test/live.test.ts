@@ -3,22 +3,22 @@ import { Code, ConnectError, type CallOptions } from "@connectrpc/connect";
 import { afterEach, beforeEach, describe, expect, it, vi } from "vitest";
 import { JobEventType } from "../src/gen/jobq/v1/event_pb";
 import { JobState, JobView, type Job } from "../src/gen/jobq/v1/job_pb";
-import { WatchJobsResponseSchema, type WatchJobsRequestSchema, type WatchJobsResponse } from "../src/gen/jobq/v1/queue_service_pb";
+import { WatchDashboardResponseSchema, WatchJobsResponseSchema, type WatchDashboardRequestSchema, type WatchDashboardResponse } from "../src/gen/jobq/v1/queue_service_pb";
 import { EMPTY_FILTERS } from "../src/lib/filters";
 import { liveList } from "../src/lib/listupdate";
 import { LiveHub, type LagNote } from "../src/lib/live";
 import { event, FakeStream, job } from "./helpers";
 
-type Request = MessageInitShape<typeof WatchJobsRequestSchema>;
+type Request = MessageInitShape<typeof WatchDashboardRequestSchema>;
 
-/** A WatchJobs client whose streams the test drives; `header` says whether a call gets its headers at once. */
+/** A WatchDashboard client whose streams the test drives; `header` says whether a call gets its headers at once. */
 function fakeWatch() {
-  const streams: FakeStream<WatchJobsResponse>[] = [];
+  const streams: FakeStream<WatchDashboardResponse>[] = [];
   const requests: Request[] = [];
   const client = {
-    watchJobs(req: Request, opts?: CallOptions): AsyncIterable<WatchJobsResponse> {
+    watchDashboard(req: Request, opts?: CallOptions): AsyncIterable<WatchDashboardResponse> {
       requests.push(req);
-      const s = new FakeStream<WatchJobsResponse>(opts?.signal);
+      const s = new FakeStream<WatchDashboardResponse>(opts?.signal);
       streams.push(s);
       opts?.onHeader?.(new Headers());
       return s;
@@ -27,8 +27,9 @@ function fakeWatch() {
   return { client, streams, requests };
 }
 
-const created = (j: Job) => create(WatchJobsResponseSchema, { event: event(JobEventType.CREATED, j) });
-const lagged = (dropped: bigint) => create(WatchJobsResponseSchema, { lagged: true, droppedEvents: dropped });
+const jobs = (value: ReturnType<typeof create<typeof WatchJobsResponseSchema>>) => create(WatchDashboardResponseSchema, { update: { case: "jobs", value } });
+const created = (j: Job) => jobs(create(WatchJobsResponseSchema, { event: event(JobEventType.CREATED, j) }));
+const lagged = (dropped: bigint) => jobs(create(WatchJobsResponseSchema, { lagged: true, droppedEvents: dropped }));
 
 /** A jobs list page as Jobs.tsx wires it to the hub: rows, and a reload that re-reads them. */
 function listPage(initial: Job[]) {
@@ -66,7 +67,7 @@ describe("the live WatchJobs stream", () => {
     const { page, listener } = listPage([job("b"), job("a")]);
     hub.subscribe(listener);
     await vi.advanceTimersByTimeAsync(0);
-    expect(w.requests).toEqual([{ view: JobView.BASIC }]);
+    expect(w.requests).toEqual([{ jobs: { view: JobView.BASIC }, includeStaleWorkers: false, history: undefined }]);
     expect(hub.status).toBe("live");
     expect(page.reloads).toBe(1);
   });

@@ -1,9 +1,6 @@
-//! One WatchDashboard stream for the whole page: job counts, workers, queues
-//! and schedules, pushed by the server when they change. Nothing here polls:
-//! an idle page makes no request. Over HTTP/1.1 every open stream holds one
-//! of the browser's six connections to the server, so the page keeps one
-//! stream for all four rather than one each.
-import { Code, ConnectError } from "@connectrpc/connect";
+//! Job counts, workers, queues and schedules as the page's one stream
+//! (lib/live: WatchDashboard) brings them: the server pushes each when it
+//! changes. Nothing here polls: an idle page makes no request.
 import { useEffect, useState } from "preact/hooks";
 import type {
   GetQueueStatsResponse,
@@ -12,9 +9,7 @@ import type {
   WatchSchedulesResponse,
   WatchWorkersResponse,
 } from "../gen/jobq/v1/queue_service_pb";
-import { api, errorMessage, noteError, type JobQueueClient } from "./api";
-import { live, type LiveStatus } from "./live";
-import { onLongHidden } from "./visibility";
+import { live, type LiveHub, type LiveStatus } from "./live";
 
 export interface DashboardState {
   stats?: GetQueueStatsResponse;
@@ -30,9 +25,6 @@ export interface DashboardState {
 }
 
 export type DashboardPart = "stats" | "workers" | "queues" | "schedules";
-
-const FIRST_RETRY_MS = 1000;
-const MAX_RETRY_MS = 15_000;
 
 /** What a message changes in the state. */
 export function applyUpdate(state: DashboardState, message: WatchDashboardResponse, now = Date.now()): DashboardState {
@@ -51,112 +43,55 @@ export function applyUpdate(state: DashboardState, message: WatchDashboardRespon
   }
 }
 
+/** What the hub needs of the page's stream (lib/live). */
+export type DashboardSource = Pick<LiveHub, "onParts" | "onStatus" | "setStaleWorkers" | "restart">;
+
 export class DashboardHub {
   state: DashboardState = {};
   private listeners = new Set<(s: DashboardState) => void>();
   private includeStale = new Map<(s: DashboardState) => void, boolean>();
-  private openWithStale = false;
-  private abort?: AbortController;
-  private retryTimer?: ReturnType<typeof setTimeout>;
-  private retryMs = FIRST_RETRY_MS;
-  private paused = false;
-  private stopWatching?: () => void;
+  private fed = false;
 
-  /** `client` is the API client (tests pass a fake one). */
-  constructor(
-    private readonly client: () => Pick<JobQueueClient, "watchDashboard"> = api,
-    private readonly liveStatus: (cb: (s: LiveStatus) => void) => () => void = (cb) => live.onStatus(cb),
-  ) {}
+  /** `source` is the page's stream (tests pass a fake one). */
+  constructor(private readonly source: DashboardSource = live) {}
 
-  /** Keeps the stream open while anyone listens; `staleWorkers` asks for long-lost workers too. */
+  /** Calls `listener` on every change while subscribed; `staleWorkers` asks for long-lost workers too. */
   subscribe(listener: (s: DashboardState) => void, staleWorkers = false): () => void {
+    this.feed();
     this.listeners.add(listener);
     this.includeStale.set(listener, staleWorkers);
-    if (this.listeners.size === 1) this.start();
-    else if (this.wantsStale() !== this.openWithStale) this.reopen();
+    this.source.setStaleWorkers(this.wantsStale());
     return () => {
       this.listeners.delete(listener);
       this.includeStale.delete(listener);
-      if (this.listeners.size === 0) this.stop();
-      else if (this.wantsStale() !== this.openWithStale) this.reopen();
+      this.source.setStaleWorkers(this.wantsStale());
     };
   }
 
-  /** Opens the stream again at once (a retry button, a new token). */
+  /** Opens the stream again at once (a retry button). */
   reopen(): void {
-    if (this.listeners.size === 0 || this.paused) return;
-    this.abort?.abort();
-    this.retryMs = FIRST_RETRY_MS;
-    this.connectSoon(0);
+    this.source.restart();
   }
 
   private wantsStale(): boolean {
     return [...this.includeStale.values()].some(Boolean);
   }
 
-  private start(): void {
-    const unhide = onLongHidden((hidden) => {
-      this.paused = hidden;
-      if (hidden) {
-        clearTimeout(this.retryTimer);
-        this.abort?.abort();
-      } else {
-        this.reopen();
+  // Kept fed for the page's life: the server sends a part only when it
+  // changes, so a view mounted later needs what came before it.
+  private feed(): void {
+    if (this.fed) return;
+    this.fed = true;
+    this.source.onParts((message) => this.set(applyUpdate(this.state, message)));
+    this.source.onStatus((status: LiveStatus) => {
+      if (status === "live") {
+        if (this.state.error !== undefined) this.set({ ...this.state, error: undefined });
+      } else if (status === "reconnecting") {
+        this.set({ ...this.state, error: "Lost the connection to the server; reconnecting…" });
+      } else if (status === "unavailable") {
+        this.set({ ...this.state, unsupported: true, error: "This server does not stream live updates." });
       }
     });
-    // The job event stream is back: the server is, so don't wait out a backoff.
-    let lastLive: LiveStatus | undefined;
-    const unlive = this.liveStatus((s) => {
-      if (s === "live" && lastLive !== undefined && lastLive !== "live" && this.state.error !== undefined) this.reopen();
-      lastLive = s;
-    });
-    this.stopWatching = () => {
-      unhide();
-      unlive();
-    };
-    this.connectSoon(0);
-  }
-
-  private stop(): void {
-    this.stopWatching?.();
-    this.stopWatching = undefined;
-    clearTimeout(this.retryTimer);
-    this.abort?.abort();
-    this.abort = undefined;
-  }
-
-  private connectSoon(delay: number): void {
-    clearTimeout(this.retryTimer);
-    this.retryTimer = setTimeout(() => void this.run(), delay);
-  }
-
-  private async run(): Promise<void> {
-    if (this.paused || this.listeners.size === 0) return;
-    const abort = new AbortController();
-    this.abort = abort;
-    this.openWithStale = this.wantsStale();
-    try {
-      const stream = this.client().watchDashboard({ includeStaleWorkers: this.openWithStale }, { signal: abort.signal, timeoutMs: 0 });
-      for await (const message of stream) {
-        this.retryMs = FIRST_RETRY_MS;
-        this.set(applyUpdate(this.state, message));
-      }
-      if (abort.signal.aborted) return;
-      // The server ends these streams only when it shuts down (UNAVAILABLE);
-      // an OK end is treated the same: connect again.
-      this.set({ ...this.state, error: "The server closed the stream; reconnecting…" });
-    } catch (err) {
-      if (abort.signal.aborted) return;
-      noteError(err);
-      const e = ConnectError.from(err);
-      if (e.code === Code.Unimplemented) {
-        this.set({ ...this.state, unsupported: true, error: errorMessage(err) });
-        return;
-      }
-      this.set({ ...this.state, error: errorMessage(err) });
-    }
-    this.connectSoon(this.retryMs);
-    this.retryMs = Math.min(this.retryMs * 2, MAX_RETRY_MS);
   }
 
   private set(s: DashboardState): void {

@@ -1,8 +1,15 @@
-//! One WatchJobs stream for the whole page, shared by every view: views
-//! subscribe to its events, and the overview charts are fed from it.
+//! One stream for the whole page, shared by every view: WatchDashboard with
+//! job events, counts, workers, queues, schedules and (on the overview) the
+//! job history. Over HTTP/1.1 each open stream holds one of the browser's
+//! six connections to the server, shared by all its tabs, so a page keeps
+//! one (and a log tail where one is shown). Views subscribe to its events;
+//! lib/dashboard keeps the other parts.
 import { Code, ConnectError } from "@connectrpc/connect";
 import type { JobEvent } from "../gen/jobq/v1/event_pb";
 import { JobView } from "../gen/jobq/v1/job_pb";
+import type { GetJobHistoryResponse, WatchDashboardResponse } from "../gen/jobq/v1/queue_service_pb";
+import type { MessageInitShape } from "@bufbuild/protobuf";
+import type { GetJobHistoryRequestSchema } from "../gen/jobq/v1/queue_service_pb";
 import { ActivityRecorder } from "./activity";
 import { api, noteError, type JobQueueClient } from "./api";
 import { onLongHidden } from "./visibility";
@@ -28,6 +35,8 @@ export interface LagNote {
   lastAt: number;
 }
 
+type HistoryRequest = MessageInitShape<typeof GetJobHistoryRequestSchema>;
+
 export class LiveHub {
   status: LiveStatus = "connecting";
   lag?: LagNote;
@@ -42,9 +51,44 @@ export class LiveHub {
   private retryDelay = 1000;
   private paused = false;
   private retryTimer?: ReturnType<typeof setTimeout>;
+  private partListeners = new Set<(message: WatchDashboardResponse) => void>();
+  private staleWorkers = false;
+  private history?: { request: () => HistoryRequest; onPoints: (response: GetJobHistoryResponse, first: boolean) => void };
 
   /** `client` is the API client (tests pass a fake one). */
-  constructor(private readonly client: () => Pick<JobQueueClient, "watchJobs"> = api) {}
+  constructor(private readonly client: () => Pick<JobQueueClient, "watchDashboard"> = api) {}
+
+  /** Counts, workers, queues and schedules as the stream brings them. */
+  onParts(listener: (message: WatchDashboardResponse) => void): () => void {
+    this.partListeners.add(listener);
+    this.start();
+    return () => this.partListeners.delete(listener);
+  }
+
+  /** Whether the workers part holds long-lost workers; a change reopens the stream. */
+  setStaleWorkers(stale: boolean): void {
+    if (stale === this.staleWorkers) return;
+    this.staleWorkers = stale;
+    if (this.started) this.restart();
+  }
+
+  /**
+   * Job history over the page's stream until the returned function is
+   * called: the window (`first` true, again after each reconnect), then each
+   * minute the server closes. `request` is asked at each connect, so a
+   * window that starts "an hour ago" means an hour before that connect.
+   */
+  watchHistory(request: () => HistoryRequest, onPoints: (response: GetJobHistoryResponse, first: boolean) => void): () => void {
+    const watch = { request, onPoints };
+    this.history = watch;
+    if (this.started) this.restart();
+    else this.start();
+    return () => {
+      if (this.history !== watch) return;
+      this.history = undefined;
+      this.restart();
+    };
+  }
 
   subscribe(listener: LiveListener): () => void {
     this.listeners.add(listener);
@@ -116,17 +160,28 @@ export class LiveHub {
       for (const l of this.listeners) l.resync?.();
     };
     try {
-      const stream = this.client().watchJobs(
-        { view: JobView.BASIC },
+      const history = this.history;
+      let firstPoints = true;
+      const stream = this.client().watchDashboard(
+        { jobs: { view: JobView.BASIC }, includeStaleWorkers: this.staleWorkers, history: history?.request() },
         { signal: abort.signal, timeoutMs: 0, onHeader: markConnected },
       );
-      for await (const res of stream) {
+      for await (const message of stream) {
         markConnected();
-        if (res.lagged) {
-          this.noteLag(res.droppedEvents);
-          continue;
+        const u = message.update;
+        if (u.case === "jobs") {
+          const res = u.value;
+          if (res.lagged) {
+            this.noteLag(res.droppedEvents);
+            continue;
+          }
+          if (res.event) this.push(res.event);
+        } else if (u.case === "history") {
+          if (history && this.history === history) history.onPoints(u.value, firstPoints);
+          firstPoints = false;
+        } else {
+          for (const l of this.partListeners) l(message);
         }
-        if (res.event) this.push(res.event);
       }
     } catch (err) {
       if (abort.signal.aborted) return;

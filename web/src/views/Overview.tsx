@@ -5,7 +5,6 @@ import { timestampFromMs } from "@bufbuild/protobuf/wkt";
 import { JobState } from "../gen/jobq/v1/job_pb";
 import { WorkerStatus } from "../gen/jobq/v1/admin_pb";
 import type { GetQueueStatsResponse } from "../gen/jobq/v1/queue_service_pb";
-import { api } from "../lib/api";
 import { addSeen, describeLatency, describeThroughput, HISTORY_WINDOWS, HistoryPoints, MINUTE_MS, type HistoryWindow } from "../lib/activity";
 import { live } from "../lib/live";
 import { durationMillis, tsMillis, formatCompact, formatCount, formatDuration, formatLatency } from "../lib/format";
@@ -175,43 +174,22 @@ interface HistoryState {
 function useJobHistory(w: HistoryWindow, queue: string): HistoryState {
   const [state, setState] = useState<HistoryState>(() => ({ points: new HistoryPoints(), version: 0, loaded: false, coveredUntil: Date.now() }));
   useEffect(() => {
-    const abort = new AbortController();
     const points = new HistoryPoints();
     let version = 0;
     let coveredUntil = Date.now();
     setState({ points, version, loaded: false, coveredUntil });
-    let retryMs = 1000;
-    const run = async () => {
-      while (!abort.signal.aborted) {
-        try {
-          // The window slides with the server's clock (no end time): only
-          // closed minutes are pushed, the page asks nothing more.
-          const stream = api().watchJobHistory(
-            { startTime: timestampFromMs(Date.now() - w.windowMs), step: { seconds: BigInt(w.stepMs / 1000), nanos: 0 }, queues: queue ? [queue] : [] },
-            { signal: abort.signal },
-          );
-          let first = true;
-          for await (const message of stream) {
-            points.apply(message.points, Date.now() - w.windowMs - w.stepMs);
-            // The first answer holds everything until now; each push, the
-            // minute that just closed.
-            coveredUntil = first ? Date.now() : Math.max(coveredUntil, Math.floor(Date.now() / MINUTE_MS) * MINUTE_MS);
-            first = false;
-            version += 1;
-            retryMs = 1000;
-            setState({ points, version, loaded: true, coveredUntil });
-          }
-        } catch (e) {
-          if (abort.signal.aborted) return;
-          setState({ points, version, loaded: version > 0, coveredUntil, error: e instanceof Error ? e.message : String(e) });
-        }
-        // The stream ended (a server restart): connect again, backing off.
-        await new Promise((r) => setTimeout(r, retryMs));
-        retryMs = Math.min(30_000, retryMs * 2);
-      }
-    };
-    void run();
-    return () => abort.abort();
+    // Over the page's one stream: the window slides with the server's clock
+    // (no end time), then only closed minutes are pushed; the page asks
+    // nothing more. After a reconnect the window comes again.
+    return live.watchHistory(
+      () => ({ startTime: timestampFromMs(Date.now() - w.windowMs), step: { seconds: BigInt(w.stepMs / 1000), nanos: 0 }, queues: queue ? [queue] : [] }),
+      (message, first) => {
+        points.apply(message.points, Date.now() - w.windowMs - w.stepMs);
+        coveredUntil = first ? Date.now() : Math.max(coveredUntil, Math.floor(Date.now() / MINUTE_MS) * MINUTE_MS);
+        version += 1;
+        setState({ points, version, loaded: true, coveredUntil });
+      },
+    );
   }, [w.key, queue]);
   return state;
 }

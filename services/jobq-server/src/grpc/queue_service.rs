@@ -156,6 +156,91 @@ impl QueueApi {
         ));
     }
 
+    /// Spawns a WatchJobs feed into `sender`; INVALID_ARGUMENT for a bad filter.
+    fn spawn_job_events(
+        &self,
+        request: pb::WatchJobsRequest,
+        sender: mpsc::Sender<Result<pb::WatchJobsResponse, Status>>,
+    ) -> QueueResult<()> {
+        let view = convert::job_view(request.view, "view", pb::JobView::Basic)?;
+        let filter = EventFilter {
+            queues: request.queues,
+            types: request.types,
+            states: request
+                .states
+                .iter()
+                .map(|raw| convert::job_state(*raw, "states"))
+                .collect::<QueueResult<_>>()?,
+            job_ids: request
+                .job_ids
+                .iter()
+                .enumerate()
+                .map(|(index, raw)| convert::job_id(raw, &format!("job_ids[{index}]")))
+                .collect::<QueueResult<_>>()?,
+            view,
+        };
+        self.streams.spawn(watch_events(
+            self.queue.clone(),
+            self.queue.subscribe(),
+            filter,
+            sender,
+            self.presence.clone(),
+        ));
+        Ok(())
+    }
+
+    /// Spawns a WatchJobHistory feed into `sender`; `field` names the
+    /// request in errors ("" for the whole request).
+    fn spawn_history(
+        &self,
+        request: pb::GetJobHistoryRequest,
+        sender: mpsc::Sender<Result<pb::GetJobHistoryResponse, Status>>,
+        field: &str,
+    ) -> Result<(), Status> {
+        let history = self.history()?.clone();
+        let (query, sliding) = history::query_of(request, history.now()).map_err(|error| {
+            if field.is_empty() {
+                error
+            } else {
+                error.within(field)
+            }
+        })?;
+        self.streams.spawn(history::watch_history(
+            history,
+            query,
+            sliding,
+            sender,
+            self.queue.shutdown_token().clone(),
+        ));
+        Ok(())
+    }
+
+    /// Spawns a task that passes what `from` carries on to `to`, made into
+    /// `to`'s messages by `wrap`, until either end closes.
+    fn forward<T, U>(
+        &self,
+        mut from: mpsc::Receiver<Result<T, Status>>,
+        to: mpsc::Sender<Result<U, Status>>,
+        wrap: impl Fn(T) -> U + Send + 'static,
+    ) where
+        T: Send + 'static,
+        U: Send + 'static,
+    {
+        self.streams.spawn(async move {
+            loop {
+                let message = tokio::select! {
+                    message = from.recv() => message,
+                    () = to.closed() => return,
+                };
+                let Some(message) = message else { return };
+                let failed = message.is_err();
+                if to.send(message.map(&wrap)).await.is_err() || failed {
+                    return;
+                }
+            }
+        });
+    }
+
     /// What wakes a workers stream, and how it reads them.
     fn workers_source(
         &self,
@@ -820,16 +905,8 @@ impl JobQueueService for QueueApi {
         &self,
         request: Request<pb::GetJobHistoryRequest>,
     ) -> Result<Response<Self::WatchJobHistoryStream>, Status> {
-        let history = self.history()?.clone();
-        let (query, sliding) = history::query_of(request.into_inner(), history.now())?;
         let (sender, receiver) = mpsc::channel(STREAM_BUFFER);
-        self.streams.spawn(history::watch_history(
-            history,
-            query,
-            sliding,
-            sender,
-            self.queue.shutdown_token().clone(),
-        ));
+        self.spawn_history(request.into_inner(), sender, "")?;
         Ok(Response::new(ReceiverStream::new(receiver)))
     }
 
@@ -839,34 +916,8 @@ impl JobQueueService for QueueApi {
         &self,
         request: Request<pb::WatchJobsRequest>,
     ) -> Result<Response<Self::WatchJobsStream>, Status> {
-        let request = request.into_inner();
-        let view = convert::job_view(request.view, "view", pb::JobView::Basic)?;
-        let filter = EventFilter {
-            queues: request.queues,
-            types: request.types,
-            states: request
-                .states
-                .iter()
-                .map(|raw| convert::job_state(*raw, "states"))
-                .collect::<QueueResult<_>>()?,
-            job_ids: request
-                .job_ids
-                .iter()
-                .enumerate()
-                .map(|(index, raw)| convert::job_id(raw, &format!("job_ids[{index}]")))
-                .collect::<QueueResult<_>>()?,
-            view,
-        };
         let (sender, receiver) = mpsc::channel(STREAM_BUFFER);
-        let events = self.queue.subscribe();
-        let queue = self.queue.clone();
-        self.streams.spawn(watch_events(
-            queue,
-            events,
-            filter,
-            sender,
-            self.presence.clone(),
-        ));
+        self.spawn_job_events(request.into_inner(), sender)?;
         Ok(Response::new(ReceiverStream::new(receiver)))
     }
 
@@ -1084,14 +1135,31 @@ impl JobQueueService for QueueApi {
         request: Request<pb::WatchDashboardRequest>,
     ) -> Result<Response<Self::WatchDashboardStream>, Status> {
         use pb::watch_dashboard_response::Update;
+        let request = request.into_inner();
         let (sender, receiver) = mpsc::channel(STREAM_BUFFER);
+        // Checked before anything starts: a bad filter refuses the call.
+        if let Some(jobs) = request.jobs {
+            let (events, received) = mpsc::channel(STREAM_BUFFER);
+            self.spawn_job_events(jobs, events)
+                .map_err(|error| error.within("jobs"))?;
+            self.forward(received, sender.clone(), |m| pb::WatchDashboardResponse {
+                update: Some(Update::Jobs(m)),
+            });
+        }
+        if let Some(history) = request.history {
+            let (points, received) = mpsc::channel(STREAM_BUFFER);
+            self.spawn_history(history, points, "history")?;
+            self.forward(received, sender.clone(), |m| pb::WatchDashboardResponse {
+                update: Some(Update::History(m)),
+            });
+        }
         let part = |update| pb::WatchDashboardResponse {
             update: Some(update),
         };
         self.spawn_stats(Vec::new(), sender.clone(), move |stats| {
             part(Update::Stats(stats))
         });
-        let (triggers, mut read) = self.workers_source(request.into_inner().include_stale_workers);
+        let (triggers, mut read) = self.workers_source(request.include_stale_workers);
         let read = move || {
             let workers = read();
             async move { workers.await.map(|w| part(Update::Workers(w))) }
