@@ -13,7 +13,7 @@ import { ValueSchema } from "@bufbuild/protobuf/wkt";
 import type { BrowserContext, Page } from "playwright-core";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import type { LeasedJob } from "../src/gen/jobq/v1/worker_service_pb";
-import { eventually, launchBrowser, queueClient, RESULTS_DIR, ScriptedWorker, startServer, startStaticProxy, watchConsole, WEB_DIR, type Server } from "./harness";
+import { eventually, launchBrowser, queueClient, RESULTS_DIR, ScriptedWorker, startServer, pageAddress, watchConsole, WEB_DIR, type Server } from "./harness";
 
 const SHOTS_DIR = process.env.JOBQ_E2E_SCREENSHOTS === "1" ? join(WEB_DIR, "e2e", "screenshots") : join(RESULTS_DIR, "a11y");
 const AXE_SOURCE = readFileSync(createRequire(import.meta.url).resolve("axe-core/axe.min.js"), "utf8");
@@ -30,12 +30,7 @@ const consoleErrors: string[] = [];
 
 beforeAll(async () => {
   server = await startServer();
-  pageUrl = server.url;
-  if (process.env.JOBQ_E2E_STATIC === "1") {
-    const proxy = await startStaticProxy(server.url);
-    pageUrl = proxy.url;
-    stopProxy = proxy.stop;
-  }
+  ({ url: pageUrl, stop: stopProxy } = await pageAddress(server));
   api = queueClient(server.url);
   scripted = new ScriptedWorker(server.url, "a11y-worker");
   browser = await launchBrowser();

@@ -18,7 +18,7 @@ import {
   screenshot,
   ScriptedWorker,
   startServer,
-  startStaticProxy,
+  pageAddress,
   startWorker,
 
   watchConsole,
@@ -54,12 +54,7 @@ async function confirm(page: Page): Promise<void> {
 
 beforeAll(async () => {
   server = await startServer();
-  pageUrl = server.url;
-  if (process.env.JOBQ_E2E_STATIC === "1") {
-    const proxy = await startStaticProxy(server.url);
-    pageUrl = proxy.url;
-    stopProxy = proxy.stop;
-  }
+  ({ url: pageUrl, stop: stopProxy } = await pageAddress(server));
   api = queueClient(server.url);
   scripted = new ScriptedWorker(server.url);
   browser = await launchBrowser();
@@ -396,12 +391,7 @@ describe.sequential("dashboard with authentication", () => {
 
   beforeAll(async () => {
     secured = await startServer(["--auth-token", "admin:e2e-admin-token-0123456789"]);
-    securedUrl = secured.url;
-    if (process.env.JOBQ_E2E_STATIC === "1") {
-      const proxy = await startStaticProxy(secured.url);
-      securedUrl = proxy.url;
-      stopSecuredProxy = proxy.stop;
-    }
+    ({ url: securedUrl, stop: stopSecuredProxy } = await pageAddress(secured));
   });
 
   afterAll(async () => {

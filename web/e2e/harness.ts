@@ -214,6 +214,16 @@ export async function screenshot(page: Page, name: string): Promise<string> {
  * before a server serves it: serves web/dist and forwards everything else
  * (grpc-web) to the server. Only used when JOBQ_E2E_STATIC=1.
  */
+/**
+ * Where the page is loaded from for `server`: the server itself, or with
+ * JOBQ_E2E_STATIC=1 a proxy in front of it serving web/dist from disk.
+ */
+export async function pageAddress(server: Server): Promise<{ url: string; stop?: () => Promise<void> }> {
+  if (process.env.JOBQ_E2E_STATIC !== "1") return { url: server.url };
+  const proxy = await startStaticProxy(server.url);
+  return { url: proxy.url, stop: proxy.stop };
+}
+
 export async function startStaticProxy(serverUrl: string): Promise<{ url: string; stop: () => Promise<void> }> {
   const http = await import("node:http");
   const { readFile } = await import("node:fs/promises");

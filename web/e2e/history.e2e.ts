@@ -5,7 +5,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import type { BrowserContext, Page } from "playwright-core";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { eventually, launchBrowser, queueClient, screenshot, ScriptedWorker, startServer, startStaticProxy, watchConsole, type Server } from "./harness";
+import { eventually, launchBrowser, queueClient, screenshot, ScriptedWorker, startServer, pageAddress, watchConsole, type Server } from "./harness";
 
 const QUEUE = "history-e2e";
 const dataDir = mkdtempSync(join(tmpdir(), "jobq-web-e2e-history-"));
@@ -18,12 +18,7 @@ const consoleErrors: string[] = [];
 /** Starts the server on the test's data dir (kept across restarts). */
 async function boot(): Promise<void> {
   server = await startServer([], dataDir);
-  pageUrl = server.url;
-  if (process.env.JOBQ_E2E_STATIC === "1") {
-    const proxy = await startStaticProxy(server.url);
-    pageUrl = proxy.url;
-    stopProxy = proxy.stop;
-  }
+  ({ url: pageUrl, stop: stopProxy } = await pageAddress(server));
 }
 
 async function shutdown(): Promise<void> {

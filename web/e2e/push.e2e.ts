@@ -6,7 +6,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import type { BrowserContext, Page, Request } from "playwright-core";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { eventually, launchBrowser, queueClient, RESULTS_DIR, screenshot, ScriptedWorker, startServer, startStaticProxy, watchConsole, type Server } from "./harness";
+import { eventually, launchBrowser, queueClient, RESULTS_DIR, screenshot, ScriptedWorker, startServer, pageAddress, watchConsole, type Server } from "./harness";
 
 /** How long each view sits idle while its requests are counted. */
 const IDLE_MS = Number(process.env.JOBQ_E2E_IDLE_MS ?? 30_000);
@@ -38,12 +38,7 @@ let dataDir = "";
 beforeAll(async () => {
   dataDir = mkdtempSync(join(tmpdir(), "jobq-web-push-"));
   server = await startServer([], dataDir);
-  pageUrl = server.url;
-  if (process.env.JOBQ_E2E_STATIC === "1") {
-    const proxy = await startStaticProxy(server.url);
-    pageUrl = proxy.url;
-    stopProxy = proxy.stop;
-  }
+  ({ url: pageUrl, stop: stopProxy } = await pageAddress(server));
   api = queueClient(server.url);
   browser = await launchBrowser();
 });

@@ -6,7 +6,7 @@ import { ValueSchema } from "@bufbuild/protobuf/wkt";
 import type { BrowserContext, Page } from "playwright-core";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { JobState } from "../src/gen/jobq/v1/job_pb";
-import { eventually, launchBrowser, queueClient, screenshot, ScriptedWorker, startServer, startStaticProxy, watchConsole, type Server } from "./harness";
+import { eventually, launchBrowser, queueClient, screenshot, ScriptedWorker, startServer, pageAddress, watchConsole, type Server } from "./harness";
 
 let server: Server;
 let pageUrl: string;
@@ -17,12 +17,7 @@ const consoleErrors: string[] = [];
 
 beforeAll(async () => {
   server = await startServer();
-  pageUrl = server.url;
-  if (process.env.JOBQ_E2E_STATIC === "1") {
-    const proxy = await startStaticProxy(server.url);
-    pageUrl = proxy.url;
-    stopProxy = proxy.stop;
-  }
+  ({ url: pageUrl, stop: stopProxy } = await pageAddress(server));
   api = queueClient(server.url);
   browser = await launchBrowser();
 });

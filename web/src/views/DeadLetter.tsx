@@ -35,12 +35,16 @@ export function DeadLetter({ params }: { params: URLSearchParams }) {
   }, [page.data]);
   const rowsRef = useRef(rows);
   rowsRef.current = rows;
+  // Live updates dropped rows off the bottom of the first page: the token it
+  // was read with no longer follows its last row.
+  const trimmed = useRef(false);
   useLive(
     liveList(filters, {
       rows: () => rowsRef.current,
       shape: () => ({ first: tokens.length === 1, hasNext: !!page.data?.nextPageToken, maxRows: PAGE_SIZE * 4, finishedFirst: true }),
       update: (r) => {
         if (r.changed) setRows(r.rows);
+        if (r.dropped > 0) trimmed.current = true;
       },
       reload: page.reload,
     }),
@@ -164,7 +168,21 @@ export function DeadLetter({ params }: { params: URLSearchParams }) {
             hasNext={page.data.nextPageToken !== ""}
             onFirst={() => setTokens([""])}
             onPrev={() => setTokens(tokens.slice(0, -1))}
-            onNext={() => setTokens([...tokens, page.data!.nextPageToken])}
+            onNext={async () => {
+              let next = page.data?.nextPageToken ?? "";
+              const shown = rowsRef.current?.length ?? 0;
+              if (tokens.length === 1 && trimmed.current && shown > 0) {
+                // Read the first page again as shown, so "Older" goes on from its last row.
+                try {
+                  next = (await api().listJobs(listRequest(filters, "", shown, { order: JobOrder.FINISHED_DESC }))).nextPageToken;
+                } catch {
+                  // Keep the old token: some rows skipped beats a dead button.
+                }
+                if (!next) return;
+              }
+              trimmed.current = false;
+              setTokens([...tokens, next]);
+            }}
           />
         ) : null}
       </div>

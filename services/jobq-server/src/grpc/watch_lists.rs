@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use tokio::sync::broadcast::error::RecvError;
 use tokio::sync::{broadcast, mpsc, watch};
+use tokio_util::sync::CancellationToken;
 use tonic::Status;
 
 use super::streams::{WatchPresence, shutting_down};
@@ -66,31 +67,24 @@ pub async fn watch_list<T, K, R, F>(
             }
             Err(error) => Some(Err(Status::from(error))),
         };
-        if let Some(message) = message {
-            let failed = message.is_err();
-            tokio::select! {
-                sent = sender.send(message) => if sent.is_err() || failed { return },
-                () = shutdown.cancelled() => {
-                    let _ = sender.try_send(Err(shutting_down("watch")));
-                    return;
-                }
-            }
+        if let Some(message) = message
+            && !send_or_end(&sender, &shutdown, message).await
+        {
+            return;
         }
-        tokio::select! {
-            () = sender.closed() => return,
-            () = shutdown.cancelled() => {
-                let _ = sender.send(Err(shutting_down("watch"))).await;
-                return;
-            }
-            () = triggered(&mut triggers, queue_names) => {}
-        }
-        tokio::select! {
-            () = sender.closed() => return,
-            () = shutdown.cancelled() => {
-                let _ = sender.send(Err(shutting_down("watch"))).await;
-                return;
-            }
-            () = tokio::time::sleep(triggers.gap) => {}
+        let gap = triggers.gap;
+        let triggered = async {
+            triggered(&mut triggers, queue_names).await;
+            true
+        };
+        if !wait_or_end(&sender, &shutdown, triggered).await
+            || !wait_or_end(&sender, &shutdown, async {
+                tokio::time::sleep(gap).await;
+                true
+            })
+            .await
+        {
+            return;
         }
     }
 }
@@ -162,22 +156,47 @@ pub async fn watch_stats<T>(
         let snapshot = narrowed(&feed.borrow_and_update(), &queues);
         if last.as_ref() != Some(&snapshot.queues) {
             last = Some(snapshot.queues.clone());
-            tokio::select! {
-                sent = sender.send(Ok(message(snapshot))) => if sent.is_err() { return },
-                () = shutdown.cancelled() => {
-                    let _ = sender.try_send(Err(shutting_down("watch")));
-                    return;
-                }
-            }
-        }
-        tokio::select! {
-            () = sender.closed() => return,
-            () = shutdown.cancelled() => {
-                let _ = sender.send(Err(shutting_down("watch"))).await;
+            if !send_or_end(&sender, &shutdown, Ok(message(snapshot))).await {
                 return;
             }
-            changed = feed.changed() => if changed.is_err() { return },
         }
+        if !wait_or_end(&sender, &shutdown, async { feed.changed().await.is_ok() }).await {
+            return;
+        }
+    }
+}
+
+/// Sends `message` unless the server shuts down first (then says so);
+/// false when the stream is over.
+async fn send_or_end<T>(
+    sender: &mpsc::Sender<Result<T, Status>>,
+    shutdown: &CancellationToken,
+    message: Result<T, Status>,
+) -> bool {
+    let failed = message.is_err();
+    tokio::select! {
+        sent = sender.send(message) => sent.is_ok() && !failed,
+        () = shutdown.cancelled() => {
+            let _ = sender.try_send(Err(shutting_down("watch")));
+            false
+        }
+    }
+}
+
+/// Waits for `until` unless the client leaves or the server shuts down
+/// first (then says so); false when the stream is over.
+async fn wait_or_end<T>(
+    sender: &mpsc::Sender<Result<T, Status>>,
+    shutdown: &CancellationToken,
+    until: impl Future<Output = bool>,
+) -> bool {
+    tokio::select! {
+        () = sender.closed() => false,
+        () = shutdown.cancelled() => {
+            let _ = sender.send(Err(shutting_down("watch"))).await;
+            false
+        }
+        going_on = until => going_on,
     }
 }
 

@@ -7,7 +7,7 @@
 use sea_orm::DbBackend;
 
 use super::sql::Sql;
-use crate::domain::{JobFilter, JobOrder, PageCursor, PayloadFilter, PayloadMatch};
+use crate::domain::{JobFilter, JobId, JobOrder, Millis, PageCursor, PayloadFilter, PayloadMatch};
 
 /// Trigram indexes narrow nothing with fewer characters than this.
 const MIN_TRIGRAM_CHARS: usize = 3;
@@ -182,6 +182,19 @@ fn push_payload_filter(
 /// `all_finished`: the states filtered by are all terminal, so every job
 /// listed has a finished_at and the order is the one the dead-letter index
 /// (`jobs_dead_finished_idx`) is in.
+/// ` AND (` and the jobs after (`finished_at`, `id`) in most-recently-
+/// finished order; the caller closes the parenthesis.
+fn after_finished_cursor(statement: Sql, finished_at: Millis, id: &JobId) -> Sql {
+    statement
+        .push(" AND (finished_at < ")
+        .bind(finished_at)
+        .push(" OR (finished_at = ")
+        .bind(finished_at)
+        .push(" AND id < ")
+        .bind(id.to_string())
+        .push(")")
+}
+
 pub fn push_order(
     statement: Sql,
     order: JobOrder,
@@ -195,14 +208,7 @@ pub fn push_order(
                 Some(PageCursor {
                     id,
                     finished_at: Some(finished_at),
-                }) => statement
-                    .push(" AND (finished_at < ")
-                    .bind(*finished_at)
-                    .push(" OR (finished_at = ")
-                    .bind(*finished_at)
-                    .push(" AND id < ")
-                    .bind(id.to_string())
-                    .push("))"),
+                }) => after_finished_cursor(statement, *finished_at, id).push(")"),
                 // No finished job comes after an unfinished one.
                 Some(PageCursor {
                     finished_at: None, ..
@@ -225,14 +231,8 @@ pub fn push_order(
                 Some(PageCursor {
                     id,
                     finished_at: Some(finished_at),
-                }) => statement
-                    .push(" AND (finished_at < ")
-                    .bind(*finished_at)
-                    .push(" OR (finished_at = ")
-                    .bind(*finished_at)
-                    .push(" AND id < ")
-                    .bind(id.to_string())
-                    .push(") OR finished_at IS NULL)"),
+                }) => after_finished_cursor(statement, *finished_at, id)
+                    .push(" OR finished_at IS NULL)"),
                 Some(PageCursor {
                     id,
                     finished_at: None,
