@@ -1,12 +1,13 @@
-//! Payload and tag search at a million jobs (issue 14): a perf script, not
-//! part of CI (filling the database takes minutes). It checks that each
+//! Payload and tag search over many jobs (issue 14). It checks that each
 //! search finds the right jobs and prints the time ListJobs takes (over
 //! loopback, so nearly all of it is the server's); it asserts no time.
+//! CI runs it on 20,000 jobs; the figures at a million (filling takes
+//! minutes) come from
 //!
-//!   cargo test -p jobq-tests --test e2e search_perf -- --ignored --nocapture
-//!   JOBQ_TEST_BACKEND=postgres cargo test -p jobq-tests --test e2e search_perf -- --ignored --nocapture
+//!   JOBQ_PERF_JOBS=1000000 cargo test -p jobq-tests --test e2e search_perf -- --nocapture
+//!   (with JOBQ_TEST_BACKEND=postgres for PostgreSQL)
 //!
-//! JOBQ_PERF_JOBS sets the count (default 1,000,000). Rows are written with
+//! JOBQ_PERF_JOBS sets the count (default 20,000). Rows are written with
 //! one INSERT … SELECT, as the server would write them (summary included);
 //! the search indexes are kept by the engine as for any insert.
 
@@ -98,12 +99,11 @@ async fn timed(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "perf script: fills a million jobs (minutes); run with --ignored --nocapture"]
 async fn search_perf_at_a_million_jobs() -> Result<()> {
     let total: u64 = std::env::var("JOBQ_PERF_JOBS")
         .ok()
         .and_then(|raw| raw.parse().ok())
-        .unwrap_or(1_000_000);
+        .unwrap_or(20_000);
     let server = TestServer::start().await?;
     let backend = server.database().backend();
     let url = match backend {

@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use crate::config::SqliteDurability;
 use crate::domain::{
-    CompleteReport, FailReport, HistoryQuery, HistoryRow, HistoryStats, HistoryStore, JobHistory,
-    JobObserver, LatencyHistogram, MINUTE, QueueError, minute_of,
+    CompleteReport, FailReport, HistoryQuery, HistoryRow, HistoryStats, JobHistory, JobObserver,
+    LatencyHistogram, MINUTE, QueueError, minute_of,
 };
 use crate::store::SqlStore;
 use crate::testkit::{Fixture, START, lease_request, spec};
@@ -338,97 +338,4 @@ async fn shutdown_writes_the_open_minute_and_late_events_join_the_next_one() {
     assert_eq!(points.len(), 1);
     assert_eq!(points[0].start, START + MINUTE);
     assert_eq!(points[0].stats.enqueued, 2);
-}
-
-/// How long a week of history takes to read back (run by hand:
-/// `cargo test -p jobq-server --lib week_of_history -- --ignored --nocapture`).
-#[tokio::test]
-#[ignore = "a measurement, not a check"]
-async fn week_of_history_read_time() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let store = history_store(&dir).await;
-    let clock = Arc::new(crate::domain::ManualClock::at(START + 7 * 1_440 * MINUTE));
-    let history = JobHistory::new(
-        store.clone(),
-        clock.clone(),
-        "replica-a".into(),
-        Duration::from_secs(8 * 24 * 3600),
-    );
-    let mut rows = Vec::new();
-    for minute in 0..7 * 1_440 {
-        for series in 0..10 {
-            let mut row = row(
-                START + minute * MINUTE,
-                &format!("q{series}"),
-                "t",
-                5,
-                1_000 + minute,
-            );
-            row.stats.wait.record(minute * 7);
-            rows.push(row);
-        }
-    }
-    let started = std::time::Instant::now();
-    for chunk in rows.chunks(1_440) {
-        store
-            .write_history("replica-a", chunk)
-            .await
-            .expect("write");
-    }
-    let written = started.elapsed();
-    let query = HistoryQuery::new(
-        Some(START),
-        Some(START + 7 * 1_440 * MINUTE),
-        Some(120 * MINUTE),
-        crate::domain::Clock::now(&*clock),
-    )
-    .expect("query");
-    let started = std::time::Instant::now();
-    let stored = store
-        .read_history(&query, query.start, query.end, ("", &[]))
-        .await
-        .expect("read");
-    println!(
-        "read {} rows alone in {:?}",
-        stored.len(),
-        started.elapsed()
-    );
-    let started = std::time::Instant::now();
-    let points = history.query(&query).await.expect("query");
-    println!(
-        "{} rows written in {written:?}; a week by 2 h read back as {} points in {:?}",
-        rows.len(),
-        points.len(),
-        started.elapsed()
-    );
-}
-
-/// What recording costs per event, on the queue's commit path (run by hand:
-/// `cargo test -p jobq-server --lib cost_of_recording -- --ignored --nocapture`).
-#[tokio::test]
-#[ignore = "a measurement, not a check"]
-async fn cost_of_recording() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let clock = Arc::new(crate::domain::ManualClock::at(START));
-    let history = JobHistory::new(
-        history_store(&dir).await,
-        clock,
-        "replica-a".into(),
-        Duration::from_secs(3600),
-    );
-    let jobs: Vec<_> = (0..10)
-        .map(|n| {
-            let mut spec = spec(1);
-            spec.queue = format!("q{n}");
-            crate::domain::queue::new_job(spec, START)
-        })
-        .collect();
-    let refs: Vec<_> = jobs.iter().collect();
-    let rounds = 100_000;
-    let started = std::time::Instant::now();
-    for n in 0..rounds {
-        history.created(&refs, START + n);
-    }
-    let per_event = started.elapsed() / (rounds as u32 * 10);
-    println!("{per_event:?} per recorded event (10 series)");
 }
