@@ -49,6 +49,11 @@ impl RunningWorker {
         Self { shutdown, task }
     }
 
+    /// Asks for a graceful stop without waiting for it.
+    pub fn request_stop(&self) {
+        self.shutdown.request_graceful();
+    }
+
     /// Graceful stop; waits (bounded) for the worker to finish.
     pub async fn stop(self) -> Result<()> {
         self.shutdown.request_graceful();
@@ -310,6 +315,129 @@ async fn sdk_concurrency_limit_holds_and_no_extra_job_is_leased() -> Result<()> 
         "never more than the concurrency at once"
     );
     worker_run.stop().await
+}
+
+/// Short jobs are leased ahead of the free slots (so a slot that frees up
+/// needs no round trip), never run beyond the concurrency, and a graceful
+/// stop hands the ones not started back at once while the running ones
+/// finish.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sdk_leases_short_jobs_ahead_and_hands_back_the_unstarted_at_shutdown() -> Result<()> {
+    let server = TestServer::start().await?;
+    let client = sdk_client(&server)?;
+    let jobq = server.client();
+    let running_now = Arc::new(AtomicUsize::new(0));
+    let most = Arc::new(AtomicUsize::new(0));
+    let slow_runs = Arc::new(AtomicUsize::new(0));
+    let release = Arc::new(Notify::new());
+    let (running_in, most_in, runs_in, release_in) = (
+        running_now.clone(),
+        most.clone(),
+        slow_runs.clone(),
+        release.clone(),
+    );
+    let config = WorkerConfig::builder()
+        .concurrency(2)
+        .lease_duration(Duration::from_secs(60))
+        .poll_wait(Duration::from_secs(5))
+        .grace_period(Duration::from_secs(120))
+        .build()?;
+    let worker = Worker::new(client.clone(), config)
+        .handler(
+            "quick",
+            handler_fn(|_ctx: JobContext| async { JobResult::Ok(serde_json::Value::Null) }),
+        )
+        .handler(
+            "slow",
+            handler_fn(move |_ctx: JobContext| {
+                let (running, most, runs, release) = (
+                    running_in.clone(),
+                    most_in.clone(),
+                    runs_in.clone(),
+                    release_in.clone(),
+                );
+                async move {
+                    runs.fetch_add(1, Ordering::SeqCst);
+                    let now = running.fetch_add(1, Ordering::SeqCst) + 1;
+                    most.fetch_max(now, Ordering::SeqCst);
+                    release.notified().await;
+                    running.fetch_sub(1, Ordering::SeqCst);
+                    JobResult::Ok(serde_json::Value::Null)
+                }
+            }),
+        );
+    // Quick jobs first: the worker learns that its jobs end within a round trip.
+    let quick: Vec<pb::JobSpec> = (0..200)
+        .map(|n| NewJob::new("quick", json!({ "n": n })).into())
+        .collect();
+    client.enqueue_many(quick).await?;
+    let worker_run = RunningWorker::start(worker);
+    eventually(
+        Duration::from_secs(60),
+        "the quick jobs to succeed",
+        || async { Ok((jobq.count_in_state(JobState::Succeeded).await? == 200).then_some(())) },
+    )
+    .await?;
+
+    for n in 0..6 {
+        client
+            .enqueue(NewJob::new("slow", json!({ "n": n })))
+            .await?;
+    }
+    // Two run, two more are held for the slots (leased: running on the
+    // server), two stay queued for other workers.
+    eventually(
+        Duration::from_secs(30),
+        "two run and two are leased ahead",
+        || async {
+            let running = jobq.count_in_state(JobState::Running).await?;
+            let queued = jobq.count_in_state(JobState::Queued).await?;
+            Ok(
+                (running_now.load(Ordering::SeqCst) == 2 && running == 4 && queued == 2)
+                    .then_some(()),
+            )
+        },
+    )
+    .await?;
+
+    // A graceful stop hands back the two not started while two still run.
+    worker_run.request_stop();
+    eventually(
+        Duration::from_secs(30),
+        "the unstarted jobs to be handed back",
+        || async { Ok((jobq.count_in_state(JobState::Queued).await? == 4).then_some(())) },
+    )
+    .await?;
+    assert_eq!(
+        running_now.load(Ordering::SeqCst),
+        2,
+        "the running jobs go on"
+    );
+    assert_eq!(jobq.count_in_state(JobState::Running).await?, 2);
+
+    release.notify_waiters();
+    eventually(
+        Duration::from_secs(30),
+        "the running jobs to finish",
+        || async {
+            release.notify_waiters();
+            Ok((jobq.count_in_state(JobState::Succeeded).await? == 202).then_some(()))
+        },
+    )
+    .await?;
+    worker_run.stop().await?;
+    assert_eq!(
+        most.load(Ordering::SeqCst),
+        2,
+        "never more than the concurrency at once"
+    );
+    assert_eq!(
+        slow_runs.load(Ordering::SeqCst),
+        2,
+        "the handed-back jobs never ran here"
+    );
+    assert_eq!(jobq.count_in_state(JobState::Queued).await?, 4);
+    Ok(())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -54,6 +54,11 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 1000)]
     pub batch: usize,
 
+    /// Jobs each worker process leases ahead of its free slots at most
+    /// (default: the SDK's, its concurrency; 0: only for free slots).
+    #[arg(long)]
+    pub lease_ahead: Option<usize>,
+
     /// EnqueueJobs calls in flight (enqueue-batch).
     #[arg(long, default_value_t = 1)]
     pub batch_concurrency: usize,
@@ -267,6 +272,7 @@ pub fn run_cli(prefix: &[&str], args: BenchArgs) -> ExitCode {
             concurrency: args.concurrency,
             token: args.token.clone(),
             lease: args.internal_lease,
+            lease_ahead: args.lease_ahead,
             trace_runs: args.internal_trace_runs,
         };
         return match runtime.block_on(worker::run(endpoint, options)) {
@@ -281,6 +287,10 @@ pub fn run_cli(prefix: &[&str], args: BenchArgs) -> ExitCode {
     let invocation = workloads::Invocation {
         program: std::env::current_exe().unwrap_or_else(|_| PathBuf::from("jobq-bench")),
         prefix: prefix.iter().map(|part| (*part).to_owned()).collect(),
+        worker_args: args
+            .lease_ahead
+            .map(|jobs| vec!["--lease-ahead".to_owned(), jobs.to_string()])
+            .unwrap_or_default(),
     };
     let ran = runtime.block_on(async {
         let collector = match args.otlp {

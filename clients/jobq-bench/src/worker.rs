@@ -64,6 +64,8 @@ pub struct WorkerOptions {
     pub token: Option<String>,
     /// Lease asked for (default: the SDK's).
     pub lease: Option<Duration>,
+    /// Most jobs leased ahead of the free slots (default: the SDK's).
+    pub lease_ahead: Option<usize>,
     /// Print a `ran` line per handler run.
     pub trace_runs: bool,
 }
@@ -177,6 +179,9 @@ pub async fn run(endpoint: &str, options: WorkerOptions) -> anyhow::Result<()> {
         .poll_wait(Duration::from_secs(5));
     if let Some(lease) = options.lease {
         worker_config = worker_config.lease_duration(lease);
+    }
+    if let Some(jobs) = options.lease_ahead {
+        worker_config = worker_config.lease_ahead(jobs);
     }
     let worker_config = worker_config.build()?;
     let trace = options.trace_runs.then(|| Arc::new(RunTrace::default()));

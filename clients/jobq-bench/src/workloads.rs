@@ -74,6 +74,8 @@ pub struct Invocation {
     pub program: PathBuf,
     /// Arguments before the bench's own (`bench` under `jobq`).
     pub prefix: Vec<String>,
+    /// Arguments every worker process gets.
+    pub worker_args: Vec<String>,
 }
 
 /// The figures of one run.
@@ -328,6 +330,7 @@ impl WorkerProcess {
             .arg(endpoint)
             .arg("--concurrency")
             .arg(concurrency.to_string())
+            .args(&invocation.worker_args)
             .args(extra)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())

@@ -19,6 +19,7 @@ pub struct WorkerConfig {
     pub(crate) queues: Vec<String>,
     pub(crate) concurrency: usize,
     pub(crate) max_lease_batch: usize,
+    pub(crate) lease_ahead: usize,
     pub(crate) poll_wait: Duration,
     pub(crate) lease_duration: Duration,
     pub(crate) heartbeat_interval: Duration,
@@ -44,6 +45,7 @@ impl WorkerConfig {
                 queues: vec!["default".to_owned()],
                 concurrency: 4,
                 max_lease_batch: 100,
+                lease_ahead: usize::MAX,
                 poll_wait: Duration::from_secs(20),
                 lease_duration: Duration::from_secs(30),
                 heartbeat_interval: Duration::ZERO,
@@ -125,10 +127,18 @@ impl WorkerConfigBuilder {
         self
     }
 
-    /// Most jobs run at once (default 4). A slot is taken before leasing, so
-    /// the worker never holds a job it cannot start.
+    /// Most jobs run at once (default 4).
     pub fn concurrency(mut self, concurrency: usize) -> Self {
         self.config.concurrency = concurrency;
+        self
+    }
+
+    /// Most jobs leased ahead of the free slots (default: the concurrency).
+    /// The worker leases ahead only as many as it expects to end during one
+    /// lease round trip, so only short jobs are leased ahead; 0 leases only
+    /// for free slots.
+    pub fn lease_ahead(mut self, jobs: usize) -> Self {
+        self.config.lease_ahead = jobs;
         self
     }
 
@@ -228,6 +238,7 @@ impl WorkerConfigBuilder {
         if config.concurrency == 0 {
             return invalid("concurrency must be at least 1".into());
         }
+        config.lease_ahead = config.lease_ahead.min(config.concurrency);
         if !(1..=100).contains(&config.max_lease_batch) {
             return invalid("the lease batch must be 1..100 jobs".into());
         }

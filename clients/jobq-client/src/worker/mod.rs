@@ -2,11 +2,13 @@
 //! runs them until it is told to stop.
 //!
 //! How it works:
-//! - A concurrency slot (semaphore permit) is taken *before* each LeaseJobs
-//!   long poll, which asks for as many jobs as there are free slots (up to the
-//!   batch size): the worker never holds a job it cannot start. Up to two
-//!   lease calls are in flight at once, so slots that free up while one call
-//!   is on its way are filled by the next without waiting for it.
+//! - A LeaseJobs long poll asks for as many jobs as there are free slots
+//!   (up to the batch size), plus, when jobs are short, the jobs expected to
+//!   end during one lease round trip ([`pace`]): those wait in the worker
+//!   for a slot, so a slot that frees up starts its next job without a round
+//!   trip. Jobs of seconds or more are never leased ahead: the worker then
+//!   holds no job it cannot start. Up to two lease calls are in flight at
+//!   once.
 //! - One heartbeat loop renews all leases in one call and forwards progress;
 //!   its answers (cancelled, timed out, lease lost) fire the job's
 //!   cancellation token.
@@ -24,6 +26,7 @@ mod context;
 mod handler;
 mod heartbeat;
 mod logs;
+mod pace;
 mod reports;
 mod shutdown;
 
@@ -48,6 +51,7 @@ pub use shutdown::Shutdown;
 use self::backoff::Backoff;
 use self::context::ActiveJob;
 use self::logs::LogSink;
+use self::pace::Pace;
 use self::reports::{Outcome, Report, Reporter};
 use crate::client::Client;
 use crate::convert::{proto_duration, proto_value, system_time, until};
@@ -110,6 +114,12 @@ pub(crate) struct Shared {
     to_release: Mutex<Vec<pb::JobLease>>,
     /// Fires on a forced stop: supervisors abort their handlers at once.
     pub force: CancellationToken,
+    /// Fires when a stop is asked for: jobs leased ahead are handed back unstarted.
+    graceful: CancellationToken,
+    /// One permit per job running now.
+    slots: Arc<Semaphore>,
+    /// How long jobs and leases take: how many jobs to lease ahead.
+    pace: Mutex<Pace>,
     logs: LogSink,
     reporter: Mutex<Option<Reporter>>,
     pub on_reported: Option<ReportedHook>,
@@ -222,6 +232,7 @@ impl Worker {
             Backoff::new(self.config.reconnect_min, self.config.reconnect_max),
         );
         let (reporter, reports) = Reporter::new();
+        let slots = Arc::new(Semaphore::new(self.config.concurrency));
         let shared = Arc::new(Shared {
             client: self.client,
             config: self.config,
@@ -230,6 +241,9 @@ impl Worker {
             progress_wake: Arc::new(Notify::new()),
             to_release: Mutex::new(Vec::new()),
             force: shutdown.force_token(),
+            graceful: shutdown.graceful_token(),
+            slots,
+            pace: Mutex::new(Pace::default()),
             logs,
             reporter: Mutex::new(Some(reporter)),
             on_reported: self.on_reported,
@@ -296,7 +310,10 @@ async fn lease_loop(
     shutdown: &Shutdown,
 ) -> Option<tonic::Status> {
     let config = &shared.config;
-    let slots = Arc::new(Semaphore::new(config.concurrency));
+    // One permit per job held, running or waiting for a slot; as many as
+    // the slots plus the jobs worth leasing ahead now.
+    let held = Arc::new(Semaphore::new(config.concurrency));
+    let mut held_most = config.concurrency;
     let calls = Arc::new(Semaphore::new(MAX_LEASE_CALLS));
     let backoff = Arc::new(Mutex::new(LeaseBackoff {
         backoff: Backoff::new(config.reconnect_min, config.reconnect_max),
@@ -319,18 +336,31 @@ async fn lease_loop(
                 Err(_) => break None,
             },
         };
-        // A slot first: never lease a job that cannot start now.
+        let ahead = shared
+            .pace
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .ahead(config.concurrency, config.lease_ahead);
+        let wanted = config.concurrency + ahead;
+        if wanted > held_most {
+            held.add_permits(wanted - held_most);
+            held_most = wanted;
+        } else if wanted < held_most {
+            // Only free permits can go; the rest go on a later turn.
+            held_most -= held.forget_permits(held_most - wanted);
+        }
+        // A permit first: never lease a job that cannot start now or soon.
         let first = tokio::select! {
             biased;
             () = shutdown.requested() => break None,
-            permit = slots.clone().acquire_owned() => match permit {
+            permit = held.clone().acquire_owned() => match permit {
                 Ok(permit) => permit,
                 Err(_) => break None,
             },
         };
         let mut permits = vec![first];
         while permits.len() < config.max_lease_batch {
-            match slots.clone().try_acquire_owned() {
+            match held.clone().try_acquire_owned() {
                 Ok(permit) => permits.push(permit),
                 Err(_) => break,
             }
@@ -407,7 +437,18 @@ async fn lease_call(
         }
     };
     let leased = match answer {
-        Ok(Ok(response)) => response.into_inner().jobs,
+        Ok(Ok(response)) => {
+            let jobs = response.into_inner().jobs;
+            // A full answer came without waiting for work: a round trip.
+            if jobs.len() == permits.len() {
+                shared
+                    .pace
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .lease_answered(asked_at.elapsed());
+            }
+            jobs
+        }
         Ok(Err(status)) if is_final_refusal(&status) => {
             tracing::error!(code = ?status.code(), "the server refused to lease jobs: {}", status.message());
             return Some(status);
@@ -554,9 +595,25 @@ async fn supervise(
     active: Arc<ActiveJob>,
     deadline: Option<Instant>,
     attempt_deadline: Option<std::time::SystemTime>,
-    permit: OwnedSemaphorePermit,
+    held: OwnedSemaphorePermit,
 ) {
     let config = &shared.config;
+    // A job leased ahead waits here for a slot; one leased for a free slot
+    // finds it at once.
+    let slot = tokio::select! {
+        biased;
+        () = shared.graceful.cancelled() => None,
+        () = active.token.cancelled() => None,
+        slot = shared.slots.clone().acquire_owned() => slot.ok(),
+    };
+    let Some(slot) = slot else {
+        return finish_unstarted(shared, &active, held).await;
+    };
+    let permit = Held {
+        _held: held,
+        _slot: slot,
+    };
+    let started = Instant::now();
     let job_type = job.r#type.clone();
     let logger = shared.logs.open(active.lease.clone()).await;
     tracing::debug!("job started");
@@ -623,6 +680,11 @@ async fn supervise(
             }
         }
     };
+    shared
+        .pace
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .job_ran(started.elapsed());
     let ended = match joined {
         Ok(result) => Ended::Returned(result),
         Err(error) if error.is_panic() => {
@@ -638,12 +700,7 @@ async fn supervise(
 /// Wraps an attempt up: its log lines go out first (lines pushed after the
 /// report would be refused: the lease ends with it), then its slot is freed
 /// and its outcome handed to the reporter.
-async fn finish(
-    shared: &Arc<Shared>,
-    active: &Arc<ActiveJob>,
-    ended: Ended,
-    permit: OwnedSemaphorePermit,
-) {
+async fn finish(shared: &Arc<Shared>, active: &Arc<ActiveJob>, ended: Ended, permit: Held) {
     let flush_limit = if shared.force.is_cancelled() {
         Duration::from_millis(500)
     } else {
@@ -655,6 +712,30 @@ async fn finish(
     }
     drop(permit);
     report(shared, active, ended);
+}
+
+/// A job leased ahead that never got a slot: on a shutdown its lease goes
+/// back at once for another worker; cancelled, timed out or lost, it is
+/// reported as such without running.
+async fn finish_unstarted(
+    shared: &Arc<Shared>,
+    active: &Arc<ActiveJob>,
+    held: OwnedSemaphorePermit,
+) {
+    drop(held);
+    if active.stop_cause().is_none() || shared.graceful.is_cancelled() {
+        shared.remove(active.job_id());
+        release(shared, vec![active.lease.clone()]).await;
+        return;
+    }
+    report(shared, active, Ended::Aborted);
+}
+
+/// The permits of a running job: held (counted against what the worker
+/// leases) and its slot.
+struct Held {
+    _held: OwnedSemaphorePermit,
+    _slot: OwnedSemaphorePermit,
 }
 
 /// Sends progress reported since the last heartbeat (typically "100%,

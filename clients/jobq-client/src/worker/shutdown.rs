@@ -74,6 +74,10 @@ impl Shutdown {
         self.force.cancelled().await;
     }
 
+    pub(crate) fn graceful_token(&self) -> CancellationToken {
+        self.graceful.clone()
+    }
+
     pub(crate) fn force_token(&self) -> CancellationToken {
         self.force.clone()
     }
