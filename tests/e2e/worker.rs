@@ -341,6 +341,7 @@ async fn sdk_leases_short_jobs_ahead_and_hands_back_the_unstarted_at_shutdown() 
         .lease_duration(Duration::from_secs(60))
         .poll_wait(Duration::from_secs(5))
         .grace_period(Duration::from_secs(120))
+        .lease_ahead_wait(Duration::from_secs(50))
         .build()?;
     let worker = Worker::new(client.clone(), config)
         .handler(
@@ -438,6 +439,91 @@ async fn sdk_leases_short_jobs_ahead_and_hands_back_the_unstarted_at_shutdown() 
     );
     assert_eq!(jobq.count_in_state(JobState::Queued).await?, 4);
     Ok(())
+}
+
+/// A job leased ahead that waits too long for a slot (the job before it
+/// turned out long) goes back to the queue without using up an attempt,
+/// and the worker leases no more ahead until short jobs are seen again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sdk_hands_back_a_job_leased_ahead_that_waits_too_long() -> Result<()> {
+    let server = TestServer::start().await?;
+    let client = sdk_client(&server)?;
+    let jobq = server.client();
+    let slow_running = Arc::new(AtomicUsize::new(0));
+    let release = Arc::new(Notify::new());
+    let (running_in, release_in) = (slow_running.clone(), release.clone());
+    let config = WorkerConfig::builder()
+        .concurrency(1)
+        .lease_duration(Duration::from_secs(60))
+        .poll_wait(Duration::from_secs(5))
+        .lease_ahead_wait(Duration::from_millis(500))
+        .build()?;
+    let worker = Worker::new(client.clone(), config)
+        .handler(
+            "quick",
+            handler_fn(|_ctx: JobContext| async { JobResult::Ok(serde_json::Value::Null) }),
+        )
+        .handler(
+            "slow",
+            handler_fn(move |_ctx: JobContext| {
+                let (running, release) = (running_in.clone(), release_in.clone());
+                async move {
+                    running.fetch_add(1, Ordering::SeqCst);
+                    release.notified().await;
+                    JobResult::Ok(serde_json::Value::Null)
+                }
+            }),
+        );
+    let quick: Vec<pb::JobSpec> = (0..100)
+        .map(|n| NewJob::new("quick", json!({ "n": n })).into())
+        .collect();
+    client.enqueue_many(quick).await?;
+    let worker_run = RunningWorker::start(worker);
+    eventually(
+        Duration::from_secs(60),
+        "the quick jobs to succeed",
+        || async { Ok((jobq.count_in_state(JobState::Succeeded).await? == 100).then_some(())) },
+    )
+    .await?;
+
+    client.enqueue(NewJob::new("slow", json!({}))).await?;
+    eventually(Duration::from_secs(30), "the slow job to start", || async {
+        Ok((slow_running.load(Ordering::SeqCst) == 1).then_some(()))
+    })
+    .await?;
+    let behind = client
+        .enqueue(NewJob::new("quick", json!({ "behind": true })))
+        .await?
+        .job
+        .id;
+    let handed_back = eventually(
+        Duration::from_secs(30),
+        "the job behind it to be handed back",
+        || async {
+            let job = jobq.get(&behind).await?;
+            Ok((job.state() == JobState::Queued
+                && attempt_outcomes(&job).contains(&AttemptOutcome::Released))
+            .then_some(job))
+        },
+    )
+    .await?;
+    assert_eq!(handed_back.attempt, 0, "the hand-back used up no attempt");
+    // The worker now knows its jobs can be long: it does not lease the job
+    // again while its one slot is taken (no lease, hand back, lease again).
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let still = jobq.get(&behind).await?;
+    assert_eq!(still.state(), JobState::Queued);
+    assert_eq!(attempt_outcomes(&still), vec![AttemptOutcome::Released]);
+
+    release.notify_waiters();
+    jobq.wait_for_state(&behind, JobState::Succeeded, Duration::from_secs(30))
+        .await?;
+    let ran = jobq.get(&behind).await?;
+    assert_eq!(
+        attempt_outcomes(&ran),
+        vec![AttemptOutcome::Released, AttemptOutcome::Succeeded]
+    );
+    worker_run.stop().await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

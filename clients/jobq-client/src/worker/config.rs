@@ -20,6 +20,7 @@ pub struct WorkerConfig {
     pub(crate) concurrency: usize,
     pub(crate) max_lease_batch: usize,
     pub(crate) lease_ahead: usize,
+    pub(crate) lease_ahead_wait: Duration,
     pub(crate) poll_wait: Duration,
     pub(crate) lease_duration: Duration,
     pub(crate) heartbeat_interval: Duration,
@@ -46,6 +47,7 @@ impl WorkerConfig {
                 concurrency: 4,
                 max_lease_batch: 100,
                 lease_ahead: usize::MAX,
+                lease_ahead_wait: Duration::from_secs(1),
                 poll_wait: Duration::from_secs(20),
                 lease_duration: Duration::from_secs(30),
                 heartbeat_interval: Duration::ZERO,
@@ -139,6 +141,15 @@ impl WorkerConfigBuilder {
     /// for free slots.
     pub fn lease_ahead(mut self, jobs: usize) -> Self {
         self.config.lease_ahead = jobs;
+        self
+    }
+
+    /// How long a job leased ahead waits for a slot before it is handed
+    /// back, its attempt not used up (default 1 s; less than the lease).
+    /// Its timeout counts from its lease, so this much of it may pass
+    /// before it starts.
+    pub fn lease_ahead_wait(mut self, wait: Duration) -> Self {
+        self.config.lease_ahead_wait = wait;
         self
     }
 
@@ -247,6 +258,11 @@ impl WorkerConfigBuilder {
         }
         if config.lease_duration < Duration::from_secs(1) || config.lease_duration > MAX_LEASE {
             return invalid("the lease duration must be 1s..1h".into());
+        }
+        if config.lease_ahead_wait.is_zero() || config.lease_ahead_wait >= config.lease_duration {
+            return invalid(
+                "the lease-ahead wait must be greater than zero and shorter than the lease".into(),
+            );
         }
         if config.heartbeat_interval.is_zero() {
             config.heartbeat_interval = config.lease_duration / 3;

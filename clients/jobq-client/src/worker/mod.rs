@@ -150,6 +150,14 @@ impl Shared {
             .remove(job_id);
     }
 
+    /// Jobs worth leasing beyond the slots now.
+    fn lease_ahead(&self) -> usize {
+        self.pace
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .ahead(self.config.concurrency, self.config.lease_ahead)
+    }
+
     fn running_count(&self) -> usize {
         self.active
             .lock()
@@ -336,12 +344,7 @@ async fn lease_loop(
                 Err(_) => break None,
             },
         };
-        let ahead = shared
-            .pace
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .ahead(config.concurrency, config.lease_ahead);
-        let wanted = config.concurrency + ahead;
+        let wanted = config.concurrency + shared.lease_ahead();
         if wanted > held_most {
             held.add_permits(wanted - held_most);
             held_most = wanted;
@@ -358,6 +361,13 @@ async fn lease_loop(
                 Err(_) => break None,
             },
         };
+        // The pace may have changed while this waited (a job leased ahead
+        // waited too long): then the permit goes instead of a lease.
+        if config.concurrency + shared.lease_ahead() < held_most {
+            first.forget();
+            held_most -= 1;
+            continue;
+        }
         let mut permits = vec![first];
         while permits.len() < config.max_lease_batch {
             match held.clone().try_acquire_owned() {
@@ -600,11 +610,22 @@ async fn supervise(
     let config = &shared.config;
     // A job leased ahead waits here for a slot; one leased for a free slot
     // finds it at once.
+    let held_at = Instant::now();
     let slot = tokio::select! {
         biased;
         () = shared.graceful.cancelled() => None,
         () = active.token.cancelled() => None,
         slot = shared.slots.clone().acquire_owned() => slot.ok(),
+        () = tokio::time::sleep(config.lease_ahead_wait) => {
+            // The jobs running now are longer than the pace said: lease no
+            // more ahead until short jobs are seen again.
+            shared
+                .pace
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .held_too_long(held_at.elapsed(), config.concurrency);
+            None
+        }
     };
     let Some(slot) = slot else {
         return finish_unstarted(shared, &active, held).await;
@@ -714,21 +735,23 @@ async fn finish(shared: &Arc<Shared>, active: &Arc<ActiveJob>, ended: Ended, per
     report(shared, active, ended);
 }
 
-/// A job leased ahead that never got a slot: on a shutdown its lease goes
-/// back at once for another worker; cancelled, timed out or lost, it is
-/// reported as such without running.
+/// A job leased ahead that never got a slot: on a shutdown, or after
+/// waiting too long, its lease goes back at once for another worker (its
+/// attempt is not used up); cancelled, timed out or lost, it is reported
+/// as such without running.
 async fn finish_unstarted(
     shared: &Arc<Shared>,
     active: &Arc<ActiveJob>,
     held: OwnedSemaphorePermit,
 ) {
-    drop(held);
     if active.stop_cause().is_none() || shared.graceful.is_cancelled() {
         shared.remove(active.job_id());
         release(shared, vec![active.lease.clone()]).await;
-        return;
+    } else {
+        report(shared, active, Ended::Aborted);
     }
-    report(shared, active, Ended::Aborted);
+    // Only now: the job is no longer held when the next lease counts.
+    drop(held);
 }
 
 /// The permits of a running job: held (counted against what the worker

@@ -41,6 +41,13 @@ impl Pace {
         }
     }
 
+    /// A job leased ahead waited `waited` without getting one of `slots`:
+    /// the jobs running now take at least `slots × waited` between them.
+    pub fn held_too_long(&mut self, waited: Duration, slots: usize) {
+        let at_least = waited.as_secs_f64() * slots as f64;
+        self.run_secs = Some(self.run_secs.map_or(at_least, |run| run.max(at_least)));
+    }
+
     /// Jobs to hold beyond `slots` running ones, at most `most`; none until
     /// both a job and a lease have been timed.
     pub fn ahead(&self, slots: usize, most: usize) -> usize {
@@ -96,6 +103,19 @@ mod tests {
         let mut pace = timed(Duration::from_millis(1), Duration::from_millis(1));
         pace.lease_answered(Duration::from_secs(20));
         assert_eq!(pace.ahead(2, 100), 2);
+    }
+
+    #[test]
+    fn a_job_held_too_long_stops_leasing_ahead() {
+        let mut pace = timed(Duration::from_millis(1), Duration::from_millis(2));
+        assert_eq!(pace.ahead(4, 100), 8);
+        pace.held_too_long(Duration::from_secs(1), 4);
+        assert_eq!(pace.ahead(4, 100), 0);
+        // Short jobs again bring it back.
+        for _ in 0..60 {
+            pace.job_ran(Duration::from_millis(1));
+        }
+        assert_eq!(pace.ahead(4, 100), 8);
     }
 
     #[test]
