@@ -86,7 +86,7 @@ async fn save_changed(tx: &dyn Tx, changed: &[(&Job, &Job)]) -> QueueResult<()> 
         let statements = with_values(
             tx.backend(),
             &format!("UPDATE jobs SET {} FROM ", sql::assignments(&columns, "j")),
-            &rows,
+            rows,
             "j",
             &columns,
             " WHERE jobs.id = j.id",

@@ -7,6 +7,9 @@
 //! `VALUES` in power-of-two chunks on SQLite (in-process, where binding is
 //! cheap and parsing JSON is not).
 
+use std::collections::HashMap;
+use std::sync::Arc;
+
 use sea_orm::{DbBackend, Statement, Value};
 
 /// A statement being written: text with placeholders in the engine's style.
@@ -122,28 +125,21 @@ impl Sql {
         }
     }
 
-    /// Appends the rows of one chunk as a SQLite table expression named
-    /// `alias`: `VALUES` with every value bound (its columns are
+    /// The text of `rows` rows as a SQLite table expression named `alias`:
+    /// `VALUES` with a placeholder for every value (its columns are
     /// `column1`, `column2`... in SQLite, renamed here).
-    fn sqlite_values(mut self, rows: &[Vec<Value>], alias: &str, columns: &[(&str, Type)]) -> Self {
+    fn sqlite_values_text(rows: usize, alias: &str, columns: &[(&str, Type)]) -> String {
         let renamed = columns
             .iter()
             .enumerate()
             .map(|(index, (name, _))| format!("column{} AS {name}", index + 1))
             .collect::<Vec<_>>()
             .join(", ");
-        self = self.push(&format!("(SELECT {renamed} FROM (VALUES "));
-        for (index, row) in rows.iter().enumerate() {
-            self = self.push(if index == 0 { "(" } else { ", (" });
-            for (position, value) in row.iter().enumerate() {
-                if position > 0 {
-                    self = self.push(", ");
-                }
-                self = self.bind(value.clone());
-            }
-            self = self.push(")");
-        }
-        self.push(&format!(")) AS {alias}"))
+        let row = format!("({})", vec!["?"; columns.len()].join(", "));
+        format!(
+            "(SELECT {renamed} FROM (VALUES {})) AS {alias}",
+            vec![row.as_str(); rows].join(", ")
+        )
     }
 
     /// `FOR UPDATE` on PostgreSQL (SQLite has one writer and no row locks).
@@ -181,6 +177,8 @@ impl Sql {
 /// Most rows one SQLite statement carries (its bound values stay far
 /// below SQLite's limit of 32,766 for every table here).
 const MAX_SQLITE_CHUNK: usize = 512;
+/// Most statement texts kept by [`sqlite_text`].
+const MAX_SQLITE_TEXTS: usize = 256;
 
 /// Statements `before` + (a table expression of `rows`, named `alias`, with
 /// `columns`) + `after`. PostgreSQL gets one statement, the rows in one
@@ -200,14 +198,52 @@ pub fn with_records<T: serde::Serialize>(
         .iter()
         .map(|row| super::bind::row_values(row, columns))
         .collect::<Result<_, _>>()?;
-    Ok(with_values(backend, before, &rows, alias, columns, after))
+    Ok(with_values(backend, before, rows, alias, columns, after))
+}
+
+thread_local! {
+    /// SQLite statement texts by shape: a batch's text is tens of
+    /// kilobytes of placeholders, the same for every batch of its size.
+    static SQLITE_TEXTS: std::cell::RefCell<HashMap<(String, String, usize), Arc<str>>> =
+        std::cell::RefCell::new(HashMap::new());
+}
+
+/// `before` + a VALUES table of `rows` rows + `after`, made once per shape
+/// (on the thread that asks: the SQLite writer's).
+fn sqlite_text(
+    before: &str,
+    rows: usize,
+    alias: &str,
+    columns: &[(&str, Type)],
+    after: &str,
+) -> Arc<str> {
+    // `before` holds the statement's column list, so with `after` and the
+    // row count it tells the shape.
+    let key = (format!("{before}\u{0}{alias}"), after.to_owned(), rows);
+    SQLITE_TEXTS.with(|texts| {
+        let mut texts = texts.borrow_mut();
+        // A few shapes are in use; the bound only keeps a surprise small.
+        if texts.len() >= MAX_SQLITE_TEXTS {
+            texts.clear();
+        }
+        texts
+            .entry(key)
+            .or_insert_with(|| {
+                format!(
+                    "{before}{}{after}",
+                    Sql::sqlite_values_text(rows, alias, columns)
+                )
+                .into()
+            })
+            .clone()
+    })
 }
 
 /// [`with_records`] of rows already bound, each in the order of `columns`.
 pub fn with_values(
     backend: DbBackend,
     before: &str,
-    rows: &[Vec<Value>],
+    rows: Vec<Vec<Value>>,
     alias: &str,
     columns: &[(&str, Type)],
     after: &str,
@@ -237,23 +273,19 @@ pub fn with_values(
         ];
     }
     let mut statements = Vec::new();
-    let mut rest = rows;
-    while !rest.is_empty() {
-        let size = if rest.len() >= MAX_SQLITE_CHUNK {
+    let mut rest = rows.into_iter().peekable();
+    let mut left = rest.len();
+    while left > 0 {
+        let size = if left >= MAX_SQLITE_CHUNK {
             MAX_SQLITE_CHUNK
         } else {
             // The largest power of two that fits.
-            1 << (usize::BITS - 1 - rest.len().leading_zeros())
+            1 << (usize::BITS - 1 - left.leading_zeros())
         };
-        let (chunk, later) = rest.split_at(size);
-        statements.push(
-            Sql::new(backend)
-                .push(before)
-                .sqlite_values(chunk, alias, columns)
-                .push(after)
-                .build(),
-        );
-        rest = later;
+        let values: Vec<Value> = rest.by_ref().take(size).flatten().collect();
+        let text = sqlite_text(before, size, alias, columns, after);
+        statements.push(Statement::from_sql_and_values(backend, &*text, values));
+        left -= size;
     }
     statements
 }
@@ -379,4 +411,73 @@ pub fn qualified(columns: &[(&str, Type)], alias: &str) -> String {
         .map(|(name, _)| format!("{alias}.{name}"))
         .collect::<Vec<_>>()
         .join(", ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const COLUMNS: &[(&str, Type)] = &[("id", Type::Text), ("n", Type::BigInt)];
+
+    fn rows(count: i64) -> Vec<Vec<Value>> {
+        (0..count)
+            .map(|n| vec![Value::from(format!("job-{n}")), Value::from(n)])
+            .collect()
+    }
+
+    #[test]
+    fn sqlite_rows_go_in_power_of_two_chunks_each_value_bound_once_in_order() {
+        let statements = with_values(
+            DbBackend::Sqlite,
+            "INSERT INTO t (id, n) SELECT j.id, j.n FROM ",
+            rows(7),
+            "j",
+            COLUMNS,
+            " WHERE 1",
+        );
+        let sizes: Vec<usize> = statements
+            .iter()
+            .map(|statement| statement.values.as_ref().map_or(0, |values| values.0.len()))
+            .collect();
+        // 4 + 2 + 1 rows of two values.
+        assert_eq!(sizes, vec![8, 4, 2]);
+        for (statement, size) in statements.iter().zip(&sizes) {
+            assert_eq!(statement.sql.matches('?').count(), *size);
+            assert!(statement.sql.starts_with("INSERT INTO t (id, n) SELECT j.id, j.n FROM (SELECT column1 AS id, column2 AS n FROM (VALUES (?, ?)"));
+            assert!(statement.sql.ends_with(")) AS j WHERE 1"));
+        }
+        let bound: Vec<Value> = statements
+            .into_iter()
+            .flat_map(|statement| statement.values.map(|values| values.0).unwrap_or_default())
+            .collect();
+        assert_eq!(bound, rows(7).into_iter().flatten().collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn a_shape_seen_before_reuses_its_text() {
+        let first = sqlite_text(
+            "UPDATE t SET n = j.n FROM ",
+            4,
+            "j",
+            COLUMNS,
+            " WHERE t.id = j.id",
+        );
+        let again = sqlite_text(
+            "UPDATE t SET n = j.n FROM ",
+            4,
+            "j",
+            COLUMNS,
+            " WHERE t.id = j.id",
+        );
+        assert!(Arc::ptr_eq(&first, &again));
+        let other_size = sqlite_text(
+            "UPDATE t SET n = j.n FROM ",
+            2,
+            "j",
+            COLUMNS,
+            " WHERE t.id = j.id",
+        );
+        assert!(!Arc::ptr_eq(&first, &other_size));
+        assert_eq!(other_size.matches('?').count(), 4);
+    }
 }
