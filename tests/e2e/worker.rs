@@ -317,6 +317,29 @@ async fn sdk_concurrency_limit_holds_and_no_extra_job_is_leased() -> Result<()> 
     worker_run.stop().await
 }
 
+/// Starts `worker` (which must handle type "quick" at once) on `count`
+/// quick jobs and waits for them: it has then timed its jobs and its
+/// leases, and knows its jobs end within a round trip.
+async fn start_after_quick_jobs(
+    worker: Worker,
+    client: &Client,
+    jobq: &jobq_tests::JobqClient,
+    count: i64,
+) -> Result<RunningWorker> {
+    let quick: Vec<pb::JobSpec> = (0..count)
+        .map(|n| NewJob::new("quick", json!({ "n": n })).into())
+        .collect();
+    client.enqueue_many(quick).await?;
+    let running = RunningWorker::start(worker);
+    eventually(
+        Duration::from_secs(60),
+        "the quick jobs to succeed",
+        || async { Ok((jobq.count_in_state(JobState::Succeeded).await? == count).then_some(())) },
+    )
+    .await?;
+    Ok(running)
+}
+
 /// Short jobs are leased ahead of the free slots (so a slot that frees up
 /// needs no round trip), never run beyond the concurrency, and a graceful
 /// stop hands the ones not started back at once while the running ones
@@ -367,18 +390,7 @@ async fn sdk_leases_short_jobs_ahead_and_hands_back_the_unstarted_at_shutdown() 
                 }
             }),
         );
-    // Quick jobs first: the worker learns that its jobs end within a round trip.
-    let quick: Vec<pb::JobSpec> = (0..200)
-        .map(|n| NewJob::new("quick", json!({ "n": n })).into())
-        .collect();
-    client.enqueue_many(quick).await?;
-    let worker_run = RunningWorker::start(worker);
-    eventually(
-        Duration::from_secs(60),
-        "the quick jobs to succeed",
-        || async { Ok((jobq.count_in_state(JobState::Succeeded).await? == 200).then_some(())) },
-    )
-    .await?;
+    let worker_run = start_after_quick_jobs(worker, &client, &jobq, 200).await?;
 
     for n in 0..6 {
         client
@@ -474,17 +486,7 @@ async fn sdk_hands_back_a_job_leased_ahead_that_waits_too_long() -> Result<()> {
                 }
             }),
         );
-    let quick: Vec<pb::JobSpec> = (0..100)
-        .map(|n| NewJob::new("quick", json!({ "n": n })).into())
-        .collect();
-    client.enqueue_many(quick).await?;
-    let worker_run = RunningWorker::start(worker);
-    eventually(
-        Duration::from_secs(60),
-        "the quick jobs to succeed",
-        || async { Ok((jobq.count_in_state(JobState::Succeeded).await? == 100).then_some(())) },
-    )
-    .await?;
+    let worker_run = start_after_quick_jobs(worker, &client, &jobq, 100).await?;
 
     client.enqueue(NewJob::new("slow", json!({}))).await?;
     eventually(Duration::from_secs(30), "the slow job to start", || async {
