@@ -317,9 +317,9 @@ async fn sdk_concurrency_limit_holds_and_no_extra_job_is_leased() -> Result<()> 
     worker_run.stop().await
 }
 
-/// Starts `worker` (which must handle type "quick" at once) on `count`
-/// quick jobs and waits for them: it has then timed its jobs and its
-/// leases, and knows its jobs end within a round trip.
+/// Starts `worker`, with a handler for type "quick" that returns at once,
+/// on `count` quick jobs and waits for them: it has then timed its jobs
+/// and its leases, and knows its jobs end within a round trip.
 async fn start_after_quick_jobs(
     worker: Worker,
     client: &Client,
@@ -330,6 +330,10 @@ async fn start_after_quick_jobs(
         .map(|n| NewJob::new("quick", json!({ "n": n })).into())
         .collect();
     client.enqueue_many(quick).await?;
+    let worker = worker.handler(
+        "quick",
+        handler_fn(|_ctx: JobContext| async { JobResult::Ok(serde_json::Value::Null) }),
+    );
     let running = RunningWorker::start(worker);
     eventually(
         Duration::from_secs(60),
@@ -366,30 +370,25 @@ async fn sdk_leases_short_jobs_ahead_and_hands_back_the_unstarted_at_shutdown() 
         .grace_period(Duration::from_secs(120))
         .lease_ahead_wait(Duration::from_secs(50))
         .build()?;
-    let worker = Worker::new(client.clone(), config)
-        .handler(
-            "quick",
-            handler_fn(|_ctx: JobContext| async { JobResult::Ok(serde_json::Value::Null) }),
-        )
-        .handler(
-            "slow",
-            handler_fn(move |_ctx: JobContext| {
-                let (running, most, runs, release) = (
-                    running_in.clone(),
-                    most_in.clone(),
-                    runs_in.clone(),
-                    release_in.clone(),
-                );
-                async move {
-                    runs.fetch_add(1, Ordering::SeqCst);
-                    let now = running.fetch_add(1, Ordering::SeqCst) + 1;
-                    most.fetch_max(now, Ordering::SeqCst);
-                    release.notified().await;
-                    running.fetch_sub(1, Ordering::SeqCst);
-                    JobResult::Ok(serde_json::Value::Null)
-                }
-            }),
-        );
+    let worker = Worker::new(client.clone(), config).handler(
+        "slow",
+        handler_fn(move |_ctx: JobContext| {
+            let (running, most, runs, release) = (
+                running_in.clone(),
+                most_in.clone(),
+                runs_in.clone(),
+                release_in.clone(),
+            );
+            async move {
+                runs.fetch_add(1, Ordering::SeqCst);
+                let now = running.fetch_add(1, Ordering::SeqCst) + 1;
+                most.fetch_max(now, Ordering::SeqCst);
+                release.notified().await;
+                running.fetch_sub(1, Ordering::SeqCst);
+                JobResult::Ok(serde_json::Value::Null)
+            }
+        }),
+    );
     let worker_run = start_after_quick_jobs(worker, &client, &jobq, 200).await?;
 
     for n in 0..6 {
@@ -470,22 +469,17 @@ async fn sdk_hands_back_a_job_leased_ahead_that_waits_too_long() -> Result<()> {
         .poll_wait(Duration::from_secs(5))
         .lease_ahead_wait(Duration::from_millis(500))
         .build()?;
-    let worker = Worker::new(client.clone(), config)
-        .handler(
-            "quick",
-            handler_fn(|_ctx: JobContext| async { JobResult::Ok(serde_json::Value::Null) }),
-        )
-        .handler(
-            "slow",
-            handler_fn(move |_ctx: JobContext| {
-                let (running, release) = (running_in.clone(), release_in.clone());
-                async move {
-                    running.fetch_add(1, Ordering::SeqCst);
-                    release.notified().await;
-                    JobResult::Ok(serde_json::Value::Null)
-                }
-            }),
-        );
+    let worker = Worker::new(client.clone(), config).handler(
+        "slow",
+        handler_fn(move |_ctx: JobContext| {
+            let (running, release) = (running_in.clone(), release_in.clone());
+            async move {
+                running.fetch_add(1, Ordering::SeqCst);
+                release.notified().await;
+                JobResult::Ok(serde_json::Value::Null)
+            }
+        }),
+    );
     let worker_run = start_after_quick_jobs(worker, &client, &jobq, 100).await?;
 
     client.enqueue(NewJob::new("slow", json!({}))).await?;
