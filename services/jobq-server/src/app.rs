@@ -85,6 +85,8 @@ impl App {
 
         let background = TaskTracker::new();
         let tally = Arc::new(JobTally::default());
+        // Counted before anything is served, so no change overlaps the count.
+        background::count_jobs(&queue, &tally).await;
         let stats = background::stats_feed(
             queue.clone(),
             tally.clone(),

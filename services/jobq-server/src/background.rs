@@ -164,8 +164,23 @@ const OLDEST_LOOKUP_PAUSE: Duration = Duration::from_secs(1);
 /// The latest job counts per queue and state, for the stats streams.
 pub type StatsFeed = tokio::sync::watch::Receiver<Arc<StatsSnapshot>>;
 
-/// Keeps `tally` true and publishes it: counts the database at once and
-/// every `recount`, looks up a queue's earliest ready job again when that
+/// Counts the jobs in the database into `tally` (the moves seen while it
+/// counts are applied again on top).
+pub async fn count_jobs(queue: &JobQueue, tally: &JobTally) {
+    tally.counting();
+    match queue.stats(&[]).await {
+        Ok(stats) => tally.recounted(&stats),
+        Err(error) => {
+            tally.count_failed();
+            tracing::warn!(%error, "could not count jobs");
+        }
+    }
+}
+
+/// Keeps `tally` true and publishes it: recounts the database every
+/// `recount` (the first count is the caller's, before it serves: a count
+/// that overlaps a change it also sees counts that change twice until the
+/// next one), looks up a queue's earliest ready job again when that
 /// one left, and sends a snapshot after each burst of changes.
 pub fn stats_feed(
     queue: Arc<JobQueue>,
@@ -178,7 +193,8 @@ pub fn stats_feed(
         tokio::sync::watch::channel(Arc::new(tally.snapshot(&[], queue.now())));
     tasks.spawn(async move {
         let mut changes = tally.subscribe();
-        let mut recount_ticker = tokio::time::interval(recount);
+        let mut recount_ticker =
+            tokio::time::interval_at(tokio::time::Instant::now() + recount, recount);
         recount_ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let mut last_lookup = tokio::time::Instant::now() - OLDEST_LOOKUP_PAUSE;
         loop {
@@ -186,16 +202,7 @@ pub fn stats_feed(
             let lookup_at = last_lookup + OLDEST_LOOKUP_PAUSE;
             tokio::select! {
                 () = stop.cancelled() => return,
-                _ = recount_ticker.tick() => {
-                    tally.counting();
-                    match queue.stats(&[]).await {
-                        Ok(stats) => tally.recounted(&stats),
-                        Err(error) => {
-                            tally.count_failed();
-                            tracing::warn!(%error, "could not count jobs");
-                        }
-                    }
-                }
+                _ = recount_ticker.tick() => count_jobs(&queue, &tally).await,
                 () = tokio::time::sleep_until(lookup_at), if !unknown.is_empty() => {
                     last_lookup = tokio::time::Instant::now();
                     match queue.oldest_ready(&unknown).await {
