@@ -10,6 +10,7 @@ mod m20261130_000001_add_history_and_write_path;
 mod m20261130_000002_add_queue_limits_and_concurrency_keys;
 mod m20261201_000001_add_job_search;
 mod m20261201_000002_create_job_history;
+mod m20261201_000003_defer_job_search_index;
 
 /// Every migration of the jobq schema, oldest first.
 pub struct Migrator;
@@ -25,6 +26,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261130_000002_add_queue_limits_and_concurrency_keys::Migration),
             Box::new(m20261201_000001_add_job_search::Migration),
             Box::new(m20261201_000002_create_job_history::Migration),
+            Box::new(m20261201_000003_defer_job_search_index::Migration),
         ]
     }
 }

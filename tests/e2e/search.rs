@@ -453,3 +453,205 @@ async fn every_view_carries_a_one_line_payload_summary() -> Result<()> {
     assert_eq!(jobq.get(&download).await?.summary, summary(&download));
     server.shutdown().await
 }
+
+/// How many jobs wait for the SQLite search index, and how many the index
+/// itself finds for a LIKE `term` on the payload (no fallback to the table).
+async fn search_index_state(db: &sea_orm::DatabaseConnection, term: &str) -> Result<(i64, i64)> {
+    use sea_orm::{ConnectionTrait, DbBackend, Statement};
+    let row = db
+        .query_one_raw(Statement::from_sql_and_values(
+            DbBackend::Sqlite,
+            "SELECT (SELECT count(*) FROM job_search_pending) AS pending, \
+             (SELECT count(*) FROM job_search WHERE payload LIKE ?) AS indexed",
+            [format!("%{term}%").into()],
+        ))
+        .await?
+        .context("one row of counts")?;
+    Ok((row.try_get("", "pending")?, row.try_get("", "indexed")?))
+}
+
+/// Stores a finished (cancelled) copy of job `model` with `id` and
+/// `payload` straight into the database, past the server's writer: the
+/// insert trigger notes it for indexing, and nothing tells the writer.
+async fn store_behind_the_writers_back(
+    db: &sea_orm::DatabaseConnection,
+    model: &str,
+    id: &str,
+    payload: &str,
+) -> Result<()> {
+    use sea_orm::{ConnectionTrait, DbBackend, Statement, TransactionTrait};
+    let tx = db.begin().await?;
+    let statement = |sql: &str, values: Vec<sea_orm::Value>| {
+        Statement::from_sql_and_values(DbBackend::Sqlite, sql, values)
+    };
+    tx.execute_raw(statement(
+        "CREATE TEMP TABLE copied AS SELECT * FROM jobs WHERE id = ?",
+        vec![model.into()],
+    ))
+    .await?;
+    tx.execute_raw(statement(
+        "UPDATE copied SET id = ?, payload = ?, tags = '[]', state = 'cancelled', \
+         finished_at = updated_at, unique_key = NULL, request_key = NULL",
+        vec![id.into(), payload.into()],
+    ))
+    .await?;
+    tx.execute_raw(statement("INSERT INTO jobs SELECT * FROM copied", vec![]))
+        .await?;
+    tx.execute_raw(statement("DROP TABLE copied", vec![]))
+        .await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+/// SQLite indexes payloads and tags after the commit, in chunks (issue 10):
+/// a job is found while it waits for the index and after it is in it, the
+/// writer empties the backlog by itself, and deleting jobs on either side
+/// of the index leaves the index whole (FTS5's own integrity check).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_finds_jobs_before_and_after_they_are_indexed_and_deletes_keep_the_index_whole()
+-> Result<()> {
+    use jobq_tests::pb::DeleteJobRequest;
+    use jobq_tests::{Backend, eventually};
+    use sea_orm::ConnectionTrait;
+    use std::time::Duration;
+
+    let server = TestServer::start_on_backend(Backend::Sqlite, |_| {}).await?;
+    let jobq = server.client();
+    let db = sea_orm::Database::connect(format!(
+        "sqlite://{}?mode=rw",
+        server.data_dir().join("jobq.db").display()
+    ))
+    .await?;
+
+    // More than one chunk in one batch: one chunk is indexed at once after
+    // the commit, the rest when the writer is idle.
+    let specs = (0..300)
+        .map(|n| JobSpec {
+            payload: Some(json(
+                serde_json::json!({ "url": format!("https://media.test/v/clip-{n:04}") }),
+            )),
+            tags: if n % 100 == 0 {
+                vec!["hundred".into()]
+            } else {
+                vec![]
+            },
+            ..spec("fetch")
+        })
+        .collect();
+    let jobs = jobq.enqueue_batch(specs).await?;
+    let clip = |n: usize| {
+        found(
+            &jobq,
+            by_payload(vec![contains("url", &format!("clip-{n:04}"))]),
+        )
+    };
+    // Found at once, indexed or not.
+    ensure!(
+        clip(42).await? == vec![jobs[42].id.clone()],
+        "clip 42 at once"
+    );
+    let hundreds = found(
+        &jobq,
+        ListJobsRequest {
+            tags: vec!["hundred".into()],
+            ..Default::default()
+        },
+    )
+    .await?;
+    ensure!(
+        hundreds.len() == 3,
+        "three jobs tagged hundred: {hundreds:?}"
+    );
+
+    eventually(
+        Duration::from_secs(60),
+        "the backlog to be indexed",
+        || async {
+            let (pending, indexed) = search_index_state(&db, "media.test/v/clip-").await?;
+            Ok((pending == 0).then_some(indexed))
+        },
+    )
+    .await
+    .and_then(|indexed| {
+        ensure!(
+            indexed == 300,
+            "the index holds all 300 jobs, not {indexed}"
+        );
+        Ok(())
+    })?;
+    ensure!(
+        clip(299).await? == vec![jobs[299].id.clone()],
+        "clip 299 from the index"
+    );
+
+    // A job the writer was not told of waits in the backlog (no write went
+    // through the writer, so it is not indexed) and is found all the same.
+    let unindexed = "0190a000-0000-7000-8000-0000000000a1";
+    store_behind_the_writers_back(
+        &db,
+        &jobs[0].id,
+        unindexed,
+        r#"{"url":"https://media.test/v/late-one"}"#,
+    )
+    .await?;
+    ensure!(
+        search_index_state(&db, "late-one").await? == (1, 0),
+        "the copy waits for the index"
+    );
+    let late = found(&jobq, by_payload(vec![contains("url", "late-one")])).await?;
+    ensure!(
+        late == vec![unindexed.to_owned()],
+        "the waiting job is found: {late:?}"
+    );
+    ensure!(
+        search_index_state(&db, "late-one").await? == (1, 0),
+        "it was found while it still waited for the index"
+    );
+
+    // Deleted while waiting: struck from the backlog, never indexed.
+    jobq.queue()
+        .delete_job(DeleteJobRequest {
+            job_id: unindexed.into(),
+        })
+        .await?;
+    // Deleted after being indexed: taken out of the index.
+    for n in [7, 100] {
+        jobq.cancel(&jobs[n].id, "test").await?;
+        jobq.queue()
+            .delete_job(DeleteJobRequest {
+                job_id: jobs[n].id.clone(),
+            })
+            .await?;
+    }
+    ensure!(clip(7).await?.is_empty(), "deleted clip 7 is not found");
+    ensure!(
+        found(&jobq, by_payload(vec![contains("url", "late-one")]))
+            .await?
+            .is_empty(),
+        "deleted late one is not found"
+    );
+    eventually(
+        Duration::from_secs(60),
+        "the backlog to be empty again",
+        || async {
+            let (pending, indexed) = search_index_state(&db, "media.test/v/").await?;
+            Ok((pending == 0).then_some(indexed))
+        },
+    )
+    .await
+    .and_then(|indexed| {
+        ensure!(
+            indexed == 298,
+            "the index holds the 298 jobs left, not {indexed}"
+        );
+        Ok(())
+    })?;
+    // Checks the index against the jobs table (rank 1: the content too).
+    db.execute_unprepared(
+        "INSERT INTO job_search (job_search, rank) VALUES ('integrity-check', 1)",
+    )
+    .await
+    .context("the FTS5 index matches the jobs table")?;
+    drop(db);
+    server.shutdown().await
+}

@@ -14,6 +14,7 @@ pub mod log_table;
 pub mod peers;
 mod rows;
 mod search;
+mod search_backlog;
 mod sql;
 mod writer;
 

@@ -2,12 +2,18 @@
 //! order of a listing, for each engine side by side. Each condition is an
 //! index-served prefilter (SQLite: the FTS5 trigram table `job_search`;
 //! PostgreSQL: the pg_trgm index on `payload`, the jsonb index on `tags`)
-//! and an exact check of the rows it lets through.
+//! and an exact check of the rows it lets through. On SQLite the newest jobs
+//! may not be in the index yet; the prefilter lets them all through.
 
 use sea_orm::DbBackend;
 
 use super::sql::Sql;
 use crate::domain::{JobFilter, JobId, JobOrder, Millis, PageCursor, PayloadFilter, PayloadMatch};
+
+/// Closes a SQLite prefilter on `job_search`: the jobs the writer has not
+/// indexed yet (see `search_backlog`) pass it too, so the exact check that
+/// follows sees every job stored.
+const NOT_YET_INDEXED: &str = " UNION ALL SELECT job_rowid FROM job_search_pending)";
 
 /// Trigram indexes narrow nothing with fewer characters than this.
 const MIN_TRIGRAM_CHARS: usize = 3;
@@ -77,7 +83,7 @@ pub fn push_tags(statement: Sql, backend: DbBackend, tags: &[String], prefilter:
                 Some(term) => statement
                     .push(" AND jobs.rowid IN (SELECT rowid FROM job_search WHERE tags LIKE ")
                     .bind(term)
-                    .push(")"),
+                    .push(NOT_YET_INDEXED),
                 None => statement,
             };
             statement
@@ -113,7 +119,7 @@ fn push_payload_filter(
             _ => statement
                 .push(" AND jobs.rowid IN (SELECT rowid FROM job_search WHERE payload LIKE ")
                 .bind(term)
-                .push(")"),
+                .push(NOT_YET_INDEXED),
         },
         // Too short to narrow by index: the exact check reads every row.
         None => statement,

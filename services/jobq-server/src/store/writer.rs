@@ -25,6 +25,7 @@ use super::dialect::Dialect;
 use super::exec::{LocalTx, Tx};
 use super::jobs;
 use super::rows::storage;
+use super::search_backlog::{self, SearchBacklog};
 use crate::domain::{
     Applied, DependencyRule, Job, JobChange, JobId, LeaseChange, LeaseQuery, Leased, NewJob,
     QueueError, QueueResult,
@@ -412,7 +413,10 @@ fn answer(
 /// this thread, one function call each; the futures of a group never wait
 /// on anything but this connection, so a small runtime polls them here.
 fn sqlite_committer(tx: LocalTx, dialect: &Dialect, mut inbox: mpsc::Receiver<Submitted>) {
-    let runtime = match tokio::runtime::Builder::new_current_thread().build() {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+    {
         Ok(runtime) => runtime,
         Err(error) => {
             tracing::error!(%error, "the SQLite writer cannot start");
@@ -420,10 +424,11 @@ fn sqlite_committer(tx: LocalTx, dialect: &Dialect, mut inbox: mpsc::Receiver<Su
         }
     };
     let mut carried: Option<Submitted> = None;
+    let mut backlog = SearchBacklog::default();
     loop {
         let first = match carried.take() {
             Some(first) => first,
-            None => match inbox.blocking_recv() {
+            None => match next_write(&runtime, &tx, &mut inbox, &mut backlog) {
                 Some(first) => first,
                 None => return,
             },
@@ -432,9 +437,65 @@ fn sqlite_committer(tx: LocalTx, dialect: &Dialect, mut inbox: mpsc::Receiver<Su
         let started = std::time::Instant::now();
         let outcome = {
             let ops: Vec<&Op> = group.iter().flat_map(|submitted| &submitted.ops).collect();
-            runtime.block_on(commit_local(&tx, dialect, &ops))
+            let outcome = runtime.block_on(commit_local(&tx, dialect, &ops));
+            backlog.wrote(&ops);
+            outcome
         };
         answer(group, outcome, rows, started);
+        // After the answers: no caller waits for the index.
+        if backlog.over_bound() {
+            index_search_chunk(&runtime, &tx, &mut backlog);
+        }
+    }
+}
+
+/// The next write for the SQLite writer. Once no write has come for
+/// [`search_backlog::IDLE`], it indexes the search backlog a chunk at a time
+/// until a write comes. None once the writer is closed.
+fn next_write(
+    runtime: &tokio::runtime::Runtime,
+    tx: &LocalTx,
+    inbox: &mut mpsc::Receiver<Submitted>,
+    backlog: &mut SearchBacklog,
+) -> Option<Submitted> {
+    if backlog.maybe_pending() {
+        // (The timer must be made inside the runtime.)
+        let next = runtime
+            .block_on(async { tokio::time::timeout(search_backlog::IDLE, inbox.recv()).await });
+        if let Ok(next) = next {
+            return next;
+        }
+        while backlog.maybe_pending() {
+            match inbox.try_recv() {
+                Ok(next) => return Some(next),
+                Err(mpsc::error::TryRecvError::Disconnected) => return None,
+                Err(mpsc::error::TryRecvError::Empty) => {}
+            }
+            if !index_search_chunk(runtime, tx, backlog) {
+                break;
+            }
+        }
+    }
+    inbox.blocking_recv()
+}
+
+/// Indexes one chunk of the search backlog; false if that failed (it is
+/// tried again after the next write).
+fn index_search_chunk(
+    runtime: &tokio::runtime::Runtime,
+    tx: &LocalTx,
+    backlog: &mut SearchBacklog,
+) -> bool {
+    match runtime.block_on(backlog.index_chunk(tx)) {
+        Ok(indexed) => {
+            tracing::trace!(indexed, "search index chunk committed");
+            true
+        }
+        Err(error) => {
+            tracing::warn!(%error, "indexing jobs for search failed; trying again later");
+            backlog.failed();
+            false
+        }
     }
 }
 
