@@ -13,7 +13,7 @@ use sea_orm::{ConnectionTrait, Database, DbBackend, Statement, TransactionTrait}
 /// Retention reads finished jobs oldest first: the partial index on
 /// finished_at, never the state index (all finished jobs, then a sort).
 /// Payload and tag searches narrow the rows by the trigram index (SQLite:
-/// the FTS5 table `job_search`; PostgreSQL: pg_trgm on the payload) or the
+/// the FTS5 table `job_search`; PostgreSQL: pg_trgm on `job_search`) or the
 /// jsonb index on the tags (PostgreSQL).
 const EXPECTED_INDEX: [(&str, &[&str]); 7] = [
     ("lease", &["jobs_lease_idx"]),
@@ -22,7 +22,10 @@ const EXPECTED_INDEX: [(&str, &[&str]); 7] = [
     ("retention", &["jobs_finished_idx"]),
     (
         "payload search",
-        &["SCAN job_search VIRTUAL TABLE", "jobs_payload_trgm_idx"],
+        &[
+            "SCAN job_search VIRTUAL TABLE",
+            "job_search_payload_trgm_idx",
+        ],
     ),
     // The dead letter, most recently died first, from its partial index
     // (no sort of every dead job).

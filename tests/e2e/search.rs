@@ -3,10 +3,16 @@
 //! dead-letter order (most recently finished first) and the payload summary.
 
 use anyhow::{Context, Result, ensure};
+use std::time::Duration;
+
 use jobq_tests::pb::{
-    JobOrder, JobSpec, JobState, LeaseJobsRequest, ListJobsRequest, PayloadFilter, PayloadMatch,
+    DeleteJobRequest, JobOrder, JobSpec, JobState, LeaseJobsRequest, ListJobsRequest,
+    PayloadFilter, PayloadMatch,
 };
-use jobq_tests::{LeasedJobExt, TestServer, expect_status, json, lease_request, spec};
+use jobq_tests::{
+    Backend, LeasedJobExt, TestServer, eventually, expect_status, json, lease_request, spec,
+};
+use sea_orm::{ConnectionTrait, DatabaseConnection, DbBackend, Statement, TransactionTrait};
 use tonic::Code;
 use tonic_types::StatusExt;
 
@@ -454,16 +460,31 @@ async fn every_view_carries_a_one_line_payload_summary() -> Result<()> {
     server.shutdown().await
 }
 
-/// How many jobs wait for the SQLite search index, and how many the index
+/// `sql` with `?` placeholders, for `backend` (PostgreSQL numbers them).
+fn statement(backend: DbBackend, sql: &str, values: Vec<sea_orm::Value>) -> Statement {
+    let sql = match backend {
+        DbBackend::Postgres => sql
+            .split('?')
+            .enumerate()
+            .map(|(index, part)| match index {
+                0 => part.to_owned(),
+                _ => format!("${index}{part}"),
+            })
+            .collect(),
+        _ => sql.to_owned(),
+    };
+    Statement::from_sql_and_values(backend, sql, values)
+}
+
+/// How many jobs wait for the payload search index, and how many the index
 /// itself finds for a LIKE `term` on the payload (no fallback to the table).
-async fn search_index_state(db: &sea_orm::DatabaseConnection, term: &str) -> Result<(i64, i64)> {
-    use sea_orm::{ConnectionTrait, DbBackend, Statement};
+async fn search_index_state(db: &DatabaseConnection, term: &str) -> Result<(i64, i64)> {
     let row = db
-        .query_one_raw(Statement::from_sql_and_values(
-            DbBackend::Sqlite,
+        .query_one_raw(statement(
+            db.get_database_backend(),
             "SELECT (SELECT count(*) FROM job_search_pending) AS pending, \
              (SELECT count(*) FROM job_search WHERE payload LIKE ?) AS indexed",
-            [format!("%{term}%").into()],
+            vec![format!("%{term}%").into()],
         ))
         .await?
         .context("one row of counts")?;
@@ -474,57 +495,58 @@ async fn search_index_state(db: &sea_orm::DatabaseConnection, term: &str) -> Res
 /// `payload` straight into the database, past the server's writer: the
 /// insert trigger notes it for indexing, and nothing tells the writer.
 async fn store_behind_the_writers_back(
-    db: &sea_orm::DatabaseConnection,
+    db: &DatabaseConnection,
     model: &str,
     id: &str,
     payload: &str,
 ) -> Result<()> {
-    use sea_orm::{ConnectionTrait, DbBackend, Statement, TransactionTrait};
+    let backend = db.get_database_backend();
     let tx = db.begin().await?;
-    let statement = |sql: &str, values: Vec<sea_orm::Value>| {
-        Statement::from_sql_and_values(DbBackend::Sqlite, sql, values)
-    };
     tx.execute_raw(statement(
+        backend,
         "CREATE TEMP TABLE copied AS SELECT * FROM jobs WHERE id = ?",
         vec![model.into()],
     ))
     .await?;
     tx.execute_raw(statement(
+        backend,
         "UPDATE copied SET id = ?, payload = ?, tags = '[]', state = 'cancelled', \
          finished_at = updated_at, unique_key = NULL, request_key = NULL",
         vec![id.into(), payload.into()],
     ))
     .await?;
-    tx.execute_raw(statement("INSERT INTO jobs SELECT * FROM copied", vec![]))
-        .await?;
-    tx.execute_raw(statement("DROP TABLE copied", vec![]))
-        .await?;
+    for sql in ["INSERT INTO jobs SELECT * FROM copied", "DROP TABLE copied"] {
+        tx.execute_raw(statement(backend, sql, vec![])).await?;
+    }
     tx.commit().await?;
     Ok(())
 }
 
-/// SQLite indexes payloads and tags after the commit, in chunks (issue 10):
-/// a job is found while it waits for the index and after it is in it, the
-/// writer empties the backlog by itself, and deleting jobs on either side
-/// of the index leaves the index whole (FTS5's own integrity check).
+/// Payloads and tags are indexed for search after the commit, in chunks
+/// (issue 10): a job is found while it waits for the index and after it is
+/// in it, the server empties the backlog by itself, and deleting jobs on
+/// either side of the index leaves the index whole (on SQLite, FTS5's own
+/// integrity check).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sqlite_finds_jobs_before_and_after_they_are_indexed_and_deletes_keep_the_index_whole()
+async fn search_finds_jobs_before_and_after_they_are_indexed_and_deletes_keep_the_index_whole()
 -> Result<()> {
-    use jobq_tests::pb::DeleteJobRequest;
-    use jobq_tests::{Backend, eventually};
-    use sea_orm::ConnectionTrait;
-    use std::time::Duration;
-
-    let server = TestServer::start_on_backend(Backend::Sqlite, |_| {}).await?;
+    let server = TestServer::start().await?;
     let jobq = server.client();
-    let db = sea_orm::Database::connect(format!(
-        "sqlite://{}?mode=rw",
-        server.data_dir().join("jobq.db").display()
-    ))
-    .await?;
+    let db = match server.database().backend() {
+        Backend::Sqlite => {
+            sea_orm::Database::connect(format!(
+                "sqlite://{}?mode=rw",
+                server.data_dir().join("jobq.db").display()
+            ))
+            .await?
+        }
+        Backend::Postgres => {
+            let url = server.database().url().context("a PostgreSQL URL")?;
+            sea_orm::Database::connect(url).await?
+        }
+    };
 
-    // More than one chunk in one batch: one chunk is indexed at once after
-    // the commit, the rest when the writer is idle.
+    // More than one chunk in one batch.
     let specs = (0..300)
         .map(|n| JobSpec {
             payload: Some(json(
@@ -563,22 +585,22 @@ async fn sqlite_finds_jobs_before_and_after_they_are_indexed_and_deletes_keep_th
         "three jobs tagged hundred: {hundreds:?}"
     );
 
-    eventually(
-        Duration::from_secs(60),
-        "the backlog to be indexed",
-        || async {
-            let (pending, indexed) = search_index_state(&db, "media.test/v/clip-").await?;
-            Ok((pending == 0).then_some(indexed))
-        },
-    )
-    .await
-    .and_then(|indexed| {
-        ensure!(
-            indexed == 300,
-            "the index holds all 300 jobs, not {indexed}"
-        );
-        Ok(())
-    })?;
+    let backlog_indexed = |term: &'static str| {
+        let db = &db;
+        eventually(
+            Duration::from_secs(60),
+            "the backlog to be indexed",
+            move || async move {
+                let (pending, indexed) = search_index_state(db, term).await?;
+                Ok((pending == 0).then_some(indexed))
+            },
+        )
+    };
+    let indexed = backlog_indexed("media.test/v/clip-").await?;
+    ensure!(
+        indexed == 300,
+        "the index holds all 300 jobs, not {indexed}"
+    );
     ensure!(
         clip(299).await? == vec![jobs[299].id.clone()],
         "clip 299 from the index"
@@ -587,13 +609,8 @@ async fn sqlite_finds_jobs_before_and_after_they_are_indexed_and_deletes_keep_th
     // A job the writer was not told of waits in the backlog (no write went
     // through the writer, so it is not indexed) and is found all the same.
     let unindexed = "0190a000-0000-7000-8000-0000000000a1";
-    store_behind_the_writers_back(
-        &db,
-        &jobs[0].id,
-        unindexed,
-        r#"{"url":"https://media.test/v/late-one"}"#,
-    )
-    .await?;
+    let payload = r#"{"url":"https://media.test/v/late-one"}"#;
+    store_behind_the_writers_back(&db, &jobs[0].id, unindexed, payload).await?;
     ensure!(
         search_index_state(&db, "late-one").await? == (1, 0),
         "the copy waits for the index"
@@ -608,50 +625,36 @@ async fn sqlite_finds_jobs_before_and_after_they_are_indexed_and_deletes_keep_th
         "it was found while it still waited for the index"
     );
 
-    // Deleted while waiting: struck from the backlog, never indexed.
-    jobq.queue()
-        .delete_job(DeleteJobRequest {
-            job_id: unindexed.into(),
-        })
-        .await?;
-    // Deleted after being indexed: taken out of the index.
+    // Deleted while waiting: never indexed. Deleted after being indexed:
+    // taken out of the index.
+    let delete = |id: String| {
+        let mut queue = jobq.queue();
+        async move { queue.delete_job(DeleteJobRequest { job_id: id }).await }
+    };
+    delete(unindexed.to_owned()).await?;
     for n in [7, 100] {
         jobq.cancel(&jobs[n].id, "test").await?;
-        jobq.queue()
-            .delete_job(DeleteJobRequest {
-                job_id: jobs[n].id.clone(),
-            })
-            .await?;
+        delete(jobs[n].id.clone()).await?;
     }
     ensure!(clip(7).await?.is_empty(), "deleted clip 7 is not found");
+    let late = found(&jobq, by_payload(vec![contains("url", "late-one")])).await?;
     ensure!(
-        found(&jobq, by_payload(vec![contains("url", "late-one")]))
-            .await?
-            .is_empty(),
-        "deleted late one is not found"
+        late.is_empty(),
+        "the deleted late one is not found: {late:?}"
     );
-    eventually(
-        Duration::from_secs(60),
-        "the backlog to be empty again",
-        || async {
-            let (pending, indexed) = search_index_state(&db, "media.test/v/").await?;
-            Ok((pending == 0).then_some(indexed))
-        },
-    )
-    .await
-    .and_then(|indexed| {
-        ensure!(
-            indexed == 298,
-            "the index holds the 298 jobs left, not {indexed}"
-        );
-        Ok(())
-    })?;
-    // Checks the index against the jobs table (rank 1: the content too).
-    db.execute_unprepared(
-        "INSERT INTO job_search (job_search, rank) VALUES ('integrity-check', 1)",
-    )
-    .await
-    .context("the FTS5 index matches the jobs table")?;
+    let indexed = backlog_indexed("media.test/v/").await?;
+    ensure!(
+        indexed == 298,
+        "the index holds the 298 jobs left, not {indexed}"
+    );
+    if db.get_database_backend() == DbBackend::Sqlite {
+        // Checks the index against the jobs table (rank 1: the content too).
+        db.execute_unprepared(
+            "INSERT INTO job_search (job_search, rank) VALUES ('integrity-check', 1)",
+        )
+        .await
+        .context("the FTS5 index matches the jobs table")?;
+    }
     drop(db);
     server.shutdown().await
 }

@@ -42,7 +42,7 @@ pub async fn load(
         .push(&format!("SELECT {columns} FROM jobs WHERE id"))
         .in_list(ids);
     if lock {
-        statement = statement.push(" ORDER BY id").for_update();
+        statement = statement.push(" ORDER BY id").for_no_key_update();
     }
     let rows = tx.rows(statement.build()).await?;
     rows.iter()
@@ -251,7 +251,7 @@ fn candidates_statement(
             " ORDER BY priority DESC, run_at, id LIMIT {}",
             limit_bucket(limit)
         ))
-        .for_update_skip_locked()
+        .for_no_key_update_skip_locked()
         .build()
 }
 

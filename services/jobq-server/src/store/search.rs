@@ -1,9 +1,10 @@
 //! The conditions of a job search by tags and payload fields, and the
 //! order of a listing, for each engine side by side. Each condition is an
 //! index-served prefilter (SQLite: the FTS5 trigram table `job_search`;
-//! PostgreSQL: the pg_trgm index on `payload`, the jsonb index on `tags`)
-//! and an exact check of the rows it lets through. On SQLite the newest jobs
-//! may not be in the index yet; the prefilter lets them all through.
+//! PostgreSQL: the pg_trgm index of the `job_search` table for payloads, the
+//! jsonb index on `tags`) and an exact check of the rows it lets through.
+//! The newest jobs may not be in the payload index yet; the prefilter lets
+//! them all through.
 
 use sea_orm::DbBackend;
 
@@ -12,7 +13,7 @@ use crate::domain::{JobFilter, JobId, JobOrder, Millis, PageCursor, PayloadFilte
 
 /// Closes a SQLite prefilter on `job_search`: the jobs the writer has not
 /// indexed yet (see `search_backlog`) pass it too, so the exact check that
-/// follows sees every job stored.
+/// follows sees every job stored. (PostgreSQL's says the same by job id.)
 const NOT_YET_INDEXED: &str = " UNION ALL SELECT job_rowid FROM job_search_pending)";
 
 /// Trigram indexes narrow nothing with fewer characters than this.
@@ -115,7 +116,10 @@ fn push_payload_filter(
 ) -> Sql {
     let statement = match trigram_term(&json_inner(&filter.value)).filter(|_| prefilter) {
         Some(term) => match backend {
-            DbBackend::Postgres => statement.push(" AND payload ILIKE ").bind(term),
+            DbBackend::Postgres => statement
+                .push(" AND jobs.id IN (SELECT job_id FROM job_search WHERE payload ILIKE ")
+                .bind(term)
+                .push(" UNION ALL SELECT job_id FROM job_search_pending)"),
             _ => statement
                 .push(" AND jobs.rowid IN (SELECT rowid FROM job_search WHERE payload LIKE ")
                 .bind(term)

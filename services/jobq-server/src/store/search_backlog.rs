@@ -1,15 +1,18 @@
-//! The SQLite payload and tag index (`job_search`) is filled after the
-//! commits that store the jobs, in chunks, by the writer's thread.
+//! The payload and tag search index is filled after the commits that store
+//! the jobs, in chunks: on SQLite the FTS5 table `job_search`, by the
+//! writer's thread; on PostgreSQL the `job_search` table and its trigram
+//! index, by a task beside the committers.
 //!
 //! Indexing ~200 trigrams per payload inside each group commit was a third
-//! of the cost of an enqueue at 200-byte payloads (two thirds at 2 KB). An
-//! insert trigger now only notes each new job's rowid in
-//! `job_search_pending`; the writer indexes the noted jobs when no write has
-//! come for a moment, and, under writes that never pause, a chunk after a
-//! group whenever more than [`BACKLOG_BOUND`] jobs wait. So a burst of
-//! enqueues is acknowledged at the speed of the table and its indexes, and
-//! its search indexing is done once the burst is over; sustained load pays
-//! for the index as before, in bigger (cheaper) chunks.
+//! of the cost of an enqueue at 200-byte payloads (two thirds at 2 KB), and
+//! on PostgreSQL every state change of a job re-indexed its payload (a new
+//! row version of `jobs` gets an entry in every index). An insert trigger
+//! now only notes each new job in `job_search_pending`; the jobs noted are
+//! indexed once no write has come for [`IDLE`], and, under writes that never
+//! pause, a chunk at a time whenever more than [`BACKLOG_BOUND`] wait. So a
+//! burst of enqueues is acknowledged at the speed of the table and its
+//! indexes, and its search indexing is done once the burst is over;
+//! sustained load pays for the index as before, in bigger chunks.
 //!
 //! Searches let the noted jobs through their prefilter (see
 //! `search::NOT_YET_INDEXED`) and check them exactly, so a job is found as
@@ -106,34 +109,37 @@ impl SearchBacklog {
         self.waiting = self.waiting.min(BACKLOG_BOUND);
     }
 
-    /// Indexes the next chunk in a transaction of its own; returns how many
-    /// jobs it indexed (fewer than a chunk: the backlog is empty).
-    pub async fn index_chunk(&mut self, tx: &LocalTx) -> QueueResult<usize> {
-        tx.control("BEGIN IMMEDIATE")?;
-        match index_next_chunk(tx).await {
-            Ok(indexed) => match tx.control("COMMIT") {
-                Ok(()) => {
-                    self.waiting = self.waiting.saturating_sub(indexed);
-                    if indexed < CHUNK {
-                        self.waiting = 0;
-                        self.maybe_pending = false;
-                    }
-                    Ok(indexed)
-                }
-                Err(error) => {
-                    let _ = tx.control("ROLLBACK");
-                    Err(error)
-                }
-            },
-            Err(error) => {
-                let _ = tx.control("ROLLBACK");
-                Err(error)
-            }
+    /// Notes a chunk indexed: `count` jobs (fewer than a chunk: the
+    /// backlog is empty).
+    pub fn indexed(&mut self, count: usize) {
+        self.waiting = self.waiting.saturating_sub(count);
+        if count < CHUNK {
+            self.waiting = 0;
+            self.maybe_pending = false;
         }
     }
 }
 
-async fn index_next_chunk(tx: &LocalTx) -> QueueResult<usize> {
+/// Indexes the next chunk of the SQLite backlog in a transaction of its own
+/// on the writer's connection; how many jobs it indexed.
+pub async fn index_sqlite_chunk(tx: &LocalTx) -> QueueResult<usize> {
+    tx.control("BEGIN IMMEDIATE")?;
+    match sqlite_chunk(tx).await {
+        Ok(indexed) => match tx.control("COMMIT") {
+            Ok(()) => Ok(indexed),
+            Err(error) => {
+                let _ = tx.control("ROLLBACK");
+                Err(error)
+            }
+        },
+        Err(error) => {
+            let _ = tx.control("ROLLBACK");
+            Err(error)
+        }
+    }
+}
+
+async fn sqlite_chunk(tx: &LocalTx) -> QueueResult<usize> {
     let rows = tx
         .rows(Statement::from_string(
             DbBackend::Sqlite,
@@ -152,6 +158,39 @@ async fn index_next_chunk(tx: &LocalTx) -> QueueResult<usize> {
     tx.execute(bound(INDEX_CHUNK)).await?;
     let indexed = tx.execute(bound(STRIKE_CHUNK)).await?;
     Ok(indexed as usize)
+}
+
+/// Takes a chunk of the PostgreSQL backlog and indexes it, in one
+/// statement; replicas indexing at once take different chunks (SKIP
+/// LOCKED). A noted job deleted since is struck without being indexed.
+static POSTGRES_CHUNK: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    format!(
+        "WITH chunk AS (DELETE FROM job_search_pending WHERE job_id IN \
+           (SELECT job_id FROM job_search_pending ORDER BY job_id LIMIT {CHUNK} \
+            FOR UPDATE SKIP LOCKED) RETURNING job_id), \
+         indexed AS (INSERT INTO job_search (job_id, payload) \
+           SELECT jobs.id, jobs.payload FROM chunk JOIN jobs ON jobs.id = chunk.job_id \
+           ON CONFLICT (job_id) DO NOTHING RETURNING job_id) \
+         SELECT (SELECT count(*) FROM chunk) AS taken, (SELECT count(*) FROM indexed) AS indexed"
+    )
+});
+
+/// Indexes the next chunk of the PostgreSQL backlog; how many noted jobs
+/// it took (indexed, or struck when deleted since).
+pub async fn index_postgres_chunk(db: &sea_orm::DatabaseConnection) -> QueueResult<usize> {
+    use sea_orm::ConnectionTrait;
+    let row = db
+        .query_one_raw(Statement::from_string(
+            DbBackend::Postgres,
+            POSTGRES_CHUNK.as_str(),
+        ))
+        .await
+        .map_err(super::rows::storage)?;
+    let taken: i64 = match row {
+        Some(row) => row.try_get("", "taken").map_err(super::rows::storage)?,
+        None => 0,
+    };
+    Ok(usize::try_from(taken).unwrap_or(0))
 }
 
 #[cfg(test)]
@@ -190,11 +229,12 @@ mod tests {
         let tx = store_with(CHUNK + 44);
         let mut backlog = SearchBacklog::default();
         assert!(backlog.maybe_pending(), "a new writer looks for a backlog");
-        assert_eq!(backlog.index_chunk(&tx).await.expect("a chunk"), CHUNK);
-        assert!(backlog.maybe_pending(), "a full chunk: there may be more");
-        assert_eq!(backlog.index_chunk(&tx).await.expect("a chunk"), 44);
-        assert!(!backlog.maybe_pending(), "a short chunk: nothing is left");
-        assert_eq!(backlog.index_chunk(&tx).await.expect("no chunk"), 0);
+        for (expected, more) in [(CHUNK, true), (44, false), (0, false)] {
+            let indexed = index_sqlite_chunk(&tx).await.expect("a chunk");
+            backlog.indexed(indexed);
+            assert_eq!(indexed, expected);
+            assert_eq!(backlog.maybe_pending(), more, "after a chunk of {indexed}");
+        }
         let pending = "SELECT count(*) AS n FROM job_search_pending";
         assert_eq!(count(&tx, pending).await, 0);
         let indexed = "SELECT count(*) AS n FROM job_search WHERE payload LIKE '%clip-%'";
@@ -205,8 +245,10 @@ mod tests {
 
     #[test]
     fn chunks_are_due_only_beyond_the_bound_and_only_inserts_count() {
-        let mut backlog = SearchBacklog::default();
-        backlog.maybe_pending = false;
+        let mut backlog = SearchBacklog {
+            maybe_pending: false,
+            ..SearchBacklog::default()
+        };
         backlog.note(0, false);
         assert!(!backlog.maybe_pending(), "a job change stores no job");
         backlog.note(BACKLOG_BOUND, true);

@@ -159,6 +159,27 @@ impl Sql {
         }
     }
 
+    /// `FOR NO KEY UPDATE` on PostgreSQL: as [`Self::for_update`] for rows
+    /// whose key the transaction does not change, without waiting for the
+    /// key-share locks of foreign key checks (a job's attempt row, its
+    /// search entry being indexed).
+    pub fn for_no_key_update(self) -> Self {
+        match self.backend {
+            DbBackend::Postgres => self.push(" FOR NO KEY UPDATE"),
+            _ => self,
+        }
+    }
+
+    /// `FOR NO KEY UPDATE SKIP LOCKED` on PostgreSQL: rows another
+    /// transaction is leasing or changing are passed over; rows merely
+    /// referenced by a foreign key check (a key-share lock) are not.
+    pub fn for_no_key_update_skip_locked(self) -> Self {
+        match self.backend {
+            DbBackend::Postgres => self.push(" FOR NO KEY UPDATE SKIP LOCKED"),
+            _ => self,
+        }
+    }
+
     /// `FOR SHARE` on PostgreSQL: the rows cannot change until the
     /// transaction ends (a dependency cannot finish unseen).
     pub fn for_share(self) -> Self {

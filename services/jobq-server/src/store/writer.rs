@@ -254,8 +254,12 @@ struct Submitted {
 /// The writer of one store.
 pub struct Writer {
     inbox: mpsc::Sender<Submitted>,
-    /// Each committer says when it has committed its last group and ended.
+    /// Each committer says when it has committed its last group and ended
+    /// (and the PostgreSQL search indexer when it has ended).
     ended: std::sync::Mutex<Vec<oneshot::Receiver<()>>>,
+    /// Stops the PostgreSQL search indexer.
+    stop: tokio_util::sync::CancellationToken,
+    _stop_on_drop: tokio_util::sync::DropGuard,
 }
 
 impl Writer {
@@ -264,6 +268,7 @@ impl Writer {
     /// committers over `db`. They end when the writer is closed or dropped.
     pub fn start(db: DatabaseConnection, dialect: Arc<Dialect>) -> Result<Self, String> {
         let (inbox, receiver) = mpsc::channel(QUEUE_DEPTH);
+        let stop = tokio_util::sync::CancellationToken::new();
         let mut ended = Vec::new();
         if dialect.groups_writes() {
             let connection = dialect.open_sqlite_writer()?;
@@ -278,24 +283,43 @@ impl Writer {
             ended.push(ended_receiver);
         } else {
             let receiver = Arc::new(tokio::sync::Mutex::new(receiver));
+            let activity = Arc::new(std::sync::Mutex::new(PostgresActivity {
+                backlog: SearchBacklog::default(),
+                last_group: std::time::Instant::now(),
+            }));
             for _ in 0..super::dialect::POSTGRES_COMMITTERS {
                 let (ended_sender, ended_receiver) = oneshot::channel();
-                let (db, dialect, receiver) = (db.clone(), dialect.clone(), receiver.clone());
+                let (db, dialect, receiver, activity) = (
+                    db.clone(),
+                    dialect.clone(),
+                    receiver.clone(),
+                    activity.clone(),
+                );
                 tokio::spawn(async move {
-                    pooled_committer(db, &dialect, receiver).await;
+                    pooled_committer(db, &dialect, receiver, activity).await;
                     let _ = ended_sender.send(());
                 });
                 ended.push(ended_receiver);
             }
+            let (ended_sender, ended_receiver) = oneshot::channel();
+            let stop = stop.clone();
+            tokio::spawn(async move {
+                postgres_search_indexer(db, activity, stop).await;
+                let _ = ended_sender.send(());
+            });
+            ended.push(ended_receiver);
         }
         Ok(Self {
             inbox,
             ended: std::sync::Mutex::new(ended),
+            _stop_on_drop: stop.clone().drop_guard(),
+            stop,
         })
     }
 
     /// Stops taking writes and waits until those taken are committed.
     pub async fn close(self) {
+        self.stop.cancel();
         drop(self.inbox);
         let ended = std::mem::take(
             &mut *self
@@ -486,15 +510,68 @@ fn index_search_chunk(
     tx: &LocalTx,
     backlog: &mut SearchBacklog,
 ) -> bool {
-    match runtime.block_on(backlog.index_chunk(tx)) {
+    match runtime.block_on(search_backlog::index_sqlite_chunk(tx)) {
         Ok(indexed) => {
             tracing::trace!(indexed, "search index chunk committed");
+            backlog.indexed(indexed);
             true
         }
         Err(error) => {
             tracing::warn!(%error, "indexing jobs for search failed; trying again later");
             backlog.failed();
             false
+        }
+    }
+}
+
+/// What the PostgreSQL committers tell the search indexer.
+struct PostgresActivity {
+    backlog: SearchBacklog,
+    last_group: std::time::Instant,
+}
+
+type SharedActivity = Arc<std::sync::Mutex<PostgresActivity>>;
+
+fn lock(activity: &SharedActivity) -> std::sync::MutexGuard<'_, PostgresActivity> {
+    activity
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Indexes this replica's search backlog on PostgreSQL once its committers
+/// have had no write for [`search_backlog::IDLE`], or as soon as more than
+/// the bound waits; ends when `stop` is cancelled.
+async fn postgres_search_indexer(
+    db: DatabaseConnection,
+    activity: SharedActivity,
+    stop: tokio_util::sync::CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(search_backlog::IDLE) => {}
+        }
+        while !stop.is_cancelled() {
+            let due = {
+                let activity = lock(&activity);
+                activity.backlog.maybe_pending()
+                    && (activity.last_group.elapsed() >= search_backlog::IDLE
+                        || activity.backlog.over_bound())
+            };
+            if !due {
+                break;
+            }
+            match search_backlog::index_postgres_chunk(&db).await {
+                Ok(indexed) => {
+                    tracing::trace!(indexed, "search index chunk committed");
+                    lock(&activity).backlog.indexed(indexed);
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "indexing jobs for search failed; trying again later");
+                    lock(&activity).backlog.failed();
+                    break;
+                }
+            }
         }
     }
 }
@@ -507,6 +584,7 @@ async fn pooled_committer(
     db: DatabaseConnection,
     dialect: &Dialect,
     inbox: Arc<tokio::sync::Mutex<mpsc::Receiver<Submitted>>>,
+    activity: SharedActivity,
 ) {
     let mut carried: Option<Submitted> = None;
     loop {
@@ -525,7 +603,7 @@ async fn pooled_committer(
         let outcome = {
             let ops: Vec<&Op> = group.iter().flat_map(|submitted| &submitted.ops).collect();
             let mut tries = 0;
-            loop {
+            let outcome = loop {
                 match commit_pooled(&db, dialect, &ops).await {
                     Err(QueueError::Conflict(detail)) if tries + 1 < CONFLICT_TRIES => {
                         tries += 1;
@@ -533,7 +611,11 @@ async fn pooled_committer(
                     }
                     other => break other,
                 }
-            }
+            };
+            let mut activity = lock(&activity);
+            activity.backlog.wrote(&ops);
+            activity.last_group = std::time::Instant::now();
+            outcome
         };
         answer(group, outcome, rows, started);
     }
