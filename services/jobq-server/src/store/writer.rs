@@ -285,6 +285,7 @@ impl Writer {
             let receiver = Arc::new(tokio::sync::Mutex::new(receiver));
             let activity = Arc::new(std::sync::Mutex::new(PostgresActivity {
                 backlog: SearchBacklog::default(),
+                committing: 0,
                 last_group: std::time::Instant::now(),
             }));
             for _ in 0..super::dialect::POSTGRES_COMMITTERS {
@@ -527,7 +528,19 @@ fn index_search_chunk(
 /// What the PostgreSQL committers tell the search indexer.
 struct PostgresActivity {
     backlog: SearchBacklog,
+    /// Groups being committed now.
+    committing: usize,
+    /// When the last group ended.
     last_group: std::time::Instant,
+}
+
+impl PostgresActivity {
+    /// Whether the indexer should take a chunk now: jobs may wait, and the
+    /// committers have been idle a while or the backlog is over its bound.
+    fn index_due(&self) -> bool {
+        let idle = self.committing == 0 && self.last_group.elapsed() >= search_backlog::IDLE;
+        self.backlog.maybe_pending() && (idle || self.backlog.over_bound())
+    }
 }
 
 type SharedActivity = Arc<std::sync::Mutex<PostgresActivity>>;
@@ -552,13 +565,7 @@ async fn postgres_search_indexer(
             () = tokio::time::sleep(search_backlog::IDLE) => {}
         }
         while !stop.is_cancelled() {
-            let due = {
-                let activity = lock(&activity);
-                activity.backlog.maybe_pending()
-                    && (activity.last_group.elapsed() >= search_backlog::IDLE
-                        || activity.backlog.over_bound())
-            };
-            if !due {
+            if !lock(&activity).index_due() {
                 break;
             }
             match search_backlog::index_postgres_chunk(&db).await {
@@ -600,6 +607,7 @@ async fn pooled_committer(
             gather(first, || inbox.try_recv().ok(), &mut carried)
         };
         let started = std::time::Instant::now();
+        lock(&activity).committing += 1;
         let outcome = {
             let ops: Vec<&Op> = group.iter().flat_map(|submitted| &submitted.ops).collect();
             let mut tries = 0;
@@ -614,6 +622,7 @@ async fn pooled_committer(
             };
             let mut activity = lock(&activity);
             activity.backlog.wrote(&ops);
+            activity.committing -= 1;
             activity.last_group = std::time::Instant::now();
             outcome
         };
