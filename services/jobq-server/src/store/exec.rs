@@ -199,6 +199,24 @@ impl LocalTx {
         }
     }
 
+    /// Runs `work` (statements on this connection) in an IMMEDIATE
+    /// transaction — the write lock taken at once, not at the first write —
+    /// and commits it; rolls back on any error.
+    pub async fn in_transaction<T>(
+        &self,
+        work: impl std::future::Future<Output = QueueResult<T>>,
+    ) -> QueueResult<T> {
+        self.control("BEGIN IMMEDIATE")?;
+        let committed = match work.await {
+            Ok(value) => self.control("COMMIT").map(|()| value),
+            Err(error) => Err(error),
+        };
+        if committed.is_err() {
+            let _ = self.control("ROLLBACK");
+        }
+        committed
+    }
+
     /// Runs one statement without parameters or rows (BEGIN, COMMIT...),
     /// prepared once.
     pub fn control(&self, sql: &str) -> QueueResult<()> {

@@ -123,20 +123,7 @@ impl SearchBacklog {
 /// Indexes the next chunk of the SQLite backlog in a transaction of its own
 /// on the writer's connection; how many jobs it indexed.
 pub async fn index_sqlite_chunk(tx: &LocalTx) -> QueueResult<usize> {
-    tx.control("BEGIN IMMEDIATE")?;
-    match sqlite_chunk(tx).await {
-        Ok(indexed) => match tx.control("COMMIT") {
-            Ok(()) => Ok(indexed),
-            Err(error) => {
-                let _ = tx.control("ROLLBACK");
-                Err(error)
-            }
-        },
-        Err(error) => {
-            let _ = tx.control("ROLLBACK");
-            Err(error)
-        }
-    }
+    tx.in_transaction(sqlite_chunk(tx)).await
 }
 
 async fn sqlite_chunk(tx: &LocalTx) -> QueueResult<usize> {

@@ -228,21 +228,7 @@ async fn commit_pooled(
 /// Runs `ops` in one transaction of the SQLite writer's connection and
 /// commits it; rolls back on any error.
 async fn commit_local(tx: &LocalTx, dialect: &Dialect, ops: &[&Op]) -> QueueResult<Vec<Answer>> {
-    // IMMEDIATE: the write lock is taken at once, not at the first write.
-    tx.control("BEGIN IMMEDIATE")?;
-    match execute(tx, dialect, ops).await {
-        Ok(answers) => match tx.control("COMMIT") {
-            Ok(()) => Ok(answers),
-            Err(error) => {
-                let _ = tx.control("ROLLBACK");
-                Err(error)
-            }
-        },
-        Err(error) => {
-            let _ = tx.control("ROLLBACK");
-            Err(error)
-        }
-    }
+    tx.in_transaction(execute(tx, dialect, ops)).await
 }
 
 /// Writes that commit together, as one caller submitted them.
