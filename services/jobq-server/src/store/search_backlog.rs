@@ -9,7 +9,8 @@
 //! row version of `jobs` gets an entry in every index). An insert trigger
 //! now only notes each new job in `job_search_pending`; the jobs noted are
 //! indexed once no write has come for [`IDLE`], and, under writes that never
-//! pause, a chunk at a time whenever more than [`BACKLOG_BOUND`] wait. So a
+//! pause, right after each group that takes the backlog over
+//! [`BACKLOG_BOUND`], as many as it enqueued. So a
 //! burst of enqueues is acknowledged at the speed of the table and its
 //! indexes, and its search indexing is done once the burst is over;
 //! sustained load pays for the index as before, in bigger chunks.
@@ -31,13 +32,18 @@ use crate::domain::QueueResult;
 /// milliseconds, the longest a write waits behind it.
 pub const CHUNK: usize = 256;
 
-/// Jobs that may wait for the index while writes keep coming; beyond it a
-/// chunk is indexed after each group of writes.
+/// Jobs that may wait for the index while writes keep coming; beyond it,
+/// what a group enqueued is indexed right after it (so a drain, which
+/// enqueues nothing, never waits on the index).
 pub const BACKLOG_BOUND: usize = 20_000;
 
 /// How long the writer waits for another write before it indexes the
 /// backlog.
 pub const IDLE: Duration = Duration::from_millis(50);
+
+/// The pause between two chunks indexed while idle: other connections
+/// (the job history's writes) get the write lock in between.
+pub const IDLE_PAUSE: Duration = Duration::from_millis(5);
 
 /// The last rowid of the next chunk of noted jobs (LIMIT as a literal: a
 /// bound LIMIT makes SQLite prepare the statement again on every run).
@@ -47,9 +53,12 @@ static CHUNK_END: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
          (SELECT job_rowid FROM job_search_pending ORDER BY job_rowid LIMIT {CHUNK})"
     )
 });
+/// CROSS JOIN keeps the noted jobs the outer loop: with a plain JOIN
+/// SQLite read `jobs` from its first row up to the chunk's end and looked
+/// each up in the list, every chunk (a 1,000,000-job backlog took minutes).
 const INDEX_CHUNK: &str = "INSERT INTO job_search (rowid, payload, tags) \
      SELECT jobs.rowid, jobs.payload, jobs.tags FROM job_search_pending \
-     JOIN jobs ON jobs.rowid = job_search_pending.job_rowid \
+     CROSS JOIN jobs ON jobs.rowid = job_search_pending.job_rowid \
      WHERE job_search_pending.job_rowid <= ?";
 const STRIKE_CHUNK: &str = "DELETE FROM job_search_pending WHERE job_rowid <= ?";
 

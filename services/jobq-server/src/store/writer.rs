@@ -454,8 +454,10 @@ fn sqlite_committer(tx: LocalTx, dialect: &Dialect, mut inbox: mpsc::Receiver<Su
         };
         answer(group, outcome, rows, started);
         // After the answers: no caller waits for the index.
-        if backlog.over_bound() {
-            index_search_chunk(&runtime, &tx, &mut backlog);
+        while backlog.over_bound() {
+            if !index_search_chunk(&runtime, &tx, &mut backlog) {
+                break;
+            }
         }
     }
 }
@@ -477,13 +479,14 @@ fn next_write(
             return next;
         }
         while backlog.maybe_pending() {
-            match inbox.try_recv() {
-                Ok(next) => return Some(next),
-                Err(mpsc::error::TryRecvError::Disconnected) => return None,
-                Err(mpsc::error::TryRecvError::Empty) => {}
-            }
             if !index_search_chunk(runtime, tx, backlog) {
                 break;
+            }
+            let next = runtime.block_on(async {
+                tokio::time::timeout(search_backlog::IDLE_PAUSE, inbox.recv()).await
+            });
+            if let Ok(next) = next {
+                return next;
             }
         }
     }
