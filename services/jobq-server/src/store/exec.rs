@@ -63,6 +63,11 @@ pub struct LocalRow {
 }
 
 impl LocalRow {
+    fn index_of(&self, name: &str) -> QueueResult<usize> {
+        self.position(name)
+            .ok_or_else(|| unreadable(name, "no such column"))
+    }
+
     fn position(&self, name: &str) -> Option<usize> {
         let width = self.names.len();
         let start = self.last.get();
@@ -105,6 +110,12 @@ impl From<ValueRef<'_>> for Cell {
 pub trait Column: sea_orm::TryGetable + Sized {
     /// The value of `cell`, if it has this type.
     fn from_cell(cell: &Cell) -> Option<Self>;
+
+    /// The value of `cell`, moved out of it when it has this type (text is
+    /// not copied again); `cell` back otherwise.
+    fn from_owned_cell(cell: Cell) -> Result<Self, Cell> {
+        Self::from_cell(&cell).ok_or(cell)
+    }
 }
 
 impl Column for String {
@@ -112,6 +123,13 @@ impl Column for String {
         match cell {
             Cell::Text(text) => Some(text.clone()),
             _ => None,
+        }
+    }
+
+    fn from_owned_cell(cell: Cell) -> Result<Self, Cell> {
+        match cell {
+            Cell::Text(text) => Ok(text),
+            other => Err(other),
         }
     }
 }
@@ -160,27 +178,52 @@ impl<T: Column> Column for Option<T> {
             other => T::from_cell(other).map(Some),
         }
     }
+
+    fn from_owned_cell(cell: Cell) -> Result<Self, Cell> {
+        match cell {
+            Cell::Null => Ok(None),
+            other => T::from_owned_cell(other).map(Some),
+        }
+    }
+}
+
+/// A column that could not be read as the type asked for.
+fn unreadable(name: &str, detail: impl std::fmt::Display) -> QueueError {
+    QueueError::Storage(format!("reading column {name}: {detail}"))
+}
+
+/// `cell` is not a `T`.
+fn mistyped<T>(name: &str, cell: &Cell) -> QueueError {
+    unreadable(
+        name,
+        format!("{cell:?} is not a {}", std::any::type_name::<T>()),
+    )
 }
 
 impl Row {
     /// Column `name`, as `T`.
     pub fn get<T: Column>(&self, name: &str) -> QueueResult<T> {
-        let unreadable =
-            |detail: String| QueueError::Storage(format!("reading column {name}: {detail}"));
         match self {
             Row::Orm(row) => row
                 .try_get::<T>("", name)
-                .map_err(|error| unreadable(error.to_string())),
+                .map_err(|error| unreadable(name, error)),
             Row::Local(row) => {
-                let index = row
-                    .position(name)
-                    .ok_or_else(|| unreadable("no such column".into()))?;
-                let cell = &row.cells[index];
-                T::from_cell(cell).ok_or_else(|| {
-                    unreadable(format!("{cell:?} is not a {}", std::any::type_name::<T>()))
-                })
+                let cell = &row.cells[row.index_of(name)?];
+                T::from_cell(cell).ok_or_else(|| mistyped::<T>(name, cell))
             }
         }
+    }
+
+    /// Column `name`, as `T`, moved out of the row: a second read of it
+    /// finds NULL. For decoding a row that is read once, column by column,
+    /// without copying its text again.
+    pub fn take<T: Column>(&mut self, name: &str) -> QueueResult<T> {
+        let Row::Local(row) = self else {
+            return self.get(name);
+        };
+        let index = row.index_of(name)?;
+        let cell = std::mem::replace(&mut row.cells[index], Cell::Null);
+        T::from_owned_cell(cell).map_err(|cell| mistyped::<T>(name, &cell))
     }
 }
 
@@ -250,13 +293,14 @@ impl rusqlite::ToSql for Bound<'_> {
             },
             Value::Float(x) => x.map_or(Owned::Null, |x| Owned::Real(f64::from(x))),
             Value::Double(x) => x.map_or(Owned::Null, Owned::Real),
-            Value::String(text) => text
-                .as_ref()
-                .map_or(Owned::Null, |text| Owned::Text(text.clone())),
+            // Text and bytes are lent to SQLite, which copies them as it binds.
+            Value::String(Some(text)) => {
+                return Ok(ToSqlOutput::Borrowed(ValueRef::Text(text.as_bytes())));
+            }
+            Value::String(None) => Owned::Null,
             Value::Char(c) => c.map_or(Owned::Null, |c| Owned::Text(c.to_string())),
-            Value::Bytes(bytes) => bytes
-                .as_ref()
-                .map_or(Owned::Null, |bytes| Owned::Blob(bytes.clone())),
+            Value::Bytes(Some(bytes)) => return Ok(ToSqlOutput::Borrowed(ValueRef::Blob(bytes))),
+            Value::Bytes(None) => Owned::Null,
             #[allow(unreachable_patterns)]
             other => {
                 return Err(rusqlite::Error::ToSqlConversionFailure(
@@ -353,5 +397,58 @@ impl Tx for LocalTx {
             .execute(rusqlite::params_from_iter(params(&statement)))
             .map_err(sqlite_error)?;
         Ok(changed as u64)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn one_row(sql: &str, values: Vec<Value>) -> Row {
+        let tx =
+            LocalTx::new(rusqlite::Connection::open_in_memory().expect("an in-memory database"));
+        let mut rows = tx
+            .rows(Statement::from_sql_and_values(
+                DbBackend::Sqlite,
+                sql,
+                values,
+            ))
+            .await
+            .expect("the query runs");
+        assert_eq!(rows.len(), 1);
+        rows.remove(0)
+    }
+
+    #[tokio::test]
+    async fn bound_text_and_bytes_reach_sqlite_whole() {
+        let row = one_row(
+            "SELECT ?1 AS text, length(?1) AS chars, ?2 AS bytes, ?3 AS no_text",
+            vec![
+                Value::String(Some("añb".into())),
+                Value::Bytes(Some(vec![0, 1, 2])),
+                Value::String(None),
+            ],
+        )
+        .await;
+        assert_eq!(row.get::<String>("text").expect("text"), "añb");
+        assert_eq!(row.get::<i64>("chars").expect("chars"), 3);
+        let Row::Local(local) = &row else {
+            panic!("a row of the writer's connection")
+        };
+        assert_eq!(local.cells[2], Cell::Blob(vec![0, 1, 2]));
+        assert_eq!(row.get::<Option<String>>("no_text").expect("NULL"), None);
+    }
+
+    #[tokio::test]
+    async fn take_moves_a_column_out_and_names_the_column_it_cannot_read() {
+        let mut row = one_row("SELECT 'x' AS id, 7 AS n, NULL AS gone", Vec::new()).await;
+        assert_eq!(row.take::<String>("id").expect("id"), "x");
+        // Taken: what is left reads as NULL.
+        assert_eq!(row.take::<Option<String>>("id").expect("id again"), None);
+        let wrong = row.take::<String>("n").expect_err("an integer is not text");
+        assert!(wrong.to_string().contains("column n"), "{wrong}");
+        let missing = row.take::<i64>("absent").expect_err("no such column");
+        assert!(missing.to_string().contains("column absent"), "{missing}");
+        assert_eq!(row.take::<Option<i64>>("gone").expect("NULL"), None);
     }
 }

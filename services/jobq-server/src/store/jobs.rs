@@ -45,22 +45,26 @@ pub async fn load(
         statement = statement.push(" ORDER BY id").for_no_key_update();
     }
     let rows = tx.rows(statement.build()).await?;
-    rows.iter()
+    rows.into_iter()
         .map(|row| job_from_row(row).map(|job| (job.id.to_string(), job)))
         .collect()
 }
 
-/// Writes what changed of each job, `(before, after)`: only the columns
-/// whose values differ, so an index over columns that did not change is
-/// left alone. Jobs that changed the same columns share one statement
-/// (a lease, a success, a heartbeat each change their own set).
-async fn save_changed(tx: &dyn Tx, changed: &[(&Job, &Job)]) -> QueueResult<()> {
+/// The columns a state change may write, as `job` holds them now: taken
+/// before a change, so that only what the change altered is written.
+fn stored_columns(job: &Job) -> QueueResult<Vec<sea_orm::Value>> {
+    row_values(&ChangedRow::of(job), CHANGED_COLUMNS).map_err(QueueError::Storage)
+}
+
+/// Writes what changed of each job, `(its stored_columns before, the job
+/// after)`: only the columns whose values differ, so an index over columns
+/// that did not change is left alone. Jobs that changed the same columns
+/// share one statement (a lease, a success, a heartbeat each change their
+/// own set).
+async fn save_changed(tx: &dyn Tx, changed: &[(&[sea_orm::Value], &Job)]) -> QueueResult<()> {
     let mut by_columns: BTreeMap<u64, Vec<Vec<sea_orm::Value>>> = BTreeMap::new();
-    for (before, after) in changed {
-        let old =
-            row_values(&ChangedRow::of(before), CHANGED_COLUMNS).map_err(QueueError::Storage)?;
-        let new =
-            row_values(&ChangedRow::of(after), CHANGED_COLUMNS).map_err(QueueError::Storage)?;
+    for (old, after) in changed {
+        let new = stored_columns(after)?;
         // Column 0 is the key.
         let mask = (1..new.len())
             .filter(|&index| old[index] != new[index])
@@ -153,8 +157,8 @@ pub async fn apply_changes(
     ids.dedup();
     let mut current = load(tx, &ids, true, false).await?;
     let mut outcomes = Vec::with_capacity(changes.len());
-    // Each changed job as loaded, to write only what changed.
-    let mut originals: HashMap<String, Job> = HashMap::new();
+    // The stored columns of each changed job as loaded, to write only what changed.
+    let mut originals: HashMap<String, Vec<sea_orm::Value>> = HashMap::new();
     let mut entries: Vec<(JobId, HistoryEntry)> = Vec::new();
     let mut cleared: HashSet<String> = HashSet::new();
     for (id, change) in changes {
@@ -162,11 +166,12 @@ pub async fn apply_changes(
             outcomes.push(Err(QueueError::JobNotFound(id.to_string())));
             continue;
         };
+        // A refused change leaves the job as it was.
         let mut after = job.clone();
         match change(&mut after) {
             Ok(entry) => {
                 if &after != job && !originals.contains_key(id.as_str()) {
-                    originals.insert(id.to_string(), job.clone());
+                    originals.insert(id.to_string(), stored_columns(job)?);
                 }
                 if let Some(entry) = &entry {
                     // A success's result is written with the rest of the row
@@ -187,9 +192,9 @@ pub async fn apply_changes(
             Err(refused) => outcomes.push(Err(refused)),
         }
     }
-    let mut saved: Vec<(&Job, &Job)> = originals
+    let mut saved: Vec<(&[sea_orm::Value], &Job)> = originals
         .iter()
-        .filter_map(|(id, before)| Some((before, current.get(id)?)))
+        .filter_map(|(id, before)| Some((before.as_slice(), current.get(id)?)))
         .collect();
     // In id order, as the rows were locked (PostgreSQL).
     saved.sort_unstable_by(|a, b| a.1.id.as_str().cmp(b.1.id.as_str()));
@@ -219,7 +224,7 @@ async fn lease_candidates(
 ) -> QueueResult<Vec<Job>> {
     let statement = candidates_statement(tx.backend(), queue, types, max_payload_bytes, limit);
     let rows = tx.rows(statement).await?;
-    rows.iter().map(job_from_row).collect()
+    rows.into_iter().map(job_from_row).collect()
 }
 
 /// The SQL of [`lease_candidates`]. A job whose concurrency key is at its
@@ -448,18 +453,17 @@ pub async fn lease(
             sooner(at);
         }
     }
-    let leased: Vec<(Job, LeaseToken)> = picked
-        .iter()
-        .map(|job| {
-            let mut started = job.clone();
-            let token = start(&mut started);
-            (started, token)
-        })
-        .collect();
-    let changed: Vec<(&Job, &Job)> = picked
+    let mut before = Vec::with_capacity(picked.len());
+    let mut leased: Vec<(Job, LeaseToken)> = Vec::with_capacity(picked.len());
+    for mut job in picked {
+        before.push(stored_columns(&job)?);
+        let token = start(&mut job);
+        leased.push((job, token));
+    }
+    let changed: Vec<(&[sea_orm::Value], &Job)> = before
         .iter()
         .zip(&leased)
-        .map(|(before, (after, _))| (before, after))
+        .map(|(before, (after, _))| (before.as_slice(), after))
         .collect();
     save_changed(tx, &changed).await?;
     Ok(Leased {
@@ -542,7 +546,7 @@ async fn lookups(tx: &dyn Tx, batches: &[&[NewJob]]) -> QueueResult<Lookups> {
             .in_list(&request_keys)
             .build();
         for row in tx.rows(statement).await? {
-            let job = job_from_row(&row)?;
+            let job = job_from_row(row)?;
             if let Some(key) = job.request_key.clone() {
                 by_request_key.insert(key, job);
             }
@@ -558,7 +562,7 @@ async fn lookups(tx: &dyn Tx, batches: &[&[NewJob]]) -> QueueResult<Lookups> {
             .in_list(&unique_keys)
             .build();
         for row in tx.rows(statement).await? {
-            let job = job_from_row(&row)?;
+            let job = job_from_row(row)?;
             if let Some(key) = job.unique_key.clone() {
                 by_unique_key.insert(key, job);
             }
@@ -842,7 +846,7 @@ async fn resolve_lost_inserts(
     let winners: Vec<Job> = tx
         .rows(statement)
         .await?
-        .iter()
+        .into_iter()
         .map(job_from_row)
         .collect::<QueueResult<_>>()?;
     // Each lost job's stand-in. The lost job may also stand in a plan as

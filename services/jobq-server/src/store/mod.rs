@@ -156,7 +156,7 @@ impl SqlStore {
             .await
             .map_err(storage)?
             .into_iter()
-            .map(|row| job_from_row(&Row::Orm(row)))
+            .map(|row| job_from_row(Row::Orm(row)))
             .collect()
     }
 

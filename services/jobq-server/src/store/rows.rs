@@ -88,8 +88,8 @@ pub fn corrupt(what: &str, id: &str, detail: impl std::fmt::Display) -> QueueErr
     QueueError::Storage(format!("job {id}: stored {what} is unreadable: {detail}"))
 }
 
-fn column<T: Column>(row: &Row, name: &str) -> QueueResult<T> {
-    row.get(name)
+fn column<T: Column>(row: &mut Row, name: &str) -> QueueResult<T> {
+    row.take(name)
 }
 
 /// A state stored as text.
@@ -97,16 +97,15 @@ pub fn parse_state(raw: &str, id: &str) -> QueueResult<JobState> {
     raw.parse::<JobState>().map_err(|e| corrupt("state", id, e))
 }
 
-/// A job from a row of `CORE_COLUMNS`, plus `payload` and `result` when selected.
-pub fn job_from_row(row: &Row) -> QueueResult<Job> {
+/// A job from a row of `CORE_COLUMNS`, plus `payload` and `result` when
+/// selected. Columns are read in the order they are selected, which finds
+/// each one at once.
+pub fn job_from_row(mut row: Row) -> QueueResult<Job> {
+    let row = &mut row;
     let id: String = column(row, "id")?;
-    let state = parse_state(&column::<String>(row, "state")?, &id)?;
-    let tags = serde_json::from_str::<Vec<String>>(&column::<String>(row, "tags")?)
-        .map_err(|e| corrupt("tags", &id, e))?;
     Ok(Job {
         job_type: column(row, "job_type")?,
         queue: column(row, "queue")?,
-        payload: row.get::<Option<String>>("payload").ok().flatten(),
         payload_bytes: column(row, "payload_bytes")?,
         priority: column(row, "priority")?,
         run_at: column(row, "run_at")?,
@@ -117,23 +116,18 @@ pub fn job_from_row(row: &Row) -> QueueResult<Job> {
             max_backoff: duration(column(row, "backoff_max_ms")?),
         },
         unique_key: column(row, "unique_key")?,
-        concurrency_key: column(row, "concurrency_key")?,
-        concurrency_limit: column(row, "concurrency_limit")?,
         request_key: column(row, "request_key")?,
-        tags,
+        tags: serde_json::from_str::<Vec<String>>(&column::<String>(row, "tags")?)
+            .map_err(|e| corrupt("tags", &id, e))?,
         // NULL for jobs stored before summaries existed.
         summary: column::<Option<String>>(row, "summary")?.unwrap_or_default(),
         parent_id: column::<Option<String>>(row, "parent_id")?.map(JobId::from_stored),
         traceparent: column(row, "traceparent")?,
-        depends_on: Vec::new(),
-        has_dependents: column(row, "has_dependents")?,
-        schedule_name: column(row, "schedule_name")?,
-        state,
+        state: parse_state(&column::<String>(row, "state")?, &id)?,
         attempt: column(row, "attempt")?,
         history_seq: column(row, "history_seq")?,
         progress_percent: column(row, "progress_percent")?,
         progress_message: column(row, "progress_message")?,
-        result: row.get::<Option<String>>("result").ok().flatten(),
         last_error: column(row, "last_error")?,
         cancel_requested: column(row, "cancel_requested")?,
         lease_token: column::<Option<String>>(row, "lease_token")?.map(LeaseToken::from_string),
@@ -146,6 +140,13 @@ pub fn job_from_row(row: &Row) -> QueueResult<Job> {
         started_at: column(row, "started_at")?,
         finished_at: column(row, "finished_at")?,
         updated_at: column(row, "updated_at")?,
+        schedule_name: column(row, "schedule_name")?,
+        has_dependents: column(row, "has_dependents")?,
+        concurrency_key: column(row, "concurrency_key")?,
+        concurrency_limit: column(row, "concurrency_limit")?,
+        payload: row.take::<Option<String>>("payload").ok().flatten(),
+        result: row.take::<Option<String>>("result").ok().flatten(),
+        depends_on: Vec::new(),
         history: Vec::new(),
         id: JobId::from_stored(id),
     })
