@@ -112,6 +112,22 @@ impl SearchBacklog {
         self.maybe_pending
     }
 
+    /// Notes how a chunk went, and logs it; false if it failed.
+    pub fn chunk_done(&mut self, outcome: QueueResult<usize>) -> bool {
+        match outcome {
+            Ok(indexed) => {
+                tracing::trace!(indexed, "search index chunk committed");
+                self.indexed(indexed);
+                true
+            }
+            Err(error) => {
+                tracing::warn!(%error, "indexing jobs for search failed; trying again later");
+                self.failed();
+                false
+            }
+        }
+    }
+
     /// Notes a chunk that failed: tried again once more jobs are enqueued,
     /// or when the writer is next idle after a write.
     pub fn failed(&mut self) {

@@ -471,21 +471,18 @@ fn next_write(
     inbox: &mut mpsc::Receiver<Submitted>,
     backlog: &mut SearchBacklog,
 ) -> Option<Submitted> {
+    // A write that comes within `wait` (the timer must be made inside the runtime).
+    let mut write_within =
+        |wait| runtime.block_on(async { tokio::time::timeout(wait, inbox.recv()).await });
     if backlog.maybe_pending() {
-        // (The timer must be made inside the runtime.)
-        let next = runtime
-            .block_on(async { tokio::time::timeout(search_backlog::IDLE, inbox.recv()).await });
-        if let Ok(next) = next {
+        if let Ok(next) = write_within(search_backlog::IDLE) {
             return next;
         }
         while backlog.maybe_pending() {
             if !index_search_chunk(runtime, tx, backlog) {
                 break;
             }
-            let next = runtime.block_on(async {
-                tokio::time::timeout(search_backlog::IDLE_PAUSE, inbox.recv()).await
-            });
-            if let Ok(next) = next {
+            if let Ok(next) = write_within(search_backlog::IDLE_PAUSE) {
                 return next;
             }
         }
@@ -500,18 +497,7 @@ fn index_search_chunk(
     tx: &LocalTx,
     backlog: &mut SearchBacklog,
 ) -> bool {
-    match runtime.block_on(search_backlog::index_sqlite_chunk(tx)) {
-        Ok(indexed) => {
-            tracing::trace!(indexed, "search index chunk committed");
-            backlog.indexed(indexed);
-            true
-        }
-        Err(error) => {
-            tracing::warn!(%error, "indexing jobs for search failed; trying again later");
-            backlog.failed();
-            false
-        }
-    }
+    backlog.chunk_done(runtime.block_on(search_backlog::index_sqlite_chunk(tx)))
 }
 
 /// What the PostgreSQL committers tell the search indexer.
@@ -557,16 +543,9 @@ async fn postgres_search_indexer(
             if !lock(&activity).index_due() {
                 break;
             }
-            match search_backlog::index_postgres_chunk(&db).await {
-                Ok(indexed) => {
-                    tracing::trace!(indexed, "search index chunk committed");
-                    lock(&activity).backlog.indexed(indexed);
-                }
-                Err(error) => {
-                    tracing::warn!(%error, "indexing jobs for search failed; trying again later");
-                    lock(&activity).backlog.failed();
-                    break;
-                }
+            let outcome = search_backlog::index_postgres_chunk(&db).await;
+            if !lock(&activity).backlog.chunk_done(outcome) {
+                break;
             }
         }
     }
