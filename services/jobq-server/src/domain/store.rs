@@ -262,6 +262,8 @@ pub trait Peers: Send + Sync + 'static {
     fn waiting(&self);
     /// A queue's controls changed.
     fn controls_changed(&self);
+    /// Whether another replica watches job events now.
+    fn wants_events(&self) -> bool;
     /// Job events happened here (sent only while some replica watches).
     fn job_events(&self, events: &[JobEvent]);
 }

@@ -307,6 +307,10 @@ impl Peers for PgPeers {
         let _ = self.outbox.send(Outgoing::Controls);
     }
 
+    fn wants_events(&self) -> bool {
+        self.others_watch()
+    }
+
     fn job_events(&self, events: &[JobEvent]) {
         if !self.others_watch() {
             return;

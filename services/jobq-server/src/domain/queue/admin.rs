@@ -146,7 +146,7 @@ impl JobQueue {
             if let Some(observer) = self.observer.get() {
                 observer.deleted(&deleted, now);
             }
-            self.emit(
+            self.emit(|| {
                 deleted
                     .iter()
                     .map(|job| JobEvent {
@@ -154,8 +154,8 @@ impl JobQueue {
                         job: (*job).clone(),
                         at: now,
                     })
-                    .collect(),
-            );
+                    .collect()
+            });
         }
         Ok(results)
     }

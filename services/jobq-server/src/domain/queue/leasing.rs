@@ -366,26 +366,32 @@ impl JobQueue {
         if leased.is_empty() {
             return Vec::new();
         }
-        let applied: Vec<_> = leased
-            .iter()
-            .map(|(job, _)| {
+        let (jobs, tokens): (Vec<Job>, Vec<LeaseToken>) = leased.into_iter().unzip();
+        let applied: Vec<_> = jobs
+            .into_iter()
+            .map(|mut job| {
+                // The job as it was queued, for events and metrics: its
+                // payload did not change, so it is not copied.
+                let payload = job.payload.take();
                 let mut before = job.clone();
                 before.state = JobState::Queued;
+                job.payload = payload;
                 crate::domain::Applied {
                     before,
-                    job: job.clone(),
+                    job,
                     entry: None,
                 }
             })
             .collect();
         self.after_changes(&applied).await;
-        leased
+        applied
             .into_iter()
-            .map(|(job, lease_token)| LeasedJob {
-                lease_expires_at: job.lease_expires_at.unwrap_or(now),
-                attempt_deadline: job.attempt_deadline.unwrap_or(now),
+            .zip(tokens)
+            .map(|(change, lease_token)| LeasedJob {
+                lease_expires_at: change.job.lease_expires_at.unwrap_or(now),
+                attempt_deadline: change.job.attempt_deadline.unwrap_or(now),
                 lease_token,
-                job,
+                job: change.job,
             })
             .collect()
     }

@@ -176,8 +176,14 @@ impl JobQueue {
         }
     }
 
-    /// Sends events here and to the replicas that watch.
-    fn emit(&self, events: Vec<JobEvent>) {
+    /// Sends events here and to the replicas that watch; `events` makes
+    /// them only when someone watches (each carries a copy of its job).
+    fn emit(&self, events: impl FnOnce() -> Vec<JobEvent>) {
+        let remote = self.peers.get().is_some_and(|peers| peers.wants_events());
+        if !remote && self.events.receiver_count() == 0 {
+            return;
+        }
+        let events = events();
         if events.is_empty() {
             return;
         }
@@ -221,15 +227,15 @@ impl JobQueue {
         if let Some(observer) = self.observer.get() {
             observer.created(jobs, now);
         }
-        self.emit(
+        self.emit(|| {
             jobs.iter()
                 .map(|job| JobEvent {
                     kind: JobEventKind::Created,
                     job: (*job).clone(),
                     at: now,
                 })
-                .collect(),
-        );
+                .collect()
+        });
     }
 
     /// Everything that follows committed changes: events, wake-ups, and the
@@ -261,7 +267,7 @@ impl JobQueue {
         if let Some(observer) = self.observer.get() {
             observer.changed(applied, now);
         }
-        self.emit(
+        self.emit(|| {
             applied
                 .iter()
                 .filter_map(|change| {
@@ -271,8 +277,8 @@ impl JobQueue {
                         at: now,
                     })
                 })
-                .collect(),
-        );
+                .collect()
+        });
         applied
             .iter()
             .filter(|change| {
