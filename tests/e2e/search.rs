@@ -9,6 +9,7 @@ use jobq_tests::pb::{
     DeleteJobRequest, JobOrder, JobSpec, JobState, LeaseJobsRequest, ListJobsRequest,
     PayloadFilter, PayloadMatch,
 };
+use jobq_tests::scrape::{parse, scrape, value};
 use jobq_tests::{
     Backend, LeasedJobExt, TestServer, eventually, expect_status, json, lease_request, spec,
 };
@@ -522,15 +523,35 @@ async fn store_behind_the_writers_back(
     Ok(())
 }
 
+/// What `jobq_search_backlog` says, once the metrics' recount (every
+/// second here) has counted `expected` jobs waiting for the search index.
+async fn backlog_metric_reaches(server: &TestServer, expected: f64) -> Result<()> {
+    let metrics = server.metrics_addr().context("no metrics address")?;
+    eventually(
+        Duration::from_secs(60),
+        "jobq_search_backlog to count the jobs waiting",
+        move || async move {
+            let text = scrape(metrics).await?;
+            let got = value(&parse(&text)?, "jobq_search_backlog", &[]);
+            Ok((got == expected).then_some(()))
+        },
+    )
+    .await
+}
+
 /// Payloads and tags are indexed for search after the commit, in chunks
 /// (issue 10): a job is found while it waits for the index and after it is
 /// in it, the server empties the backlog by itself, and deleting jobs on
 /// either side of the index leaves the index whole (on SQLite, FTS5's own
-/// integrity check).
+/// integrity check). The metrics count the jobs waiting.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn search_finds_jobs_before_and_after_they_are_indexed_and_deletes_keep_the_index_whole()
 -> Result<()> {
-    let server = TestServer::start().await?;
+    let server = TestServer::start_with(|config| {
+        config.metrics_listen = Some(([127, 0, 0, 1], 0).into());
+        config.metrics_recount = Duration::from_secs(1);
+    })
+    .await?;
     let jobq = server.client();
     let db = match server.database().backend() {
         Backend::Sqlite => {
@@ -615,6 +636,7 @@ async fn search_finds_jobs_before_and_after_they_are_indexed_and_deletes_keep_th
         search_index_state(&db, "late-one").await? == (1, 0),
         "the copy waits for the index"
     );
+    backlog_metric_reaches(&server, 1.0).await?;
     let late = found(&jobq, by_payload(vec![contains("url", "late-one")])).await?;
     ensure!(
         late == vec![unindexed.to_owned()],
@@ -647,6 +669,7 @@ async fn search_finds_jobs_before_and_after_they_are_indexed_and_deletes_keep_th
         indexed == 298,
         "the index holds the 298 jobs left, not {indexed}"
     );
+    backlog_metric_reaches(&server, 0.0).await?;
     if db.get_database_backend() == DbBackend::Sqlite {
         // Checks the index against the jobs table (rank 1: the content too).
         db.execute_unprepared(

@@ -175,6 +175,12 @@ pub async fn count_jobs(queue: &JobQueue, tally: &JobTally) {
             tracing::warn!(%error, "could not count jobs");
         }
     }
+    match queue.search_backlog().await {
+        Ok(waiting) => tally.search_backlog_counted(waiting),
+        Err(error) => {
+            tracing::warn!(%error, "could not count the jobs waiting for the search index")
+        }
+    }
 }
 
 /// Keeps `tally` true and publishes it: recounts the database every

@@ -188,6 +188,9 @@ pub trait JobStore: Send + Sync + 'static {
     async fn blocked_dependents(&self, ids: &[JobId]) -> QueueResult<Vec<JobId>>;
     /// Counts by queue and state, for `queues` or all when empty.
     async fn stats(&self, queues: &[String], now: Millis) -> QueueResult<StatsSnapshot>;
+    /// Jobs stored and not yet in the payload search index (searches
+    /// find them all the same; the index takes them in chunks).
+    async fn search_backlog(&self) -> QueueResult<u64>;
     /// Earliest run_at of the queued jobs of each of `queues` that has one.
     async fn oldest_ready(&self, queues: &[String]) -> QueueResult<BTreeMap<String, Millis>>;
     /// Terminal jobs finished before `before` in `states`, oldest first.

@@ -4,6 +4,7 @@
 //! so no reader and no change costs a table scan.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, PoisonError};
 
 use tokio::sync::watch;
@@ -103,6 +104,8 @@ pub struct JobTally {
     tallies: Mutex<Tallies>,
     /// Bumped on every change, so publishers wake without polling.
     generation: watch::Sender<u64>,
+    /// Jobs waiting for the payload search index, as last counted.
+    search_backlog: AtomicU64,
 }
 
 impl Default for JobTally {
@@ -110,11 +113,22 @@ impl Default for JobTally {
         Self {
             tallies: Mutex::new(Tallies::default()),
             generation: watch::channel(0).0,
+            search_backlog: AtomicU64::new(0),
         }
     }
 }
 
 impl JobTally {
+    /// Notes how many jobs the last count found waiting for the search index.
+    pub fn search_backlog_counted(&self, waiting: u64) {
+        self.search_backlog.store(waiting, Ordering::Relaxed);
+    }
+
+    /// Jobs waiting for the search index, as last counted.
+    pub fn search_backlog(&self) -> u64 {
+        self.search_backlog.load(Ordering::Relaxed)
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, Tallies> {
         self.tallies.lock().unwrap_or_else(PoisonError::into_inner)
     }

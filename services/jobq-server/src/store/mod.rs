@@ -714,6 +714,18 @@ impl JobStore for SqlStore {
         Ok(StatsSnapshot { queues, as_of: now })
     }
 
+    async fn search_backlog(&self) -> QueueResult<u64> {
+        let statement = Sql::new(self.backend())
+            .push("SELECT COUNT(*) AS waiting FROM job_search_pending")
+            .build();
+        let row = self.db.query_one_raw(statement).await.map_err(storage)?;
+        let waiting: i64 = match row {
+            Some(row) => row.try_get("", "waiting").map_err(storage)?,
+            None => 0,
+        };
+        Ok(waiting.max(0) as u64)
+    }
+
     async fn oldest_ready(&self, queues: &[String]) -> QueueResult<BTreeMap<String, Millis>> {
         let mut statement = Sql::new(self.backend())
             .push("SELECT queue, MIN(run_at) AS oldest FROM jobs WHERE state = 'queued'");

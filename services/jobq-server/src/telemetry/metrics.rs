@@ -375,6 +375,15 @@ impl Collector for ScrapeTime {
             None,
             &jobs,
         )?;
+        let search_backlog: Gauge = Gauge::default();
+        search_backlog.set(i64::try_from(self.tally.search_backlog()).unwrap_or(i64::MAX));
+        encode_family(
+            &mut encoder,
+            "search_backlog",
+            "Jobs stored and not yet in the payload search index (searches find them all the same), as last recounted",
+            None,
+            &search_backlog,
+        )?;
         encode_family(
             &mut encoder,
             "leases_active",

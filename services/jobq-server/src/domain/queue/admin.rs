@@ -198,6 +198,11 @@ impl JobQueue {
         self.store.stats(queues, self.now()).await
     }
 
+    /// Jobs stored and not yet in the payload search index.
+    pub async fn search_backlog(&self) -> QueueResult<u64> {
+        self.store.search_backlog().await
+    }
+
     /// Earliest run_at of the queued jobs of each of `queues` that has one.
     pub async fn oldest_ready(
         &self,
