@@ -294,8 +294,7 @@ async fn history_requests_are_validated() -> Result<()> {
 }
 
 async fn stop(mut server: jobq_tests::ServerProcess) -> Result<()> {
-    // One answered call first: the server installs its SIGTERM handler just
-    // after it prints its address, and a signal before that kills it.
+    // One answered call first: the server is up and serving.
     history(&server.client().await?, last_hour()).await?;
     server.sigterm().await?;
     let status = server.wait_exit(LONG).await?;

@@ -52,6 +52,10 @@ pub fn run_cli() -> ExitCode {
 }
 
 async fn serve(config: Config) -> anyhow::Result<()> {
+    // Before anything is served: a SIGTERM that comes as soon as the
+    // server answers (a busy machine may run a client before this task)
+    // is a graceful stop, not the default kill.
+    let mut signals = ShutdownSignals::install()?;
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("binding {}", config.listen))?;
@@ -65,8 +69,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     stdout.flush()?;
 
     tokio::select! {
-        signal = shutdown_signal() => {
-            let signal = signal?;
+        signal = signals.next() => {
             tracing::info!(signal, "shutting down");
         }
         exited = server.wait_for_exit() => return exited,
@@ -74,13 +77,26 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     server.shutdown().await
 }
 
-async fn shutdown_signal() -> anyhow::Result<&'static str> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut terminate =
-        signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
-    let mut interrupt = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
-    Ok(tokio::select! {
-        _ = terminate.recv() => "SIGTERM",
-        _ = interrupt.recv() => "SIGINT",
-    })
+/// The signals that stop the server gracefully.
+struct ShutdownSignals {
+    terminate: tokio::signal::unix::Signal,
+    interrupt: tokio::signal::unix::Signal,
+}
+
+impl ShutdownSignals {
+    fn install() -> anyhow::Result<Self> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(Self {
+            terminate: signal(SignalKind::terminate()).context("installing the SIGTERM handler")?,
+            interrupt: signal(SignalKind::interrupt()).context("installing the SIGINT handler")?,
+        })
+    }
+
+    /// The next stop signal, by name.
+    async fn next(&mut self) -> &'static str {
+        tokio::select! {
+            _ = self.terminate.recv() => "SIGTERM",
+            _ = self.interrupt.recv() => "SIGINT",
+        }
+    }
 }
