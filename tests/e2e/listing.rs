@@ -117,6 +117,50 @@ async fn list_jobs_filters_and_pages_newest_first() -> Result<()> {
         .await?;
     assert_eq!(either.len(), 7, "values within one filter are ORed");
 
+    // Running jobs are listed from their own index, the other states from
+    // the state index: each state alone and mixed, in pages, newest first.
+    let mut running = Vec::new();
+    for _ in 0..3 {
+        running.push(jobq.lease_one("worker-b").await?.id().to_owned());
+    }
+    running.sort_unstable_by(|a, b| b.cmp(a));
+    let mut request = ListJobsRequest {
+        states: vec![JobState::Running as i32],
+        page_size: 2,
+        ..Default::default()
+    };
+    let mut listed = Vec::new();
+    for _ in 0..10 {
+        let page = jobq.list(request.clone()).await?;
+        listed.extend(ids(&page.jobs));
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        request.page_token = page.next_page_token;
+    }
+    assert_eq!(listed, running, "running jobs, newest first, in pages");
+    let queued = jobq
+        .list_all(ListJobsRequest {
+            states: vec![JobState::Queued as i32],
+            ..Default::default()
+        })
+        .await?;
+    let expected: Vec<_> = jobs
+        .iter()
+        .filter(|job| job.id != succeeded_id && !running.contains(&job.id))
+        .collect();
+    assert_eq!(ids(&queued), newest_first(&expected), "queued jobs");
+    let running_or_done = jobq
+        .list_all(ListJobsRequest {
+            states: vec![JobState::Running as i32, JobState::Succeeded as i32],
+            ..Default::default()
+        })
+        .await?;
+    let mut expected = running.clone();
+    expected.push(succeeded_id.clone());
+    expected.sort_unstable_by(|a, b| b.cmp(a));
+    assert_eq!(ids(&running_or_done), expected, "running or succeeded");
+
     // Created range: a cut at the 4th job's creation time, compared with the
     // server's own created_at values (several jobs may share a millisecond).
     let cut = jobs[3].created_at.context("created_at")?;
@@ -160,7 +204,7 @@ async fn queue_stats_count_jobs_by_queue_and_state() -> Result<()> {
     let server = TestServer::start().await?;
     let jobq = server.client();
 
-    for _ in 0..3 {
+    for _ in 0..4 {
         jobq.enqueue(spec("a")).await?;
     }
     for _ in 0..2 {
@@ -174,6 +218,8 @@ async fn queue_stats_count_jobs_by_queue_and_state() -> Result<()> {
     jobq.complete(&leased).await?;
     let dead = jobq.lease_one("worker-a").await?;
     jobq.fail(&dead, "bad", false).await?;
+    // Queued, running and settled jobs are counted from three indexes.
+    jobq.lease_one("worker-a").await?;
 
     let stats = jobq.stats().await?;
     let by_queue: BTreeMap<_, BTreeMap<_, _>> = stats
@@ -195,6 +241,7 @@ async fn queue_stats_count_jobs_by_queue_and_state() -> Result<()> {
             "default".to_owned(),
             BTreeMap::from([
                 ("JOB_STATE_QUEUED", 1),
+                ("JOB_STATE_RUNNING", 1),
                 ("JOB_STATE_SUCCEEDED", 1),
                 ("JOB_STATE_DEAD", 1),
             ]),
@@ -219,6 +266,7 @@ async fn queue_stats_count_jobs_by_queue_and_state() -> Result<()> {
         totals,
         BTreeMap::from([
             ("JOB_STATE_QUEUED", 3),
+            ("JOB_STATE_RUNNING", 1),
             ("JOB_STATE_SUCCEEDED", 1),
             ("JOB_STATE_DEAD", 1)
         ]),
@@ -236,5 +284,16 @@ async fn queue_stats_count_jobs_by_queue_and_state() -> Result<()> {
         .into_inner();
     let names: Vec<_> = only_media.queues.iter().map(|q| q.queue.as_str()).collect();
     assert_eq!(names, vec!["media"], "the queues filter narrows the stats");
+    let media_counts: Vec<_> = only_media
+        .queues
+        .iter()
+        .flat_map(|queue| &queue.counts)
+        .map(|c| (c.state().as_str_name(), c.count))
+        .collect();
+    assert_eq!(
+        media_counts,
+        vec![("JOB_STATE_QUEUED", 2)],
+        "only media's jobs counted"
+    );
     Ok(())
 }

@@ -283,6 +283,41 @@ pub async fn running_with_keys(tx: &dyn Tx, keys: &[String]) -> QueueResult<Hash
     Ok(running)
 }
 
+/// The SQL of [`read_queue_controls`].
+pub(crate) fn queue_controls_statement(
+    backend: DbBackend,
+    queue: &str,
+    lock: bool,
+    count_running: bool,
+) -> sea_orm::Statement {
+    // Counted only for a queue with a concurrency limit, from the running
+    // jobs' index (all running jobs, as many as the workers' slots at most):
+    // SQLite without statistics would rather read every job of the queue.
+    let running_index = match backend {
+        DbBackend::Sqlite => " INDEXED BY jobs_running_due_idx",
+        _ => "",
+    };
+    let running = if count_running {
+        format!(
+            "CASE WHEN concurrency_limit > 0 THEN (SELECT COUNT(*) FROM jobs{running_index} \
+             WHERE state = 'running' AND jobs.queue = queues.name) ELSE CAST(0 AS BIGINT) END"
+        )
+    } else {
+        "CAST(0 AS BIGINT)".to_owned()
+    };
+    let statement = Sql::new(backend)
+        .push(&format!(
+            "SELECT paused, concurrency_limit, rate_limit_per_second, rate_burst, rate_tokens, \
+             rate_refilled_at, {running} AS running FROM queues WHERE name = "
+        ))
+        .bind(queue.to_owned());
+    if lock {
+        statement.for_update().build()
+    } else {
+        statement.build()
+    }
+}
+
 /// A queue's stored controls and rate bucket, read inside a write (on
 /// PostgreSQL with the row locked when `lock`), and how many of its jobs
 /// run now when `count_running` (one statement for both).
@@ -292,23 +327,8 @@ pub async fn read_queue_controls(
     lock: bool,
     count_running: bool,
 ) -> QueueResult<Option<(QueueControls, Option<RateBucket>, i64)>> {
-    // Counted only for a queue with a concurrency limit.
-    let running = if count_running {
-        "CASE WHEN concurrency_limit > 0 THEN (SELECT COUNT(*) FROM jobs \
-         WHERE state = 'running' AND jobs.queue = queues.name) ELSE CAST(0 AS BIGINT) END"
-    } else {
-        "CAST(0 AS BIGINT)"
-    };
-    let mut statement = Sql::new(tx.backend())
-        .push(&format!(
-            "SELECT paused, concurrency_limit, rate_limit_per_second, rate_burst, rate_tokens, \
-             rate_refilled_at, {running} AS running FROM queues WHERE name = "
-        ))
-        .bind(queue.to_owned());
-    if lock {
-        statement = statement.for_update();
-    }
-    let Some(row) = tx.row(statement.build()).await? else {
+    let statement = queue_controls_statement(tx.backend(), queue, lock, count_running);
+    let Some(row) = tx.row(statement).await? else {
         return Ok(None);
     };
     let controls = QueueControls {

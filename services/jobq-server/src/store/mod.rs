@@ -217,8 +217,17 @@ pub fn list_statement(
     detail: Detail,
     window: Option<u64>,
 ) -> sea_orm::Statement {
-    let mut statement =
-        Sql::new(backend).push(&format!("SELECT {} FROM jobs WHERE true", columns(detail)));
+    let running_only = filter.states == [JobState::Running];
+    // SQLite, without statistics, would rather walk every job newest first
+    // and look each one up; the running jobs are few, read from their index.
+    let index = match backend {
+        sea_orm::DbBackend::Sqlite if running_only => " INDEXED BY jobs_running_due_idx",
+        _ => "",
+    };
+    let mut statement = Sql::new(backend).push(&format!(
+        "SELECT {} FROM jobs{index} WHERE true",
+        columns(detail)
+    ));
     match filter.states.as_slice() {
         [] => {}
         // One state written as a literal (a fixed word, never client text),
@@ -228,6 +237,9 @@ pub fn list_statement(
             let states: Vec<&str> = states.iter().map(|state| state.as_str()).collect();
             statement = statement.push(" AND state").in_list(&states);
         }
+    }
+    if !filter.states.is_empty() && !filter.states.contains(&JobState::Running) {
+        statement = statement.push(&format!(" AND {NOT_RUNNING}"));
     }
     if !filter.types.is_empty() {
         statement = statement.push(" AND job_type").in_list(&filter.types);
@@ -280,12 +292,63 @@ pub fn list_statement(
     search::push_order(statement, filter.order, all_finished, after, limit).build()
 }
 
+/// The condition of `jobs_state_id_idx` (listing by state), written as in
+/// the index: SQLite uses a partial index only for a query that repeats one
+/// of its terms word for word. Running jobs are not in it (they pass through
+/// quickly and are few); `jobs_running_due_idx` holds them.
+pub(crate) const NOT_RUNNING: &str = "state <> 'running'";
+
+/// The condition of `jobs_queue_state_idx` (counts by queue and state): the
+/// jobs that are neither waiting for a worker nor running.
+pub(crate) const SETTLED: &str = "state NOT IN ('queued', 'running')";
+
+/// The job counts by queue and state (of `queues`, or all), in three parts,
+/// each read from its own index: the settled jobs from theirs, queued ones
+/// from the lease index (`queue` leads it), running ones from theirs.
+fn stats_statements(backend: sea_orm::DbBackend, queues: &[String]) -> Vec<sea_orm::Statement> {
+    let running_index = match backend {
+        sea_orm::DbBackend::Sqlite => " INDEXED BY jobs_running_due_idx",
+        _ => "",
+    };
+    let parts = [
+        ("state", "", SETTLED.to_owned(), ", state"),
+        ("'queued'", "", "state = 'queued'".to_owned(), ""),
+        (
+            "'running'",
+            running_index,
+            "state = 'running'".to_owned(),
+            "",
+        ),
+    ];
+    parts
+        .into_iter()
+        .map(|(state, index, condition, group_state)| {
+            let mut statement = Sql::new(backend).push(&format!(
+                "SELECT queue, {state} AS state, COUNT(*) AS count FROM jobs{index} \
+                 WHERE {condition}"
+            ));
+            if !queues.is_empty() {
+                statement = statement.push(" AND queue").in_list(queues);
+            }
+            statement
+                .push(&format!(" GROUP BY queue{group_state}"))
+                .build()
+        })
+        .collect()
+}
+
 /// The SQL that a hot query runs as, for EXPLAIN in tests and docs.
 pub fn hot_queries(kind: DatabaseKind) -> Vec<(&'static str, String)> {
     let backend = match kind {
         DatabaseKind::Sqlite => sea_orm::DbBackend::Sqlite,
         DatabaseKind::Postgres => sea_orm::DbBackend::Postgres,
     };
+    let list = |filter: JobFilter| {
+        list_statement(backend, &filter, None, 51, Detail::Basic, None).to_string()
+    };
+    let [settled, queued, running] = stats_statements(backend, &[])
+        .try_into()
+        .unwrap_or_else(|_| unreachable!("the job counts come in three parts"));
     vec![
         ("lease", jobs::lease_statement(backend).to_string()),
         ("promote", due_statement(backend, 0, 1000).to_string()),
@@ -296,54 +359,51 @@ pub fn hot_queries(kind: DatabaseKind) -> Vec<(&'static str, String)> {
         ),
         (
             "payload search",
-            list_statement(
-                backend,
-                &JobFilter {
-                    payload: vec![PayloadFilter {
-                        path: vec!["channel".into()],
-                        matching: PayloadMatch::Equals,
-                        value: "Kurzgesagt".into(),
-                    }],
-                    ..JobFilter::default()
-                },
-                None,
-                51,
-                Detail::Basic,
-                None,
-            )
-            .to_string(),
+            list(JobFilter {
+                payload: vec![PayloadFilter {
+                    path: vec!["channel".into()],
+                    matching: PayloadMatch::Equals,
+                    value: "Kurzgesagt".into(),
+                }],
+                ..JobFilter::default()
+            }),
         ),
         (
             "dead letter",
-            list_statement(
-                backend,
-                &JobFilter {
-                    states: vec![JobState::Dead],
-                    order: JobOrder::FinishedDesc,
-                    ..JobFilter::default()
-                },
-                None,
-                51,
-                Detail::Basic,
-                None,
-            )
-            .to_string(),
+            list(JobFilter {
+                states: vec![JobState::Dead],
+                order: JobOrder::FinishedDesc,
+                ..JobFilter::default()
+            }),
         ),
         (
             "tag search",
-            list_statement(
-                backend,
-                &JobFilter {
-                    tags: vec!["music".into()],
-                    order: JobOrder::FinishedDesc,
-                    ..JobFilter::default()
-                },
-                None,
-                51,
-                Detail::Basic,
-                None,
-            )
-            .to_string(),
+            list(JobFilter {
+                tags: vec!["music".into()],
+                order: JobOrder::FinishedDesc,
+                ..JobFilter::default()
+            }),
+        ),
+        (
+            "list queued",
+            list(JobFilter {
+                states: vec![JobState::Queued],
+                ..JobFilter::default()
+            }),
+        ),
+        (
+            "list running",
+            list(JobFilter {
+                states: vec![JobState::Running],
+                ..JobFilter::default()
+            }),
+        ),
+        ("count settled", settled.to_string()),
+        ("count queued", queued.to_string()),
+        ("count running", running.to_string()),
+        (
+            "queue running count",
+            jobs::queue_controls_statement(backend, "default", false, true).to_string(),
         ),
     ]
 }
@@ -544,6 +604,9 @@ impl JobStore for SqlStore {
         if selector.ids.is_empty() {
             let states: Vec<&str> = selector.states.iter().map(|state| state.as_str()).collect();
             statement = statement.push("state").in_list(&states);
+            if !selector.states.contains(&JobState::Running) {
+                statement = statement.push(&format!(" AND {NOT_RUNNING}"));
+            }
             if !selector.queues.is_empty() {
                 statement = statement.push(" AND queue").in_list(&selector.queues);
             }
@@ -673,21 +736,12 @@ impl JobStore for SqlStore {
     }
 
     async fn stats(&self, queues: &[String], now: Millis) -> QueueResult<StatsSnapshot> {
-        let narrow = |statement: Sql| {
-            if queues.is_empty() {
-                statement
-            } else {
-                statement.push(" AND queue").in_list(queues)
-            }
-        };
-        let counts = narrow(
-            Sql::new(self.backend())
-                .push("SELECT queue, state, COUNT(*) AS count FROM jobs WHERE true"),
-        )
-        .push(" GROUP BY queue, state")
-        .build();
+        let mut rows = Vec::new();
+        for counts in stats_statements(self.backend(), queues) {
+            rows.extend(self.db.query_all_raw(counts).await.map_err(storage)?);
+        }
         let mut stats: BTreeMap<String, QueueStats> = BTreeMap::new();
-        for row in self.db.query_all_raw(counts).await.map_err(storage)? {
+        for row in rows {
             let queue: String = row.try_get("", "queue").map_err(storage)?;
             let state: String = row.try_get("", "state").map_err(storage)?;
             let count: i64 = row.try_get("", "count").map_err(storage)?;
