@@ -11,7 +11,7 @@ mod m20261130_000002_add_queue_limits_and_concurrency_keys;
 mod m20261201_000001_add_job_search;
 mod m20261201_000002_create_job_history;
 mod m20261201_000003_defer_job_search_index;
-mod m20261201_000004_settle_state_indexes;
+mod m20261201_000004_narrow_list_indexes;
 
 /// Every migration of the jobq schema, oldest first.
 pub struct Migrator;
@@ -28,7 +28,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261201_000001_add_job_search::Migration),
             Box::new(m20261201_000002_create_job_history::Migration),
             Box::new(m20261201_000003_defer_job_search_index::Migration),
-            Box::new(m20261201_000004_settle_state_indexes::Migration),
+            Box::new(m20261201_000004_narrow_list_indexes::Migration),
         ]
     }
 }

@@ -16,7 +16,7 @@ use sea_orm::{ConnectionTrait, Database, DbBackend, Statement, TransactionTrait}
 /// the FTS5 table `job_search`; PostgreSQL: pg_trgm on `job_search`) or the
 /// jsonb index on the tags (PostgreSQL). Listing and counting by state use
 /// partial indexes that leave out the states a job passes through quickly.
-const EXPECTED_INDEX: [(&str, &[&str]); 13] = [
+const EXPECTED_INDEX: [(&str, &[&str]); 14] = [
     ("lease", &["jobs_lease_idx"]),
     ("promote", &["jobs_waiting_idx"]),
     ("reap", &["jobs_running_due_idx"]),
@@ -39,6 +39,8 @@ const EXPECTED_INDEX: [(&str, &[&str]); 13] = [
     // running jobs (not in that index) from their own.
     ("list queued", &["jobs_state_id_idx"]),
     ("list running", &["jobs_running_due_idx"]),
+    // A job's children, from the index of the jobs that have a parent.
+    ("list children", &["jobs_parent_idx"]),
     // The job counts by queue and state: each part from its own index.
     ("count settled", &["jobs_queue_state_idx"]),
     ("count queued", &["jobs_lease_idx"]),

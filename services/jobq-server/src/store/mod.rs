@@ -398,6 +398,15 @@ pub fn hot_queries(kind: DatabaseKind) -> Vec<(&'static str, String)> {
                 ..JobFilter::default()
             }),
         ),
+        (
+            "list children",
+            list(JobFilter {
+                parent_id: Some(JobId::from_stored(
+                    "0190a0b0-0000-7000-8000-000000000000".to_owned(),
+                )),
+                ..JobFilter::default()
+            }),
+        ),
         ("count settled", settled.to_string()),
         ("count queued", queued.to_string()),
         ("count running", running.to_string()),
