@@ -14,8 +14,9 @@
 //!   running jobs. Queued jobs are counted from the lease index (`queue`
 //!   leads it), running ones from `jobs_running_due_idx`.
 //!
-//! A job now costs three writes in them instead of ten (in at enqueue, out
-//! at its lease, in again when it settles; one in the other index). Queries
+//! A job now costs four writes in them instead of ten: in the first at
+//! enqueue, out at its lease, in again when it settles; in the second only
+//! when it settles. Queries
 //! that want these indexes repeat the index's condition word for word
 //! (`store::SETTLED`, `store::NOT_RUNNING`): SQLite uses a partial index only
 //! for a query that contains one of the index's terms as written.
