@@ -65,6 +65,11 @@ impl Fixture {
         }
     }
 
+    /// The directory holding the queue's SQLite file (`jobq.db`).
+    pub fn data_dir(&self) -> &std::path::Path {
+        self._dir.path()
+    }
+
     /// Moves the clock.
     pub fn advance(&self, duration: Duration) {
         self.clock.advance(duration);

@@ -47,6 +47,9 @@ use rows::{
 use sql::{CORE_COLUMNS, Sql};
 use writer::{Answer, Op, Writer};
 
+#[cfg(test)]
+mod migration_tests;
+
 /// How often a PostgreSQL replica retries its start-up migration.
 const MIGRATION_TRIES: u64 = 8;
 /// Longest pause between two attempts to reach the database at start.
