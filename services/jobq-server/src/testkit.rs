@@ -12,7 +12,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::SqliteDurability;
 use crate::domain::{
-    Defaults, JobQueue, JobSpec, LeaseRequest, Limits, ManualClock, RetryPolicy, WorkerRecord,
+    CompleteReport, Defaults, JobQueue, JobSpec, LeaseRequest, LeasedJob, Limits, ManualClock,
+    RetryPolicy, WorkerRecord,
 };
 use crate::logs::{LogLimits, LogStore};
 use crate::store::SqlStore;
@@ -68,6 +69,28 @@ impl Fixture {
     /// The directory holding the queue's SQLite file (`jobq.db`).
     pub fn data_dir(&self) -> &std::path::Path {
         self._dir.path()
+    }
+
+    /// Leases up to `max_jobs` from `default` for a minute, as worker `w1`.
+    pub async fn lease(&self, max_jobs: u64) -> Vec<LeasedJob> {
+        self.queue
+            .lease(lease_request(max_jobs, Duration::from_secs(60)))
+            .await
+            .expect("lease")
+    }
+
+    /// Reports `leased` done, without a result; it must be accepted.
+    pub async fn complete(&self, leased: &LeasedJob) {
+        self.queue
+            .complete_many(vec![CompleteReport {
+                job_id: leased.job.id.clone(),
+                lease_token: leased.lease_token.clone(),
+                result: None,
+            }])
+            .await
+            .expect("complete")
+            .remove(0)
+            .expect("completed");
     }
 
     /// Moves the clock.

@@ -5,8 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::domain::{
-    CompleteReport, Detail, JobSpec, JobState, LeasedJob, MissedTicks, QueueControls, QueueEdit,
-    ScheduleDefinition,
+    Detail, JobSpec, JobState, LeasedJob, MissedTicks, QueueControls, QueueEdit, ScheduleDefinition,
 };
 use crate::testkit::{Fixture, lease_request, spec};
 
@@ -44,19 +43,6 @@ async fn lease(fx: &Fixture, queues: &[&str], max_jobs: u64) -> Vec<LeasedJob> {
     let mut request = lease_request(max_jobs, Duration::from_secs(60));
     request.worker.queues = queues.iter().map(|queue| (*queue).to_owned()).collect();
     fx.queue.lease(request).await.expect("lease")
-}
-
-async fn complete(fx: &Fixture, job: &LeasedJob) {
-    fx.queue
-        .complete_many(vec![CompleteReport {
-            job_id: job.job.id.clone(),
-            lease_token: job.lease_token.clone(),
-            result: None,
-        }])
-        .await
-        .expect("complete")
-        .remove(0)
-        .expect("completed");
 }
 
 #[tokio::test]
@@ -114,7 +100,7 @@ async fn a_concurrency_limit_counts_running_jobs_and_frees_room_as_they_end() {
     let first = lease(&fx, &["default"], 5).await;
     assert_eq!(first.len(), 2);
     assert!(lease(&fx, &["default"], 5).await.is_empty());
-    complete(&fx, &first[0]).await;
+    fx.complete(&first[0]).await;
     assert_eq!(lease(&fx, &["default"], 5).await.len(), 1);
 }
 
@@ -178,7 +164,7 @@ async fn a_concurrency_key_runs_its_jobs_one_at_a_time_and_holds_back_no_one_els
         .iter()
         .find(|job| job.job.concurrency_key.as_deref() == Some("channel:a"))
         .expect("one of channel:a");
-    complete(&fx, channel_a).await;
+    fx.complete(channel_a).await;
     let next = lease(&fx, &["default"], 10).await;
     assert_eq!(next.len(), 1);
     assert_eq!(next[0].job.concurrency_key.as_deref(), Some("channel:a"));

@@ -7,11 +7,11 @@ use std::time::Duration;
 
 use crate::config::SqliteDurability;
 use crate::domain::{
-    CompleteReport, FailReport, HistoryQuery, HistoryRow, HistoryStats, JobHistory, JobObserver,
-    LatencyHistogram, MINUTE, QueueError, minute_of,
+    FailReport, HistoryQuery, HistoryRow, HistoryStats, JobHistory, JobObserver, LatencyHistogram,
+    MINUTE, QueueError, minute_of,
 };
 use crate::store::SqlStore;
-use crate::testkit::{Fixture, START, lease_request, spec};
+use crate::testkit::{Fixture, START, spec};
 
 fn within(actual: i64, expected: i64, tolerance: f64) -> bool {
     (actual - expected).abs() as f64 <= expected as f64 * tolerance
@@ -214,21 +214,10 @@ async fn events_become_minutes_in_memory_then_rows_counted_once() {
         .expect("enqueue");
     assert_eq!(enqueued.len(), 2);
     fx.advance(Duration::from_secs(3));
-    let leased = fx
-        .queue
-        .lease(lease_request(2, Duration::from_secs(60)))
-        .await
-        .expect("lease");
+    let leased = fx.lease(2).await;
     assert_eq!(leased.len(), 2);
     fx.advance(Duration::from_secs(5));
-    fx.queue
-        .complete_many(vec![CompleteReport {
-            job_id: leased[0].job.id.clone(),
-            lease_token: leased[0].lease_token.clone(),
-            result: None,
-        }])
-        .await
-        .expect("complete");
+    fx.complete(&leased[0]).await;
     // One attempt allowed: this failure dead-letters the job.
     fx.queue
         .fail_many(vec![FailReport {

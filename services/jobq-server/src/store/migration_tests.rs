@@ -3,13 +3,11 @@
 //! holds jobs: undone and done again, the store reads the same counts and
 //! lists under both shapes of the indexes.
 
-use std::time::Duration;
-
 use jobq_migration::{Migrator, MigratorTrait};
 use sea_orm::{ConnectionTrait, Database, DatabaseConnection, DbBackend, Statement};
 
-use crate::domain::{CompleteReport, Detail, JobFilter, JobState, PageRequest};
-use crate::testkit::{Fixture, lease_request, spec};
+use crate::domain::{Detail, JobFilter, JobState, PageRequest};
+use crate::testkit::{Fixture, spec};
 
 /// The narrowed indexes and the condition each has once narrowed.
 const NARROWED: [(&str, &str); 3] = [
@@ -81,20 +79,9 @@ async fn narrowed_indexes_undo_and_redo_over_stored_jobs() {
     let fx = Fixture::new().await;
     let specs = (0..4).map(|n| (spec(1), format!("jobs[{n}]"))).collect();
     fx.queue.enqueue(specs, None).await.expect("enqueue");
-    let leased = fx
-        .queue
-        .lease(lease_request(2, Duration::from_secs(60)))
-        .await
-        .expect("lease");
+    let leased = fx.lease(2).await;
     assert_eq!(leased.len(), 2);
-    fx.queue
-        .complete_many(vec![CompleteReport {
-            job_id: leased[0].job.id.clone(),
-            lease_token: leased[0].lease_token.clone(),
-            result: None,
-        }])
-        .await
-        .expect("complete");
+    fx.complete(&leased[0]).await;
 
     let expected = reads(&fx).await;
     assert_eq!(
