@@ -239,3 +239,123 @@ async fn a_repeated_report_is_answered_like_the_first_and_a_different_one_is_ref
     );
     Ok(())
 }
+
+/// LeaseJobs carrying reports: each recorded on its own (an invalid one is
+/// refused by itself, naming its field), answered in request order, and the
+/// next jobs leased in the same call.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lease_jobs_records_the_reports_it_carries_and_leases_the_next_jobs() -> Result<()> {
+    let server = TestServer::start().await?;
+    let jobq = server.client();
+    let mut ids = Vec::new();
+    for _ in 0..4 {
+        let job = jobq
+            .enqueue(JobSpec {
+                max_attempts: 3,
+                ..spec("carried")
+            })
+            .await?;
+        ids.push(job.id);
+    }
+    let held = jobq.lease_now("worker-1", 2).await?;
+    ensure!(held.len() == 2, "leased {} of 2", held.len());
+
+    let request = LeaseJobsRequest {
+        completions: vec![
+            CompleteJobRequest {
+                lease: Some(held[0].lease()),
+                result: Some(jobq_tests::json(serde_json::json!({"n": 1}))),
+            },
+            CompleteJobRequest {
+                lease: None,
+                result: None,
+            },
+        ],
+        failures: vec![FailJobRequest {
+            lease: Some(held[1].lease()),
+            error: "flaky".into(),
+            retryable: true,
+            retry_after: None,
+        }],
+        ..lease_request("worker-1", 2)
+    };
+    let answer = jobq
+        .worker()
+        .lease_jobs(request)
+        .await
+        .context("LeaseJobs with reports")?
+        .into_inner();
+
+    ensure!(
+        answer.completion_results.len() == 2 && answer.failure_results.len() == 1,
+        "results for 2 completions and 1 failure: {answer:?}"
+    );
+    check_accepted(&answer.completion_results[0], held[0].id())?;
+    let invalid = &answer.completion_results[1];
+    ensure!(
+        invalid.code() == Code::InvalidArgument as i32
+            && invalid.message().contains("completions[1].lease"),
+        "the report without a lease is refused by itself, naming its field: {invalid:?}"
+    );
+    check_accepted(&answer.failure_results[0], held[1].id())?;
+    let outcome = answer.failure_results[0]
+        .outcome
+        .as_ref()
+        .context("no outcome for the failure")?;
+    ensure!(
+        outcome.state() == JobState::Retrying,
+        "the failure left {:?}",
+        outcome.state()
+    );
+    let mut leased: Vec<&str> = answer.jobs.iter().map(|job| job.id()).collect();
+    leased.sort_unstable();
+    let mut queued = vec![ids[2].as_str(), ids[3].as_str()];
+    queued.sort_unstable();
+    ensure!(
+        leased == queued,
+        "leased {leased:?}, expected the two queued jobs {queued:?}"
+    );
+
+    let done = jobq.get(held[0].id()).await?;
+    ensure!(done.state() == JobState::Succeeded, "{:?}", done.state());
+    ensure!(
+        jobq_tests::json_of(&done.result) == serde_json::json!({"n": 1}),
+        "result {:?}",
+        done.result
+    );
+    Ok(())
+}
+
+/// More reports than a batch holds refuse the whole call, before anything
+/// is recorded or leased.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lease_jobs_with_more_reports_than_a_batch_holds_is_refused() -> Result<()> {
+    let server = TestServer::start().await?;
+    let jobq = server.client();
+    let queued = jobq.enqueue(spec("carried")).await?;
+    let held = jobq.lease_now("worker-1", 1).await?;
+    ensure!(held.len() == 1, "leased {} of 1", held.len());
+    let queued_too = jobq.enqueue(spec("carried")).await?;
+    let report = CompleteJobRequest {
+        lease: Some(held[0].lease()),
+        result: None,
+    };
+    let request = LeaseJobsRequest {
+        completions: vec![report; 1001],
+        ..lease_request("worker-1", 1)
+    };
+    expect_status(
+        jobq.worker().lease_jobs(request).await,
+        Code::InvalidArgument,
+        "completions",
+    )?;
+    ensure!(
+        jobq.get(&queued.id).await?.state() == JobState::Running,
+        "a report was recorded"
+    );
+    ensure!(
+        jobq.get(&queued_too.id).await?.state() == JobState::Queued,
+        "a job was leased"
+    );
+    Ok(())
+}

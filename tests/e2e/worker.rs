@@ -618,3 +618,57 @@ async fn sdk_graceful_shutdown_releases_jobs_that_outlast_the_grace_period() -> 
     assert_eq!(attempt_outcomes(&queued), vec![AttemptOutcome::Released]);
     Ok(())
 }
+
+/// The SDK sends a job's outcome with its next LeaseJobs call rather than
+/// in a CompleteJobs call of its own: jobs that end one at a time, a few
+/// milliseconds apart (longer than the reporter's linger), each ride the
+/// lease their free slot asks for.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sdk_worker_sends_outcomes_with_its_next_lease() -> Result<()> {
+    const JOBS: usize = 20;
+    let server = TestServer::start_with(|config| {
+        config.metrics_listen = Some(([127, 0, 0, 1], 0).into());
+    })
+    .await?;
+    let metrics = server.metrics_addr().context("no metrics address")?;
+    let client = sdk_client(&server)?;
+    let worker = Worker::new(client.clone(), test_worker_config(1)?).handler(
+        "ride",
+        handler_fn(|_ctx: JobContext| async move {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            JobResult::Ok(json!({ "rode": true }))
+        }),
+    );
+    let mut ids = Vec::new();
+    for _ in 0..JOBS {
+        ids.push(client.enqueue(NewJob::new("ride", json!({}))).await?.job.id);
+    }
+    let running = RunningWorker::start(worker);
+    for id in &ids {
+        let done = server
+            .client()
+            .wait_for_state(id, JobState::Succeeded, Duration::from_secs(60))
+            .await?;
+        assert_eq!(jobq_tests::json_of(&done.result), json!({ "rode": true }));
+    }
+    running.stop().await?;
+
+    let exposition = jobq_tests::scrape::parse(&jobq_tests::scrape::scrape(metrics).await?)?;
+    let calls = |method: &str| {
+        jobq_tests::scrape::value(
+            &exposition,
+            "jobq_rpc_calls_total",
+            &[("method", method), ("code", "OK")],
+        )
+    };
+    let own_calls = calls("/jobq.v1.WorkerService/CompleteJobs");
+    ensure!(
+        own_calls <= (JOBS / 2) as f64,
+        "{own_calls} CompleteJobs calls for {JOBS} jobs: the outcomes did not ride the leases"
+    );
+    ensure!(
+        calls("/jobq.v1.WorkerService/LeaseJobs") >= (JOBS / 2) as f64,
+        "too few LeaseJobs calls to carry the outcomes"
+    );
+    Ok(())
+}

@@ -23,6 +23,8 @@ mod admission_tests;
 #[cfg(test)]
 mod history_tests;
 #[cfg(test)]
+mod reports_tests;
+#[cfg(test)]
 mod tests;
 
 pub use admission::{
@@ -49,7 +51,7 @@ pub use narrate::{CLOSING_LINE, Narration, narrate};
 pub use observe::JobObserver;
 pub use queue::{
     CompleteReport, FailReport, HeartbeatLease, HeartbeatOutcome, JobQueue, LeaseRequest, Page,
-    PageRequest,
+    PageRequest, ReportedAndLeased, Reports,
 };
 pub use retry::RetryPolicy;
 pub use schedules::ScheduleDefinition;
