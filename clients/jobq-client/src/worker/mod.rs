@@ -14,10 +14,8 @@
 //!   cancellation token.
 //! - Each job runs in its own task under a supervisor that catches panics,
 //!   enforces the attempt deadline and the cancel grace, and hands the
-//!   outcome to the reporter. The next LeaseJobs call takes the outcomes
-//!   waiting along (the server records them in the lease's transaction);
-//!   those no call took within a short linger go in batches of their own
-//!   (CompleteJobs, FailJobs).
+//!   outcome to the reporter, which sends the outcomes of all jobs in
+//!   batches (CompleteJobs, FailJobs) after a short linger.
 //! - One log pusher sends the lines of all jobs, one call per flush.
 //! - A graceful shutdown stops leasing, waits for running jobs up to the grace
 //!   period, then cancels the rest and hands their leases back (ReleaseJobs).
@@ -54,7 +52,7 @@ use self::backoff::Backoff;
 use self::context::ActiveJob;
 use self::logs::LogSink;
 use self::pace::Pace;
-use self::reports::{Outbox, Outcome, Report};
+use self::reports::{Outcome, Report, Reporter};
 use crate::client::Client;
 use crate::convert::{proto_duration, proto_value, system_time, until};
 
@@ -123,8 +121,7 @@ pub(crate) struct Shared {
     /// How long jobs and leases take: how many jobs to lease ahead.
     pace: Mutex<Pace>,
     logs: LogSink,
-    /// Outcomes waiting to be sent.
-    outbox: Outbox,
+    reporter: Mutex<Option<Reporter>>,
     pub on_reported: Option<ReportedHook>,
 }
 
@@ -169,7 +166,18 @@ impl Shared {
     }
 
     fn report(&self, report: Report) {
-        self.outbox.send(report);
+        match self
+            .reporter
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .as_ref()
+        {
+            Some(reporter) => reporter.send(report),
+            None => tracing::warn!(
+                job_id = report.active.job_id(),
+                "the reporter has stopped; the job's outcome is not reported"
+            ),
+        }
     }
 }
 
@@ -231,6 +239,7 @@ impl Worker {
             self.client.config().request_timeout(),
             Backoff::new(self.config.reconnect_min, self.config.reconnect_max),
         );
+        let (reporter, reports) = Reporter::new();
         let slots = Arc::new(Semaphore::new(self.config.concurrency));
         let shared = Arc::new(Shared {
             client: self.client,
@@ -244,7 +253,7 @@ impl Worker {
             slots,
             pace: Mutex::new(Pace::default()),
             logs,
-            outbox: Outbox::new(),
+            reporter: Mutex::new(Some(reporter)),
             on_reported: self.on_reported,
         });
         let config = &shared.config;
@@ -263,14 +272,18 @@ impl Worker {
         ));
         let pusher_stop = CancellationToken::new();
         let pusher = tokio::spawn(pusher.run(pusher_stop.clone()));
-        let reporter = tokio::spawn(reports::run(shared.clone()));
+        let reporter = tokio::spawn(reports::run(shared.clone(), reports));
         let jobs = TaskTracker::new();
         let refused = lease_loop(&shared, &types, &jobs, &shutdown).await;
         jobs.close();
 
         drain(&shared, &jobs, &shutdown).await;
         // The last outcomes and lines go out before the heartbeats stop.
-        shared.outbox.close();
+        shared
+            .reporter
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
         if tokio::time::timeout(FINAL_FLUSH, reporter).await.is_err() {
             tracing::warn!("the last reports did not go out in time");
         }
@@ -393,29 +406,18 @@ async fn lease_call(
     backoff: Arc<Mutex<LeaseBackoff>>,
 ) -> Option<tonic::Status> {
     let config = &shared.config;
-    // The outcomes waiting go along: recorded in the lease's transaction.
-    // Their answers should not wait for work, so such a call does not.
-    let carried = shared.outbox.take_for_lease();
-    let wait = if carried.is_empty() {
-        config.poll_wait
-    } else {
-        Duration::ZERO
-    };
-    let (completions, failures) = carried.requests();
     let request = pb::LeaseJobsRequest {
         worker_id: config.worker_id.clone(),
         queues: config.queues.clone(),
         types: types.to_vec(),
         max_jobs: i32::try_from(permits.len()).unwrap_or(1),
-        wait: Some(proto_duration(wait)),
+        wait: Some(proto_duration(config.poll_wait)),
         lease_duration: Some(proto_duration(config.lease_duration)),
         hostname: config.hostname.clone(),
         version: config.version.clone(),
         max_response_bytes: shared.client.config().max_message_bytes() as u64,
-        completions,
-        failures,
     };
-    let limit = wait + shared.client.config().request_timeout();
+    let limit = config.poll_wait + shared.client.config().request_timeout();
     let asked_at = Instant::now();
     let mut worker = shared.client.worker_service();
     let call = tokio::time::timeout(limit, worker.lease_jobs(request));
@@ -428,9 +430,8 @@ async fn lease_call(
             // right now (they would sit until their lease expires): give the
             // call a moment to answer, and hand back whatever it brings.
             if let Ok(Ok(Ok(response))) = tokio::time::timeout(SHUTDOWN_SETTLE, &mut call).await {
-                let response = response.into_inner();
-                carried.answered(&shared, &response.completion_results, &response.failure_results);
                 let leases: Vec<pb::JobLease> = response
+                    .into_inner()
                     .jobs
                     .into_iter()
                     .filter_map(|leased| {
@@ -441,21 +442,13 @@ async fn lease_call(
                 if !leases.is_empty() {
                     release(&shared, leases).await;
                 }
-            } else {
-                carried.undelivered(&shared);
             }
             return None;
         }
     };
     let leased = match answer {
         Ok(Ok(response)) => {
-            let response = response.into_inner();
-            carried.answered(
-                &shared,
-                &response.completion_results,
-                &response.failure_results,
-            );
-            let jobs = response.jobs;
+            let jobs = response.into_inner().jobs;
             // A full answer came without waiting for work: a round trip.
             if jobs.len() == permits.len() {
                 shared
@@ -465,14 +458,6 @@ async fn lease_call(
                     .lease_answered(asked_at.elapsed());
             }
             jobs
-        }
-        Ok(Err(status)) if is_final_refusal(&status) && !carried.is_empty() => {
-            // Perhaps the reports it carried: they go by themselves, and
-            // the leases without them.
-            tracing::warn!(code = ?status.code(), "a lease carrying reports was refused; sending them by themselves: {}", status.message());
-            shared.outbox.stop_riding_leases();
-            carried.undelivered(&shared);
-            return None;
         }
         Ok(Err(status)) if is_final_refusal(&status) => {
             tracing::error!(code = ?status.code(), "the server refused to lease jobs: {}", status.message());
@@ -491,7 +476,6 @@ async fn lease_call(
                 "LeaseJobs failed (is the server reachable?), retrying: {}",
                 status.message()
             );
-            carried.undelivered(&shared);
             drop(permits);
             tokio::select! {
                 () = shutdown.requested() => {}
@@ -501,7 +485,6 @@ async fn lease_call(
         }
         Err(_) => {
             tracing::warn!(?limit, "LeaseJobs got no answer in time, retrying");
-            carried.undelivered(&shared);
             return None;
         }
     };
@@ -736,9 +719,8 @@ async fn supervise(
 }
 
 /// Wraps an attempt up: its log lines go out first (lines pushed after the
-/// report would be refused: the lease ends with it), then its outcome is
-/// handed to the reporter and its slot freed, in that order: the lease call
-/// the free slot wakes takes the outcome along.
+/// report would be refused: the lease ends with it), then its slot is freed
+/// and its outcome handed to the reporter.
 async fn finish(shared: &Arc<Shared>, active: &Arc<ActiveJob>, ended: Ended, permit: Held) {
     let flush_limit = if shared.force.is_cancelled() {
         Duration::from_millis(500)
@@ -749,8 +731,8 @@ async fn finish(shared: &Arc<Shared>, active: &Arc<ActiveJob>, ended: Ended, per
     if matches!(ended, Ended::Returned(Ok(_))) && !shared.force.is_cancelled() {
         flush_progress(shared, active).await;
     }
-    report(shared, active, ended);
     drop(permit);
+    report(shared, active, ended);
 }
 
 /// A job leased ahead that never got a slot: on a shutdown, or after

@@ -1,20 +1,16 @@
-//! The reporter: the outcomes of a worker's jobs go to the server in
-//! batches, so that a worker running many short jobs pays one round trip
-//! (and the server one commit) per batch rather than per job. An outcome
-//! waits in the [`Outbox`]: the next LeaseJobs call takes it along (the
-//! server records it in the lease's own transaction, so reporting costs no
-//! round trip of its own), or after a short linger the reporter task sends
-//! it by itself (CompleteJobs, FailJobs). A job stays on the heartbeat list
+//! The reporter: one task per worker that sends the outcomes of its jobs in
+//! batches (CompleteJobs, FailJobs), gathered over a short linger, so that a
+//! worker running many short jobs pays one round trip (and the server one
+//! commit) per batch rather than per job. A job stays on the heartbeat list
 //! until its report is accepted, so a report retried while the server is
 //! unreachable does not lose its lease meanwhile.
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 use std::time::Duration;
 use tracing::Instrument;
 
 use jobq_proto::v1 as pb;
-use tokio::sync::Notify;
+use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use super::Shared;
@@ -45,173 +41,48 @@ pub(crate) struct Report {
     pub outcome: Outcome,
 }
 
-/// The reports waiting to go out.
-pub(crate) struct Outbox {
-    waiting: Mutex<Vec<Report>>,
-    /// Wakes the reporter task: a report came, or the outbox closed.
-    wake: Notify,
-    closed: AtomicBool,
-    /// Cleared once a server answered a lease without the results of the
-    /// reports it carried (a server older than that drops them unread):
-    /// reports then go by themselves.
-    with_leases: AtomicBool,
+/// The sending side: supervisors hand their reports here.
+#[derive(Clone, Debug)]
+pub(crate) struct Reporter {
+    inbox: mpsc::UnboundedSender<Report>,
 }
 
-impl Outbox {
-    pub fn new() -> Self {
-        Self {
-            waiting: Mutex::new(Vec::new()),
-            wake: Notify::new(),
-            closed: AtomicBool::new(false),
-            with_leases: AtomicBool::new(true),
-        }
+impl Reporter {
+    /// A reporter and the receiving end for [`run`].
+    pub fn new() -> (Self, mpsc::UnboundedReceiver<Report>) {
+        let (inbox, receiver) = mpsc::unbounded_channel();
+        (Self { inbox }, receiver)
     }
 
-    fn waiting(&self) -> std::sync::MutexGuard<'_, Vec<Report>> {
-        self.waiting.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    /// Queues a report; it goes with the next lease call or batch.
+    /// Queues a report; it is sent with the next batch.
     pub fn send(&self, report: Report) {
-        if self.closed.load(Ordering::Acquire) {
+        if let Err(unsent) = self.inbox.send(report) {
             tracing::warn!(
-                job_id = report.active.job_id(),
+                job_id = unsent.0.active.job_id(),
                 "the reporter has stopped; the job's outcome is not reported"
             );
-            return;
         }
-        self.waiting().push(report);
-        self.wake.notify_one();
-    }
-
-    /// Up to a call's worth of the waiting reports.
-    fn take(&self) -> Vec<Report> {
-        let mut waiting = self.waiting();
-        let count = waiting.len().min(MAX_REPORTS_PER_CALL);
-        let taken: Vec<Report> = waiting.drain(..count).collect();
-        if !waiting.is_empty() {
-            // Reports beyond the call's limit wait for the next batch.
-            self.wake.notify_one();
-        }
-        taken
-    }
-
-    /// Reports for a lease call to carry: those waiting, unless the server
-    /// does not take reports with leases.
-    pub fn take_for_lease(&self) -> Carried {
-        if !self.with_leases.load(Ordering::Relaxed) {
-            return Carried::default();
-        }
-        let (completes, fails) = self
-            .take()
-            .into_iter()
-            .partition(|report| matches!(report.outcome, Outcome::Complete(_)));
-        Carried { completes, fails }
-    }
-
-    /// From now on reports go by themselves only.
-    pub fn stop_riding_leases(&self) {
-        self.with_leases.store(false, Ordering::Relaxed);
-    }
-
-    /// Reports a lease call did not deliver: the reporter sends them.
-    fn hand_back(&self, reports: impl IntoIterator<Item = Report>) {
-        let mut waiting = self.waiting();
-        let before = waiting.len();
-        waiting.extend(reports);
-        if waiting.len() > before {
-            self.wake.notify_one();
-        }
-    }
-
-    /// No more reports come: the reporter sends what waits and ends.
-    pub fn close(&self) {
-        self.closed.store(true, Ordering::Release);
-        self.wake.notify_one();
     }
 }
 
-/// The reports one LeaseJobs call carries, completions and failures apart
-/// as the call lists them.
-#[derive(Default)]
-pub(crate) struct Carried {
-    completes: Vec<Report>,
-    fails: Vec<Report>,
-}
-
-impl Carried {
-    pub fn is_empty(&self) -> bool {
-        self.completes.is_empty() && self.fails.is_empty()
-    }
-
-    /// The request's completions and failures.
-    pub fn requests(&self) -> (Vec<pb::CompleteJobRequest>, Vec<pb::FailJobRequest>) {
-        (
-            self.completes.iter().filter_map(complete_request).collect(),
-            self.fails.iter().filter_map(fail_request).collect(),
-        )
-    }
-
-    /// Settles each report by its result in the answer; reports the answer
-    /// says nothing of (a server that does not take reports with leases)
-    /// go back to the outbox, to be sent by themselves.
-    pub fn answered(
-        self,
-        shared: &Shared,
-        completion_results: &[pb::ReportResult],
-        failure_results: &[pb::ReportResult],
-    ) {
-        if self.is_empty() {
-            return;
-        }
-        if completion_results.len() != self.completes.len()
-            || failure_results.len() != self.fails.len()
-        {
-            tracing::info!(
-                "the server does not take reports with leases; sending them by themselves"
-            );
-            shared.outbox.stop_riding_leases();
-            self.undelivered(shared);
-            return;
-        }
-        for (report, result) in self.completes.iter().zip(completion_results) {
-            settle(shared, report, result);
-        }
-        for (report, result) in self.fails.iter().zip(failure_results) {
-            settle(shared, report, result);
-        }
-    }
-
-    /// The call failed or got no answer: the reporter sends them (a report
-    /// the server did record is answered as the first was).
-    pub fn undelivered(self, shared: &Shared) {
-        shared
-            .outbox
-            .hand_back(self.completes.into_iter().chain(self.fails));
-    }
-}
-
-/// Sends reports until the outbox is closed and empty. A report waits the
-/// linger first: more reports, or a lease call to carry them, may come.
-pub(crate) async fn run(shared: Arc<Shared>) {
-    let outbox = &shared.outbox;
+/// Sends reports until every [`Reporter`] is dropped and the last batch is out.
+pub(crate) async fn run(shared: Arc<Shared>, mut inbox: mpsc::UnboundedReceiver<Report>) {
     let linger = shared.config.report_linger;
-    loop {
-        let waiting = !outbox.waiting().is_empty();
-        let closed = outbox.closed.load(Ordering::Acquire);
-        if !waiting {
-            if closed {
-                return;
+    while let Some(first) = inbox.recv().await {
+        let mut batch = vec![first];
+        let until = Instant::now() + linger;
+        while batch.len() < MAX_REPORTS_PER_CALL {
+            match inbox.try_recv() {
+                Ok(report) => batch.push(report),
+                Err(_) if linger.is_zero() => break,
+                Err(_) => tokio::select! {
+                    report = inbox.recv() => match report {
+                        Some(report) => batch.push(report),
+                        None => break,
+                    },
+                    () = tokio::time::sleep_until(until) => break,
+                },
             }
-            outbox.wake.notified().await;
-            continue;
-        }
-        if !closed && !linger.is_zero() {
-            tokio::time::sleep(linger).await;
-        }
-        let batch = outbox.take();
-        if batch.is_empty() {
-            continue;
         }
         let span = tracing::info_span!("report", otel.name = "jobq.report", jobs = batch.len());
         deliver(&shared, batch).instrument(span).await;
@@ -314,32 +185,6 @@ fn settle(shared: &Shared, report: &Report, result: &pb::ReportResult) {
     shared.remove(job_id);
 }
 
-fn complete_request(report: &Report) -> Option<pb::CompleteJobRequest> {
-    match &report.outcome {
-        Outcome::Complete(result) => Some(pb::CompleteJobRequest {
-            lease: Some(report.active.lease.clone()),
-            result: result.clone(),
-        }),
-        Outcome::Fail { .. } => None,
-    }
-}
-
-fn fail_request(report: &Report) -> Option<pb::FailJobRequest> {
-    match &report.outcome {
-        Outcome::Fail {
-            error,
-            retryable,
-            retry_after,
-        } => Some(pb::FailJobRequest {
-            lease: Some(report.active.lease.clone()),
-            error: error.clone(),
-            retryable: *retryable,
-            retry_after: retry_after.map(proto_duration),
-        }),
-        Outcome::Complete(_) => None,
-    }
-}
-
 async fn send_completes(
     shared: &Shared,
     reports: &[&Report],
@@ -349,7 +194,13 @@ async fn send_completes(
     }
     let jobs = reports
         .iter()
-        .filter_map(|report| complete_request(report))
+        .map(|report| pb::CompleteJobRequest {
+            lease: Some(report.active.lease.clone()),
+            result: match &report.outcome {
+                Outcome::Complete(result) => result.clone(),
+                Outcome::Fail { .. } => None,
+            },
+        })
         .collect();
     let mut worker = shared.client.worker_service();
     let call = worker.complete_jobs(pb::CompleteJobsRequest { jobs });
@@ -365,7 +216,19 @@ async fn send_fails(
     }
     let jobs = reports
         .iter()
-        .filter_map(|report| fail_request(report))
+        .filter_map(|report| match &report.outcome {
+            Outcome::Fail {
+                error,
+                retryable,
+                retry_after,
+            } => Some(pb::FailJobRequest {
+                lease: Some(report.active.lease.clone()),
+                error: error.clone(),
+                retryable: *retryable,
+                retry_after: retry_after.map(proto_duration),
+            }),
+            Outcome::Complete(_) => None,
+        })
         .collect();
     let mut worker = shared.client.worker_service();
     let call = worker.fail_jobs(pb::FailJobsRequest { jobs });

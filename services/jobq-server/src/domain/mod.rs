@@ -23,8 +23,6 @@ mod admission_tests;
 #[cfg(test)]
 mod history_tests;
 #[cfg(test)]
-mod reports_tests;
-#[cfg(test)]
 mod tests;
 
 pub use admission::{
@@ -51,7 +49,7 @@ pub use narrate::{CLOSING_LINE, Narration, narrate};
 pub use observe::JobObserver;
 pub use queue::{
     CompleteReport, FailReport, HeartbeatLease, HeartbeatOutcome, JobQueue, LeaseRequest, Page,
-    PageRequest, ReportedAndLeased, Reports,
+    PageRequest,
 };
 pub use retry::RetryPolicy;
 pub use schedules::ScheduleDefinition;

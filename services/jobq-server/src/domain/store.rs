@@ -159,15 +159,6 @@ pub trait JobStore: Send + Sync + 'static {
     /// limit, applies `lease` to each and saves them. Returns the jobs with
     /// their payloads.
     async fn lease_jobs(&self, query: LeaseQuery, lease: LeaseChange) -> QueueResult<Leased>;
-    /// Applies `changes` as [`JobStore::update_jobs`] does, then leases as
-    /// [`JobStore::lease_jobs`] does, in one transaction: a worker's reports
-    /// and its next lease cost one commit.
-    async fn update_and_lease(
-        &self,
-        changes: Vec<(JobId, JobChange)>,
-        query: LeaseQuery,
-        lease: LeaseChange,
-    ) -> QueueResult<(Vec<QueueResult<Applied>>, Leased)>;
     /// How many jobs with concurrency key `key` run now.
     async fn running_with_key(&self, key: &str) -> QueueResult<i64>;
     /// Deletes the jobs that `check` allows, with their history; one result per id.

@@ -12,9 +12,8 @@ use super::convert::{self, DEFAULT_QUEUE, proto_job, timestamp};
 use super::status::{rpc_ok, rpc_status};
 use crate::domain::{
     CompleteReport, DEFAULT_LEASE_RESPONSE_BYTES, FailReport, HeartbeatLease, HeartbeatOutcome,
-    Job, JobId, JobQueue, JobState, LEASE_RANGE, LeaseRequest, LeaseToken, LeasedJob,
-    MAX_ERROR_BYTES, MAX_MESSAGE_BYTES, MAX_NAME_BYTES, MAX_WAIT, Millis, QueueError, QueueResult,
-    Reports, WorkerRecord,
+    Job, JobId, JobQueue, JobState, LEASE_RANGE, LeaseRequest, LeaseToken, MAX_ERROR_BYTES,
+    MAX_MESSAGE_BYTES, MAX_NAME_BYTES, MAX_WAIT, Millis, QueueError, QueueResult, WorkerRecord,
 };
 use crate::logs::{LogStore, LogStream, NewLine};
 
@@ -169,11 +168,15 @@ fn log_entry(
     })
 }
 
-/// A batch's reports: the valid ones, to apply together, and per report
-/// in request order its job id and the status refusing it, if invalid.
-type SortedReports<R> = (Vec<R>, Vec<(String, Option<Status>)>);
-
-fn sort_reports<R>(entries: Vec<(String, QueueResult<R>)>) -> SortedReports<R> {
+/// Applies the valid reports of a batch together (one transaction) and
+/// answers every entry in request order.
+async fn batch_results<R, Fut>(
+    entries: Vec<(String, QueueResult<R>)>,
+    apply: impl FnOnce(Vec<R>) -> Fut,
+) -> Result<Vec<pb::ReportResult>, Status>
+where
+    Fut: std::future::Future<Output = QueueResult<Vec<QueueResult<Job>>>>,
+{
     let mut valid = Vec::new();
     let mut slots = Vec::with_capacity(entries.len());
     for (job_id, report) in entries {
@@ -185,17 +188,12 @@ fn sort_reports<R>(entries: Vec<(String, QueueResult<R>)>) -> SortedReports<R> {
             Err(invalid) => slots.push((job_id, Some(Status::from(invalid)))),
         }
     }
-    (valid, slots)
-}
-
-/// Answers every report of a batch in request order: its refusal, or what
-/// applying it gave (`applied` holds one result per valid report).
-fn answer_reports(
-    slots: Vec<(String, Option<Status>)>,
-    applied: Vec<QueueResult<Job>>,
-) -> Vec<pb::ReportResult> {
-    let mut applied = applied.into_iter();
-    slots
+    let mut applied = if valid.is_empty() {
+        Vec::new().into_iter()
+    } else {
+        apply(valid).await?.into_iter()
+    };
+    Ok(slots
         .into_iter()
         .map(|(job_id, invalid)| {
             let result = match invalid {
@@ -207,72 +205,7 @@ fn answer_reports(
             };
             report_result(job_id, result)
         })
-        .collect()
-}
-
-/// Applies the valid reports of a batch together (one transaction) and
-/// answers every entry in request order.
-async fn batch_results<R, Fut>(
-    entries: Vec<(String, QueueResult<R>)>,
-    apply: impl FnOnce(Vec<R>) -> Fut,
-) -> Result<Vec<pb::ReportResult>, Status>
-where
-    Fut: std::future::Future<Output = QueueResult<Vec<QueueResult<Job>>>>,
-{
-    let (valid, slots) = sort_reports(entries);
-    let applied = if valid.is_empty() {
-        Vec::new()
-    } else {
-        apply(valid).await?
-    };
-    Ok(answer_reports(slots, applied))
-}
-
-/// The success reports of `field`, each validated on its own.
-fn complete_entries(
-    reports: Vec<pb::CompleteJobRequest>,
-    field: &str,
-    queue: &JobQueue,
-) -> Vec<(String, QueueResult<CompleteReport>)> {
-    reports
-        .into_iter()
-        .enumerate()
-        .map(|(index, report)| {
-            let job_id = lease_job_id(report.lease.as_ref());
-            let report =
-                complete_report(report, queue).map_err(|e| e.within(&format!("{field}[{index}]")));
-            (job_id, report)
-        })
-        .collect()
-}
-
-/// The failure reports of `field`, each validated on its own.
-fn fail_entries(
-    reports: Vec<pb::FailJobRequest>,
-    field: &str,
-) -> Vec<(String, QueueResult<FailReport>)> {
-    reports
-        .into_iter()
-        .enumerate()
-        .map(|(index, report)| {
-            let job_id = lease_job_id(report.lease.as_ref());
-            let report = fail_report(report).map_err(|e| e.within(&format!("{field}[{index}]")));
-            (job_id, report)
-        })
-        .collect()
-}
-
-fn leased_jobs(leased: Vec<LeasedJob>) -> Vec<pb::LeasedJob> {
-    leased
-        .into_iter()
-        .map(|leased| pb::LeasedJob {
-            lease_token: leased.lease_token.as_str().to_owned(),
-            lease_expires_at: Some(timestamp(leased.lease_expires_at)),
-            attempt_deadline: Some(timestamp(leased.attempt_deadline)),
-            attempt_seq: leased.job.history_seq,
-            job: Some(proto_job(leased.job, pb::JobView::Full)),
-        })
-        .collect()
+        .collect())
 }
 
 fn lease_job_id(lease: Option<&pb::JobLease>) -> String {
@@ -299,27 +232,9 @@ impl WorkerService for WorkerApi {
         &self,
         request: Request<pb::LeaseJobsRequest>,
     ) -> Result<Response<pb::LeaseJobsResponse>, Status> {
-        let mut request = request.into_inner();
+        let request = request.into_inner();
         let limits = self.queue.limits();
         let worker_id = convert::name(&request.worker_id, "worker_id")?;
-        let completions = std::mem::take(&mut request.completions);
-        let failures = std::mem::take(&mut request.failures);
-        let reported = completions.len() + failures.len();
-        if reported > limits.max_batch {
-            let field = if completions.is_empty() {
-                "failures"
-            } else {
-                "completions"
-            };
-            return Err(QueueError::invalid(
-                field,
-                format!(
-                    "completions and failures hold {reported} reports; a call carries at most {}",
-                    limits.max_batch
-                ),
-            )
-            .into());
-        }
         let queues = if request.queues.is_empty() {
             vec![DEFAULT_QUEUE.to_owned()]
         } else {
@@ -369,40 +284,36 @@ impl WorkerService for WorkerApi {
             .into());
         }
         let lease_duration = lease_duration(request.lease_duration.as_ref(), "lease_duration")?;
-        let lease = LeaseRequest {
-            worker: WorkerRecord {
-                worker_id,
-                hostname: convert::bounded_text(&request.hostname, "hostname", MAX_NAME_BYTES)?,
-                version: convert::bounded_text(&request.version, "version", MAX_NAME_BYTES)?,
-                queues,
-                types,
-                lease_duration,
-                first_seen_at: 0,
-                last_seen_at: 0,
-            },
-            max_jobs: max_jobs as u64,
-            wait,
-            lease_duration,
-            max_payload_bytes: max_payload_bytes.min(i64::MAX as u64) as i64,
-        };
-        if reported == 0 {
-            let leased = self.queue.lease(lease).await?;
-            return Ok(Response::new(pb::LeaseJobsResponse {
-                jobs: leased_jobs(leased),
-                ..Default::default()
-            }));
-        }
-        let (completes, complete_slots) =
-            sort_reports(complete_entries(completions, "completions", &self.queue));
-        let (fails, fail_slots) = sort_reports(fail_entries(failures, "failures"));
-        let done = self
+        let leased = self
             .queue
-            .report_and_lease(Reports { completes, fails }, lease)
+            .lease(LeaseRequest {
+                worker: WorkerRecord {
+                    worker_id,
+                    hostname: convert::bounded_text(&request.hostname, "hostname", MAX_NAME_BYTES)?,
+                    version: convert::bounded_text(&request.version, "version", MAX_NAME_BYTES)?,
+                    queues,
+                    types,
+                    lease_duration,
+                    first_seen_at: 0,
+                    last_seen_at: 0,
+                },
+                max_jobs: max_jobs as u64,
+                wait,
+                lease_duration,
+                max_payload_bytes: max_payload_bytes.min(i64::MAX as u64) as i64,
+            })
             .await?;
         Ok(Response::new(pb::LeaseJobsResponse {
-            jobs: leased_jobs(done.leased),
-            completion_results: answer_reports(complete_slots, done.completed),
-            failure_results: answer_reports(fail_slots, done.failed),
+            jobs: leased
+                .into_iter()
+                .map(|leased| pb::LeasedJob {
+                    lease_token: leased.lease_token.as_str().to_owned(),
+                    lease_expires_at: Some(timestamp(leased.lease_expires_at)),
+                    attempt_deadline: Some(timestamp(leased.attempt_deadline)),
+                    attempt_seq: leased.job.history_seq,
+                    job: Some(proto_job(leased.job, pb::JobView::Full)),
+                })
+                .collect(),
         }))
     }
 
@@ -500,7 +411,18 @@ impl WorkerService for WorkerApi {
     ) -> Result<Response<pb::CompleteJobsResponse>, Status> {
         let reports = request.into_inner().jobs;
         self.check_batch(&reports, "jobs")?;
-        let entries = complete_entries(reports, "jobs", &self.queue);
+        let entries = reports
+            .into_iter()
+            .enumerate()
+            .map(|(index, report)| {
+                let job_id = lease_job_id(report.lease.as_ref());
+                (
+                    job_id,
+                    complete_report(report, &self.queue)
+                        .map_err(|e| e.within(&format!("jobs[{index}]"))),
+                )
+            })
+            .collect();
         let results = batch_results(entries, |valid| self.queue.complete_many(valid)).await?;
         Ok(Response::new(pb::CompleteJobsResponse { results }))
     }
@@ -522,7 +444,17 @@ impl WorkerService for WorkerApi {
     ) -> Result<Response<pb::FailJobsResponse>, Status> {
         let reports = request.into_inner().jobs;
         self.check_batch(&reports, "jobs")?;
-        let entries = fail_entries(reports, "jobs");
+        let entries = reports
+            .into_iter()
+            .enumerate()
+            .map(|(index, report)| {
+                let job_id = lease_job_id(report.lease.as_ref());
+                (
+                    job_id,
+                    fail_report(report).map_err(|e| e.within(&format!("jobs[{index}]"))),
+                )
+            })
+            .collect();
         let results = batch_results(entries, |valid| self.queue.fail_many(valid)).await?;
         Ok(Response::new(pb::FailJobsResponse { results }))
     }

@@ -647,23 +647,6 @@ impl JobStore for SqlStore {
         }
     }
 
-    async fn update_and_lease(
-        &self,
-        changes: Vec<(JobId, JobChange)>,
-        query: LeaseQuery,
-        start: LeaseChange,
-    ) -> QueueResult<(Vec<QueueResult<Applied>>, Leased)> {
-        let answers = self
-            .writer
-            .submit_all(vec![Op::Update { changes }, Op::Lease { query, start }])
-            .await?;
-        match <[Answer; 2]>::try_from(answers) {
-            Ok([Answer::Update(applied), Answer::Lease(leased)]) => Ok((applied, leased)),
-            Ok([other, _]) => Err(unexpected(&other)),
-            Err(_) => Err(QueueError::Storage("a write got no answer".into())),
-        }
-    }
-
     async fn delete_jobs(
         &self,
         ids: Vec<JobId>,

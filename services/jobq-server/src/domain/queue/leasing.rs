@@ -188,7 +188,7 @@ impl JobQueue {
             // Mark the current generation seen before looking, so an enqueue
             // that lands after the query still wakes us.
             ready.borrow_and_update();
-            let (leased, retry_at) = self.lease_now(&request).await?;
+            let (leased, retry_at) = self.lease_now(&request, lease_duration).await?;
             if !leased.is_empty() || tokio::time::Instant::now() >= deadline {
                 return Ok(leased);
             }
@@ -338,31 +338,17 @@ impl JobQueue {
     async fn lease_now(
         &self,
         request: &LeaseRequest,
+        lease_duration: Duration,
     ) -> QueueResult<(Vec<LeasedJob>, Option<Millis>)> {
-        let Some((query, start)) = self.lease_plan(request).await? else {
-            return Ok((Vec::new(), None));
-        };
-        let now = query.now;
-        let leased = self.store.lease_jobs(query, start).await?;
-        Ok((self.grant(leased.jobs, now).await, leased.retry_at))
-    }
-
-    /// What a lease for `request` runs now: the query and how each
-    /// attempt starts; None when its queues can give nothing now.
-    pub(super) async fn lease_plan(
-        &self,
-        request: &LeaseRequest,
-    ) -> QueueResult<Option<(LeaseQuery, LeaseChange)>> {
         let query = self.lease_query(request).await?;
         if !query.may_take_any() {
-            return Ok(None);
+            return Ok((Vec::new(), None));
         }
-        let lease_duration = request
-            .lease_duration
-            .unwrap_or(self.defaults.lease_duration);
         // The attempts start when the rate buckets are counted.
-        let start = self.attempt_start(&request.worker.worker_id, query.now, lease_duration);
-        Ok(Some((query, start)))
+        let now = query.now;
+        let start = self.attempt_start(&request.worker.worker_id, now, lease_duration);
+        let leased = self.store.lease_jobs(query, start).await?;
+        Ok((self.grant(leased.jobs, now).await, leased.retry_at))
     }
 
     /// How each leased job's attempt starts.
@@ -376,11 +362,7 @@ impl JobQueue {
     }
 
     /// After a lease commits: its events, and the answer for the worker.
-    pub(super) async fn grant(
-        &self,
-        leased: Vec<(Job, LeaseToken)>,
-        now: Millis,
-    ) -> Vec<LeasedJob> {
+    async fn grant(&self, leased: Vec<(Job, LeaseToken)>, now: Millis) -> Vec<LeasedJob> {
         if leased.is_empty() {
             return Vec::new();
         }
@@ -435,7 +417,7 @@ impl JobQueue {
     }
 
     /// Records that a worker asked for jobs, at most once a second per worker.
-    pub(super) async fn touch_worker(&self, worker: &WorkerRecord) {
+    async fn touch_worker(&self, worker: &WorkerRecord) {
         let now = self.now();
         if !self.worker_touch_due(&worker.worker_id, now) {
             return;

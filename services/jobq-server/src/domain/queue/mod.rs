@@ -28,7 +28,7 @@ pub(in crate::domain) use enqueue::new_job;
 #[cfg(test)]
 pub(crate) use leasing::Parked;
 pub use leasing::{HeartbeatLease, HeartbeatOutcome, LeaseRequest};
-pub use reports::{CompleteReport, FailReport, ReportedAndLeased, Reports};
+pub use reports::{CompleteReport, FailReport};
 
 /// The queue: every operation of the API, over a [`JobStore`].
 pub struct JobQueue {
